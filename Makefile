@@ -1,0 +1,32 @@
+# Two commands: `make run` (the DAG on the embedded corpus) and `make test`.
+# Both create .venv and install the pinned requirements when it is missing or stale.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-slow bench lint
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	PATH="$(BIN):$$PATH" dvc repro
+
+test: install
+	PATH="$(BIN):$$PATH" $(PY) -m pytest
+
+test-slow: install
+	PATH="$(BIN):$$PATH" $(PY) -m pytest -m slow
+
+bench: install
+	@for b in benchmarks/bench_*.py; do PATH="$(BIN):$$PATH" $(PY) $$b || exit 1; done
+
+lint: install
+	$(BIN)/ruff check src stages tests benchmarks
+	$(BIN)/ruff format --check src stages tests benchmarks

@@ -1,0 +1,105 @@
+"""`midipipe` command line: the library's entry points for people, outside the DAG."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from midipipe import params as P
+from midipipe.logs import USER_ERRORS, setup_logging
+from midipipe.midi import piece_id
+from midipipe.sources.base import MIDI_SUFFIXES, find_midis
+
+log = logging.getLogger("midipipe")
+
+PACKAGES = ("midipipe", "torch", "miditok", "symusic", "music21", "pyarrow", "dvc",
+            "vector-quantize-pytorch", "safetensors", "datasets")
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(find_midis(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return files
+
+
+def cmd_tokenize(args) -> None:
+    from midipipe.tokenize import tokenize_files
+
+    p = P.load(args.params).tokenize if Path(args.params).exists() else P.TokenizeParams()
+    if args.workers is not None:
+        p = dataclasses.replace(p, workers=args.workers)
+    files = _expand(args.paths)
+    items = [(piece_id(f.read_bytes()), str(f)) for f in files]
+    summary = tokenize_files(items, args.out, p, total=len(items))
+    print(json.dumps(summary.__dict__))
+
+
+def cmd_info(args) -> None:
+    from midipipe.sources import describe
+
+    print("versions:")
+    print(f"  python: {platform.python_version()}")
+    for name in PACKAGES:
+        try:
+            print(f"  {name}: {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            print(f"  {name}: not installed")
+    params = P.load(args.params)
+    print("sources (params.yaml data.sources):")
+    for spec in params.data.sources:
+        print(f"  - {describe(spec)}")
+    dvc_yaml = Path(args.params).with_name("dvc.yaml")
+    if dvc_yaml.exists():
+        print("the DAG would produce (dvc.yaml):")
+        stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+        for name, stage in stages.items():
+            outs = [next(iter(o)) if isinstance(o, dict) else o
+                    for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+            marks = ", ".join(f"{o}{'' if Path(o).exists() else ' (missing)'}" for o in outs)
+            print(f"  {name}: {marks}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tok = sub.add_parser("tokenize", help="tokenize MIDI files or folders into token shards")
+    tok.add_argument("paths", nargs="+", help=f"MIDI files or folders ({', '.join(MIDI_SUFFIXES)})")
+    tok.add_argument("--out", required=True, help="output folder (remi/, musetok/, rejects.parquet)")
+    tok.add_argument("--workers", type=int, default=None, help="processes (default: params)")
+    tok.set_defaults(func=cmd_tokenize)
+
+    info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        print(f"midipipe: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

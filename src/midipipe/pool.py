@@ -1,0 +1,101 @@
+"""A process pool that survives bad inputs: exceptions, hangs and interpreter crashes.
+
+Work goes out in small batches for throughput. When a batch times out or its worker dies
+(a segfault in a parser), each of its items is retried alone, so only the culprit is
+recorded as failed and every other item still lands. Results come back in input order,
+with at most `window` batches in flight, so memory stays bounded on any corpus size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from pebble import ProcessExpired, ProcessPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Failure:
+    """An item the worker could not process; `reason` is what rejects record."""
+
+    reason: str
+
+
+def default_workers(requested: int = 0) -> int:
+    return requested if requested > 0 else (os.cpu_count() or 1)
+
+
+def _run_batch(fn: Callable, items: list) -> list:
+    out = []
+    for item in items:
+        try:
+            out.append(fn(item))
+        except Exception as exc:  # one bad item must not lose its batch-mates
+            out.append(Failure(f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _failure_of(exc: BaseException, timeout: float) -> Failure:
+    if isinstance(exc, FutureTimeout):
+        return Failure(f"timed out after {timeout:g} s")
+    if isinstance(exc, ProcessExpired):
+        return Failure(f"worker crashed (exit code {exc.exitcode})")
+    return Failure(f"{type(exc).__name__}: {exc}")
+
+
+def robust_map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    workers: int = 0,
+    timeout: float = 60.0,
+    batch_size: int = 8,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+    window: int | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """Yield `(item, fn(item) or Failure)` in input order.
+
+    `timeout` bounds one task; a batch that exceeds it is retried item by item, so only an
+    item that alone takes longer is recorded as timed out.
+    """
+    workers = default_workers(workers)
+    window = window or 4 * workers
+    it = iter(items)
+    with ProcessPool(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+
+        def submit(batch: list):
+            return pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
+
+        pending: deque = deque()
+        while True:
+            while len(pending) < window:
+                batch = list(islice(it, batch_size))
+                if not batch:
+                    break
+                pending.append((batch, submit(batch)))
+            if not pending:
+                return
+            batch, future = pending.popleft()
+            try:
+                results = future.result()
+            except (FutureTimeout, ProcessExpired) as exc:
+                if len(batch) == 1:
+                    results = [_failure_of(exc, timeout)]
+                else:  # isolate the culprit: retry each item alone
+                    log.warning("batch of %d failed (%s); retrying items one by one", len(batch), exc)
+                    singles = [submit([item]) for item in batch]
+                    results = []
+                    for single in singles:
+                        try:
+                            results.extend(single.result())
+                        except (FutureTimeout, ProcessExpired) as single_exc:
+                            results.append(_failure_of(single_exc, timeout))
+            yield from zip(batch, results, strict=True)

@@ -1,0 +1,126 @@
+"""Parquet and safetensors I/O with atomic writes, so an interrupted stage never leaves a half file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TOKENS_SCHEMA = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("ids", pa.list_(pa.int32())),
+        ("bar_starts", pa.list_(pa.int32())),
+    ]
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("path", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_table(path: str | Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_rows(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
+    write_table(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+class ShardWriter:
+    """Stream rows into `part-00000.parquet`, `part-00001.parquet`, ... of `rows_per_part` rows.
+
+    Each part is written atomically when full, so memory holds at most one part and a crash
+    leaves only complete parts behind.
+    """
+
+    def __init__(self, folder: str | Path, schema: pa.Schema, rows_per_part: int = 2048):
+        self.folder = Path(folder)
+        self.schema = schema
+        self.rows_per_part = rows_per_part
+        self.rows: list[dict] = []
+        self.parts: list[Path] = []
+        self.n_rows = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.n_rows += 1
+        if len(self.rows) >= self.rows_per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        path = self.folder / f"part-{len(self.parts):05d}.parquet"
+        write_rows(path, self.rows, self.schema)
+        self.parts.append(path)
+        self.rows = []
+
+    def close(self) -> list[Path]:
+        self.flush()
+        if not self.parts:  # an empty corpus still gets one (empty) part, so readers need no case
+            path = self.folder / "part-00000.parquet"
+            write_rows(path, [], self.schema)
+            self.parts.append(path)
+        return self.parts
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def read_parts(folder: str | Path, columns: Iterable[str] | None = None) -> pa.Table:
+    """All `part-*.parquet` of a folder as one table, in part order."""
+    parts = sorted(Path(folder).glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no part-*.parquet in {folder}")
+    cols = list(columns) if columns is not None else None
+    return pa.concat_tables([pq.read_table(p, columns=cols) for p in parts])
+
+
+def iter_parts(folder: str | Path, columns: Iterable[str] | None = None) -> Iterator[dict]:
+    """Rows of all parts, one part in memory at a time."""
+    cols = list(columns) if columns is not None else None
+    for part in sorted(Path(folder).glob("part-*.parquet")):
+        yield from pq.read_table(part, columns=cols).to_pylist()

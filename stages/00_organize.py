@@ -1,0 +1,13 @@
+"""Stage 00: every source in `data.sources` -> data/midi/, data/manifest.parquet, bar labels."""
+
+from midipipe import params
+from midipipe.logs import run_main
+from midipipe.organize import organize
+
+
+def main() -> None:
+    organize(params.load(), data_dir="data", metrics_path="metrics/organize.json")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,66 @@
+"""Shared fixtures: real-data folders from the environment, and small MIDI files built in code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import symusic
+
+
+def _env_dir(var: str) -> Path:
+    value = os.environ.get(var)
+    if not value or not Path(value).is_dir():
+        pytest.skip(f"{var} is not set to a folder; skipping tests on external data")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def external_data() -> Path:
+    """../shared/datasets (POP909, Nottingham, VGMIDI, MidiTok's test files), when available."""
+    return _env_dir("MIDIPIPE_EXTERNAL_DATA")
+
+
+@pytest.fixture(scope="session")
+def musetok_vectors() -> Path:
+    """../shared/musetok-vectors: outputs of the reference MuseTok implementation."""
+    return _env_dir("MIDIPIPE_MUSETOK_VECTORS")
+
+
+def build_midi(
+    n_bars: int = 8,
+    numerator: int = 4,
+    denominator: int = 4,
+    pitch: int = 60,
+    program: int = 0,
+    is_drum: bool = False,
+    tpq: int = 480,
+    tempo: float = 120.0,
+) -> bytes:
+    """A real, small MIDI file: a scale-like line of quarter notes and a held bass note per bar."""
+    score = symusic.Score(tpq)
+    score.time_signatures.append(symusic.TimeSignature(0, numerator, denominator))
+    score.tempos.append(symusic.Tempo(0, tempo))
+    track = symusic.Track(name="piano", program=program, is_drum=is_drum)
+    beat = tpq * 4 // denominator
+    bar = beat * numerator
+    for b in range(n_bars):
+        for k in range(numerator):
+            track.notes.append(symusic.Note(b * bar + k * beat, beat, pitch + (b + k) % 12, 80))
+        track.notes.append(symusic.Note(b * bar, bar, pitch - 24 + b % 5, 64))
+    score.tracks.append(track)
+    return score.dumps_midi()
+
+
+@pytest.fixture
+def make_midi(tmp_path):
+    """Write `build_midi(**kwargs)` to `tmp_path/<name>` and return its path."""
+
+    def _make(name: str = "piece.mid", folder: Path | None = None, **kwargs) -> Path:
+        path = (folder or tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(build_midi(**kwargs))
+        return path
+
+    return _make

@@ -1,0 +1,31 @@
+"""The pool must survive a raising, hanging or crashing item and keep input order."""
+
+import os
+import time
+
+from midipipe.pool import Failure, robust_map
+
+
+def _work(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is bad")
+    if x == 5:
+        time.sleep(30)  # a hanging parser
+    if x == 7:
+        os._exit(139)  # an interpreter crash, as a segfault in C code would cause
+    return x * x
+
+
+def test_robust_map_isolates_raise_hang_and_crash():
+    out = list(robust_map(_work, range(10), workers=2, timeout=1.5, batch_size=4))
+    assert [item for item, _ in out] == list(range(10))
+    results = dict(out)
+    assert results[3] == Failure("ValueError: three is bad")
+    assert isinstance(results[5], Failure) and "timed out" in results[5].reason
+    assert isinstance(results[7], Failure) and "crashed" in results[7].reason
+    for x in (0, 1, 2, 4, 6, 8, 9):
+        assert results[x] == x * x
+
+
+def test_robust_map_empty_input():
+    assert list(robust_map(_work, [], workers=2)) == []
