@@ -1,13 +1,21 @@
-"""Stage 02: manifest -> data/composers.json (conditioning ids for the generators)."""
+"""Stage 02: manifest -> data/composers.json (conditioning ids) and a composer-count plot."""
+
+import csv
 
 from midipipe import composers, params
 from midipipe.logs import run_main
-from midipipe.shards import write_json
+from midipipe.shards import atomic_path, write_json
 
 
 def main() -> None:
     p = params.load().composers
-    write_json("data/composers.json", composers.from_manifest("data/manifest.parquet", p.min_pieces))
+    table = composers.from_manifest("data/manifest.parquet", p.min_pieces)
+    write_json("data/composers.json", table)
+    with atomic_path("metrics/composers.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["composer", "pieces"])
+        writer.writerows((c["name"], c["count"]) for c in table["composers"])
+        writer.writerow(["OTHER", table["other"]["count"]])
 
 
 if __name__ == "__main__":

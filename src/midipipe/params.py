@@ -55,6 +55,7 @@ class TrainParams:
     epochs: int = 10
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
+    min_lr: float = 0.0  # the cosine schedule's floor
     grad_clip: float = 1.0
     seed: int = 1234
     device: str = "auto"

@@ -41,9 +41,12 @@ def _tokenize_one(item: tuple[str, str]) -> dict:
 
     _, path = item
     data = Path(path).read_bytes()
+    try:  # unreadable, empty or oversized: the same reason for both streams
+        score = load_score(data, max_notes=_MAX_NOTES)
+    except BadMidi as exc:
+        return Failure(str(exc))
     out: dict = {"remi": None, "musetok": None}
     try:
-        score = load_score(data, max_notes=_MAX_NOTES)
         out["remi"] = remi.encode(_TOKENIZER, score)
     except BadMidi as exc:
         out["remi"] = Failure(str(exc))
@@ -105,7 +108,7 @@ def tokenize_files(
     )
     for (pid, path), res in tqdm(results, total=total, desc="tokenize", unit="file"):
         summary.files += 1
-        if isinstance(res, Failure):  # the whole file: crash, hang or read error
+        if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
         for stream, writer in (("remi", remi_writer), ("musetok", musetok_writer)):
             got = res[stream]

@@ -1,0 +1,51 @@
+"""Helpers for benchmarks: where the real data is, and peak memory of a process tree."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def external_data() -> Path:
+    """../shared/datasets, or what MIDIPIPE_EXTERNAL_DATA names."""
+    return Path(os.environ.get("MIDIPIPE_EXTERNAL_DATA", ROOT.parent / "shared" / "datasets"))
+
+
+class PeakRSS:
+    """Sample the resident memory of this process and all its children; keep the peak."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)

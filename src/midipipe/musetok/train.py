@@ -1,0 +1,142 @@
+"""Training data and evaluation for the MuseTok tokenizer (stage 03).
+
+Samples are 16-bar segments, as in the reference's dataset: a random start bar per piece
+each epoch, and optional pitch transposition of the whole segment by -6..+6 semitones
+(kept inside the piano range, as the reference does). The loss is next-token cross-entropy
+plus `beta` times the residual-VQ commitment loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from midipipe.musetok.encode import decoder_sample
+from midipipe.musetok.model import MuseTok
+from midipipe.musetok.vocab import EVENT_TO_ID, PAD_ID, PITCHES
+
+# id -> pitch for Note_Pitch tokens (-1 elsewhere), so transposition is one gather
+_PITCH_OF = np.full(PAD_ID + 1, -1, dtype=np.int64)
+for _p in PITCHES:
+    _PITCH_OF[EVENT_TO_ID[f"Note_Pitch_{_p}"]] = _p
+_ID_OF_PITCH = {p: EVENT_TO_ID[f"Note_Pitch_{p}"] for p in PITCHES}
+
+
+@dataclass
+class MuseTokTrainParams:
+    """`musetok:` section of params.yaml (training keys override `train:`)."""
+
+    checkpoint: str | None = None  # a pretrained model (dir or official model.pt) instead
+    size: str = "cpu_default"  # cpu_default | small | large | official
+    dec_seqlen: int = 512  # decoder window in tokens (the reference: 1280)
+    max_bars: int = 16
+    beta: float = 1.0  # commitment loss weight
+    augment: bool = True  # pitch transposition by -6..+6, as the reference
+    max_pieces: int = 0  # cap on training pieces per epoch (0 = all)
+    train: dict | None = None  # overrides of the shared `train:` defaults
+
+
+def transpose(ids: np.ndarray, shift: int) -> np.ndarray:
+    pitches = _PITCH_OF[ids]
+    out = ids.copy()
+    mask = pitches >= 0
+    out[mask] = [_ID_OF_PITCH[p + shift] for p in pitches[mask]]
+    return out
+
+
+def random_shift(ids: np.ndarray, rng: torch.Generator) -> int:
+    """A shift in -6..+6 that keeps every pitch within 21..108 (0 if none does)."""
+    pitches = _PITCH_OF[ids]
+    pitches = pitches[pitches >= 0]
+    if pitches.size == 0:
+        return 0
+    lo, hi = PITCHES.start - pitches.min(), PITCHES.stop - 1 - pitches.max()
+    allowed = [s for s in range(-6, 7) if lo <= s <= hi]
+    return allowed[int(torch.randint(len(allowed), (1,), generator=rng))] if allowed else 0
+
+
+def collate(samples: list) -> dict[str, torch.Tensor]:
+    """Stack samples, padding decoder sequences to the longest in the batch (not to a fixed
+    window), which saves most of the work on short pieces."""
+    t = max(s.length for s in samples)
+    dec_inp = np.full((len(samples), t), PAD_ID, np.int64)
+    dec_tgt = np.full((len(samples), t), PAD_ID, np.int64)
+    for i, s in enumerate(samples):
+        n = min(t, len(s.dec_input))
+        dec_inp[i, :n] = s.dec_input[:n]
+        dec_tgt[i, :n] = s.dec_target[:n]
+    return {
+        "enc_ids": torch.from_numpy(np.stack([s.enc.ids for s in samples])),
+        "enc_mask": torch.from_numpy(np.stack([s.enc.pad_mask for s in samples])),
+        "dec_inp": torch.from_numpy(dec_inp),
+        "dec_tgt": torch.from_numpy(dec_tgt),
+        "bar_pos": torch.from_numpy(np.stack([s.bar_pos for s in samples])),
+    }
+
+
+def sample(ids: Sequence[int], bar_starts: Sequence[int], p: MuseTokTrainParams,
+           rng: torch.Generator | None):
+    """One segment of a piece: a random start bar when `rng` is given, else bar 0."""
+    n_start = max(1, len(bar_starts) - p.max_bars)
+    start = int(torch.randint(n_start, (1,), generator=rng)) if rng is not None else 0
+    arr = np.asarray(ids, dtype=np.int64)
+    if rng is not None and p.augment:
+        arr = transpose(arr, random_shift(arr, rng))
+    return decoder_sample(arr.tolist(), bar_starts, start_bar=start, max_bars=p.max_bars,
+                          dec_seqlen=p.dec_seqlen, pad_to_same=False)
+
+
+def train_batches(pieces: list[tuple[list[int], list[int]]], p: MuseTokTrainParams,
+                  batch_size: int, epoch: int, rng: torch.Generator) -> Iterator[dict]:
+    order = torch.randperm(len(pieces), generator=rng).tolist()
+    if p.max_pieces:
+        order = order[: p.max_pieces]
+    for i in range(0, len(order), batch_size):
+        yield collate([sample(*pieces[j], p, rng) for j in order[i : i + batch_size]])
+
+
+def loss(model: MuseTok, batch: dict, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model(batch["enc_ids"], batch["enc_mask"], batch["dec_inp"], batch["bar_pos"])
+    losses = model.compute_loss(out, batch["dec_tgt"], beta=beta)
+    return losses["total_loss"], {"recons_loss": losses["recons_loss"].item(),
+                                  "commit_loss": losses["commit_loss"].item()}
+
+
+def evaluate(model: MuseTok, pieces: list[tuple[list[int], list[int]]], p: MuseTokTrainParams,
+             batch_size: int) -> dict[str, float]:
+    """Valid reconstruction loss and token accuracy (non-PAD targets, teacher forcing), and
+    per-level code usage and perplexity over every valid bar."""
+    device = next(model.parameters()).device
+    n_q, size = model.config.num_quantizers, model.config.codebook_size
+    counts = torch.zeros(n_q, size, dtype=torch.long)
+    total_loss = correct = tokens = 0.0
+    for i in range(0, len(pieces), batch_size):
+        batch = collate([sample(*piece, p, None) for piece in pieces[i : i + batch_size]])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch["enc_ids"], batch["enc_mask"], batch["dec_inp"], batch["bar_pos"])
+        target = batch["dec_tgt"]
+        real = target != PAD_ID
+        losses = model.compute_loss(out, target, beta=p.beta)
+        n = int(real.sum())
+        total_loss += losses["recons_loss"].item() * n
+        correct += int(((out.logits.argmax(-1) == target) & real).sum())
+        tokens += n
+        # codes of real bars only (padding bars of short pieces would inflate usage)
+        real_bars = batch["enc_ids"][..., 0] != PAD_ID
+        codes = out.codes.reshape(-1, n_q)[real_bars.reshape(-1)].cpu()
+        for level in range(n_q):
+            counts[level] += torch.bincount(codes[:, level], minlength=size)
+    metrics = {"valid_loss": total_loss / max(1, tokens),
+               "valid_token_acc": correct / max(1, tokens), "valid_bars": int(counts[0].sum())}
+    for level in range(n_q):
+        probs = counts[level].float() / max(1, int(counts[level].sum()))
+        nz = probs[probs > 0]
+        metrics[f"code_usage_l{level}"] = int((counts[level] > 0).sum()) / size
+        metrics[f"code_perplexity_l{level}"] = float(math.exp(-(nz * nz.log()).sum()))
+    return metrics

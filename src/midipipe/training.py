@@ -1,0 +1,246 @@
+"""One training loop for every model: AdamW, warm-up + cosine, clipping, autocast, exact resume.
+
+A model section of params.yaml gives a `TrainParams` (shared `train` defaults plus its
+overrides). The loop saves, every epoch, the weights as safetensors and the optimizer,
+scheduler, step and RNG state as a torch file loaded back with `weights_only=True`, in a
+resume folder outside DVC's outputs (DVC deletes those before a stage runs), so an
+interrupted run (a crash or Ctrl+C) continues where it stopped and ends with the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from midipipe.params import TrainParams
+from midipipe.shards import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA when it is supported (auto), never on CPU unless asked for."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, tp: TrainParams) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms or embeddings' scales)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tp.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tp.lr)
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float, floor: float = 0.0) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to `floor` (a fraction of the peak lr)."""
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class Fit:
+    """What a stage needs to train one model with `fit`."""
+
+    model: nn.Module
+    train_batches: Callable[[int, torch.Generator], Iterable]  # (epoch, rng) -> batches
+    steps_per_epoch: int
+    loss: Callable[[nn.Module, object], tuple[torch.Tensor, dict[str, float]]]
+    evaluate: Callable[[nn.Module], dict[str, float]]  # valid metrics after each epoch
+    best_key: str = "valid_loss"
+    best_mode: str = "min"
+    history: list[dict] = field(default_factory=list)
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def _save_resume(out: Path, model: nn.Module, opt, sched, epoch: int, step: int,
+                 rng: torch.Generator, history: list[dict], best: float | None,
+                 fingerprint: str) -> None:
+    _save_weights(model, out / "model.safetensors")
+    state = {"fingerprint": fingerprint, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+             "step": step, "rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
+             "python_rng": json.dumps(random.getstate()), "history": json.dumps(history),
+             "best": best if best is not None else float("nan")}
+    with atomic_path(out / "state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _python_rng(state: str):
+    version, internal, gauss = json.loads(state)
+    return version, tuple(internal), gauss
+
+
+def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[nn.Module], None],
+        fingerprint: dict | None = None) -> Fit:
+    """Train `job.model` for `tp.epochs`, resuming from `resume_dir` when it holds the state of
+    an interrupted run with the same `fingerprint` (params and data); cleared on success.
+
+    At the end the model holds the weights of its best epoch on `job.best_key`, and
+    `save_best` is called with it.
+    """
+    out = Path(resume_dir)
+    key = json.dumps({"train": dataclasses.asdict(tp), **(fingerprint or {})}, sort_keys=True,
+                     default=str)
+    device = resolve_device(tp.device)
+    amp = autocast_dtype(tp.precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = job.model.to(device)
+    opt = make_optimizer(model, tp)
+    total = tp.epochs * job.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(total, tp.warmup_frac, tp.min_lr / tp.lr if tp.lr else 0.0))
+    scaler = torch.amp.GradScaler(enabled=amp is torch.float16)
+    rng = torch.Generator().manual_seed(tp.seed)
+    seed_everything(tp.seed)
+    start_epoch, step, best = 0, 0, None
+
+    state = torch.load(out / "state.pt", map_location="cpu", weights_only=True) \
+        if (out / "state.pt").exists() else None
+    if state is not None and state["fingerprint"] != key:
+        log.info("ignoring resume state in %s: params or data changed", out)
+        state = None
+    if state is not None:
+        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_python_rng(state["python_rng"]))
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        job.history = json.loads(state["history"])
+        best = None if math.isnan(state["best"]) else state["best"]
+        log.info("resuming from epoch %d (step %d)", start_epoch, step)
+
+    better = (lambda a, b: a < b) if job.best_mode == "min" else (lambda a, b: a > b)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, tp.epochs):
+            model.train()
+            t0, sums, n = time.perf_counter(), {}, 0
+            bar = tqdm(job.train_batches(epoch, rng), total=job.steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{tp.epochs}", unit="step", leave=False)
+            for batch in bar:
+                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                    loss, logs = job.loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                n += 1
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            model.eval()
+            with torch.inference_mode():
+                valid = job.evaluate(model)
+            row = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0],
+                   **{f"train_{k}": v / max(1, n) for k, v in sums.items()}, **valid,
+                   "epoch_s": round(time.perf_counter() - t0, 2)}
+            job.history.append(row)
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+            if best is None or better(valid[job.best_key], best):
+                best = valid[job.best_key]
+                _save_weights(model, out / "best.safetensors")
+            _save_resume(out, model, opt, sched, epoch, step, rng, job.history, best, key)
+    except KeyboardInterrupt:
+        log.warning("interrupted in epoch %d: the last finished epoch is saved in %s; "
+                    "run again to resume", epoch + 1, out)
+        raise SystemExit(130) from None
+    if (out / "best.safetensors").exists():
+        model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
+    save_best(model)
+    shutil.rmtree(out, ignore_errors=True)
+    return job
+
+
+def write_curves(history: list[dict], csv_path: str | Path, png_path: str | Path | None,
+                 title: str, keys: tuple[str, ...]) -> None:
+    """Per-epoch curves as CSV (for `dvc plots`) and PNG (for people)."""
+    if not history:
+        return
+    columns = list(history[0])
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    if png_path is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        if key in history[0]:
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    """Flat JSON of plain numbers and strings, as `dvc metrics diff` wants."""
+    flat = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+    write_json(path, flat)

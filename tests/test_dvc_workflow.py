@@ -1,0 +1,130 @@
+"""The DVC workflow a team relies on, run for real on a tiny corpus in a temporary copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import build_midi
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1",
+}
+
+
+def run(cwd: Path, *cmd: str) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def make_corpus(folder: Path) -> None:
+    for composer, n in (("bach", 6), ("mozart", 5), ("ives", 2)):
+        for i in range(n):
+            path = folder / composer / f"{composer}_{i}.mid"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(build_midi(n_bars=4 + i, pitch=50 + 3 * i + len(composer)))
+
+
+def clone_project(dst: Path, corpus: Path) -> Path:
+    """The repo's tracked files in a fresh git repo, with params pointed at a tiny corpus."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for rel in files + [".dvc/config", ".dvc/.gitignore"]:
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("data/", "metrics/", "dvc.lock")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["data"]["sources"] = [{"kind": "folder", "name": "lab", "path": str(corpus),
+                                  "composer_from": "subfolder"}]
+    params["composers"]["min_pieces"] = 5
+    params["organize"]["workers"] = params["tokenize"]["workers"] = 2
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(dst, "git", "init", "-q", "-b", "main")
+    run(dst, "git", "add", "-A")
+    run(dst, "git", "commit", "-qm", "init")
+    return dst
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dvc")
+    make_corpus(base / "corpus")
+    repo = clone_project(base / "repo", base / "corpus")
+    out = run(repo, "dvc", "repro")
+    assert ran(out) == {"organize", "tokenize", "bucket_composers"}
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "repro")
+    return repo
+
+
+def test_outputs_follow_the_contracts(project):
+    manifest = pq.read_table(project / "data/manifest.parquet").to_pylist()
+    assert len(manifest) == 13
+    for row in manifest:
+        assert (project / "data/midi" / row["path"]).is_file()
+        assert row["path"].startswith(f"{row['composer']}/")
+        assert row["split"] in {"train", "valid", "test"}
+    table = json.loads((project / "data/composers.json").read_text())
+    assert [(c["name"], c["id"]) for c in table["composers"]] == [("bach", 1), ("mozart", 2)]
+    assert table["other_id"] == 3
+    tokens = pq.read_table(project / "data/tokens/remi/part-00000.parquet")
+    assert tokens.num_rows == 13 and tokens.schema.field("ids").type.value_type.bit_width == 32
+
+
+def test_second_repro_is_a_noop(project):
+    assert ran(run(project, "dvc", "repro")) == set()
+
+
+def test_param_change_reruns_only_its_stage(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["composers"]["min_pieces"] = 6
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(project, "dvc", "repro")
+    assert ran(out) == {"bucket_composers"}
+    table = json.loads((project / "data/composers.json").read_text())
+    assert [c["name"] for c in table["composers"]] == ["bach"]
+    run(project, "git", "checkout", "-q", "params.yaml")
+    run(project, "dvc", "checkout", "-q")
+
+
+def test_exp_run_metrics_diff_and_plots(project):
+    out = run(project, "dvc", "exp", "run", "-S", "train.lr=1e-4", "-S", "composers.min_pieces=5")
+    assert "Ran experiment" in out or "Experiment" in out
+    assert "train.lr" in run(project, "dvc", "exp", "show", "--no-pager", "--csv")
+    diff = run(project, "dvc", "metrics", "diff", "--all")
+    assert "metrics/tokenize.json" in diff
+    run(project, "dvc", "plots", "show", "-o", "plots_html")
+    assert (project / "plots_html" / "index.html").is_file()
+
+
+def test_remote_push_pull_into_a_second_clone(project, tmp_path):
+    remote = tmp_path / "remote"
+    run(project, "dvc", "remote", "add", "-d", "team", str(remote))
+    run(project, "dvc", "push")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "remote")
+    second = tmp_path / "second"
+    run(tmp_path, "git", "clone", "-q", str(project), str(second))
+    run(second, "dvc", "pull")
+    # identical outputs, and nothing to recompute
+    for rel in ("data/manifest.parquet", "data/tokens/remi/part-00000.parquet", "data/composers.json"):
+        assert (second / rel).read_bytes() == (project / rel).read_bytes()
+    assert ran(run(second, "dvc", "repro")) == set()

@@ -1,0 +1,111 @@
+"""01_tokenize on good and bad inputs: every bad file becomes a readable reject, nothing else is lost."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import symusic
+
+from midipipe import remi
+from midipipe.params import TokenizeParams
+from midipipe.shards import read_parts
+from midipipe.tokenize import tokenize_files
+from tests.conftest import build_midi
+
+
+def _odd_meter_changes() -> bytes:
+    """5/4, then 7/8 from bar 3, then 4/4: real music with meter changes."""
+    score = symusic.Score.from_midi(build_midi(n_bars=8, numerator=5, denominator=4))
+    bar = 480 * 5
+    score.time_signatures.append(symusic.TimeSignature(3 * bar, 7, 8))
+    score.time_signatures.append(symusic.TimeSignature(3 * bar + 2 * 420 * 4, 4, 4))
+    return score.dumps_midi()
+
+
+def _millions_of_notes(n: int = 1_200_000) -> bytes:
+    track = symusic.Track("dense", 0, False)
+    track.notes.extend(
+        symusic.Note.from_numpy(
+            time=np.arange(n, dtype=np.int32) * 10,
+            duration=np.full(n, 10, np.int32),
+            pitch=(60 + np.arange(n) % 12).astype(np.int8),
+            velocity=np.full(n, 64, np.int8),
+        )
+    )
+    score = symusic.Score(480)
+    score.tracks.append(track)
+    return score.dumps_midi()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    good = build_midi(n_bars=6)
+    files = {
+        "good.mid": good,
+        "seven_eight.mid": build_midi(n_bars=4, numerator=7, denominator=8),
+        "changes.mid": _odd_meter_changes(),
+        "zero.mid": b"",
+        "truncated.mid": good[: len(good) // 2],
+        "random.mid": b"MThd" + np.random.default_rng(0).bytes(300),
+        "dense.mid": _millions_of_notes(),
+    }
+    items = []
+    for i, (name, data) in enumerate(files.items()):
+        (tmp_path / name).write_bytes(data)
+        items.append((f"{i:032x}", str(tmp_path / name)))
+    return items
+
+
+def test_bad_inputs_become_rejects_and_good_ones_land(corpus, tmp_path):
+    out = tmp_path / "tokens"
+    summary = tokenize_files(corpus, out, TokenizeParams(workers=2, timeout_s=60, batch_size=2))
+    assert summary.files == len(corpus)
+    remi_ids = read_parts(out / "remi").column("piece_id").to_pylist()
+    names = {pid: path.rsplit("/", 1)[1] for pid, path in corpus}
+    landed = {names[p] for p in remi_ids}
+    assert landed == {"good.mid", "seven_eight.mid", "changes.mid"}
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    remi_rejects = {names[r["piece_id"]]: r["reason"] for r in rejects if r["stage"] == "tokenize/remi"}
+    assert set(remi_rejects) == {"zero.mid", "truncated.mid", "random.mid", "dense.mid"}
+    assert remi_rejects["zero.mid"] == "empty file (0 bytes)"
+    assert "too many notes: 1200000" in remi_rejects["dense.mid"]
+    assert remi_rejects["truncated.mid"].startswith("cannot parse MIDI")
+    # the tokenizer config is saved beside the shards and reloads
+    assert len(remi.load_tokenizer(out / "remi" / "tokenizer.json")) > 100
+    # musetok refuses the 7/8 and meter-change pieces' unsupported meters, with a reason
+    musetok_rejects = {names[r["piece_id"]] for r in rejects if r["stage"] == "tokenize/musetok"}
+    assert {"zero.mid", "dense.mid"} <= musetok_rejects
+
+
+def test_odd_meters_tokenize_with_their_time_signatures(corpus, tmp_path):
+    tok = remi.make_tokenizer()
+    for name, meter in (("seven_eight.mid", "TimeSig_7/8"), ("changes.mid", "TimeSig_5/4")):
+        path = next(p for _, p in corpus if p.endswith(name))
+        ids, bar_starts = remi.encode(tok, symusic.Score(path))
+        tokens = [tok[i] for i in ids]
+        assert meter in tokens
+        assert all(tokens[b] == "Bar_None" for b in bar_starts)
+    ids, _ = remi.encode(tok, symusic.Score(next(p for _, p in corpus if p.endswith("changes.mid"))))
+    assert {"TimeSig_5/4", "TimeSig_7/8", "TimeSig_4/4"} <= {tok[i] for i in ids}
+
+
+def test_bar_starts_slice_bars(tmp_path):
+    tok = remi.make_tokenizer()
+    ids, bar_starts = remi.encode(tok, symusic.Score.from_midi(build_midi(n_bars=5)))
+    assert len(bar_starts) == 5 and bar_starts[0] == 0
+    bars = [ids[a:b] for a, b in zip(bar_starts, bar_starts[1:] + [len(ids)], strict=True)]
+    assert all(bar[0] == tok.vocab["Bar_None"] for bar in bars)
+
+
+def test_miditok_test_files(external_data, tmp_path):
+    """MidiTok's corrupted file and empty.mid are rejected with reasons; its real files land."""
+    tests = external_data / "miditok-tests"
+    paths = [tests / "corrupted" / "ValueError_Control168.mid", tests / "one_track" / "empty.mid",
+             *sorted((tests / "multitrack").glob("*.mid"))[:4]]
+    items = [(f"{i:032x}", str(p)) for i, p in enumerate(paths)]
+    summary = tokenize_files(items, tmp_path / "t", TokenizeParams(workers=2))
+    rejects = pq.read_table(tmp_path / "t" / "rejects.parquet").to_pylist()
+    remi_rejected = {r["path"] for r in rejects if r["stage"] == "tokenize/remi"}
+    assert str(paths[1]) in remi_rejected  # empty.mid has no notes
+    assert summary.remi_pieces + len(remi_rejected) == len(paths)
+    assert summary.remi_pieces >= 4
+    assert all(r["reason"] for r in rejects)
