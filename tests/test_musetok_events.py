@@ -79,7 +79,8 @@ def test_vectors_events_bars_and_ids(musetok_vectors):
 
 
 def test_vectors_score_input_matches(musetok_vectors):
-    """A symusic Score (path or bytes parse) converts like the file itself."""
+    """A symusic Score converts like its file (files whose equal notes sit in one MIDI track,
+    like the type-0 multitrack vector, need the raw bytes: see score_to_events)."""
     for path, ref in _vector_cases(musetok_vectors):
         if "events" in ref and path.stem.startswith(("nottingham", "music21", "vgmidi")):
             assert score_to_events(symusic.Score(path)) == ref["events"], path.stem
@@ -141,7 +142,13 @@ def test_triplets_and_lone_80_grid_onset():
         *note(27, 65, 240), TS44, "EOS_None",
     ]  # fmt: skip
     lone = midi([(0, 480, 60), (80, 480, 62)])
-    assert midi_to_events(lone) == ["Bar_None", *note(0, 60, 480), *note(3, 62, 480), TS44, "EOS_None"]
+    assert midi_to_events(lone) == [
+        "Bar_None",
+        *note(0, 60, 480),
+        *note(3, 62, 480),
+        TS44,
+        "EOS_None",
+    ]
 
 
 def test_onset_inside_a_triplet_adds_no_pattern_of_its_own():

@@ -16,6 +16,7 @@ import yaml
 from midipipe import params as P
 from midipipe.logs import USER_ERRORS, setup_logging
 from midipipe.midi import piece_id
+from midipipe.shards import atomic_path
 from midipipe.sources.base import MIDI_SUFFIXES, find_midis
 
 log = logging.getLogger("midipipe")
@@ -74,6 +75,51 @@ def cmd_info(args) -> None:
             print(f"  {name}: {marks}")
 
 
+def cmd_musetok_events(args) -> None:
+    from midipipe.musetok.events import MuseTokReject, bar_positions, events_to_ids, midi_to_events
+
+    try:
+        events = midi_to_events(Path(args.file))
+    except MuseTokReject as exc:
+        print(json.dumps({"error": str(exc)}))
+        sys.exit(1)
+    out: dict = {"bar_positions": bar_positions(events), "events": events}
+    try:
+        out["ids"] = events_to_ids(events)
+    except MuseTokReject as exc:
+        out["ids"], out["ids_error"] = None, str(exc)
+    print(json.dumps(out))
+
+
+def cmd_latents(args) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from midipipe.musetok import checkpoint
+    from midipipe.musetok.encode import encode_pieces
+    from midipipe.musetok.events import encode_midi
+
+    ids, bar_starts = encode_midi(Path(args.file))
+    model = checkpoint.load(args.checkpoint).eval()
+    (out,) = list(encode_pieces(model, [(ids, bar_starts)], batch_size=args.batch_size))
+    tensors = {
+        "codes": torch.from_numpy(out.codes),
+        "latents": torch.from_numpy(out.latents),
+        "encoder_out": torch.from_numpy(out.encoder_out),
+    }
+    with atomic_path(args.out) as tmp:
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"source": str(args.file), "bars_truncated": str(out.n_truncated)},
+        )
+    print(
+        json.dumps(
+            {"bars": len(out.codes), "bars_truncated": out.n_truncated, "out": str(args.out)}
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -86,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--workers", type=int, default=None, help="processes (default: params)")
     tok.set_defaults(func=cmd_tokenize)
 
+    ev = sub.add_parser("musetok-events", help="MuseTok events of one MIDI file, as JSON")
+    ev.add_argument("file")
+    ev.set_defaults(func=cmd_musetok_events)
+
+    lat = sub.add_parser("latents", help="per-bar MuseTok codes, latents and encoder output")
+    lat.add_argument("file")
+    lat.add_argument(
+        "--checkpoint",
+        required=True,
+        help="folder with config.json + model.safetensors, or an official model.pt",
+    )
+    lat.add_argument("--out", required=True, help="output .safetensors")
+    lat.add_argument("--batch-size", type=int, default=256, help="bars per forward pass")
+    lat.set_defaults(func=cmd_latents)
+
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)
     return parser
@@ -96,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         args.func(args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, ValueError) as exc:  # bad input or checkpoint: the reason, no trace
+        if args.verbose:
+            raise
         print(f"midipipe: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import symusic
 from miditok import REMI, TokenizerConfig
 
@@ -58,7 +59,7 @@ def load_tokenizer(path: str | Path) -> REMI:
     return REMI(params=Path(path))
 
 
-def encode(tokenizer: REMI, score: symusic.Score) -> tuple[list[int], list[int]]:
+def encode(tokenizer: REMI, score: symusic.Score) -> tuple[np.ndarray, np.ndarray]:
     """REMI ids of a whole score (one stream for all programs) and where each bar starts."""
     known = set(tokenizer.time_signatures)
     unsupported = sorted({(ts.numerator, ts.denominator) for ts in score.time_signatures} - known)
@@ -70,6 +71,5 @@ def encode(tokenizer: REMI, score: symusic.Score) -> tuple[list[int], list[int]]
         raise ParamError("tokenize.remi.one_token_stream_for_programs must be true")
     if not seq.ids:
         raise BadMidi("no tokens after preprocessing (all notes outside the pitch range?)")
-    bar_id = tokenizer.vocab["Bar_None"]
-    bar_starts = [i for i, t in enumerate(seq.ids) if t == bar_id]
-    return seq.ids, bar_starts
+    ids = np.asarray(seq.ids, dtype=np.int32)  # compact to send between processes
+    return ids, np.flatnonzero(ids == tokenizer.vocab["Bar_None"]).astype(np.int32)

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -64,6 +65,17 @@ def write_rows(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
     write_table(path, pa.Table.from_pylist(rows, schema=schema))
 
 
+def _column(values: list, type_: pa.DataType) -> pa.Array:
+    """Lists of numpy arrays (token ids from workers) become one Arrow list column without a
+    Python loop over tokens; anything else goes through pyarrow's own conversion."""
+    if pa.types.is_list(type_) and values and isinstance(values[0], np.ndarray):
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        flat = np.concatenate(values).astype(type_.value_type.to_pandas_dtype(), copy=False)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    return pa.array(values, type=type_)
+
+
 class ShardWriter:
     """Stream rows into `part-00000.parquet`, `part-00001.parquet`, ... of `rows_per_part` rows.
 
@@ -90,7 +102,8 @@ class ShardWriter:
         if not self.rows:
             return
         path = self.folder / f"part-{len(self.parts):05d}.parquet"
-        write_rows(path, self.rows, self.schema)
+        columns = [_column([r[f.name] for r in self.rows], f.type) for f in self.schema]
+        write_table(path, pa.Table.from_arrays(columns, schema=self.schema))
         self.parts.append(path)
         self.rows = []
 

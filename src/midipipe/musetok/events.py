@@ -2,14 +2,13 @@
 
 The reference (MuseTok `midi_analyzer` + `midi2corpus_strict(remove_overlap=True)` +
 `corpus2events(repeat_beat=True)`) parses with miditoolkit and checks every triplet onset against
-the list of all onsets, O(n^2). Here every step is vectorised with numpy; only the onsets that
-start a triplet pattern are walked in Python, because the reference's "already part of a triplet"
-rule chains from one onset to the next.
+the list of all onsets, O(n^2). Here onsets and durations snap through per-bar lookup tables,
+overlaps are cut with numpy, and the triplet check uses a set of the distinct onsets.
 
 Conventions (ticks are at 480 per quarter after rescaling):
 - one piano stream, notes stably sorted by (start, -pitch); only the first time signature counts;
 - onsets snap to the 80/120-tick grid of their bar; an 80-grid onset stays a triplet only if a
-  pattern of later onsets backs it, otherwise it snaps to the 120 grid;
+  pattern of onsets backs it, otherwise it snaps to the 120 grid;
 - durations snap to 8 (or, for triplets, 12) values, overlaps are cut at the next onset group,
   leading empty bars are dropped, the bar count follows the end of the last note in sort order.
 """
@@ -31,81 +30,72 @@ log = logging.getLogger(__name__)
 
 TICKS_PER_BEAT = 480
 STEP = 40  # Beat token unit
-TRIPLET_STEP = 80
-NORMAL_STEP = 120
 MIN_PITCH, MAX_PITCH = 21, 108
+# Sixteenth-based durations, then the triplet ones; ties go to the first in this order.
 DURATIONS = np.array([120, 240, 360, 480, 720, 960, 1440, 1920, 80, 160, 320, 640], np.int64)
-N_NORMAL_DURATIONS = 8  # the first 8; triplet notes may also take the last 4
 # Triplet patterns in the reference's order of trial: (step, number of onsets incl. the first).
 _PATTERNS = ((80, 6), (160, 6), (320, 6), (80, 3), (160, 3), (320, 3), (640, 3))
-_OFFSETS = np.array(sorted({s * k for s, c in _PATTERNS for k in range(1, c)}), np.int64)
-_PATTERN_COLS = [np.searchsorted(_OFFSETS, [s * k for k in range(1, c)]) for s, c in _PATTERNS]
-_PATTERN_LAST = np.array([s * (c - 1) for s, c in _PATTERNS], np.int64)
 _PITCH_TOKENS = np.array([f"Note_Pitch_{p}" for p in range(128)], dtype=object)
+
+
+def _nearest(grid: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Nearest value of `grid` (in its own order) to each x; ties go to the earlier value."""
+    return grid[np.abs(x[:, None] - grid[None, :]).argmin(axis=1)]
+
+
+# Duration snap by lookup: row 0 sixteenth-based notes, row 1 triplet notes; raw lengths are
+# clipped to 0..1920 first (below 0 the nearest is the smallest value, above 1920 it is 1920).
+_LONGEST = int(DURATIONS.max())
+_SNAP_DURATION = np.stack(
+    [_nearest(DURATIONS[:8], np.arange(_LONGEST + 1)), _nearest(DURATIONS, np.arange(_LONGEST + 1))]
+)
+_IS_DURATION = np.zeros(_LONGEST + 1, bool)
+_IS_DURATION[DURATIONS] = True
 
 
 class MuseTokReject(ValueError):
     """A MIDI file the MuseTok conversion (or its vocabulary) cannot represent; str() says why."""
 
 
-@lru_cache(maxsize=64)
-def _grids(bar: int) -> tuple[np.ndarray, np.ndarray]:
-    """Allowed onsets inside a bar: triplet+sixteenth grid (with bar end) and sixteenth grid."""
-    full = np.unique(np.concatenate([np.arange(0, bar, 80), np.arange(0, bar, 120), [bar]]))
-    normal = np.unique(np.concatenate([np.arange(0, bar, 120), [bar]]))
-    return full, normal
+@lru_cache(maxsize=16)
+def _bar_tables(bar: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per bar length, indexed by tick in bar: nearest onset on the 80/120 grid and on the 120
+    grid (both include the bar end; ties go to the earlier one); Beat and Duration tokens."""
+    ticks = np.arange(bar)
+    snaps = []
+    for steps in ((80, 120), (120,)):
+        grid = np.unique(np.concatenate([*(np.arange(0, bar, s) for s in steps), [bar]]))
+        i = np.searchsorted(grid, ticks)
+        left, right = grid[np.maximum(i - 1, 0)], grid[i]
+        snaps.append(np.where(ticks - left <= right - ticks, left, right))
+    beats = np.array([f"Beat_{k}" for k in range(bar // STEP + 1)], dtype=object)
+    durations = np.full(max(bar, _LONGEST) + 1, None, dtype=object)
+    for d in {*DURATIONS.tolist(), bar}:
+        durations[d] = f"Note_Duration_{d}"
+    return snaps[0], snaps[1], beats, durations
 
 
-@lru_cache(maxsize=64)
-def _beat_tokens(bar: int) -> np.ndarray:
-    return np.array([f"Beat_{k}" for k in range(bar // STEP + 1)], dtype=object)
+def _triplet_onsets(onsets: list[int], bar: int) -> set[int]:
+    """Onsets (multiples of 80, ascending) that the reference marks as triplets.
 
-
-def _snap(grid: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Nearest grid value to each x (0 <= x < grid[-1]); an exact tie goes to the smaller one."""
-    i = np.searchsorted(grid, x)
-    right = grid[i]
-    left = grid[np.maximum(i - 1, 0)]
-    return np.where(x - left <= right - x, left, right)
-
-
-def _triplet_onsets(onsets: np.ndarray, bar: int) -> np.ndarray:
-    """Sorted onsets (multiples of 80) that the reference marks as triplets.
-
-    An onset X is a triplet when the first matching pattern (in `_PATTERNS` order) has all its
-    onsets present and ends before X's bar ends, or when an earlier onset that itself started a
-    pattern listed X. An onset already listed does not add its own pattern (reference behaviour).
+    X starts a triplet when the first matching pattern (in `_PATTERNS` order) has all its onsets
+    present and ends before X's bar does; the whole pattern is then triplet. An onset already
+    marked this way is not checked again, so it adds no pattern of its own (reference behaviour).
     """
-    if onsets.size == 0:
-        return onsets
-    wanted = onsets[:, None] + _OFFSETS[None, :]
-    pos = np.minimum(np.searchsorted(onsets, wanted), onsets.size - 1)
-    present = onsets[pos] == wanted
-    bar_end = (onsets // bar + 1) * bar
-    ok = np.stack(
-        [present[:, cols].all(axis=1) for cols in _PATTERN_COLS], axis=1
-    ) & (onsets[:, None] + _PATTERN_LAST[None, :] < bar_end[:, None])
-    starters = np.flatnonzero(ok.any(axis=1))
-    if starters.size == 0:
-        return starters.astype(np.int64)
-    first = ok[starters].argmax(axis=1)
+    present = set(onsets)
     valid: set[int] = set()
-    for x, k in zip(onsets[starters].tolist(), first.tolist(), strict=True):
-        if x in valid:
+    for x in onsets:
+        if x in valid or not (
+            x + 80 in present or x + 160 in present or x + 320 in present or x + 640 in present
+        ):
             continue
-        step, count = _PATTERNS[k]
-        valid.update(range(x, x + step * count, step))
-    return np.array(sorted(valid), np.int64)
-
-
-def _collect_notes(score: symusic.Score) -> tuple[np.ndarray, ...]:
-    """(start, duration, pitch, track index) of all notes, tracks merged in symusic's order."""
-    arrays = [(k, t.notes.numpy()) for k, t in enumerate(score.tracks) if len(t.notes)]
-    start = np.concatenate([a["time"] for _, a in arrays]).astype(np.int64)
-    dur = np.concatenate([a["duration"] for _, a in arrays]).astype(np.int64)
-    pitch = np.concatenate([a["pitch"] for _, a in arrays]).astype(np.int64)
-    track = np.repeat([k for k, _ in arrays], [a["time"].size for _, a in arrays])
-    return start, dur, pitch, track
+        bar_end = (x // bar + 1) * bar
+        for step, count in _PATTERNS:
+            last = x + step * (count - 1)
+            if last < bar_end and all(x + step * k in present for k in range(1, count)):
+                valid.update(range(x, last + 1, step))
+                break
+    return valid
 
 
 def _midi_track_sizes(data: bytes, n_tracks: int) -> list[int] | None:
@@ -135,32 +125,73 @@ def _midi_track_sizes(data: bytes, n_tracks: int) -> list[int] | None:
 
 
 def _reference_order(
-    start: np.ndarray, pitch: np.ndarray, end_raw: np.ndarray, track: np.ndarray, data: bytes | None
+    start: np.ndarray,
+    pitch: np.ndarray,
+    end_raw: np.ndarray,
+    score: symusic.Score,
+    counts: list[int],
+    data: bytes | None,
 ) -> np.ndarray:
-    """Stable sort by (start, -pitch); equal (start, pitch) notes follow miditoolkit's
-    instrument order (MIDI track, then first note-off) when that changes the result."""
-    order = np.argsort(start * 128 + (127 - pitch), kind="stable")
-    s, p, t, e = start[order], pitch[order], track[order], end_raw[order]
-    tie = np.flatnonzero((s[1:] == s[:-1]) & (p[1:] == p[:-1]))
-    if data is None or tie.size == 0:
+    """Stable sort by (start, -pitch). Equal (start, pitch) notes of different instruments
+    follow miditoolkit's instrument order (MIDI track, then first note-off) when it matters."""
+    key = start * 128 + (127 - pitch)
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    tie = k[1:] == k[:-1]
+    if data is None or not tie.any():
         return order
-    heads = np.flatnonzero(np.diff(np.concatenate([[-1], s]) * 128 + np.concatenate([[-1], p])))
-    mixed = (np.maximum.reduceat(t, heads) != np.minimum.reduceat(t, heads)) & (
-        np.maximum.reduceat(e, heads) != np.minimum.reduceat(e, heads)
-    )
-    if not mixed.any():
-        return order
-    n_tracks = int(track.max()) + 1
-    sizes = _midi_track_sizes(data, n_tracks)
+    track = np.repeat(np.arange(len(counts)), counts)
+    t = track[order]
+    tie &= t[1:] != t[:-1]
+    involved = set(t[:-1][tie].tolist()) | set(t[1:][tie].tolist())
+    names = [score.tracks[i].name for i in involved]
+    if len(set(names)) == len(names):
+        return order  # different MIDI tracks (symusic names each track after its chunk)
+    sizes = _midi_track_sizes(data, len(counts))
     if sizes is None:
-        log.debug("MIDI track layout unclear; ties keep symusic's track order")
+        log.debug("MIDI track layout unclear; equal notes keep symusic's track order")
         return order
-    first_off = np.full(n_tracks, np.iinfo(np.int64).max)
+    first_off = np.full(len(counts), np.iinfo(np.int64).max)
     np.minimum.at(first_off, track, end_raw)
     chunk = np.repeat(np.arange(len(sizes)), sizes)
-    rank = np.empty(n_tracks, np.int64)
-    rank[np.lexsort((np.arange(n_tracks), first_off, chunk))] = np.arange(n_tracks)
+    rank = np.empty(len(counts), np.int64)
+    rank[np.lexsort((np.arange(len(counts)), first_off, chunk))] = np.arange(len(counts))
     return np.lexsort((rank[track], 127 - pitch, start))
+
+
+def _remove_overlap(onset: np.ndarray, end: np.ndarray, in_order: bool) -> np.ndarray:
+    """Cut each note at the first later onset group (never the last one) that outlasts it.
+
+    Reference rule: walk the groups after the note's own while the note still sounds at their
+    onset; skip groups whose latest end the note reaches; at the first one it does not reach,
+    cut there if the cut length is an allowed duration, and stop either way.
+    """
+    if in_order:
+        on, end = onset, end.copy()
+    else:
+        order = np.argsort(onset, kind="stable")
+        on, end = onset[order], end[order]
+    new = np.concatenate(([True], on[1:] != on[:-1]))
+    heads = np.flatnonzero(new)
+    groups, group_end = on[heads], np.maximum.reduceat(end, heads)
+    gid = np.cumsum(new) - 1
+    last = groups.size - 1
+    limit = np.minimum(np.searchsorted(groups, end), last)
+    active = np.flatnonzero(limit > gid + 1)
+    if active.size:
+        g, lim, e = gid[active] + 1, limit[active], end[active]
+        j = g[:, None] + np.arange(int((lim - g).max()))
+        hit = (j < lim[:, None]) & (group_end.take(j, mode="clip") > e[:, None])
+        first = hit.argmax(axis=1)
+        cut_at = groups.take(g + first, mode="clip")
+        # a cut is shorter than the note's snapped length (<= 1920), so it indexes _IS_DURATION
+        cut = hit[np.arange(active.size), first] & _IS_DURATION[cut_at - on[active]]
+        end[active[cut]] = cut_at[cut]
+    if in_order:
+        return end
+    out = np.empty_like(end)
+    out[order] = end
+    return out
 
 
 def score_to_events(score: symusic.Score) -> list[str]:
@@ -177,14 +208,15 @@ def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
         score = score.to("tick")
     if score.note_num() == 0:
         raise MuseTokReject("empty MIDI: no notes")
-    start, dur, pitch, track = _collect_notes(score)
+    arrays = [t.notes.numpy() for t in score.tracks]
+    start = np.concatenate([a["time"] for a in arrays], dtype=np.int64)
+    dur = np.concatenate([a["duration"] for a in arrays], dtype=np.int64)
+    pitch = np.concatenate([a["pitch"] for a in arrays], dtype=np.int64)
     end_raw = start + dur
     tpq = score.ticks_per_quarter
     if tpq != TICKS_PER_BEAT:  # the reference truncates a float rescale of start and length
         start = (start / tpq * TICKS_PER_BEAT).astype(np.int64)
         dur = (dur / tpq * TICKS_PER_BEAT).astype(np.int64)
-    end = start + dur
-
     if len(score.time_signatures):
         ts = score.time_signatures[0]
         num, den = ts.numerator, ts.denominator
@@ -193,30 +225,32 @@ def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
     bar = int(TICKS_PER_BEAT * (4 * num / den))
     if bar <= 0:
         raise MuseTokReject(f"unsupported time signature {num}/{den}: bar shorter than a tick")
+    snap_full, snap_normal, beat_tokens, duration_tokens = _bar_tables(bar)
 
-    order = _reference_order(start, pitch, end_raw, track, data)
-    start, end, pitch = start[order], end[order], pitch[order]
+    counts = [a["time"].size for a in arrays]
+    order = _reference_order(start, pitch, end_raw, score, counts, data)
+    start, pitch = start[order], pitch[order]
+    end = start + dur[order]
 
-    # --- onsets: 80/120 grid, triplet check, re-snap of lone 80-grid onsets --- #
-    full, normal = _grids(bar)
+    # --- onsets: 80/120 grid; 80-grid onsets without a triplet pattern move to the 120 grid --- #
     bar_start = start // bar * bar
     within = start - bar_start
-    onset = bar_start + _snap(full, within)
-    candidate = onset % TRIPLET_STEP == 0
-    triplets = _triplet_onsets(np.unique(onset[candidate]), bar)
-    triplet = candidate & np.isin(onset, triplets)
-    lone = candidate & ~triplet
-    if lone.any():
-        onset[lone] = bar_start[lone] + _snap(normal, within[lone])
+    onset = bar_start + snap_full[within]
+    candidate = onset % 80 == 0
+    triplets = _triplet_onsets(list(dict.fromkeys(onset[candidate].tolist())), bar)
+    if triplets:
+        known = np.array(sorted(triplets))
+        triplet = candidate & (known[np.searchsorted(known, onset) % known.size] == onset)
+    else:
+        triplet = np.zeros_like(candidate)
+    onset = np.where(candidate & ~triplet, bar_start + snap_normal[within], onset)
 
-    # --- durations: nearest allowed value, first in DURATIONS order on ties --- #
-    dist = np.abs((end - onset)[:, None] - DURATIONS[None, :])
-    dist[~triplet, N_NORMAL_DURATIONS:] = np.iinfo(np.int64).max
-    end = onset + DURATIONS[dist.argmin(axis=1)]
+    # --- durations snap from the quantized onset, then overlaps are cut --- #
+    end = onset + _SNAP_DURATION[triplet.view(np.int8), np.clip(end - onset, 0, _LONGEST)]
+    in_order = bool((onset[1:] >= onset[:-1]).all())  # almost always: onsets follow starts
+    end = _remove_overlap(onset, end, in_order)
 
-    end = _remove_overlap(onset, end)
-
-    # --- bars --- #
+    # --- bars: drop leading empty bars; the last note in sort order sets the bar count --- #
     offset = int(onset[0]) // bar
     n_bars = math.ceil(int(end[-1]) / bar) - offset
     if n_bars <= 0:
@@ -225,70 +259,27 @@ def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
     length = np.minimum(end - onset, bar)
     bar_idx = t // bar
     pos = t - bar_idx * bar
-    emit = np.flatnonzero((pos % STEP == 0) & (bar_idx >= 0) & (bar_idx < n_bars))
-    emit = emit[np.argsort(t[emit], kind="stable")]
-    bar_idx, pos, pitch, length = bar_idx[emit], pos[emit], pitch[emit], length[emit]
-    bad = np.flatnonzero((pitch < MIN_PITCH) | (pitch > MAX_PITCH))
-    if bad.size:
-        raise MuseTokReject(f"invalid pitch value {int(pitch[bad[0]])}")
-    return _assemble(bar_idx, pos, pitch, length, n_bars, bar, f"{num}/{den}")
+    if not (in_order and bar % STEP == 0 and t[-1] < n_bars * bar):
+        # visit order: bar, onset, sort order; off-step onsets and notes past the end are dropped
+        emit = np.flatnonzero((pos % STEP == 0) & (bar_idx >= 0) & (bar_idx < n_bars))
+        emit = emit[np.argsort(t[emit], kind="stable")]
+        bar_idx, pos, pitch, length = bar_idx[emit], pos[emit], pitch[emit], length[emit]
+    bad = (pitch < MIN_PITCH) | (pitch > MAX_PITCH)
+    if bad.any():
+        raise MuseTokReject(f"invalid pitch value {int(pitch[bad][0])}")
 
-
-def _remove_overlap(onset: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Cut each note at the first later onset group (never the last) that outlasts it.
-
-    Reference rule: walk the groups after the note's own while the note still sounds at their
-    onset; skip groups whose latest end the note reaches; at the first one it does not reach,
-    cut there if the cut length is an allowed duration, and stop either way.
-    """
-    groups, gid = np.unique(onset, return_inverse=True)
-    n_groups = groups.size
-    if n_groups < 3:
-        return end
-    group_end = np.zeros(n_groups, np.int64)
-    np.maximum.at(group_end, gid, end)
-    limit = np.minimum(np.searchsorted(groups, end), n_groups - 1)
-    active = np.flatnonzero(limit > gid + 1)
-    if active.size == 0:
-        return end
-    g, lim, e = gid[active], limit[active], end[active]
-    span = int((lim - g - 1).max())
-    j = g[:, None] + 1 + np.arange(span)[None, :]
-    hit = (j < lim[:, None]) & (group_end[np.minimum(j, n_groups - 1)] > e[:, None])
-    found = hit.any(axis=1)
-    j_hit = j[np.arange(active.size), hit.argmax(axis=1)]
-    cut_at = groups[np.minimum(j_hit, n_groups - 1)]
-    cut = found & np.isin(cut_at - onset[active], DURATIONS)
-    end = end.copy()
-    end[active[cut]] = cut_at[cut]
-    return end
-
-
-def _assemble(
-    bar_idx: np.ndarray,
-    pos: np.ndarray,
-    pitch: np.ndarray,
-    length: np.ndarray,
-    n_bars: int,
-    bar: int,
-    time_sig: str,
-) -> list[str]:
-    """Bar_None, (Beat, Note_Pitch, Note_Duration) per note, Time_Signature per bar; final EOS."""
+    # --- tokens: Bar_None, (Beat, Note_Pitch, Note_Duration) per note, Time_Signature; EOS --- #
     n = bar_idx.size
     per_bar = np.bincount(bar_idx, minlength=n_bars)
-    before = np.concatenate([[0], np.cumsum(per_bar)[:-1]])
-    bar_at = 2 * np.arange(n_bars) + 3 * before
+    bar_at = 2 * np.arange(n_bars) + 3 * (np.cumsum(per_bar) - per_bar)
     tokens = np.empty(2 * n_bars + 3 * n + 1, dtype=object)
     tokens[bar_at] = "Bar_None"
-    tokens[bar_at + 3 * per_bar + 1] = f"Time_Signature_{time_sig}"
+    tokens[bar_at + 3 * per_bar + 1] = f"Time_Signature_{num}/{den}"
     tokens[-1] = "EOS_None"
     note_at = 2 * bar_idx + 1 + 3 * np.arange(n)
-    tokens[note_at] = _beat_tokens(bar)[pos // STEP]
+    tokens[note_at] = beat_tokens[pos // STEP]
     tokens[note_at + 1] = _PITCH_TOKENS[pitch]
-    values, inverse = np.unique(length, return_inverse=True)
-    tokens[note_at + 2] = np.array([f"Note_Duration_{v}" for v in values.tolist()], object)[
-        inverse
-    ]
+    tokens[note_at + 2] = duration_tokens[length]
     return tokens.tolist()
 
 

@@ -291,20 +291,8 @@ class MuseTok(nn.Module):
     def quantize(self, quantizer_input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Residual SimVQ on [..., d_latent]; returns (latents, codes, per-level commit loss)."""
         shape = quantizer_input.shape
-        # ResidualSimVQ expects [b, n, d]; a single row is padded with a copy because the
-        # rotation trick's squeeze() would otherwise drop the batch axis.
-        flat = quantizer_input.reshape(1, -1, shape[-1])
-        single = flat.size(1) == 1
-        if single:
-            flat = flat.expand(1, 2, shape[-1])
-        latents, codes, losses = self.residual_sim_vq(flat)
-        if single:
-            latents, codes = latents[:, :1], codes[:, :1]
-        return (
-            latents.reshape(*shape[:-1], shape[-1]),
-            codes.reshape(*shape[:-1], codes.size(-1)),
-            losses,
-        )
+        latents, codes, losses = self.residual_sim_vq(quantizer_input.reshape(1, -1, shape[-1]))
+        return latents.reshape(shape), codes.reshape(*shape[:-1], codes.size(-1)), losses
 
     def encode_bars(self, ids: Tensor, pad_mask: Tensor) -> BarEncoding:
         """Encode independent bars.

@@ -69,29 +69,50 @@ def collate(samples: list) -> dict[str, torch.Tensor]:
         n = min(t, len(s.dec_input))
         dec_inp[i, :n] = s.dec_input[:n]
         dec_tgt[i, :n] = s.dec_target[:n]
+    enc_ids = np.stack([s.enc.ids for s in samples])
+    enc_mask = np.stack([s.enc.pad_mask for s in samples])
+    # Trailing padding is masked out of attention and the bar's output is read at position 0,
+    # so cutting every row to the longest real bar in the batch changes nothing but the cost
+    # (most bars are far shorter than the 128-token window).
+    width = max(2, int((~enc_mask).any(axis=(0, 1)).nonzero()[0].max()) + 1)
     return {
-        "enc_ids": torch.from_numpy(np.stack([s.enc.ids for s in samples])),
-        "enc_mask": torch.from_numpy(np.stack([s.enc.pad_mask for s in samples])),
+        "enc_ids": torch.from_numpy(np.ascontiguousarray(enc_ids[..., :width])),
+        "enc_mask": torch.from_numpy(np.ascontiguousarray(enc_mask[..., :width])),
         "dec_inp": torch.from_numpy(dec_inp),
         "dec_tgt": torch.from_numpy(dec_tgt),
         "bar_pos": torch.from_numpy(np.stack([s.bar_pos for s in samples])),
     }
 
 
-def sample(ids: Sequence[int], bar_starts: Sequence[int], p: MuseTokTrainParams,
-           rng: torch.Generator | None):
+def sample(
+    ids: Sequence[int],
+    bar_starts: Sequence[int],
+    p: MuseTokTrainParams,
+    rng: torch.Generator | None,
+):
     """One segment of a piece: a random start bar when `rng` is given, else bar 0."""
     n_start = max(1, len(bar_starts) - p.max_bars)
     start = int(torch.randint(n_start, (1,), generator=rng)) if rng is not None else 0
     arr = np.asarray(ids, dtype=np.int64)
     if rng is not None and p.augment:
         arr = transpose(arr, random_shift(arr, rng))
-    return decoder_sample(arr.tolist(), bar_starts, start_bar=start, max_bars=p.max_bars,
-                          dec_seqlen=p.dec_seqlen, pad_to_same=False)
+    return decoder_sample(
+        arr.tolist(),
+        bar_starts,
+        start_bar=start,
+        max_bars=p.max_bars,
+        dec_seqlen=p.dec_seqlen,
+        pad_to_same=False,
+    )
 
 
-def train_batches(pieces: list[tuple[list[int], list[int]]], p: MuseTokTrainParams,
-                  batch_size: int, epoch: int, rng: torch.Generator) -> Iterator[dict]:
+def train_batches(
+    pieces: list[tuple[list[int], list[int]]],
+    p: MuseTokTrainParams,
+    batch_size: int,
+    epoch: int,
+    rng: torch.Generator,
+) -> Iterator[dict]:
     order = torch.randperm(len(pieces), generator=rng).tolist()
     if p.max_pieces:
         order = order[: p.max_pieces]
@@ -104,12 +125,18 @@ def loss(model: MuseTok, batch: dict, beta: float) -> tuple[torch.Tensor, dict[s
     batch = {k: v.to(device) for k, v in batch.items()}
     out = model(batch["enc_ids"], batch["enc_mask"], batch["dec_inp"], batch["bar_pos"])
     losses = model.compute_loss(out, batch["dec_tgt"], beta=beta)
-    return losses["total_loss"], {"recons_loss": losses["recons_loss"].item(),
-                                  "commit_loss": losses["commit_loss"].item()}
+    return losses["total_loss"], {
+        "recons_loss": losses["recons_loss"].item(),
+        "commit_loss": losses["commit_loss"].item(),
+    }
 
 
-def evaluate(model: MuseTok, pieces: list[tuple[list[int], list[int]]], p: MuseTokTrainParams,
-             batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: MuseTok,
+    pieces: list[tuple[list[int], list[int]]],
+    p: MuseTokTrainParams,
+    batch_size: int,
+) -> dict[str, float]:
     """Valid reconstruction loss and token accuracy (non-PAD targets, teacher forcing), and
     per-level code usage and perplexity over every valid bar."""
     device = next(model.parameters()).device
@@ -132,8 +159,11 @@ def evaluate(model: MuseTok, pieces: list[tuple[list[int], list[int]]], p: MuseT
         codes = out.codes.reshape(-1, n_q)[real_bars.reshape(-1)].cpu()
         for level in range(n_q):
             counts[level] += torch.bincount(codes[:, level], minlength=size)
-    metrics = {"valid_loss": total_loss / max(1, tokens),
-               "valid_token_acc": correct / max(1, tokens), "valid_bars": int(counts[0].sum())}
+    metrics = {
+        "valid_loss": total_loss / max(1, tokens),
+        "valid_token_acc": correct / max(1, tokens),
+        "valid_bars": int(counts[0].sum()),
+    }
     for level in range(n_q):
         probs = counts[level].float() / max(1, int(counts[level].sum()))
         nz = probs[probs > 0]

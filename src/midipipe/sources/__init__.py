@@ -1,0 +1,80 @@
+"""Corpus adapters: each `data.sources` entry in params.yaml becomes a stream of `Piece`s.
+
+    data:
+      sources:
+        - {kind: music21, name: music21}
+        - {kind: folder, name: mylab, path: /data/midis, composer_from: subfolder}
+
+`iter_source(spec, param)` checks the whole entry (kind, option names and types, paths,
+metadata files) before it returns, so a misconfigured source fails before anything is written;
+the pieces themselves are produced lazily. `KINDS` lists the adapters: each has an options
+dataclass (its typed keys and defaults) and an `open_source(options, name, param)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import emopia, folder, gigamidi, maestro, midicaps, music21_corpus, vgmidi, xmidi
+from .base import BarLabel, Piece, SourceError
+from .options import build_options, describe_options
+
+__all__ = ["KINDS", "Adapter", "BarLabel", "Piece", "SourceError", "describe", "iter_source"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    options: type  # a dataclass: the keys a source entry may set besides kind and name
+    open_source: Callable[[Any, str, str], Iterator[Piece]]  # (options, name, param)
+    summary: str
+
+
+KINDS: dict[str, Adapter] = {
+    "music21": Adapter(
+        music21_corpus.Music21Options, music21_corpus.open_source, music21_corpus.SUMMARY
+    ),
+    "folder": Adapter(folder.FolderOptions, folder.open_source, folder.SUMMARY),
+    "xmidi": Adapter(xmidi.XMidiOptions, xmidi.open_source, xmidi.SUMMARY),
+    "emopia": Adapter(emopia.EmopiaOptions, emopia.open_source, emopia.SUMMARY),
+    "vgmidi": Adapter(vgmidi.VGMidiOptions, vgmidi.open_source, vgmidi.SUMMARY),
+    "midicaps": Adapter(midicaps.MidiCapsOptions, midicaps.open_source, midicaps.SUMMARY),
+    "maestro": Adapter(maestro.MaestroOptions, maestro.open_source, maestro.SUMMARY),
+    "gigamidi": Adapter(gigamidi.GigaMidiOptions, gigamidi.open_source, gigamidi.SUMMARY),
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names folders and prefixes song ids
+
+
+def parse_spec(spec: dict, param: str) -> tuple[str, str, Any]:
+    """(kind, name, typed options) of one source entry, or a SourceError naming the bad key."""
+    if not isinstance(spec, dict):
+        raise SourceError(f"{param}: expected a mapping with 'kind' and 'name', got {spec!r}")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise SourceError(
+            f"{param}.kind: unknown source kind {kind!r}; known kinds: {', '.join(KINDS)}"
+        )
+    name = spec.get("name", kind)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SourceError(
+            f"{param}.name: {name!r} must be letters, digits, '.', '_' or '-' (it names folders)"
+        )
+    values = {k: v for k, v in spec.items() if k not in ("kind", "name")}
+    return kind, name, build_options(KINDS[kind].options, values, param)
+
+
+def iter_source(spec: dict, param: str) -> Iterator[Piece]:
+    """The pieces of one `data.sources` entry; `param` (e.g. "data.sources[2]") names it in
+    errors. Everything that can be checked is checked before this returns."""
+    kind, name, options = parse_spec(spec, param)
+    return KINDS[kind].open_source(options, name, param)
+
+
+def describe(spec: dict) -> str:
+    """One line for `midipipe info`: name, kind, what it is, and the options that are set."""
+    kind, name, options = parse_spec(spec, "source")
+    set_options = describe_options(options)
+    return f"{name} ({kind}): {KINDS[kind].summary}" + (f"; {set_options}" if set_options else "")
