@@ -46,7 +46,7 @@ class Plan:
 
 PLANS = {
     # (full, quick)
-    "cpu_default": (Plan(20, 4096, 2.0), Plan(5, 512, 0.5)),
+    "cpu_default": (Plan(10, 1024, 1.0), Plan(5, 256, 0.5)),
     "small": (Plan(2, 32, 2.0), Plan(1, 64, 0.0)),
     "large": (Plan(2, 32, 2.0), Plan(1, 64, 0.0)),
 }

@@ -41,7 +41,7 @@ class BarRows:
 
 def bar_spans(bar_starts: Sequence[int], n_tokens: int) -> list[tuple[int, int]]:
     """(start, end) of each bar; the last bar runs to the end of the sequence (EOS included)."""
-    if not bar_starts:
+    if len(bar_starts) == 0:
         return []
     ends = list(bar_starts[1:]) + [n_tokens]
     return list(zip(bar_starts, ends, strict=True))

@@ -313,7 +313,7 @@ def convert_file(
 ) -> Result:
     from music21 import converter, stream
 
-    from .music21_to_midi import expand_repeats, score_to_midi
+    from .music21_to_midi import score_to_midi
 
     parsed = converter.parse(path, number=number, forceSource=True)
     if isinstance(parsed, stream.Opus):
@@ -330,6 +330,4 @@ def convert_file(
         score = parsed
         metadata = score.metadata
     composer = metadata.composer if metadata is not None else None
-    if expand:
-        score = expand_repeats(score)
-    return score_to_midi(score), composer, None
+    return score_to_midi(score, expand_repeats=expand), composer, None
