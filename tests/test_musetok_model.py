@@ -228,7 +228,8 @@ def test_batching_across_pieces_matches_per_piece(musetok_vectors):
             assert res.codes.shape == (len(starts), 4)
             np.testing.assert_array_equal(res.codes, ref.codes.numpy())
             np.testing.assert_allclose(res.latents, ref.latents.numpy(), rtol=0, atol=1e-6)
-            np.testing.assert_allclose(res.encoder_out, ref.encoder_out.numpy(), rtol=0, atol=1e-6)
+            # trimmed batches change float summation order only: within the 1e-5 parity bound
+            np.testing.assert_allclose(res.encoder_out, ref.encoder_out.numpy(), rtol=0, atol=1e-5)
 
 
 def test_truncated_bar_count(musetok_vectors):

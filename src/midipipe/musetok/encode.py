@@ -186,6 +186,7 @@ def encode_pieces(
     model: MuseTok,
     pieces: Iterable[tuple[Sequence[int], Sequence[int]]],
     batch_size: int = 256,
+    trim: bool = True,
 ) -> Iterator[PieceLatents]:
     """Yield one ``PieceLatents`` per ``(ids, bar_starts)`` piece, in input order.
 
@@ -193,6 +194,10 @@ def encode_pieces(
     waste a forward pass; a piece is yielded as soon as all its bars are done.  Runs under
     ``torch.inference_mode`` with the model's device; the caller puts the model in eval mode
     (a warning is logged otherwise, because dropout would make the latents random).
+
+    ``trim`` cuts each batch to its longest real bar instead of the full ``enc_seqlen``
+    window. Masked padding does not reach the output, so results agree with the untrimmed
+    reference path to float rounding (about 1e-7) at a fraction of the cost on typical bars.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -207,8 +212,12 @@ def encode_pieces(
     queue_dest: list[tuple[_Pending, int]] = []
 
     def run_batch(n: int) -> None:
-        ids = torch.from_numpy(np.stack(queue_ids[:n])).to(device)
-        mask = torch.from_numpy(np.stack(queue_mask[:n])).to(device)
+        ids, mask = np.stack(queue_ids[:n]), np.stack(queue_mask[:n])
+        if trim:  # cut the batch to its longest real bar: padding is masked out anyway
+            width = max(2, int((~mask).any(axis=0).nonzero()[0].max()) + 1)
+            ids, mask = ids[:, :width], mask[:, :width]
+        ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
+        mask = torch.from_numpy(np.ascontiguousarray(mask)).to(device)
         with torch.inference_mode():
             enc = model.encode_bars(ids, mask)
         codes = enc.codes.cpu().numpy()

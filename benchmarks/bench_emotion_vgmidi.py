@@ -1,0 +1,144 @@
+"""Bar-level valence/arousal on VGMIDI: the MLP on each MuseTok input vs the rule estimate vs the
+mean predictor, piece-grouped k-fold over every VGMIDI piece with listener traces.
+
+Builds everything in a work folder from `$MIDIPIPE_EXTERNAL_DATA/vgmidi` (default
+../shared/datasets): organize, tokenize, a small MuseTok (`cpu_default`) trained on these pieces
+(self-supervised, test folds included), per-bar inputs, then the k-fold. The same k-fold on a
+randomly initialised MuseTok is the "do trained latents help" control.
+
+Prints one JSON line: per-fold-mean CCC / r / RMSE / sign accuracy per estimator and axis,
+and the winning MLP input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import external_data  # noqa: E402
+
+from midipipe.emotion import EmotionParams  # noqa: E402
+from midipipe.emotion.evaluate import cross_validate, summarize  # noqa: E402
+from midipipe.emotion.regressor import INPUTS, encode_inputs  # noqa: E402
+from midipipe.emotion.targets import collect, read_labels  # noqa: E402
+from midipipe.musetok import checkpoint  # noqa: E402
+from midipipe.musetok import train as mt  # noqa: E402
+from midipipe.musetok.model import MuseTok, MuseTokConfig  # noqa: E402
+from midipipe.organize import organize  # noqa: E402
+from midipipe.params import DataParams, OrganizeParams, Params, TokenizeParams  # noqa: E402
+from midipipe.params import merged_train  # noqa: E402
+from midipipe.shards import tokens_by_split  # noqa: E402
+from midipipe.tokenize import tokenize_files  # noqa: E402
+from midipipe.training import Fit, fit, seed_everything  # noqa: E402
+
+log = logging.getLogger("bench_emotion_vgmidi")
+KEYS = [f"{m}_{a}" for m in ("ccc", "r", "rmse", "sign_acc") for a in ("valence", "arousal")]
+
+
+def build_data(work: Path, vgmidi: Path, workers: int) -> None:
+    """organize + tokenize VGMIDI into `work` (skipped when already there)."""
+    if (work / "data" / "tokens" / "musetok").is_dir():
+        return
+    source = {"kind": "vgmidi", "name": "vgmidi", "path": str(vgmidi)}
+    params = Params(data=DataParams(sources=[source]), organize=OrganizeParams(workers=workers))
+    organize(params, work / "data")
+    manifest = pq.read_table(work / "data" / "manifest.parquet", columns=["piece_id", "path"])
+    items = [(r["piece_id"], str(work / "data" / "midi" / r["path"])) for r in manifest.to_pylist()]
+    tokenize_files(items, work / "data" / "tokens", TokenizeParams(workers=workers))
+
+
+def train_musetok(work: Path, epochs: int) -> dict:
+    """A cpu_default MuseTok on every VGMIDI piece, as stage 03 trains it."""
+    out = work / "musetok"
+    if (out / "config.json").exists():
+        return json.loads((work / "musetok.json").read_text())
+    p = mt.MuseTokTrainParams(dec_seqlen=512)
+    tp = merged_train(Params(), {"lr": 1e-3, "batch_size": 16, "epochs": epochs, "grad_clip": 0.5})
+    data = tokens_by_split(work / "data" / "tokens" / "musetok", work / "data" / "manifest.parquet")
+    pieces = [(ids, bars) for split in data.values() for _, ids, bars in split if bars]
+    valid = pieces[:: max(1, len(pieces) // 24)]
+    seed_everything(tp.seed)
+    model = MuseTok(dataclasses.replace(MuseTokConfig.cpu_default(), dec_seqlen=p.dec_seqlen))
+    job = Fit(
+        model=model,
+        train_batches=lambda epoch, rng: mt.train_batches(pieces, p, tp.batch_size, epoch, rng),
+        steps_per_epoch=-(-len(pieces) // tp.batch_size),
+        loss=lambda m, batch: mt.loss(m, batch, p.beta),
+        evaluate=lambda m: mt.evaluate(m, valid, p, tp.batch_size),
+    )
+    fit(job, tp, work / "musetok_resume", save_best=lambda m: checkpoint.save(m, out))
+    best = min(job.history, key=lambda h: h["valid_loss"])
+    info = {"epochs": epochs, "pieces": len(pieces), "valid_loss": round(best["valid_loss"], 4),
+            "valid_token_acc": round(best["valid_token_acc"], 4)}
+    (work / "musetok.json").write_text(json.dumps(info))
+    return info
+
+
+def kfold(work: Path, musetok_dir: Path, p: EmotionParams, folds: int) -> dict:
+    tp = merged_train(Params(), p.train)
+    data = work / "data"
+    pieces = read_labels(data / "manifest.parquet", data / "labels" / "bar_va.parquet", p.targets)
+    bars = collect(pieces, data / "tokens" / "musetok", data / "midi", p.targets, p.rules)
+    inputs, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
+    everything = np.arange(len(bars.piece_ids))
+    table = cross_validate(bars, everything, inputs, codebook, p.mlp, tp, list(INPUTS), folds,
+                           tp.seed)
+    means, flat = summarize(table)
+    return {
+        "pieces": len(bars.piece_ids), "rated_bars": int(bars.rated.sum()),
+        "best_input": flat.get("kfold_best_input"),
+        "estimators": {r["label"]: {k: None if r[k] is None else round(r[k], 4) for k in KEYS}
+                       for r in means},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=external_data() / "vgmidi")
+    ap.add_argument("--work", type=Path, default=None, help="keep (and reuse) the built data here")
+    ap.add_argument("--musetok-epochs", type=int, default=8)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=None, help="MLP epochs (default: EmotionParams)")
+    ap.add_argument("--loss", choices=("ccc", "mse"), default="ccc")
+    ap.add_argument("--window", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(max(1, args.workers))
+    t0 = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-emotion-"))
+    build_data(work, args.data, args.workers)
+    musetok = train_musetok(work, args.musetok_epochs)
+    p = EmotionParams()
+    p.mlp.loss = args.loss
+    if args.window is not None:
+        p.mlp.window = args.window
+    if args.epochs is not None:
+        p.train = {**(p.train or {}), "epochs": args.epochs}
+    trained = kfold(work, work / "musetok", p, args.folds)
+    seed_everything(0)
+    checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
+    random = kfold(work, work / "musetok_random", p, args.folds)
+    print(json.dumps({
+        "benchmark": "emotion_vgmidi", "folds": args.folds, "mlp": dataclasses.asdict(p.mlp),
+        "mlp_train": p.train, "musetok": musetok, **trained,
+        "random_musetok": {"best_input": random["best_input"],
+                           "estimators": {k: v for k, v in random["estimators"].items()
+                                          if k.startswith("mlp_")}},
+        "work": str(work), "seconds": round(time.perf_counter() - t0, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Bar-level valence and arousal in [-1, 1]: targets from each corpus's labels (`targets`), a
+transparent rule-based estimate from the MIDI (`rules`, not learned), an MLP on per-bar MuseTok
+latents (`regressor`) and their piece-grouped evaluation (`evaluate`).
+
+Every per-bar output carries `estimator`: "mlp_latents" (learned) or "rules" (hand-set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from midipipe.emotion import regressor
+from midipipe.emotion.regressor import MLPParams
+from midipipe.emotion.rules import RuleParams, bar_grid, estimate, seconds_at
+from midipipe.emotion.targets import TargetParams
+from midipipe.midi import load_score
+from midipipe.params import build
+from midipipe.shards import atomic_path
+
+log = logging.getLogger(__name__)
+
+RULES = "rules"
+
+
+@dataclass
+class EmotionParams:
+    """`emotion:` section of params.yaml (stage 07 and `midipipe emotion`)."""
+
+    targets: TargetParams = field(default_factory=TargetParams)
+    rules: RuleParams = field(default_factory=RuleParams)
+    mlp: MLPParams = field(default_factory=MLPParams)
+    compare_inputs: bool = True  # k-fold the MLP on all three inputs and report the winner
+    folds: int = 5
+    examples: int = 3  # pieces drawn in metrics/emotion_curves.png
+    train: dict | None = field(  # overrides of `train:`
+        default_factory=lambda: {"lr": 0.001, "batch_size": 256, "epochs": 40}
+    )
+
+
+def rules_config(p: RuleParams) -> dict:
+    """models/emotion/config.json when no labelled data is configured."""
+    return {"estimator": RULES, "learned": False, "rules": dataclasses.asdict(p)}
+
+
+def predict_file(
+    path: str | Path, model_dir: str | Path = "models/emotion",
+    musetok_dir: str | Path = "models/musetok",
+) -> list[dict]:
+    """Per-bar `{bar, start_s, valence, arousal, estimator}` of one MIDI file, with the model in
+    `model_dir` (the rule estimate when it holds none). Bars are MuseTok's: the first time
+    signature's length, from the bar of the first note; start_s is the bar's start in seconds."""
+    data = Path(path).read_bytes()
+    score = load_score(data)
+    config_path = Path(model_dir) / "config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+    else:
+        log.warning("no %s: using the rule-based estimate (hand-set weights, not learned)",
+                    config_path)
+        config = rules_config(RuleParams())
+    if config["estimator"] == RULES:
+        grid = bar_grid(score)
+        va = estimate(score, grid, build(RuleParams, config["rules"], "rules"))
+    else:
+        from midipipe.musetok.events import encode_midi
+
+        ids, bar_starts = encode_midi(data)
+        grid = bar_grid(score, len(bar_starts))
+        model = regressor.load(model_dir)
+        inputs, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
+        x = inputs[model.cfg.input]
+        if x.shape[1] != model.cfg.width:
+            raise ValueError(
+                f"{musetok_dir} gives {model.cfg.input} of width {x.shape[1]}, but the emotion "
+                f"model in {model_dir} was trained on width {model.cfg.width}: use the MuseTok "
+                "model it was trained with"
+            )
+        va = regressor.predict(model, x, np.array([0, len(x)]))
+    start_s = seconds_at(score, grid.starts())
+    return [
+        {"bar": i, "start_s": round(float(start_s[i]), 3), "valence": float(v),
+         "arousal": float(a), "estimator": config["estimator"]}
+        for i, (v, a) in enumerate(va)
+    ]
+
+
+def plot_curves(rows: Sequence[dict], png_path: str | Path, title: str | None = None) -> None:
+    """Valence (solid) and arousal (dashed) over bars, one line per `estimator` and one panel
+    per `piece` (rows without `piece` share one panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pieces = list(dict.fromkeys(r.get("piece", "") for r in rows)) or [""]
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    colors = {e: f"C{i}" for i, e in enumerate(estimators)}
+    fig, axes = plt.subplots(len(pieces), 1, figsize=(8, 2.6 * len(pieces)), squeeze=False)
+    for ax, piece in zip(axes[:, 0], pieces, strict=True):
+        for estimator in estimators:
+            sel = [r for r in rows if r.get("piece", "") == piece and r["estimator"] == estimator]
+            if not sel:
+                continue
+            bars = [r["bar"] for r in sel]
+            ax.plot(bars, [r["valence"] for r in sel], color=colors[estimator],
+                    label=f"valence ({estimator})")
+            ax.plot(bars, [r["arousal"] for r in sel], color=colors[estimator], linestyle="--",
+                    label=f"arousal ({estimator})")
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_ylabel(piece[:12] or "value")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2, loc="upper right")
+    axes[-1, 0].set_xlabel("bar")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

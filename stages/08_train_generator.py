@@ -1,0 +1,20 @@
+"""Stage 08: REMI token shards + data/composers.json -> models/generator/, its metrics."""
+
+from midipipe import params
+from midipipe.generator import GeneratorParams, train
+from midipipe.logs import run_main
+from midipipe.training import write_curves, write_metrics
+
+
+def main() -> None:
+    p = params.build(GeneratorParams, params.section("params.yaml", "generator"), "generator")
+    tp = params.merged_train(params.load(), p.train)
+    job, metrics = train(p, tp, "data/tokens/remi", "data/manifest.parquet",
+                         "data/composers.json", "models/generator", "checkpoints/generator")
+    write_metrics("metrics/generator.json", metrics)
+    write_curves(job.history, "metrics/generator_curve.csv", "metrics/generator_loss.png",
+                 "Composer-conditioned GPT", ("train_nll", "valid_loss"))
+
+
+if __name__ == "__main__":
+    run_main(main)

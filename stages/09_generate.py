@@ -1,0 +1,19 @@
+"""Stage 09: models/generator -> outputs/generated/*.mid, metrics/generation.json (music metrics
+against real test excerpts, conditioning accuracy) and the classifier's confusion matrices."""
+
+from midipipe import params
+from midipipe.generator import GenerateParams, evaluate_generator
+from midipipe.logs import run_main
+from midipipe.training import write_metrics
+
+
+def main() -> None:
+    gp = params.build(GenerateParams, params.section("params.yaml", "generate"), "generate")
+    metrics = evaluate_generator(gp, "models/generator", "data/tokens/remi",
+                                 "data/manifest.parquet", "outputs/generated",
+                                 "metrics/generation_confusion.png")
+    write_metrics("metrics/generation.json", metrics)
+
+
+if __name__ == "__main__":
+    run_main(main)
