@@ -95,12 +95,13 @@ def single_label(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return out
 
 
-def multi_label(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                seed: int = 0) -> np.ndarray:
-    """Tag probabilities [len(x_test), n_tags]: one balanced logistic regression per tag."""
+def multi_label(x_train: np.ndarray, y_train: np.ndarray, *x_eval: np.ndarray,
+                seed: int = 0) -> list[np.ndarray]:
+    """Tag probabilities [len(x), n_tags] for each of `x_eval`: one balanced logistic
+    regression per tag."""
     model = make_pipeline(StandardScaler(), OneVsRestClassifier(_logreg(seed)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant tags and slow convergence are fine here
         model.fit(x_train, y_train.astype(int))
-        return model.predict_proba(x_test).astype(np.float32) if len(x_test) else \
-            np.zeros((0, y_train.shape[1]), dtype=np.float32)
+        return [model.predict_proba(x).astype(np.float32) if len(x)
+                else np.zeros((0, y_train.shape[1]), dtype=np.float32) for x in x_eval]

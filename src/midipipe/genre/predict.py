@@ -1,0 +1,151 @@
+"""`midipipe genre FILE.mid`: genre probabilities of one MIDI file from a trained model folder.
+
+A model folder is self-contained: weights, `config.json` (classes or tags, phrase or chunk
+shape, the vocabulary fingerprint, for the hierarchical model the threshold tuned on valid
+and the LM it was trained on) and the `tokenizer.json` its ids mean. A file the models cannot
+read (empty, unparsable, drums only, shorter than one phrase) gets a dict with an `error`
+reason instead of a prediction; a checkpoint trained on another vocabulary, or whose LM has
+changed since, raises ValueError.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from midipipe import remi
+from midipipe.genre.phrases import Vocab, check_vocab, chunks, phrases
+from midipipe.genre.train import TOKENIZER_FILE, hier_probs, phrase_probs
+from midipipe.midi import BadMidi, load_score
+from midipipe.models.encoder import Encoder, load_encoder
+from midipipe.models.hier import FrozenLM, HierClassifier, load_hier, weights_sha256
+
+log = logging.getLogger(__name__)
+
+MODELS = ("phrase", "hier")
+MODEL_DIRS = {"phrase": "models/genre_phrase", "hier": "models/genre_hier"}
+
+
+@dataclass
+class Predictor:
+    """A loaded model folder; `predict` classifies one file."""
+
+    kind: str
+    folder: Path
+    tokenizer: Any
+    vocab: Vocab
+    meta: dict
+    model: Encoder | HierClassifier
+    lm: FrozenLM | None = None
+
+    def names(self) -> list[str]:
+        return self.meta["classes"] if self.kind == "phrase" else self.meta["tags"]
+
+    def read(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """REMI ids and bar starts, or BadMidi with the reason the file cannot be classified."""
+        path = Path(path)
+        if not path.is_file():
+            raise BadMidi(f"no such file: {path}")
+        score = load_score(path)
+        if all(t.is_drum for t in score.tracks if len(t.notes)):
+            raise BadMidi("drum tracks only: the genre models read pitched notes")
+        return remi.encode(self.tokenizer, score)
+
+    def predict(self, path: str | Path, top_k: int = 3, threshold: float | None = None
+                ) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": str(path), "model": self.kind}
+        try:
+            ids, bars = self.read(path)
+        except BadMidi as exc:
+            return {**out, "error": str(exc)}
+        with torch.inference_mode():
+            if self.kind == "phrase":
+                probs, extra = self._phrase(ids, bars)
+            else:
+                probs, extra = self._hier(ids, bars)
+        if probs is None:
+            return {**out, **extra}
+        if threshold is None:
+            threshold = float(self.meta.get("threshold", 0.5))
+        names = self.names()
+        order = np.argsort(-probs, kind="stable")
+        return {
+            **out, **extra,
+            "label": self.meta.get("label", "tags"),
+            "prediction": names[order[0]],
+            "top_k": [{"genre": names[i], "probability": round(float(probs[i]), 4)}
+                      for i in order[: max(1, top_k)]],
+            "genres": [names[i] for i in order if probs[i] >= threshold],
+            "threshold": threshold,
+            "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)},
+        }
+
+    def _phrase(self, ids: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray | None, dict]:
+        need, max_len = self.meta["bars_per_phrase"], self.meta["max_len"]
+        cut = phrases(ids, bars, self.vocab, need, max_len)
+        if cut.n_bars < need:
+            return None, {"error": f"too short to classify: {cut.n_bars} bars, {need} needed"}
+        if not cut.seqs:
+            return None, {"error": f"no {need}-bar phrase with notes in {cut.n_bars} bars"}
+        probs = phrase_probs(self.model, cut.seqs).mean(0)
+        return probs, {"n_bars": cut.n_bars, "n_phrases": len(cut.seqs),
+                       "truncated_phrases": cut.truncated}
+
+    def _hier(self, ids: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray | None, dict]:
+        cut = chunks(ids, bars, self.vocab, self.meta["bars_per_chunk"], self.meta["max_tokens"],
+                     self.meta["max_chunks"])
+        if not cut.seqs:
+            return None, {"error": "too short to classify: 0 bars with notes, 1 needed"}
+        x = self.lm.embed(cut.seqs)
+        probs = hier_probs(self.model, [x])[0]
+        return probs, {"n_bars": cut.n_bars, "n_chunks": len(cut.seqs),
+                       "truncated_chunks": cut.truncated}
+
+
+def load_predictor(model: str = "phrase", model_dir: str | Path | None = None,
+                   device: str = "cpu") -> Predictor:
+    """Load and check a model folder (default: models/genre_phrase or models/genre_hier)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    folder = Path(model_dir or MODEL_DIRS[model])
+    if model == "phrase":
+        net, meta = load_encoder(folder, device)
+    else:
+        net, meta = load_hier(folder)
+        net = net.to(device)
+    if meta.get("kind") != model:
+        raise ValueError(f"{folder} holds a {meta.get('kind')!r} genre model, not {model!r}")
+    tok_path = folder / TOKENIZER_FILE
+    if not tok_path.exists():
+        raise FileNotFoundError(f"{tok_path} missing: the model folder is incomplete")
+    tokenizer = remi.load_tokenizer(tok_path)
+    vocab = Vocab.of(tokenizer)
+    check_vocab(meta["vocab_sha"], meta["vocab_size"], vocab, f"the {model} model in {folder}")
+    lm = None
+    if model == "hier":
+        lm_dir = Path(meta["lm"]["path"])
+        if not lm_dir.is_dir():
+            raise FileNotFoundError(f"the LM this model was trained on is gone: {lm_dir}")
+        if weights_sha256(lm_dir) != meta["lm"]["sha256"]:
+            raise ValueError(f"the LM in {lm_dir} changed since the hierarchical genre model "
+                             "was trained on it: retrain stage 06 (train_genre_hier)")
+        lm = FrozenLM(lm_dir, tokenizer, device)
+    return Predictor(model, folder, tokenizer, vocab, meta, net, lm)
+
+
+_LOADED: dict[tuple[str, str], Predictor] = {}
+
+
+def predict(path: str | Path, model: str = "phrase", top_k: int = 3,
+            threshold: float | None = None, model_dir: str | Path | None = None) -> dict:
+    """Genre probabilities of one MIDI file (JSON-able). `threshold` None: the one tuned on
+    valid (hierarchical model), 0.5 (phrase model). Loaded folders are kept for later calls."""
+    key = (model, str(Path(model_dir or MODEL_DIRS.get(model, "")).resolve()))
+    if key not in _LOADED:
+        _LOADED[key] = load_predictor(model, model_dir)
+    return _LOADED[key].predict(path, top_k, threshold)
