@@ -13,7 +13,7 @@ import pytest
 import symusic
 from conftest import build_midi
 
-from midipipe.sources import KINDS, SourceError, describe, gigamidi, iter_source
+from midipipe.sources import KINDS, SourceError, describe, iter_source
 from midipipe.sources import music21_corpus as m21
 from midipipe.sources.music21_catalogue import CATALOGUE, Entry, tune_type
 from midipipe.sources.names import normalize_composer, slug
@@ -46,8 +46,15 @@ def by_name(pieces):
 
 def test_registry_lists_every_corpus():
     assert set(KINDS) == {
-        "music21", "folder", "xmidi", "emopia", "vgmidi", "midicaps", "maestro", "gigamidi",
-    }  # fmt: skip
+        "music21",
+        "folder",
+        "xmidi",
+        "emopia",
+        "vgmidi",
+        "midicaps",
+        "maestro",
+        "gigamidi",
+    }
 
 
 def test_unknown_kind_names_param_value_and_known_kinds():
@@ -79,7 +86,9 @@ def test_option_types_and_names_are_checked(tmp_path):
     with pytest.raises(SourceError, match=r"data\.sources\[0\]\.max_per_group.*'3'"):
         iter_source({"kind": "music21", "max_per_group": "3"}, "data.sources[0]")
     with pytest.raises(SourceError, match=r"data\.sources\[0\]\.composer_from"):
-        iter_source({"kind": "folder", "path": str(tmp_path), "composer_from": "x"}, "data.sources[0]")
+        iter_source(
+            {"kind": "folder", "path": str(tmp_path), "composer_from": "x"}, "data.sources[0]"
+        )
     with pytest.raises(SourceError, match=r"data\.sources\[0\]\.name"):
         iter_source({"kind": "folder", "name": "../up", "path": str(tmp_path)}, "data.sources[0]")
     with pytest.raises(SourceError, match=r"data\.sources\[0\]\.selection.*'bachh'"):
@@ -89,14 +98,23 @@ def test_option_types_and_names_are_checked(tmp_path):
 def test_validation_happens_before_the_first_piece(tmp_path):
     """The error comes from iter_source itself, not from the first next()."""
     write(tmp_path / "a.mid", build_midi())
-    write_csv(tmp_path / "meta.csv", ["path", "composer"], [["a.mid", "x"], ["../../etc/passwd", "y"]])
-    spec = {"kind": "folder", "path": str(tmp_path), "composer_from": "csv", "metadata_csv": "meta.csv"}
+    write_csv(
+        tmp_path / "meta.csv", ["path", "composer"], [["a.mid", "x"], ["../../etc/passwd", "y"]]
+    )
+    spec = {
+        "kind": "folder",
+        "path": str(tmp_path),
+        "composer_from": "csv",
+        "metadata_csv": "meta.csv",
+    }
     with pytest.raises(SourceError, match="escapes its root"):
         iter_source(spec, "data.sources[0]")
 
 
 def test_describe_is_one_line_with_the_options_set(tmp_path):
-    line = describe({"kind": "folder", "name": "lab", "path": "/data/midis", "composer_from": "csv"})
+    line = describe(
+        {"kind": "folder", "name": "lab", "path": "/data/midis", "composer_from": "csv"}
+    )
     assert line.startswith("lab (folder): ") and "composer_from=csv" in line and "\n" not in line
     assert describe({"kind": "music21"}).startswith("music21 (music21): ")
 
@@ -121,15 +139,18 @@ def test_folder_composer_from_subfolder(tmp_path):
     write(tmp_path / "loose.mid", build_midi(pitch=65))
     write(tmp_path / "notes.txt", "not midi")
     pieces = by_name(iter_source({"kind": "folder", "name": "lab", "path": str(tmp_path)}, "p"))
-    assert set(pieces) == {"Bach/a.mid", "Bach/book 2/b.mid", "Johann Sebastian Bach/c.MID", "loose.mid"}
+    assert set(pieces) == {
+        "Bach/a.mid",
+        "Bach/book 2/b.mid",
+        "Johann Sebastian Bach/c.MID",
+        "loose.mid",
+    }
     assert pieces["Bach/book 2/b.mid"].composer == "bach"
     assert pieces["Johann Sebastian Bach/c.MID"].composer == "johann-sebastian-bach"
     assert pieces["loose.mid"].composer is None
     assert pieces["Bach/a.mid"].read_bytes() == (tmp_path / "Bach" / "a.mid").read_bytes()
     assert len({p.song_id for p in pieces.values()}) == 4
-    surnames = iter_source(
-        {"kind": "folder", "path": str(tmp_path), "composer_surname": True}, "p"
-    )
+    surnames = iter_source({"kind": "folder", "path": str(tmp_path), "composer_surname": True}, "p")
     assert by_name(surnames)["Johann Sebastian Bach/c.MID"].composer == "bach"
 
 
@@ -147,10 +168,19 @@ def test_folder_composer_from_csv(tmp_path):
             ["gone.mid", "Nobody", "", ""],
         ],
     )
-    spec = {"kind": "folder", "name": "lab", "path": str(root), "composer_from": "csv",
-            "metadata_csv": "meta.csv"}  # fmt: skip
+    spec = {
+        "kind": "folder",
+        "name": "lab",
+        "path": str(root),
+        "composer_from": "csv",
+        "metadata_csv": "meta.csv",
+    }
     pieces = by_name(iter_source(spec, "data.sources[0]"))
-    assert set(pieces) == {"x/one.mid", "x/two.mid", "three.mid"}  # gone.mid missing, unlisted skipped
+    assert set(pieces) == {
+        "x/one.mid",
+        "x/two.mid",
+        "three.mid",
+    }  # gone.mid missing, unlisted skipped
     assert pieces["x/one.mid"].composer == "scott-joplin"
     assert pieces["x/one.mid"].genres == ["rag", "piano"]
     assert pieces["x/one.mid"].song_id == pieces["x/two.mid"].song_id == "lab/maple"
@@ -162,7 +192,12 @@ def test_folder_composer_from_csv(tmp_path):
 def test_folder_csv_errors(tmp_path):
     write(tmp_path / "a.mid", build_midi())
     write_csv(tmp_path / "meta.csv", ["file", "who"], [["a.mid", "x"]])
-    spec = {"kind": "folder", "path": str(tmp_path), "composer_from": "csv", "metadata_csv": "meta.csv"}
+    spec = {
+        "kind": "folder",
+        "path": str(tmp_path),
+        "composer_from": "csv",
+        "metadata_csv": "meta.csv",
+    }
     with pytest.raises(SourceError, match=r"data\.sources\[4\]\.metadata_csv.*'path'"):
         iter_source(spec, "data.sources[4]")
     with pytest.raises(SourceError, match=r"metadata_csv: file not found"):
@@ -180,7 +215,9 @@ def test_xmidi_labels_from_file_names(tmp_path, caplog):
     write(tmp_path / "random_song.mid", build_midi(pitch=52))
     write(tmp_path / "XMIDI_Angry.midi", build_midi(pitch=53))
     with caplog.at_level(logging.WARNING):
-        pieces = by_name(iter_source({"kind": "xmidi", "name": "xmidi", "path": str(tmp_path)}, "p"))
+        pieces = by_name(
+            iter_source({"kind": "xmidi", "name": "xmidi", "path": str(tmp_path)}, "p")
+        )
     assert set(pieces) == {"XMIDI_Happy_Pop_ABC123.midi", "sub/XMIDI_Sad_Classical_9ZZ8Q.midi"}
     happy = pieces["XMIDI_Happy_Pop_ABC123.midi"]
     assert (happy.emotion, happy.genres, happy.song_id) == ("happy", ["pop"], "xmidi/ABC123")
@@ -196,7 +233,11 @@ def emopia_tree(root: Path) -> Path:
     for i, clip in enumerate(clips):
         write(root / "midis" / f"{clip}.mid", build_midi(pitch=50 + i))
     # the official files are pandas exports: an unnamed index column, then clip_name
-    write_csv(root / "split" / "train_clip.csv", ["", "clip_name"], [[0, "Q3_abc_0.mid"], [1, "Q3_abc_1.mid"]])
+    write_csv(
+        root / "split" / "train_clip.csv",
+        ["", "clip_name"],
+        [[0, "Q3_abc_0.mid"], [1, "Q3_abc_1.mid"]],
+    )
     write_csv(root / "split" / "val_clip.csv", ["", "clip_name"], [[0, "Q1__8v0MFBZoco_0.mid"]])
     write_csv(root / "split" / "test_clip.csv", ["", "clip_name"], [[0, "Q2_a_b_c_2.mid"]])
     return root
@@ -204,7 +245,10 @@ def emopia_tree(root: Path) -> Path:
 
 def test_emopia_quadrants_songs_and_official_split(tmp_path):
     root = emopia_tree(tmp_path / "EMOPIA_1.0")
-    pieces = {Path(p.name).stem: p for p in iter_source({"kind": "emopia", "name": "emopia", "path": str(root)}, "p")}
+    pieces = {
+        Path(p.name).stem: p
+        for p in iter_source({"kind": "emopia", "name": "emopia", "path": str(root)}, "p")
+    }
     q3 = pieces["Q3_abc_0"]
     assert (q3.emotion, q3.valence, q3.arousal, q3.split) == ("Q3", -1.0, -1.0, "train")
     assert pieces["Q3_abc_1"].song_id == q3.song_id == "emopia/abc"
@@ -250,14 +294,20 @@ def vgmidi_tree(root: Path) -> Path:
         "pieces": {"piece0": {"midi": f"{a}.mid", "measures": 4, "name": "Lullaby", "duration": 9}},
         "annotations": {
             "piece0_1": {**listener, "valence": [0.5, 0.5, 0.0, 1.0], "arousal": [-1, 0, 0, 0]},
-            "piece0_2": {**listener, "valence": [0.0, -0.5, 0.0, 1.0, 0.7], "arousal": [0, 0, 1, 1, 1]},
+            "piece0_2": {
+                **listener,
+                "valence": [0.0, -0.5, 0.0, 1.0, 0.7],
+                "arousal": [0, 0, 1, 1, 1],
+            },
             "piece0_3": {**listener, "valence": [1.0, 1.0], "arousal": [1.0, 1.0]},  # left early
             "piece9_1": {**listener, "valence": [1.0], "arousal": [1.0]},  # not in pieces
         },
     }
     raw_2 = {
         "pieces": {"piece0": {"midi": f"{b}.mid", "measures": 3, "name": "Map", "duration": 5}},
-        "annotations": {"piece0_1": {**listener, "valence": [0.2, 0.4, 0.6], "arousal": [0.1, 0.1, 0.1]}},
+        "annotations": {
+            "piece0_1": {**listener, "valence": [0.2, 0.4, 0.6], "arousal": [0.1, 0.1, 0.1]}
+        },
     }
     write(root / "annotations" / "vgmidi_raw_1.json", json.dumps(raw_1))
     write(root / "annotations" / "vgmidi_raw_2.json", json.dumps(raw_2))
@@ -269,7 +319,9 @@ def test_vgmidi_pieces_with_bar_labels(tmp_path):
     pieces = by_name(iter_source({"kind": "vgmidi", "name": "vgmidi", "path": str(root)}, "p"))
     assert set(pieces) == {"midi/Zelda_N64_Ocarina_Lullaby.mid", "midi/Mario_SNES_World_Map.mid"}
     lullaby = pieces["midi/Zelda_N64_Ocarina_Lullaby.mid"]
-    bars = [(b.bar, round(b.valence, 4), round(b.arousal, 4), b.n_raters) for b in lullaby.bar_labels]
+    bars = [
+        (b.bar, round(b.valence, 4), round(b.arousal, 4), b.n_raters) for b in lullaby.bar_labels
+    ]
     assert bars == [
         (0, 0.5, 0.0, 3),  # (0.5 + 0 + 1) / 3, (-1 + 0 + 1) / 3
         (1, 0.3333, 0.3333, 3),
@@ -318,7 +370,9 @@ def test_vgmidi_real_annotations(external_data):
     assert first.valence == pytest.approx(sum(t["valence"][0] for t in traces) / len(traces))
     assert first.arousal == pytest.approx(sum(t["arousal"][0] for t in traces) / len(traces))
     labelled = [p for p in pieces.values() if p.bar_labels]
-    assert len(labelled) >= 190 and all(-1 <= b.valence <= 1 for p in labelled for b in p.bar_labels)
+    assert len(labelled) >= 190 and all(
+        -1 <= b.valence <= 1 for p in labelled for b in p.bar_labels
+    )
     assert sum(p.valence is not None for p in pieces.values()) >= 190
 
 
@@ -372,7 +426,9 @@ def test_midicaps_over_an_lmd_tree(tmp_path):
 
 def test_midicaps_location_escaping_the_root(tmp_path):
     (tmp_path / "lmd").mkdir()
-    meta = write(tmp_path / "train.json", json.dumps(midicaps_row("../../secret.mid", ["pop"], False)))
+    meta = write(
+        tmp_path / "train.json", json.dumps(midicaps_row("../../secret.mid", ["pop"], False))
+    )
     spec = {"kind": "midicaps", "metadata": str(meta), "lmd_root": str(tmp_path / "lmd")}
     with pytest.raises(SourceError, match=r"data\.sources\[6\]\.metadata.*escapes"):
         iter_source(spec, "data.sources[6]")
@@ -380,14 +436,21 @@ def test_midicaps_location_escaping_the_root(tmp_path):
 
 # -- MAESTRO ----------------------------------------------------------------------------------
 
-MAESTRO_HEADER = ["canonical_composer", "canonical_title", "split", "year", "midi_filename",
-                  "audio_filename", "duration"]  # fmt: skip
+MAESTRO_HEADER = [
+    "canonical_composer",
+    "canonical_title",
+    "split",
+    "year",
+    "midi_filename",
+    "audio_filename",
+    "duration",
+]
 
 
 def test_maestro_csv(tmp_path):
     root = tmp_path / "maestro-v3.0.0"
     files = {
-        "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi": 50,
+        "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05.midi": 50,
         "2006/MIDI-Unprocessed_07_R1_2006_01-04_ORIG_MID--AUDIO_07_R1_2006_04_Track04_wav.midi": 52,
         "2018/MIDI-Unprocessed_Chamber1_MID--AUDIO_07_R3_2018_wav--1.midi": 54,
     }
@@ -398,9 +461,33 @@ def test_maestro_csv(tmp_path):
         root / "maestro-v3.0.0.csv",
         MAESTRO_HEADER,
         [
-            ["Frédéric Chopin", "Ballade No. 1 in G Minor, Op. 23", "train", 2004, names[0], "x.wav", 560.1],
-            ["Frédéric Chopin", "Ballade No. 1 in G Minor, Op. 23", "train", 2006, names[1], "y.wav", 570.2],
-            ["Franz Schubert / Franz Liszt", "Ständchen", "validation", 2018, names[2], "z.wav", 300.0],
+            [
+                "Frédéric Chopin",
+                "Ballade No. 1 in G Minor, Op. 23",
+                "train",
+                2004,
+                names[0],
+                "x.wav",
+                560.1,
+            ],
+            [
+                "Frédéric Chopin",
+                "Ballade No. 1 in G Minor, Op. 23",
+                "train",
+                2006,
+                names[1],
+                "y.wav",
+                570.2,
+            ],
+            [
+                "Franz Schubert / Franz Liszt",
+                "Ständchen",
+                "validation",
+                2018,
+                names[2],
+                "z.wav",
+                300.0,
+            ],
             ["Johann Sebastian Bach", "Prelude", "test", 2018, "2018/missing.midi", "w.wav", 60.0],
         ],
     )
@@ -456,18 +543,29 @@ def write_gigamidi_parquet(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema(
         [
-            ("split", pa.string()), ("md5", pa.string()), ("music", pa.binary()),
-            ("NOMML", pa.list_(pa.int64())), ("num_tracks", pa.int64()), ("TPQN", pa.int64()),
-            ("total_notes", pa.int64()), ("tempo", pa.string()),
-            ("loop_track_idx", pa.list_(pa.int64())), ("loop_instrument_type", pa.list_(pa.string())),
-            ("instrument_category__drums-only__0__all-instruments-with-drums__1_no-drums__2", pa.int64()),
-            ("music_styles_curated", pa.list_(pa.string())), ("music_style_scraped", pa.string()),
+            ("split", pa.string()),
+            ("md5", pa.string()),
+            ("music", pa.binary()),
+            ("NOMML", pa.list_(pa.int64())),
+            ("num_tracks", pa.int64()),
+            ("TPQN", pa.int64()),
+            ("total_notes", pa.int64()),
+            ("tempo", pa.string()),
+            ("loop_track_idx", pa.list_(pa.int64())),
+            ("loop_instrument_type", pa.list_(pa.string())),
+            (
+                "instrument_category__drums-only__0__all-instruments-with-drums__1_no-drums__2",
+                pa.int64(),
+            ),
+            ("music_styles_curated", pa.list_(pa.string())),
+            ("music_style_scraped", pa.string()),
             ("music_style_audio_text_Discogs", pa.list_(pa.string())),
             ("music_style_audio_text_Lastfm", pa.list_(pa.string())),
             ("music_style_audio_text_Tagtraum", pa.list_(pa.string())),
-            ("title", pa.string()), ("artist", pa.string()),
+            ("title", pa.string()),
+            ("artist", pa.string()),
         ]
-    )  # fmt: skip
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
     return path
 
@@ -475,10 +573,16 @@ def write_gigamidi_parquet(path: Path, rows: list[dict]) -> Path:
 def test_gigamidi_local_parquet(tmp_path):
     rows = gigamidi_rows(5)
     write_gigamidi_parquet(tmp_path / "v2.0.0" / "train" / "part-0.parquet", rows[:3])
-    write_gigamidi_parquet(tmp_path / "v2.0.0" / "validation" / "part-0.parquet",
-                           [{**r, "split": "validation"} for r in rows[3:]])  # fmt: skip
-    spec = {"kind": "gigamidi", "name": "giga", "parquet": str(tmp_path / "v2.0.0" / "**" / "*.parquet"),
-            "batch_size": 2}  # fmt: skip
+    write_gigamidi_parquet(
+        tmp_path / "v2.0.0" / "validation" / "part-0.parquet",
+        [{**r, "split": "validation"} for r in rows[3:]],
+    )
+    spec = {
+        "kind": "gigamidi",
+        "name": "giga",
+        "parquet": str(tmp_path / "v2.0.0" / "**" / "*.parquet"),
+        "batch_size": 2,
+    }
     pieces = list(iter_source(spec, "p"))
     assert [p.name for p in pieces] == [r["md5"] for r in rows[:3]] + [r["md5"] for r in rows[3:]]
     for piece, row in zip(pieces, rows[:3] + rows[3:], strict=True):
@@ -501,7 +605,9 @@ def test_gigamidi_parquet_errors(tmp_path):
 
     pq.write_table(pa.table({"md5": ["x"]}), tmp_path / "bad.parquet")
     with pytest.raises(SourceError, match=r"\['music'\]"):
-        iter_source({"kind": "gigamidi", "parquet": str(tmp_path / "bad.parquet")}, "data.sources[8]")
+        iter_source(
+            {"kind": "gigamidi", "parquet": str(tmp_path / "bad.parquet")}, "data.sources[8]"
+        )
 
 
 def test_gigamidi_streaming_goes_through_the_same_rows(monkeypatch):
@@ -516,11 +622,18 @@ def test_gigamidi_streaming_goes_through_the_same_rows(monkeypatch):
         return stream
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    spec = {"kind": "gigamidi", "name": "giga", "hf_name": "Metacreation/GigaMIDI",
-            "hf_config": "v2.0.0", "split": "test", "limit": 3}  # fmt: skip
+    spec = {
+        "kind": "gigamidi",
+        "name": "giga",
+        "hf_name": "Metacreation/GigaMIDI",
+        "hf_config": "v2.0.0",
+        "split": "test",
+        "limit": 3,
+    }
     pieces = list(iter_source(spec, "p"))
-    assert calls == [("Metacreation/GigaMIDI", "v2.0.0",
-                      {"split": "test", "revision": None, "streaming": True})]  # fmt: skip
+    assert calls == [
+        ("Metacreation/GigaMIDI", "v2.0.0", {"split": "test", "revision": None, "streaming": True})
+    ]
     assert [p.data for p in pieces] == [r["music"] for r in rows[:3]]
     assert [p.split for p in pieces] == ["test"] * 3
     assert pieces[1].genres == ["soft-rock"]
@@ -564,8 +677,13 @@ def test_music21_tune_types():
 
 
 def test_music21_small_selection_converts_with_labels_deterministically():
-    spec = {"kind": "music21", "name": "m21", "selection": ["corelli", "ryans", "oneills", "josquin", "palestrina"],
-            "max_per_group": 1, "workers": 2}  # fmt: skip
+    spec = {
+        "kind": "music21",
+        "name": "m21",
+        "selection": ["corelli", "ryans", "oneills", "josquin", "palestrina"],
+        "max_per_group": 1,
+        "workers": 2,
+    }
     pieces = by_name(iter_source(spec, "data.sources[0]"))
     assert len(pieces) == 5
     for piece in pieces.values():
@@ -578,7 +696,7 @@ def test_music21_small_selection_converts_with_labels_deterministically():
     (tune,) = [p for n, p in pieces.items() if n.startswith("oneills1850/")]
     assert "#" in tune.name and tune.period == "folk" and tune.composer is None
     (ryan,) = [p for n, p in pieces.items() if n.startswith("ryansMammoth/")]
-    assert tune_type(None, ryan.name) in ryan.genres
+    assert ryan.genres[-1] in {"reel", "jig", "hornpipe", "strathspey", "march", "waltz"}
     (josquin,) = [p for n, p in pieces.items() if n.startswith("josquin/")]
     assert len(symusic.Score.from_midi(josquin.data).tracks) >= 2  # voices merged into one score
     (mass,) = [p for n, p in pieces.items() if n.startswith("palestrina/")]
@@ -591,7 +709,10 @@ def test_music21_small_selection_converts_with_labels_deterministically():
 
 
 def test_music21_bad_and_slow_pieces_are_skipped(tmp_path, caplog):
-    write(tmp_path / "good.abc", "X:1\nT:Test Reel\nR:reel\nM:4/4\nL:1/8\nK:D\nDEFG ABcd|dcBA GFED|]\n")
+    write(
+        tmp_path / "good.abc",
+        "X:1\nT:Test Reel\nR:reel\nM:4/4\nL:1/8\nK:D\nDEFG ABcd|dcBA GFED|]\n",
+    )
     write(tmp_path / "bad.xml", "<score-partwise><part-list></score-partwise")
     entry = Entry("test", "*", "folk", ("instrumental",))
     works = [m21.Work(entry, "bad.xml"), m21.Work(entry, "good.abc", None, "Test Reel", "reel")]
@@ -601,5 +722,7 @@ def test_music21_bad_and_slow_pieces_are_skipped(tmp_path, caplog):
     assert [p.name for p in pieces] == ["good.abc"] and pieces[0].genres == ["instrumental", "reel"]
     assert "skipped bad.xml" in caplog.text
     # a piece over its time limit is stopped inside the worker and reported, not raised
-    data, _, error = m21.convert_task((str(m21.corpus_root() / "joplin/maple_leaf_rag.mxl"), None, False, True, 0.05))
+    data, _, error = m21.convert_task(
+        (str(m21.corpus_root() / "joplin/maple_leaf_rag.mxl"), None, False, True, 0.05)
+    )
     assert data is None and "took more than" in error

@@ -120,6 +120,24 @@ def cmd_latents(args) -> None:
     )
 
 
+def cmd_emotion(args) -> None:
+    import csv
+
+    from midipipe.emotion import plot_curves, predict_file
+
+    rows = predict_file(args.file, args.model_dir, args.musetok_dir)
+    for r in rows:
+        print(f"bar {r['bar']:4d}  t={r['start_s']:8.2f}s  valence {r['valence']:+.3f}  "
+              f"arousal {r['arousal']:+.3f}  ({r['estimator']})")
+    if args.csv:
+        with atomic_path(args.csv) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["bar"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.plot:
+        plot_curves(rows, args.plot, title=Path(args.file).name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -146,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--out", required=True, help="output .safetensors")
     lat.add_argument("--batch-size", type=int, default=256, help="bars per forward pass")
     lat.set_defaults(func=cmd_latents)
+
+    emo = sub.add_parser("emotion", help="per-bar valence and arousal of one MIDI file")
+    emo.add_argument("file")
+    emo.add_argument("--csv", help="also write the rows as CSV")
+    emo.add_argument("--plot", help="draw the curves to this PNG")
+    emo.add_argument("--model-dir", default="models/emotion")
+    emo.add_argument("--musetok-dir", default="models/musetok")
+    emo.set_defaults(func=cmd_emotion)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)

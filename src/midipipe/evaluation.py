@@ -202,6 +202,7 @@ def evaluate_generation(tokenizer, generated: Sequence[Piece], real_train: Seque
     ids = [cid for _, cid in composers]
     ref = [p for p in real_test if p.composer_id in ids] or list(real_test)
     real_rows, real_x = describe(tokenizer, ref)
+    known = np.array([p.composer_id in ids for p in ref], dtype=bool)
     out: dict = {"composers_evaluated": len(ids), "real_test_excerpts": len(ref),
                  "generated_pieces": len(generated), "distances": DISTANCES}
     for m in mm.METRICS:
@@ -215,12 +216,14 @@ def evaluate_generation(tokenizer, generated: Sequence[Piece], real_train: Seque
         labels = [p.composer_id for p in train]
         if len(set(labels)) >= 2:
             classifier = ComposerClassifier(seed).fit(train_x, labels)
-            test_y = [p.composer_id for p in ref]
-            test_pred = classifier.predict(real_x)
+            test_y = np.array([p.composer_id for p in ref])[known]
+            test_pred = classifier.predict(real_x[known])
             out.update({
                 "chance": 1.0 / len(ids),
                 "classifier_train_excerpts": len(train),
-                "classifier_real_test_acc": float(np.mean(test_pred == np.asarray(test_y))),
+                "classifier_test_excerpts": int(known.sum()),
+                "classifier_real_test_acc": float(np.mean(test_pred == test_y))
+                if known.any() else math.nan,
             })
             panels = [("real test excerpts", confusion(test_y, test_pred, ids))]
         else:
@@ -253,4 +256,6 @@ def evaluate_generation(tokenizer, generated: Sequence[Piece], real_train: Seque
             panels.append((f"generated, guidance {g:g}", confusion(true, pred, ids)))
     if classifier is not None and confusion_png is not None:
         plot_confusions(panels, [name for name, _ in composers], confusion_png)
-    return out
+    # JSON has no NaN: an undefined figure is null
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in out.items()}

@@ -34,7 +34,7 @@ from midipipe.models.gpt import GPT, GPTConfig, load_model, save_model
 from midipipe.organize import slug
 from midipipe.params import ParamError, TrainParams
 from midipipe.sampling import RemiGrammar, SampleConfig, generate, to_midi
-from midipipe.shards import tokens_by_split
+from midipipe.shards import tokens_by_split, write_json
 from midipipe.training import Fit, fit, resolve_device
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def save_generator(model: GPT, out_dir: str | Path, table: dict, tokenizer_json:
     """The GPT plus the composer table and tokenizer it was trained with."""
     out_dir = Path(out_dir)
     save_model(model, out_dir)
-    (out_dir / COMPOSERS_FILE).write_text(json.dumps(table, indent=2) + "\n")
+    write_json(out_dir / COMPOSERS_FILE, table)
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
@@ -486,21 +486,25 @@ def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:
             "primer_tokens": len(primer), "notes": int(notes), **stats}
 
 
-INTERACTIVE_HELP = ("enter: another take | key=value ... (composer, guidance, temperature, "
-                    "top_k, top_p, repetition_penalty, max_tokens, seed_length, seed): change "
+SETTABLE = {"composer": str, "guidance": float, "temperature": float, "top_k": int,
+            "top_p": float, "repetition_penalty": float, "max_tokens": int, "max_bars": int,
+            "seed_length": int, "seed": int, "primer": str}
+INTERACTIVE_HELP = (f"enter: another take | key=value ... ({', '.join(SETTABLE)}): change "
                     "and sample | q: quit")
 
 
 def _apply(opts: GenerateOptions, line: str) -> GenerateOptions:
+    """Options changed by an interactive `key=value ...` line."""
     changes: dict[str, Any] = {}
-    types = {f.name: f.type for f in dataclasses.fields(GenerateOptions)}
     for item in line.split():
         key, sep, value = item.partition("=")
         key = key.replace("-", "_")
-        if not sep or key not in types or key in ("out", "model_dir", "interactive"):
+        if not sep or key not in SETTABLE:
             raise ValueError(f"cannot set {item!r}: {INTERACTIVE_HELP}")
-        kind = {"float": float, "int": int}.get(str(types[key]), str)
-        changes[key] = kind(value)
+        try:
+            changes[key] = SETTABLE[key](value)
+        except ValueError:
+            raise ValueError(f"{key}: not a {SETTABLE[key].__name__}: {value!r}") from None
     return dataclasses.replace(opts, **changes)
 
 
