@@ -36,8 +36,13 @@ from midipipe.musetok import checkpoint  # noqa: E402
 from midipipe.musetok import train as mt  # noqa: E402
 from midipipe.musetok.model import MuseTok, MuseTokConfig  # noqa: E402
 from midipipe.organize import organize  # noqa: E402
-from midipipe.params import DataParams, OrganizeParams, Params, TokenizeParams  # noqa: E402
-from midipipe.params import merged_train  # noqa: E402
+from midipipe.params import (  # noqa: E402
+    DataParams,
+    OrganizeParams,
+    Params,
+    TokenizeParams,
+    merged_train,  # noqa: E402
+)
 from midipipe.shards import tokens_by_split  # noqa: E402
 from midipipe.tokenize import tokenize_files  # noqa: E402
 from midipipe.training import Fit, fit, seed_everything  # noqa: E402
@@ -79,8 +84,12 @@ def train_musetok(work: Path, epochs: int) -> dict:
     )
     fit(job, tp, work / "musetok_resume", save_best=lambda m: checkpoint.save(m, out))
     best = min(job.history, key=lambda h: h["valid_loss"])
-    info = {"epochs": epochs, "pieces": len(pieces), "valid_loss": round(best["valid_loss"], 4),
-            "valid_token_acc": round(best["valid_token_acc"], 4)}
+    info = {
+        "epochs": epochs,
+        "pieces": len(pieces),
+        "valid_loss": round(best["valid_loss"], 4),
+        "valid_token_acc": round(best["valid_token_acc"], 4),
+    }
     (work / "musetok.json").write_text(json.dumps(info))
     return info
 
@@ -92,14 +101,17 @@ def kfold(work: Path, musetok_dir: Path, p: EmotionParams, folds: int) -> dict:
     bars = collect(pieces, data / "tokens" / "musetok", data / "midi", p.targets, p.rules)
     inputs, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
     everything = np.arange(len(bars.piece_ids))
-    table = cross_validate(bars, everything, inputs, codebook, p.mlp, tp, list(INPUTS), folds,
-                           tp.seed)
+    table = cross_validate(
+        bars, everything, inputs, codebook, p.mlp, tp, list(INPUTS), folds, tp.seed
+    )
     means, flat = summarize(table)
     return {
-        "pieces": len(bars.piece_ids), "rated_bars": int(bars.rated.sum()),
+        "pieces": len(bars.piece_ids),
+        "rated_bars": int(bars.rated.sum()),
         "best_input": flat.get("kfold_best_input"),
-        "estimators": {r["label"]: {k: None if r[k] is None else round(r[k], 4) for k in KEYS}
-                       for r in means},
+        "estimators": {
+            r["label"]: {k: None if r[k] is None else round(r[k], 4) for k in KEYS} for r in means
+        },
     }
 
 
@@ -112,10 +124,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="MLP epochs (default: EmotionParams)")
     ap.add_argument("--loss", choices=("ccc", "mse"), default="ccc")
     ap.add_argument("--window", type=int, default=None)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="organize/tokenize processes")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the MLP is tiny, and spare threads spin on busy CPUs)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, args.workers))
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-emotion-"))
     build_data(work, args.data, args.workers)
@@ -130,14 +148,26 @@ def main() -> None:
     seed_everything(0)
     checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
     random = kfold(work, work / "musetok_random", p, args.folds)
-    print(json.dumps({
-        "benchmark": "emotion_vgmidi", "folds": args.folds, "mlp": dataclasses.asdict(p.mlp),
-        "mlp_train": p.train, "musetok": musetok, **trained,
-        "random_musetok": {"best_input": random["best_input"],
-                           "estimators": {k: v for k, v in random["estimators"].items()
-                                          if k.startswith("mlp_")}},
-        "work": str(work), "seconds": round(time.perf_counter() - t0, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "emotion_vgmidi",
+                "folds": args.folds,
+                "mlp": dataclasses.asdict(p.mlp),
+                "mlp_train": p.train,
+                "musetok": musetok,
+                **trained,
+                "random_musetok": {
+                    "best_input": random["best_input"],
+                    "estimators": {
+                        k: v for k, v in random["estimators"].items() if k.startswith("mlp_")
+                    },
+                },
+                "work": str(work),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

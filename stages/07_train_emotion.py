@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from midipipe import params
 from midipipe.emotion import EmotionParams, plot_curves, predict_file, rules_config
@@ -31,7 +32,8 @@ from midipipe.training import write_metrics
 log = logging.getLogger("midipipe.stage07")
 OUT = Path("models/emotion")
 MANIFEST, BAR_VA = "data/manifest.parquet", "data/labels/bar_va.parquet"
-TOKENS, MIDI, LATENTS, MUSETOK = "data/tokens/musetok", "data/midi", "data/latents", "models/musetok"
+TOKENS, MIDI = "data/tokens/musetok", "data/midi"
+LATENTS, MUSETOK = "data/latents", "models/musetok"
 KFOLD_CSV = "metrics/emotion_kfold.csv"
 CURVES_CSV, CURVES_PNG = "metrics/emotion_curves.csv", "metrics/emotion_curves.png"
 TABLE_COLUMNS = ["fold", "label", "estimator", "input", "bars", "pieces"] + [
@@ -52,20 +54,28 @@ def write_curves(rows: list[dict], title: str) -> None:
 
 
 def rules_only(p: EmotionParams) -> None:
-    log.warning("no labelled data configured (no listener bar labels and no piece labels in "
-                "data.sources): the model is the rule-based estimate, hand-set, not learned")
+    log.warning(
+        "no labelled data configured (no listener bar labels and no piece labels in "
+        "data.sources): the model is the rule-based estimate, hand-set, not learned"
+    )
     OUT.mkdir(parents=True, exist_ok=True)
     write_json(OUT / "config.json", rules_config(p.rules))
-    write_metrics("metrics/emotion.json", {
-        "estimator": "rules", "learned": False, "labelled_pieces": 0, "labelled_bars": 0,
-        "note": "no labelled data configured"})
+    write_metrics(
+        "metrics/emotion.json",
+        {
+            "estimator": "rules",
+            "learned": False,
+            "labelled_pieces": 0,
+            "labelled_bars": 0,
+            "note": "no labelled data configured",
+        },
+    )
     write_csv(KFOLD_CSV, [], TABLE_COLUMNS)
-    import pyarrow.parquet as pq
-
     manifest = pq.read_table(MANIFEST, columns=["piece_id", "path"]).to_pylist()
     rows = []
     for r in sorted(manifest, key=lambda r: r["piece_id"])[: p.examples]:
-        rows += [{"piece": r["piece_id"][:8], **b} for b in predict_file(Path(MIDI) / r["path"], OUT)]
+        bars = predict_file(Path(MIDI) / r["path"], OUT)
+        rows += [{"piece": r["piece_id"][:8], **b} for b in bars]
     write_curves(rows, "rule-based estimate (not learned); no labelled data")
 
 
@@ -73,34 +83,57 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
     split = np.array(bars.splits)
     pool, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
     compare = list(mlp.INPUTS) if p.compare_inputs else [p.mlp.input]
-    inputs, codebook = mlp.bar_inputs(set(compare) | {p.mlp.input}, bars.piece_ids, bars.tokens,
-                                      LATENTS, MUSETOK, tp.device)
+    inputs, codebook = mlp.bar_inputs(
+        set(compare) | {p.mlp.input}, bars.piece_ids, bars.tokens, LATENTS, MUSETOK, tp.device
+    )
     table = cross_validate(bars, pool, inputs, codebook, p.mlp, tp, compare, p.folds, tp.seed)
     means, flat = summarize(table)
 
     x = inputs[p.mlp.input]
     fit_rows = bars.trainable(pool)
-    model = mlp.fit_mlp(mlp.config_for(p.mlp, x, codebook), x, bars.targets, bars.weights,
-                        bars.offsets, fit_rows, tp, p.mlp.loss)
-    facts = {"input": p.mlp.input, "loss": p.mlp.loss, "learned": True,
-             "train_pieces": len(pool), "train_bars": len(fit_rows)}
+    model = mlp.fit_mlp(
+        mlp.config_for(p.mlp, x, codebook),
+        x,
+        bars.targets,
+        bars.weights,
+        bars.offsets,
+        fit_rows,
+        tp,
+        p.mlp.loss,
+    )
+    facts = {
+        "input": p.mlp.input,
+        "loss": p.mlp.loss,
+        "learned": True,
+        "train_pieces": len(pool),
+        "train_bars": len(fit_rows),
+    }
     mlp.save(model, OUT, facts)
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
     if mask[bars.rows(test)].any():
         pred = mlp.predict(model, x, bars.offsets, bars.rows(test))
-        test_rows = score(bars, test, baselines(bars, pool, test)
-                          + [(mlp.ESTIMATOR, p.mlp.input, pred)])
+        test_rows = score(
+            bars, test, baselines(bars, pool, test) + [(mlp.ESTIMATOR, p.mlp.input, pred)]
+        )
     _, test_flat = summarize(test_rows, "test")
     test_flat.pop("test_best_input", None)
-    write_metrics("metrics/emotion.json", {
-        "estimator": mlp.ESTIMATOR, **facts, "labelled_pieces": len(bars.piece_ids),
-        "labelled_bars": int((bars.weights > 0).sum()), "rated_bars": int(bars.rated.sum()),
-        "eval_targets": eval_targets, "folds": len({r["fold"] for r in table}), **flat,
-        **test_flat})
-    write_csv(KFOLD_CSV, table + means + [{"fold": "test", **r} for r in test_rows],
-              TABLE_COLUMNS)
+    write_metrics(
+        "metrics/emotion.json",
+        {
+            "estimator": mlp.ESTIMATOR,
+            **facts,
+            "labelled_pieces": len(bars.piece_ids),
+            "labelled_bars": int((bars.weights > 0).sum()),
+            "rated_bars": int(bars.rated.sum()),
+            "eval_targets": eval_targets,
+            "folds": len({r["fold"] for r in table}),
+            **flat,
+            **test_flat,
+        },
+    )
+    write_csv(KFOLD_CSV, table + means + [{"fold": "test", **r} for r in test_rows], TABLE_COLUMNS)
     if "kfold_best_input" in flat:
         log.info("k-fold: best MLP input %s", flat["kfold_best_input"])
 
@@ -109,13 +142,23 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
     rows = []
     for k in examples:
         span = bars.rows([k])
-        va = {"listeners": bars.targets[span], "rules": bars.rules[span],
-              mlp.ESTIMATOR: mlp.predict(model, x, bars.offsets, span)}
+        va = {
+            "listeners": bars.targets[span],
+            "rules": bars.rules[span],
+            mlp.ESTIMATOR: mlp.predict(model, x, bars.offsets, span),
+        }
         for estimator, values in va.items():
-            rows += [{"piece": bars.piece_ids[k][:8], "bar": b, "estimator": estimator,
-                      "valence": float(v), "arousal": float(a)}
-                     for b, (v, a) in enumerate(values)
-                     if estimator != "listeners" or mask[span[b]]]
+            rows += [
+                {
+                    "piece": bars.piece_ids[k][:8],
+                    "bar": b,
+                    "estimator": estimator,
+                    "valence": float(v),
+                    "arousal": float(a),
+                }
+                for b, (v, a) in enumerate(values)
+                if estimator != "listeners" or mask[span[b]]
+            ]
     write_curves(rows, "test pieces" if rated_test else "training pieces (no rated test piece)")
 
 

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from midipipe.midi import load_score
+from midipipe.params import ParamError
 from midipipe.pool import Failure, default_workers, robust_map
 from midipipe.shards import atomic_path, write_json, write_table
 from midipipe.sources.base import SourceError
@@ -62,14 +63,25 @@ STYLE_COLUMNS = (
 )
 META_COLUMNS = ("split", "title", "artist", *STYLE_COLUMNS, INSTRUMENT_COLUMN, "NOMML")
 
-BAR_SCHEMA = pa.schema([
-    ("md5", pa.string()), ("bar", pa.int32()), ("valence", pa.float32()),
-    ("arousal", pa.float32()), ("estimator", pa.string()),
-])
+BAR_SCHEMA = pa.schema(
+    [
+        ("md5", pa.string()),
+        ("bar", pa.int32()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+        ("estimator", pa.string()),
+    ]
+)
 STATS = ("mean", "std", "min", "max")
 SONG_SCHEMA = pa.schema(
-    [("md5", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-     ("estimator", pa.string()), ("n_bars", pa.int32()), ("bars_truncated", pa.int32())]
+    [
+        ("md5", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("estimator", pa.string()),
+        ("n_bars", pa.int32()),
+        ("bars_truncated", pa.int32()),
+    ]
     + [(f"{axis}_{s}", pa.float32()) for axis in ("valence", "arousal") for s in STATS]
 )
 OK, FAILED = "ok", "failed"
@@ -105,14 +117,14 @@ class AnnotateParams:
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
-            raise ValueError(f"annotate.engine must be local or ray, got {self.engine!r}")
+            raise ParamError(f"annotate.engine must be local or ray, got {self.engine!r}")
         if (self.parquet is None) == (self.hf_name is None):
-            raise ValueError("annotate: set exactly one of parquet (local files) or hf_name (hub)")
+            raise ParamError("annotate: set exactly one of parquet (local files) or hf_name (hub)")
         if self.limit is not None and self.limit < 0:
-            raise ValueError(f"annotate.limit must be >= 0 or null, got {self.limit}")
+            raise ParamError(f"annotate.limit must be >= 0 or null, got {self.limit}")
         for key in ("songs_per_part", "part_bars", "batch_size", "read_batch"):
             if getattr(self, key) < 1:
-                raise ValueError(f"annotate.{key} must be >= 1, got {getattr(self, key)}")
+                raise ParamError(f"annotate.{key} must be >= 1, got {getattr(self, key)}")
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -140,11 +152,14 @@ def open_rows(p: AnnotateParams) -> Iterator[dict]:
 
     for split in p.splits:
         try:
-            stream = datasets.load_dataset(p.hf_name, p.hf_config, split=split,
-                                           revision=p.revision, streaming=True)
+            stream = datasets.load_dataset(
+                p.hf_name, p.hf_config, split=split, revision=p.revision, streaming=True
+            )
         except Exception as error:  # offline, gated without a token, unknown config or split
-            raise SourceError(f"annotate.hf_name: cannot stream {p.hf_name!r} (config "
-                              f"{p.hf_config!r}, split {split!r}): {error}") from None
+            raise SourceError(
+                f"annotate.hf_name: cannot stream {p.hf_name!r} (config "
+                f"{p.hf_config!r}, split {split!r}): {error}"
+            ) from None
         names = getattr(stream, "column_names", None)
         if names:  # decode only the columns we keep
             stream = stream.select_columns([c for c in dict.fromkeys(wanted) if c in names])
@@ -229,8 +244,12 @@ def prepare(job: Job, estimator: str, rules: dict | None, max_notes: int) -> Pre
         va = estimate(score, grid, build(RuleParams, rules, "rules")).astype(np.float32)
         seconds["rules"] = time.perf_counter() - t2
         return Prepared(len(bar_starts), va=va, seconds=seconds)
-    return Prepared(len(bar_starts), np.asarray(ids, np.int32), np.asarray(bar_starts, np.int32),
-                    seconds=seconds)
+    return Prepared(
+        len(bar_starts),
+        np.asarray(ids, np.int32),
+        np.asarray(bar_starts, np.int32),
+        seconds=seconds,
+    )
 
 
 def prepare_inline(job: Job, estimator: str, rules: dict | None, max_notes: int):
@@ -287,14 +306,14 @@ class Annotator:
     """The models (MuseTok encoder + emotion MLP, or nothing for the rule estimator) and the
     batched step from parsed songs to per-bar valence/arousal."""
 
-    def __init__(self, p: AnnotateParams):
+    def __init__(self, p: AnnotateParams, load_models: bool = True):
         self.p = p
         self.config = emotion_config(p.emotion)
         self.estimator = self.config["estimator"]
         self.rules = self.config.get("rules") if self.estimator == RULES else None
         self.clock = PhaseClock()
         self.encoder = self.mlp = None
-        if self.estimator != RULES:
+        if self.estimator != RULES and load_models:
             self._load_models()
 
     def _load_models(self) -> None:
@@ -306,12 +325,17 @@ class Annotator:
         self.encoder = checkpoint.load(self.p.musetok, device=device)
         self.mlp = regressor.load(self.p.emotion).to(device)
         cfg, enc = self.mlp.cfg, self.encoder.config
-        width = {"quantized": enc.d_latent, "encoder_out": enc.enc_d_model,
-                 "codes": enc.num_quantizers}[cfg.input]
+        width = {
+            "quantized": enc.d_latent,
+            "encoder_out": enc.enc_d_model,
+            "codes": enc.num_quantizers,
+        }[cfg.input]
         if width != cfg.width:
-            raise ValueError(f"{self.p.musetok} gives {cfg.input} of width {width}, but the "
-                             f"emotion model in {self.p.emotion} was trained on width "
-                             f"{cfg.width}: use the MuseTok model it was trained with")
+            raise ValueError(
+                f"{self.p.musetok} gives {cfg.input} of width {width}, but the "
+                f"emotion model in {self.p.emotion} was trained on width "
+                f"{cfg.width}: use the MuseTok model it was trained with"
+            )
 
     def work(self, inline: bool = False) -> partial:
         """The per-song function for workers (picklable)."""
@@ -330,19 +354,31 @@ class Annotator:
                 with path.open("rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         digest.update(block)
-        return {"estimator": self.estimator, "models_sha256": digest.hexdigest(),
-                "rules": self.rules}
+        return {
+            "estimator": self.estimator,
+            "models_sha256": digest.hexdigest(),
+            "rules": self.rules,
+        }
 
     def finish(self, items: list[tuple[Job, Prepared | Failure]]) -> list[SongResult]:
         """Per-song results in input order; the MLP path encodes all bars of `items` together."""
-        results = [SongResult(job.key, out.reason if isinstance(out, Failure) else None,
-                              out.va if isinstance(out, Prepared) else None, meta=job.meta)
-                   for job, out in items]
+        results = [
+            SongResult(
+                job.key,
+                out.reason if isinstance(out, Failure) else None,
+                out.va if isinstance(out, Prepared) else None,
+                meta=job.meta,
+            )
+            for job, out in items
+        ]
         for _, out in items:
             if isinstance(out, Prepared):
                 self.clock.add(out.seconds)
-        todo = [(r, out) for r, (_, out) in zip(results, items, strict=True)
-                if isinstance(out, Prepared) and out.va is None]
+        todo = [
+            (r, out)
+            for r, (_, out) in zip(results, items, strict=True)
+            if isinstance(out, Prepared) and out.va is None
+        ]
         if todo:
             self._predict(todo)
         return results
@@ -367,14 +403,26 @@ class Annotator:
 
 
 def summary_row(r: SongResult, estimator: str) -> dict:
-    row = {"md5": r.key, "status": OK if r.reason is None else FAILED, "reason": r.reason,
-           "estimator": estimator, "n_bars": 0, "bars_truncated": r.n_truncated}
+    row = {
+        "md5": r.key,
+        "status": OK if r.reason is None else FAILED,
+        "reason": r.reason,
+        "estimator": estimator,
+        "n_bars": 0,
+        "bars_truncated": r.n_truncated,
+    }
     if r.reason is None:
         row["n_bars"] = len(r.va)
         for k, axis in enumerate(("valence", "arousal")):
             v = r.va[:, k].astype(np.float64)
-            row.update({f"{axis}_mean": v.mean(), f"{axis}_std": v.std(),
-                        f"{axis}_min": v.min(), f"{axis}_max": v.max()})
+            row.update(
+                {
+                    f"{axis}_mean": v.mean(),
+                    f"{axis}_std": v.std(),
+                    f"{axis}_min": v.min(),
+                    f"{axis}_max": v.max(),
+                }
+            )
     return row
 
 
@@ -382,13 +430,20 @@ def bars_table(results: list[SongResult], estimator: str) -> pa.Table:
     ok = [r for r in results if r.reason is None]
     lengths = [len(r.va) for r in ok]
     va = np.concatenate([r.va for r in ok]) if ok else np.zeros((0, 2), np.float32)
-    return pa.Table.from_arrays([
-        pa.array(np.repeat([r.key for r in ok], lengths).tolist() if ok else [], pa.string()),
-        pa.array(np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-                 if ok else np.zeros(0, np.int32)),
-        pa.array(va[:, 0].astype(np.float32)), pa.array(va[:, 1].astype(np.float32)),
-        pa.array([estimator] * len(va), pa.string()),
-    ], schema=BAR_SCHEMA)
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.repeat([r.key for r in ok], lengths).tolist() if ok else [], pa.string()),
+            pa.array(
+                np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+                if ok
+                else np.zeros(0, np.int32)
+            ),
+            pa.array(va[:, 0].astype(np.float32)),
+            pa.array(va[:, 1].astype(np.float32)),
+            pa.array([estimator] * len(va), pa.string()),
+        ],
+        schema=BAR_SCHEMA,
+    )
 
 
 def _part_index(path: Path) -> int:
@@ -405,8 +460,10 @@ class PartStore:
         if state_path.exists():
             old = json.loads(state_path.read_text()).get("fingerprint")
             if old != fingerprint:
-                log.warning("%s was annotated from another source or with other models: "
-                            "starting afresh", self.folder)
+                log.warning(
+                    "%s was annotated from another source or with other models: starting afresh",
+                    self.folder,
+                )
                 shutil.rmtree(self.folder)
         self.progress.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
@@ -441,8 +498,9 @@ class PartStore:
         bars = bars_table(fresh, estimator)
         if bars.num_rows:
             write_table(self.folder / name, bars)
-        summary = pa.Table.from_pylist([summary_row(r, estimator) for r in fresh],
-                                       schema=SONG_SCHEMA)
+        summary = pa.Table.from_pylist(
+            [summary_row(r, estimator) for r in fresh], schema=SONG_SCHEMA
+        )
         meta = _meta_table([r.meta for r in fresh], set(SONG_SCHEMA.names))
         for column in meta.column_names:
             summary = summary.append_column(column, meta.column(column))
@@ -455,13 +513,22 @@ class PartStore:
         """songs.parquet and meta.parquet from all progress files; returns song counts."""
         parts = sorted(self.progress.glob("part-*.parquet"))
         schemas = [pq.read_schema(p) for p in parts]
-        meta_fields = [f for f in pa.unify_schemas(schemas, promote_options="permissive")
-                       if f.name not in SONG_SCHEMA.names] if parts else []
+        meta_fields = (
+            [
+                f
+                for f in pa.unify_schemas(schemas, promote_options="permissive")
+                if f.name not in SONG_SCHEMA.names
+            ]
+            if parts
+            else []
+        )
         meta_schema = pa.schema([("md5", pa.string()), *meta_fields])
         counts: Counter = Counter()
         reasons: Counter = Counter()
-        with _parquet_out(self.folder / "songs.parquet", SONG_SCHEMA) as songs, \
-                _parquet_out(self.folder / "meta.parquet", meta_schema) as meta:
+        with (
+            _parquet_out(self.folder / "songs.parquet", SONG_SCHEMA) as songs,
+            _parquet_out(self.folder / "meta.parquet", meta_schema) as meta,
+        ):
             for path in parts:
                 table = pq.read_table(path)
                 songs.write_table(table.select(SONG_SCHEMA.names).cast(SONG_SCHEMA))
@@ -469,15 +536,21 @@ class PartStore:
                 status = table.column("status").to_pylist()
                 counts.update(status)
                 counts["bars"] += sum(table.column("n_bars").to_pylist())
-                reasons.update(reason_kind(r) for r, s in zip(
-                    table.column("reason").to_pylist(), status, strict=True) if s == FAILED)
+                reasons.update(
+                    reason_kind(r)
+                    for r, s in zip(table.column("reason").to_pylist(), status, strict=True)
+                    if s == FAILED
+                )
         if not any(self.folder.glob("part-*.parquet")):  # readers need no empty-folder case
             write_table(self.folder / "part-00000.parquet", BAR_SCHEMA.empty_table())
-        summary = {"songs": counts[OK] + counts[FAILED], "songs_ok": counts[OK],
-                   "songs_failed": counts[FAILED], "bars": counts["bars"],
-                   **{f"failed_{k}": v for k, v in sorted(reasons.items())}}
-        write_json(self.folder / "run.json", {"fingerprint": self.fingerprint, **extra,
-                                              **summary})
+        summary = {
+            "songs": counts[OK] + counts[FAILED],
+            "songs_ok": counts[OK],
+            "songs_failed": counts[FAILED],
+            "bars": counts["bars"],
+            **{f"failed_{k}": v for k, v in sorted(reasons.items())},
+        }
+        write_json(self.folder / "run.json", {"fingerprint": self.fingerprint, **extra, **summary})
         return summary
 
 
@@ -498,8 +571,7 @@ def _meta_table(metas: list[dict], reserved: set[str]) -> pa.Table:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types across rows: keep them as text
         names = list(dict.fromkeys(k for r in rows for k in r))
-        return pa.table({k: [None if r.get(k) is None else str(r[k]) for r in rows]
-                         for k in names})
+        return pa.table({k: [None if r.get(k) is None else str(r[k]) for r in rows] for k in names})
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -545,11 +617,17 @@ class Report:
         mean_bars = self.totals.get("bars", 0) / max(1, self.totals.get("songs_ok", 0))
         hours = self.projection_songs * mean_bars / bars_per_s / 3600 if bars_per_s else None
         out: dict[str, Any] = {
-            "engine": self.engine, "estimator": self.estimator,
-            "estimator_learned": self.estimator != RULES, "workers": self.workers,
-            **self.totals, "rows_read": self.rows_read, "skipped_done": self.skipped_done,
-            "songs_this_run": self.songs_new, "bars_this_run": self.bars_new,
-            "wall_s": self.wall_s, "bars_per_s": bars_per_s,
+            "engine": self.engine,
+            "estimator": self.estimator,
+            "estimator_learned": self.estimator != RULES,
+            "workers": self.workers,
+            **self.totals,
+            "rows_read": self.rows_read,
+            "skipped_done": self.skipped_done,
+            "songs_this_run": self.songs_new,
+            "bars_this_run": self.bars_new,
+            "wall_s": self.wall_s,
+            "bars_per_s": bars_per_s,
             "songs_per_s": self.songs_new / self.wall_s if self.wall_s else 0.0,
             "mean_bars_per_song": mean_bars,
             "projection_songs": self.projection_songs,
@@ -572,12 +650,17 @@ def peak_rss_mb() -> tuple[float, float]:
 def source_identity(p: AnnotateParams) -> dict:
     if p.parquet is not None:
         return {"parquet": [[f.name, f.stat().st_size] for f in source_files(p)]}
-    return {"hf_name": p.hf_name, "hf_config": p.hf_config, "revision": p.revision,
-            "splits": list(p.splits)}
+    return {
+        "hf_name": p.hf_name,
+        "hf_config": p.hf_config,
+        "revision": p.revision,
+        "splits": list(p.splits),
+    }
 
 
-def _jobs(rows: Iterable[dict], seen: set[str], p: AnnotateParams, report: Report,
-          clock: PhaseClock) -> Iterator[Job]:
+def _jobs(
+    rows: Iterable[dict], seen: set[str], p: AnnotateParams, report: Report, clock: PhaseClock
+) -> Iterator[Job]:
     """Jobs for the rows not done yet; a source that raises ends the stream, recorded."""
     it = iter(islice(rows, p.limit) if p.limit is not None else rows)
     while True:
@@ -588,8 +671,11 @@ def _jobs(rows: Iterable[dict], seen: set[str], p: AnnotateParams, report: Repor
             return
         except Exception as exc:  # network cut, truncated file: keep what is done, resume later
             report.stream_error = f"{type(exc).__name__}: {exc}"
-            log.error("the stream stopped after %d rows: %s (rerun to resume)",
-                      report.rows_read, report.stream_error)
+            log.error(
+                "the stream stopped after %d rows: %s (rerun to resume)",
+                report.rows_read,
+                report.stream_error,
+            )
             return
         job = job_of(row, p.meta_columns)
         report.rows_read += 1
@@ -600,8 +686,12 @@ def _jobs(rows: Iterable[dict], seen: set[str], p: AnnotateParams, report: Repor
         yield job
 
 
-def annotate(p: AnnotateParams, out_dir: str | Path, rows: Iterable[dict] | None = None,
-             progress: bool = True) -> Report:
+def annotate(
+    p: AnnotateParams,
+    out_dir: str | Path,
+    rows: Iterable[dict] | None = None,
+    progress: bool = True,
+) -> Report:
     """Annotate the configured rows (or `rows`) into `out_dir`, resuming what is there."""
     if p.engine == "ray":
         from midipipe.annotate_ray import annotate_ray
@@ -612,10 +702,15 @@ def annotate(p: AnnotateParams, out_dir: str | Path, rows: Iterable[dict] | None
     start = time.perf_counter()
     annotator = Annotator(p)
     store = PartStore(out_dir, {"source": source_identity(p), **annotator.fingerprint()})
-    report = Report("local", annotator.estimator, default_workers(p.workers),
-                    projection_songs=p.projection_songs)
-    jobs = _jobs(open_rows(p) if rows is None else rows, set(store.done), p, report,
-                 annotator.clock)
+    report = Report(
+        "local",
+        annotator.estimator,
+        default_workers(p.workers),
+        projection_songs=p.projection_songs,
+    )
+    jobs = _jobs(
+        open_rows(p) if rows is None else rows, set(store.done), p, report, annotator.clock
+    )
     chunk: list[tuple[Job, Prepared | Failure]] = []
     chunk_bars = 0
 
@@ -639,8 +734,9 @@ def annotate(p: AnnotateParams, out_dir: str | Path, rows: Iterable[dict] | None
         if chunk:
             commit()
     with annotator.clock("write"):
-        report.totals = store.finalize({"complete": report.stream_error is None,
-                                        "stream_error": report.stream_error})
+        report.totals = store.finalize(
+            {"complete": report.stream_error is None, "stream_error": report.stream_error}
+        )
     report.seconds = dict(annotator.clock.seconds)
     report.wall_s = time.perf_counter() - start
     return report

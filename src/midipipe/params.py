@@ -71,35 +71,62 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
 
 
-def _check(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin in (list, dict):
-        if not isinstance(value, origin):
-            raise ParamError(f"{key}: expected a {origin.__name__}, got {value!r}")
-        return value
+def matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a type hint (Union, Literal, list[...], dict, scalars)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
     if origin in (typing.Union, types.UnionType):
-        return value
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ParamError(f"{key}: expected {tp.__name__}, got {value!r}")
-    return value
+        return any(matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, list | tuple) and all(matches(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
-def build(cls: type, raw: dict | None, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
-    raw = raw or {}
+def type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def build(cls: type, raw: dict | None, prefix: str = "", error: type[Exception] = ParamError):
+    """Build dataclass `cls` from a mapping (nested dataclasses too), refusing unknown keys,
+    missing required keys and wrong types with `error`, whose message names the dotted key."""
+    raw = {} if raw is None else raw
+    where = prefix or "params"
     if not isinstance(raw, dict):
-        raise ParamError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
+        raise error(f"{where}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ParamError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {k: _check(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+        raise error(f"{where}.{unknown[0]}: unknown key {unknown[0]!r} "
+                    f"(known: {', '.join(fields) or 'none'})")
+    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise error(f"{where}.{missing[0]}: required")
+    kwargs = {}
+    for key, value in raw.items():
+        hint, dotted = hints[key], f"{prefix}.{key}" if prefix else key
+        if dataclasses.is_dataclass(hint):
+            value = build(hint, value, dotted, error)
+        elif not matches(value, hint):
+            raise error(f"{dotted}: expected {type_name(hint)}, got {value!r}")
+        elif hint is float and isinstance(value, int):
+            value = float(value)
+        kwargs[key] = value
     return cls(**kwargs)
 
 

@@ -50,7 +50,8 @@ def rules_config(p: RuleParams) -> dict:
 
 
 def predict_file(
-    path: str | Path, model_dir: str | Path = "models/emotion",
+    path: str | Path,
+    model_dir: str | Path = "models/emotion",
     musetok_dir: str | Path = "models/musetok",
 ) -> list[dict]:
     """Per-bar `{bar, start_s, valence, arousal, estimator}` of one MIDI file, with the model in
@@ -62,8 +63,9 @@ def predict_file(
     if config_path.exists():
         config = json.loads(config_path.read_text())
     else:
-        log.warning("no %s: using the rule-based estimate (hand-set weights, not learned)",
-                    config_path)
+        log.warning(
+            "no %s: using the rule-based estimate (hand-set weights, not learned)", config_path
+        )
         config = rules_config(RuleParams())
     if config["estimator"] == RULES:
         grid = bar_grid(score)
@@ -85,8 +87,13 @@ def predict_file(
         va = regressor.predict(model, x, np.array([0, len(x)]))
     start_s = seconds_at(score, grid.starts())
     return [
-        {"bar": i, "start_s": round(float(start_s[i]), 3), "valence": float(v),
-         "arousal": float(a), "estimator": config["estimator"]}
+        {
+            "bar": i,
+            "start_s": round(float(start_s[i]), 3),
+            "valence": float(v),
+            "arousal": float(a),
+            "estimator": config["estimator"],
+        }
         for i, (v, a) in enumerate(va)
     ]
 
@@ -109,10 +116,19 @@ def plot_curves(rows: Sequence[dict], png_path: str | Path, title: str | None = 
             if not sel:
                 continue
             bars = [r["bar"] for r in sel]
-            ax.plot(bars, [r["valence"] for r in sel], color=colors[estimator],
-                    label=f"valence ({estimator})")
-            ax.plot(bars, [r["arousal"] for r in sel], color=colors[estimator], linestyle="--",
-                    label=f"arousal ({estimator})")
+            ax.plot(
+                bars,
+                [r["valence"] for r in sel],
+                color=colors[estimator],
+                label=f"valence ({estimator})",
+            )
+            ax.plot(
+                bars,
+                [r["arousal"] for r in sel],
+                color=colors[estimator],
+                linestyle="--",
+                label=f"arousal ({estimator})",
+            )
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_ylabel(piece[:12] or "value")

@@ -36,15 +36,16 @@ METRICS = ("ccc", "r", "rmse", "sign_acc")
 
 def pearson(pred: np.ndarray, target: np.ndarray) -> float | None:
     """None when either side is constant (r is undefined, e.g. for the mean predictor)."""
-    if len(pred) < 2 or np.std(pred) == 0 or np.std(target) == 0:
+    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(target) == 0:
         return None
     return float(np.corrcoef(pred, target)[0, 1])
 
 
 def bar_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float | None]:
     """CCC, Pearson r and RMSE per axis of [N, 2] valence/arousal arrays."""
-    ccc = concordance(torch.as_tensor(pred, dtype=torch.float64),
-                      torch.as_tensor(target, dtype=torch.float64)).tolist()
+    ccc = concordance(
+        torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    ).tolist()
     out: dict[str, float | None] = {}
     for i, name in enumerate(TARGETS):
         out[f"ccc_{name}"] = float(ccc[i])
@@ -91,11 +92,15 @@ def baselines(bars: Bars, train: np.ndarray, test: np.ndarray) -> list[tuple[str
     w = bars.weights[fit_rows, None]
     mean = (w * bars.targets[fit_rows]).sum(0) / w.sum()
     test_rows = bars.rows(test)
-    return [("rules", "midi", bars.rules[test_rows]),
-            ("mean", "-", np.tile(mean, (len(test_rows), 1)))]
+    return [
+        ("rules", "midi", bars.rules[test_rows]),
+        ("mean", "-", np.tile(mean, (len(test_rows), 1))),
+    ]
 
 
-def score(bars: Bars, test: np.ndarray, candidates: list[tuple[str, str, np.ndarray]]) -> list[dict]:
+def score(
+    bars: Bars, test: np.ndarray, candidates: list[tuple[str, str, np.ndarray]]
+) -> list[dict]:
     """One metrics row per (estimator, input, predictions on every bar of the `test` pieces)."""
     mask, _ = scoring_mask(bars)
     test_rows = bars.rows(test)
@@ -106,18 +111,29 @@ def score(bars: Bars, test: np.ndarray, candidates: list[tuple[str, str, np.ndar
     for estimator, name, pred in candidates:
         sums = np.zeros((len(test), 2))
         np.add.at(sums, piece_of_row, pred)
-        rows.append({
-            "estimator": estimator, "input": name, "label": _label(estimator, name),
-            "bars": int(scored.sum()), "pieces": len(test),
-            **bar_metrics(pred[scored], bars.targets[test_rows][scored]),
-            **sign_accuracy(sums / lengths[:, None], bars.piece_targets[test]),
-        })
+        rows.append(
+            {
+                "estimator": estimator,
+                "input": name,
+                "label": _label(estimator, name),
+                "bars": int(scored.sum()),
+                "pieces": len(test),
+                **bar_metrics(pred[scored], bars.targets[test_rows][scored]),
+                **sign_accuracy(sums / lengths[:, None], bars.piece_targets[test]),
+            }
+        )
     return rows
 
 
 def evaluate_split(
-    bars: Bars, train: np.ndarray, test: np.ndarray, inputs: dict[str, np.ndarray],
-    codebook_size: int, mlp: MLPParams, tp: TrainParams, compare: list[str],
+    bars: Bars,
+    train: np.ndarray,
+    test: np.ndarray,
+    inputs: dict[str, np.ndarray],
+    codebook_size: int,
+    mlp: MLPParams,
+    tp: TrainParams,
+    compare: list[str],
 ) -> list[dict]:
     """Fit the MLP on each `compare` input over the `train` pieces, and score it, the rules and
     the mean predictor on the `test` pieces (no rows when either side has nothing to use)."""
@@ -129,22 +145,29 @@ def evaluate_split(
     candidates = baselines(bars, train, test)
     for name in compare:
         cfg = config_for(dataclasses.replace(mlp, input=name), inputs[name], codebook_size)
-        model = fit_mlp(cfg, inputs[name], bars.targets, bars.weights, bars.offsets, fit_rows,
-                        tp, mlp.loss)
+        model = fit_mlp(
+            cfg, inputs[name], bars.targets, bars.weights, bars.offsets, fit_rows, tp, mlp.loss
+        )
         candidates.append((ESTIMATOR, name, predict(model, inputs[name], bars.offsets, test_rows)))
     return score(bars, test, candidates)
 
 
 def cross_validate(
-    bars: Bars, pieces: np.ndarray, inputs: dict[str, np.ndarray], codebook_size: int,
-    mlp: MLPParams, tp: TrainParams, compare: list[str], folds: int, seed: int,
+    bars: Bars,
+    pieces: np.ndarray,
+    inputs: dict[str, np.ndarray],
+    codebook_size: int,
+    mlp: MLPParams,
+    tp: TrainParams,
+    compare: list[str],
+    folds: int,
+    seed: int,
 ) -> list[dict]:
     """The k-fold table over `pieces`: one row per fold and estimator."""
     table = []
     groups = [bars.groups[k] for k in pieces]
     for fold, (tr, te) in enumerate(piece_folds(groups, folds, seed)):
-        rows = evaluate_split(bars, pieces[tr], pieces[te], inputs, codebook_size, mlp, tp,
-                              compare)
+        rows = evaluate_split(bars, pieces[tr], pieces[te], inputs, codebook_size, mlp, tp, compare)
         table.extend({"fold": fold, **r} for r in rows)
         log.info("fold %d: %s", fold, {r["label"]: round(r["ccc_valence"], 3) for r in rows})
     return table
@@ -157,9 +180,14 @@ def summarize(table: list[dict], prefix: str = "kfold") -> tuple[list[dict], dic
     means, flat = [], {}
     for label in labels:
         rows = [r for r in table if r["label"] == label]
-        row = {"fold": "mean", "estimator": rows[0]["estimator"], "input": rows[0]["input"],
-               "label": label, "bars": sum(r["bars"] for r in rows),
-               "pieces": sum(r["pieces"] for r in rows)}
+        row = {
+            "fold": "mean",
+            "estimator": rows[0]["estimator"],
+            "input": rows[0]["input"],
+            "label": label,
+            "bars": sum(r["bars"] for r in rows),
+            "pieces": sum(r["pieces"] for r in rows),
+        }
         for metric in METRICS:
             for axis in TARGETS:
                 key = f"{metric}_{axis}"

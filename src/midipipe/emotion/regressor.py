@@ -138,14 +138,25 @@ def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor
 
 def config_for(p: MLPParams, x: np.ndarray, codebook_size: int = 0) -> MLPConfig:
     return MLPConfig(
-        input=p.input, width=x.shape[1], codebook_size=codebook_size, window=p.window,
-        hidden=p.hidden, code_dim=p.code_dim, dropout=p.dropout,
+        input=p.input,
+        width=x.shape[1],
+        codebook_size=codebook_size,
+        window=p.window,
+        hidden=p.hidden,
+        code_dim=p.code_dim,
+        dropout=p.dropout,
     )
 
 
 def fit_mlp(
-    cfg: MLPConfig, x: np.ndarray, targets: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
-    rows: np.ndarray, tp: TrainParams, loss: str,
+    cfg: MLPConfig,
+    x: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    offsets: np.ndarray,
+    rows: np.ndarray,
+    tp: TrainParams,
+    loss: str,
 ) -> EmotionMLP:
     """Train on bar `rows` (weights > 0) of the flat per-bar input `x`; neighbours in the
     window may be any bar of the same piece, labelled or not."""
@@ -183,7 +194,10 @@ def fit_mlp(
 
 @torch.inference_mode()
 def predict(
-    model: EmotionMLP, x: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None,
+    model: EmotionMLP,
+    x: np.ndarray,
+    offsets: np.ndarray,
+    rows: np.ndarray | None = None,
     batch_size: int = 8192,
 ) -> np.ndarray:
     """[len(rows), 2] valence, arousal of bar `rows` (all bars by default)."""
@@ -219,12 +233,17 @@ def load(folder: str | Path) -> EmotionMLP:
 
 def inputs_of(encoded) -> dict[str, np.ndarray]:
     """The three per-bar inputs of one `encode_pieces` result."""
-    return {"quantized": encoded.latents, "encoder_out": encoded.encoder_out,
-            "codes": encoded.codes}
+    return {
+        "quantized": encoded.latents,
+        "encoder_out": encoded.encoder_out,
+        "codes": encoded.codes,
+    }
 
 
 def encode_inputs(
-    musetok_dir: str | Path, tokens: list[tuple[list[int], list[int]]], device: str = "auto",
+    musetok_dir: str | Path,
+    tokens: list[tuple[list[int], list[int]]],
+    device: str = "auto",
     batch_size: int = 256,
 ) -> tuple[dict[str, np.ndarray], int]:
     """All three inputs of every bar of `tokens` (pieces concatenated), and the codebook size."""
@@ -259,8 +278,12 @@ def stored_inputs(latents_dir: str | Path, piece_ids: list[str]) -> dict[str, np
 
 
 def bar_inputs(
-    names: set[str], piece_ids: list[str], tokens: list[tuple[list[int], list[int]]],
-    latents_dir: str | Path, musetok_dir: str | Path, device: str = "auto",
+    names: set[str],
+    piece_ids: list[str],
+    tokens: list[tuple[list[int], list[int]]],
+    latents_dir: str | Path,
+    musetok_dir: str | Path,
+    device: str = "auto",
 ) -> tuple[dict[str, np.ndarray], int]:
     """The `names` inputs of these pieces' bars: stage 04's when it holds them all, otherwise
     re-encoded from `tokens` with the MuseTok model (which gives all three)."""
@@ -268,8 +291,7 @@ def bar_inputs(
     codebook = json.loads((Path(musetok_dir) / "config.json").read_text())["codebook_size"]
     if stored is not None and names <= set(stored):
         return stored, codebook
-    log.info("re-encoding %d pieces with %s for inputs %s", len(tokens), musetok_dir,
-             sorted(names))
+    log.info("re-encoding %d pieces with %s for inputs %s", len(tokens), musetok_dir, sorted(names))
     return encode_inputs(musetok_dir, tokens, device)
 
 

@@ -70,6 +70,15 @@ class TargetParams:
     measure_quarters: float = 4.0  # quarter notes per bar_va row (VGMIDI: 4); 0 = MuseTok bars
     min_raters: int = 1  # rated bars with fewer listeners are neither trained on nor scored
 
+    def __post_init__(self) -> None:
+        for name in ("quadrants", "words"):
+            for label, coords in getattr(self, name).items():
+                if len(coords) != 2 or not all(-1 <= float(c) <= 1 for c in coords):
+                    raise ValueError(
+                        f"emotion.targets.{name}.{label}: expected [valence, arousal] in "
+                        f"[-1, 1], got {coords!r}"
+                    )
+
 
 def piece_target(
     emotion: str | None, valence: float | None, arousal: float | None, p: TargetParams
@@ -158,7 +167,10 @@ def labelled(manifest: list[dict], bar_va: list[dict], p: TargetParams) -> list[
 
 
 def collect(
-    pieces: list[dict], tokens_dir: str | Path, midi_root: str | Path, p: TargetParams,
+    pieces: list[dict],
+    tokens_dir: str | Path,
+    midi_root: str | Path,
+    p: TargetParams,
     rules: RuleParams,
 ) -> Bars:
     """Join labelled pieces (from `labelled`) with their MuseTok tokens and MIDI: bar targets on
@@ -184,8 +196,11 @@ def collect(
         grids.append(grid)
         scores_rules.append(estimate(score, grid, rules))
     if len(kept) < len(pieces):
-        log.info("%d of %d labelled pieces have no MuseTok tokens or MIDI; skipped",
-                 len(pieces) - len(kept), len(pieces))
+        log.info(
+            "%d of %d labelled pieces have no MuseTok tokens or MIDI; skipped",
+            len(pieces) - len(kept),
+            len(pieces),
+        )
     targets, weights, rated, piece_targets = [], [], [], []
     for row, grid in zip(kept, grids, strict=True):
         bar_t, raters = measure_targets(grid, row["bar_labels"], p.measure_quarters)

@@ -89,7 +89,8 @@ class Predictor:
         need, max_len = self.meta["bars_per_phrase"], self.meta["max_len"]
         cut = phrases(ids, bars, self.vocab, need, max_len)
         if cut.n_bars < need:
-            return None, {"error": f"too short to classify: {cut.n_bars} bars, {need} needed"}
+            bars = f"{cut.n_bars} bar{'' if cut.n_bars == 1 else 's'}"
+            return None, {"error": f"too short to classify: {bars}, {need} needed"}
         if not cut.seqs:
             return None, {"error": f"no {need}-bar phrase with notes in {cut.n_bars} bars"}
         probs = phrase_probs(self.model, cut.seqs).mean(0)

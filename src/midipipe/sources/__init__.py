@@ -9,18 +9,21 @@
 metadata files) before it returns, so a misconfigured source fails before anything is written;
 the pieces themselves are produced lazily. `KINDS` lists the adapters: each has an options
 dataclass (its typed keys and defaults) and an `open_source(options, name, param)`.
+A piece's `song_id` is unique within its source (organize prefixes the source name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from midipipe.params import build
+
 from . import emopia, folder, gigamidi, maestro, midicaps, music21_corpus, vgmidi, xmidi
 from .base import BarLabel, Piece, SourceError
-from .options import build_options, describe_options
 
 __all__ = ["KINDS", "Adapter", "BarLabel", "Piece", "SourceError", "describe", "iter_source"]
 
@@ -45,7 +48,7 @@ KINDS: dict[str, Adapter] = {
     "gigamidi": Adapter(gigamidi.GigaMidiOptions, gigamidi.open_source, gigamidi.SUMMARY),
 }
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names folders and prefixes song ids
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names folders in data/midi
 
 
 def parse_spec(spec: dict, param: str) -> tuple[str, str, Any]:
@@ -63,7 +66,7 @@ def parse_spec(spec: dict, param: str) -> tuple[str, str, Any]:
             f"{param}.name: {name!r} must be letters, digits, '.', '_' or '-' (it names folders)"
         )
     values = {k: v for k, v in spec.items() if k not in ("kind", "name")}
-    return kind, name, build_options(KINDS[kind].options, values, param)
+    return kind, name, build(KINDS[kind].options, values, param, error=SourceError)
 
 
 def iter_source(spec: dict, param: str) -> Iterator[Piece]:
@@ -73,8 +76,24 @@ def iter_source(spec: dict, param: str) -> Iterator[Piece]:
     return KINDS[kind].open_source(options, name, param)
 
 
+def _changed_options(options: Any) -> str:
+    """The options that differ from their defaults, as `key=value` pairs."""
+    parts = []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            parts.append(f"{f.name}={value}")
+    return ", ".join(parts)
+
+
 def describe(spec: dict) -> str:
     """One line for `midipipe info`: name, kind, what it is, and the options that are set."""
     kind, name, options = parse_spec(spec, "source")
-    set_options = describe_options(options)
+    set_options = _changed_options(options)
     return f"{name} ({kind}): {KINDS[kind].summary}" + (f"; {set_options}" if set_options else "")

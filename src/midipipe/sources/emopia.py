@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Piece, SourceError, find_midis, require_dir
-from .names import song_key
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def _iter(root: Path, splits: dict[str, str], name: str) -> Iterator[Piece]:
         yield Piece(
             source=name,
             name=path.relative_to(root).as_posix(),
-            song_id=song_key(name, song),
+            song_id=song,
             path=path,
             emotion=quadrant,
             valence=valence,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from .base import Piece, SourceError, find_midis, inside, require_dir, require_file
-from .names import normalize_composer, slug, song_key
+from .names import normalize_composer, slug
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _iter_subfolders(root: Path, options: FolderOptions, name: str) -> Iterator[
         yield Piece(
             source=name,
             name=relative.as_posix(),
-            song_id=song_key(name, relative.with_suffix("").as_posix()),
+            song_id=relative.with_suffix("").as_posix(),
             path=path,
             composer=composer,
         )
@@ -134,7 +134,7 @@ def _iter_csv(root: Path, rows: list[_Row], options: FolderOptions, name: str) -
         yield Piece(
             source=name,
             name=relative.as_posix(),
-            song_id=song_key(name, row.song or relative.with_suffix("").as_posix()),
+            song_id=row.song or relative.with_suffix("").as_posix(),
             path=row.path,
             composer=row.composer,
             genres=row.genres,
@@ -150,6 +150,6 @@ def _iter_csv(root: Path, rows: list[_Row], options: FolderOptions, name: str) -
         yield Piece(
             source=name,
             name=relative.as_posix(),
-            song_id=song_key(name, relative.with_suffix("").as_posix()),
+            song_id=relative.with_suffix("").as_posix(),
             path=path,
         )

@@ -25,7 +25,7 @@ from itertools import islice
 from pathlib import Path
 
 from .base import Piece, SourceError
-from .names import slug, song_key
+from .names import slug
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def row_to_piece(row: dict, options: GigaMidiOptions, name: str) -> Piece | None
     return Piece(
         source=name,
         name=str(md5),
-        song_id=song_key(name, str(md5)),
+        song_id=str(md5),
         data=bytes(music),
         composer=(slug(artist) or None) if isinstance(artist, str) else None,
         genres=_styles(row, options.style_columns),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Piece, SourceError, inside, require_dir, require_file
-from .names import normalize_composer, slug, song_key
+from .names import normalize_composer, slug
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _iter(rows: list[_Row], name: str) -> Iterator[Piece]:
         yield Piece(
             source=name,
             name=row.relative,
-            song_id=song_key(name, row.song),
+            song_id=row.song,
             path=row.path,
             composer=row.composer,
             genres=["classical", "piano"],

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Piece, SourceError, inside, require_dir, require_file
-from .names import slug, song_key
+from .names import slug
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _iter(root: Path, rows: list[_Row], options: MidiCapsOptions, name: str) -> 
         yield Piece(
             source=name,
             name=row.location,
-            song_id=song_key(name, Path(row.location).stem),
+            song_id=Path(row.location).stem,
             path=path,
             genres=genres,
             split="test" if (row.test and options.use_test_set) else None,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .base import Piece, SourceError
 from .music21_catalogue import CATALOGUE, DEFAULT_CAPS, GROUPS, SINGLE_GROUP_CAP, Entry, tune_type
-from .names import normalize_composer, slug, song_key
+from .names import normalize_composer, slug
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def _convert_all(
         yield Piece(
             source=name,
             name=work.name,
-            song_id=song_key(name, _song_id(work, root)),
+            song_id=_song_id(work, root),
             data=data,
             composer=composer,
             genres=genres,

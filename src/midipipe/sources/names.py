@@ -64,8 +64,3 @@ def normalize_composer(name: str | None) -> str | None:
     while len(words) > 1 and words[-1] in _PARTICLES:
         words.pop()
     return (slug(words[-1]) or None) if words else None
-
-
-def song_key(source: str, key: str) -> str:
-    """A song_id that no other source can produce: '<source name>/<key within the source>'."""
-    return f"{source}/{key}"

@@ -28,7 +28,6 @@ from typing import Literal
 
 from .base import BarLabel, Piece, SourceError, inside, require_dir, require_file
 from .emopia import quadrant_of
-from .names import song_key
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def _iter(root: Path, options: VGMidiOptions, labels: _Labels, name: str) -> Ite
             yield Piece(
                 source=name,
                 name=f"midi/{path.name}",
-                song_id=song_key(name, path.stem),
+                song_id=path.stem,
                 path=path,
                 genres=list(GENRES),
                 emotion=quadrant_of(valence, arousal),
@@ -166,7 +165,7 @@ def _iter(root: Path, options: VGMidiOptions, labels: _Labels, name: str) -> Ite
             yield Piece(
                 source=name,
                 name=f"phrases/{path.name}",
-                song_id=song_key(name, piece_stem(path.stem)),
+                song_id=piece_stem(path.stem),
                 path=path,
                 genres=list(GENRES),
                 emotion=quadrant_of(valence, arousal),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Piece, find_midis, require_dir
-from .names import slug, song_key
+from .names import slug
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _iter(root: Path, name: str) -> Iterator[Piece]:
         yield Piece(
             source=name,
             name=path.relative_to(root).as_posix(),
-            song_id=song_key(name, ident),
+            song_id=ident,
             path=path,
             genres=[genre],
             emotion=emotion,

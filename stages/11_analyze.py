@@ -1,0 +1,20 @@
+"""Stage 11: data/annotations/<name>/ + GigaMIDI metadata -> metrics/analysis.json (per-source
+Kruskal-Wallis over tags, effect sizes, which estimator made the annotations),
+metrics/analysis_tags.csv and analysis_pairs.csv, and the box and curve plots."""
+
+from pathlib import Path
+
+from midipipe import params
+from midipipe.analysis import AnalyzeParams, run
+from midipipe.annotate import AnnotateParams
+from midipipe.logs import run_main
+
+
+def main() -> None:
+    p = params.build(AnalyzeParams, params.section("params.yaml", "analyze"), "analyze")
+    name = p.name or params.section("params.yaml", "annotate").get("name") or AnnotateParams.name
+    run(Path("data/annotations") / name, p)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,378 @@
+"""Bar-level valence/arousal: targets, rule estimate, CCC, the MLP, k-fold grouping, stage 07."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import symusic
+import torch
+import yaml
+
+from midipipe.emotion import EmotionParams, plot_curves, predict_file
+from midipipe.emotion.evaluate import bar_metrics, piece_folds
+from midipipe.emotion.regressor import (
+    MLPConfig,
+    concordance,
+    fit_mlp,
+    predict,
+    stored_inputs,
+    windows,
+)
+from midipipe.emotion.rules import RuleParams, bar_grid, estimate
+from midipipe.emotion.targets import TargetParams, measure_targets, piece_target
+from midipipe.latents import LatentWriter
+from midipipe.musetok import checkpoint
+from midipipe.musetok.events import encode_midi
+from midipipe.musetok.model import MuseTok, MuseTokConfig
+from midipipe.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
+from midipipe.params import ParamError, TrainParams, build
+from midipipe.shards import TOKENS_SCHEMA, write_rows
+from tests.conftest import build_midi
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = ["train", "train", "valid", "train", "train", "test"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: extra threads only spin on a busy CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+def test_piece_targets_from_quadrants_words_and_binary_labels():
+    p = TargetParams()
+    assert piece_target("Q1", 1.0, 1.0, p) == (0.5, 0.5)
+    assert piece_target("Q3", None, None, p) == (-0.5, -0.5)
+    # XMIDI words (any case): NRC VAD v1 scores rescaled to [-1, 1]
+    assert piece_target("Sad", None, None, p) == (-0.55, -0.334)
+    assert piece_target("exciting", None, None, p) == (0.9, 0.584)
+    happy, quiet, angry = (piece_target(w, None, None, p) for w in ("happy", "quiet", "angry"))
+    assert happy[0] > 0 and quiet[1] < 0 < angry[1] and angry[0] < 0
+    # binary labels (VGMIDI phrases that disagree have no quadrant) scale by binary_scale
+    assert piece_target(None, 1.0, -1 / 3, p) == pytest.approx((0.5, -1 / 6))
+    assert piece_target("unknown-word", None, None, p) is None
+    assert piece_target(None, None, None, p) is None
+    custom = TargetParams(quadrants={"Q1": [0.8, 0.3]}, binary_scale=1.0)
+    assert piece_target("Q1", None, None, custom) == (0.8, 0.3)
+    assert piece_target(None, 1.0, -1.0, custom) == (1.0, -1.0)
+
+
+def test_emotion_params_build_from_yaml_section_and_reject_unknown_keys():
+    p = build(
+        EmotionParams,
+        {"targets": {"binary_scale": 1}, "mlp": {"window": 2}, "rules": {"valence": {"mode": 1.0}}},
+        "emotion",
+    )
+    assert p.targets.binary_scale == 1.0 and p.mlp.window == 2 and p.rules.valence == {"mode": 1.0}
+    assert p.targets.words["happy"] == [1.0, 0.47]
+    with pytest.raises(ParamError, match="emotion.mlp.widow"):
+        build(EmotionParams, {"mlp": {"widow": 2}}, "emotion")
+    with pytest.raises(ValueError, match="unknown cue"):
+        RuleParams(valence={"loudness": 1.0})
+    with pytest.raises(ValueError, match="emotion.mlp.input"):
+        build(EmotionParams, {"mlp": {"input": "pianoroll"}}, "emotion")
+    with pytest.raises(ValueError, match="emotion.targets.words.joy"):
+        TargetParams(words={"joy": [0.9]})
+
+
+def _score(numerator: int = 4, first_note_bar: int = 0, n_bars: int = 4) -> symusic.Score:
+    score = symusic.Score(480)
+    score.time_signatures.append(symusic.TimeSignature(0, numerator, 4))
+    track = symusic.Track()
+    bar = 480 * numerator
+    for b in range(first_note_bar, first_note_bar + n_bars):
+        track.notes.append(symusic.Note(b * bar, 480, 60, 80))
+    score.tracks.append(track)
+    return score
+
+
+def test_measure_targets_map_4_quarter_measures_onto_bars_by_time():
+    labels = np.array([[m, m / 10, -m / 10, 3 + m] for m in range(6)], np.float64)
+    # 4/4, first note in bar 0: one measure per bar
+    grid = bar_grid(_score(4))
+    targets, raters = measure_targets(grid, labels, 4.0)
+    assert np.allclose(targets, labels[:4, 1:3]) and raters.tolist() == [3, 4, 5, 6]
+    # 3/4: bar 1 spans quarters 3..6 = 1 quarter of measure 0 and 2 of measure 1
+    grid = bar_grid(_score(3))
+    targets, raters = measure_targets(grid, labels, 4.0)
+    assert targets[1, 0] == pytest.approx((1 * 0.0 + 2 * 0.1) / 3)
+    assert raters[1] == 3  # the fewest raters among the measures it spans
+    # leading empty bars are dropped by MuseTok: grid bar 0 is score bar 2 (quarters 8..12)
+    grid = bar_grid(_score(4, first_note_bar=2))
+    assert grid.first_bar == 2
+    targets, _ = measure_targets(grid, labels[:5], 4.0)  # measures 0..4: the last bar has none
+    assert targets[0, 0] == pytest.approx(0.2) and np.isnan(targets[-1]).all()
+    # measure_quarters 0: rows index MuseTok bars directly
+    targets, _ = measure_targets(grid, labels[:2], 0.0)
+    assert np.allclose(targets[:2], labels[:2, 1:3]) and np.isnan(targets[2:]).all()
+
+
+# -- rules --------------------------------------------------------------------------------------
+
+
+def _styled(major: bool, qpm: float, velocity: int, low: int, per_bar: int) -> symusic.Score:
+    """Four bars of a tonic triad arpeggio on C (major or minor), `per_bar` notes a bar."""
+    score = symusic.Score(480)
+    score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    score.tempos.append(symusic.Tempo(0, qpm))
+    track = symusic.Track()
+    chord = [0, 4, 7, 12] if major else [0, 3, 7, 12]
+    step = 1920 // per_bar
+    for b in range(4):
+        for k in range(per_bar):
+            pitch = low + chord[k % 4]
+            track.notes.append(symusic.Note(b * 1920 + k * step, step, pitch, velocity))
+    score.tracks.append(track)
+    return score
+
+
+def test_rules_rank_a_bright_fast_loud_bar_above_a_dark_slow_quiet_one():
+    happy = _styled(major=True, qpm=160, velocity=110, low=72, per_bar=16)
+    sad = _styled(major=False, qpm=60, velocity=40, low=40, per_bar=2)
+    p = RuleParams()
+    hv, sv = estimate(happy, bar_grid(happy), p), estimate(sad, bar_grid(sad), p)
+    assert (hv[:, 0] > sv[:, 0]).all() and (hv[:, 1] > sv[:, 1]).all()
+    assert (hv > 0).all() and (sv < 0).all()
+    assert np.abs(np.concatenate([hv, sv])).max() < 1
+    # each cue alone moves its axis the documented way: only mode differs here
+    minor = _styled(major=False, qpm=160, velocity=110, low=72, per_bar=16)
+    assert (estimate(minor, bar_grid(minor), p)[:, 0] < hv[:, 0]).all()
+
+
+# -- metrics and the MLP ------------------------------------------------------------------------
+
+
+def test_ccc_matches_a_hand_computation():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 4.0, 5.0])
+    # means 2.5 and 3.25; population variances 1.25 and 1.6875; covariance 1.375
+    expected = 2 * 1.375 / (1.25 + 1.6875 + 0.75**2)
+    assert expected == pytest.approx(11 / 14)
+    got = concordance(torch.tensor(np.stack([x, y], 1)), torch.tensor(np.stack([y, y], 1)))
+    assert got.tolist() == pytest.approx([11 / 14, 1.0])
+    metrics = bar_metrics(np.stack([x, np.full(4, 0.3)], 1), np.stack([y, y], 1))
+    assert metrics["ccc_valence"] == pytest.approx(11 / 14)
+    assert metrics["r_valence"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert metrics["rmse_valence"] == pytest.approx(np.sqrt(np.mean((x - y) ** 2)))
+    assert metrics["ccc_arousal"] == pytest.approx(0.0) and metrics["r_arousal"] is None
+
+
+def test_windows_stay_inside_each_piece():
+    assert windows(np.array([0, 2, 5]), 1).tolist() == [
+        [-1, 0, 1],
+        [0, 1, -1],
+        [-1, 2, 3],
+        [2, 3, 4],
+        [3, 4, -1],
+    ]
+
+
+def test_stored_inputs_read_stage_04_parts_in_piece_order(tmp_path):
+    writer = LatentWriter(tmp_path, pieces_per_part=1, metadata={"representation": "encoder_out"})
+    for i, n in enumerate((2, 3)):
+        writer.add(f"p{i}", np.full((n, 4), i, np.float32), np.full((n, 2), 10 + i), 0)
+    writer.close()
+    got = stored_inputs(tmp_path, ["p1", "p0"])
+    assert set(got) == {"encoder_out", "codes"}
+    assert got["encoder_out"][:, 0].tolist() == [1, 1, 1, 0, 0]
+    assert got["codes"][:, 0].tolist() == [11, 11, 11, 10, 10]
+    assert stored_inputs(tmp_path, ["p0", "missing"]) is None
+
+
+def _tp(epochs: int) -> TrainParams:
+    return TrainParams(lr=3e-3, batch_size=128, epochs=epochs, warmup_frac=0.05, device="cpu")
+
+
+@pytest.mark.parametrize("loss", ["ccc", "mse"])
+def test_mlp_learns_a_synthetic_latent_to_va_mapping(loss):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(960, 8)).astype(np.float32)
+    y = np.tanh(x @ rng.normal(size=(8, 2)) / 2)
+    offsets = np.arange(0, 961, 16)  # 60 pieces of 16 bars
+    train, test = np.arange(720), np.arange(720, 960)
+    model = fit_mlp(
+        MLPConfig("quantized", 8, window=1, hidden=64, dropout=0.0),
+        x,
+        y,
+        np.ones(960),
+        offsets,
+        train,
+        _tp(12),
+        loss,
+    )
+    pred = predict(model, x, offsets, test)
+    assert min(bar_metrics(pred, y[test])[k] for k in ("ccc_valence", "ccc_arousal")) > 0.85
+
+
+def test_mlp_learns_from_codes():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 8, size=(1600, 3))
+    table = rng.uniform(-0.8, 0.8, size=(8, 2))
+    y = table[codes[:, 0]]  # only the first level matters
+    offsets = np.arange(0, 1601, 16)
+    model = fit_mlp(
+        MLPConfig("codes", 3, codebook_size=8, window=0, hidden=32, dropout=0.0),
+        codes,
+        y,
+        np.ones(1600),
+        offsets,
+        np.arange(1200),
+        _tp(12),
+        "mse",
+    )
+    pred = predict(model, codes, offsets, np.arange(1200, 1600))
+    assert bar_metrics(pred, y[1200:])["ccc_valence"] > 0.9
+
+
+def test_kfold_never_puts_a_song_on_both_sides():
+    groups = [f"song{i // 3}" for i in range(20)] + ["solo"]  # 7 songs of up to 3 clips + 1
+    folds = piece_folds(groups, 5, seed=3)
+    assert len(folds) == 5
+    tested = np.concatenate([te for _, te in folds])
+    assert sorted(tested.tolist()) == list(range(21))  # each piece tested exactly once
+    for train, test in folds:
+        assert not {groups[i] for i in train} & {groups[i] for i in test}
+    assert piece_folds(["a", "a"], 5, 0) == []  # one song: nothing to hold out
+
+
+# -- stage 07 and the CLI function --------------------------------------------------------------
+
+
+def _project(root: Path, labelled: bool) -> list[Path]:
+    """The files stage 07 reads, for 6 pieces of 8 bars (bar labels when `labelled`), and a
+    randomly initialised MuseTok."""
+    rows, bar_rows, tokens, paths = [], [], [], []
+    for i in range(6):
+        data = build_midi(n_bars=8, pitch=48 + 5 * i)
+        pid = f"{i:032x}"
+        path = root / "data" / "midi" / "lab" / f"{pid}.mid"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+        ids, bar_starts = encode_midi(data)
+        tokens.append({"piece_id": pid, "ids": ids, "bar_starts": bar_starts})
+        rows.append(
+            {
+                "piece_id": pid,
+                "source": "lab",
+                "path": f"lab/{pid}.mid",
+                "song_id": f"lab:{i}",
+                "split": SPLITS[i],
+                "genres": [],
+            }
+        )
+        if labelled:
+            bar_rows += [
+                {
+                    "piece_id": pid,
+                    "bar": b,
+                    "valence": (i - 2.5) / 4,
+                    "arousal": (b - 3.5) / 5,
+                    "n_raters": 3,
+                }
+                for b in range(8)
+            ]
+    write_rows(root / "data" / "manifest.parquet", rows, MANIFEST_SCHEMA)
+    write_rows(root / "data" / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
+    write_rows(root / "data" / "tokens" / "musetok" / "part-00000.parquet", tokens, TOKENS_SCHEMA)
+    torch.manual_seed(0)
+    checkpoint.save(MuseTok(MuseTokConfig.cpu_default()), root / "models" / "musetok")
+    params = {
+        "emotion": {
+            "folds": 2,
+            "compare_inputs": False,
+            "examples": 2,
+            "train": {"epochs": 2, "batch_size": 16},
+        }
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return paths
+
+
+def _run_stage(root: Path, monkeypatch) -> dict:
+    monkeypatch.chdir(root)
+    runpy.run_path(str(ROOT / "stages" / "07_train_emotion.py"), run_name="stage")["main"]()
+    return json.loads((root / "metrics" / "emotion.json").read_text())
+
+
+def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, monkeypatch, caplog):
+    paths = _project(tmp_path, labelled=False)
+    metrics = _run_stage(tmp_path, monkeypatch)
+    assert metrics["estimator"] == "rules" and metrics["labelled_bars"] == 0
+    assert metrics["learned"] is False
+    assert "no labelled data configured" in caplog.text
+    config = json.loads((tmp_path / "models" / "emotion" / "config.json").read_text())
+    assert config["estimator"] == "rules" and config["learned"] is False
+    assert not (tmp_path / "models" / "emotion" / "model.safetensors").exists()
+    curves = (tmp_path / "metrics" / "emotion_curves.csv").read_text()
+    assert curves.splitlines()[0] == "piece,bar,estimator,valence,arousal"
+    assert len(curves.splitlines()) == 1 + 2 * 8 and ",rules," in curves
+    assert (tmp_path / "metrics" / "emotion_curves.png").stat().st_size > 0
+    rows = predict_file(paths[0], tmp_path / "models" / "emotion")
+    assert [r["bar"] for r in rows] == list(range(8))
+    assert {r["estimator"] for r in rows} == {"rules"}
+
+
+def test_stage_with_bar_labels_trains_and_evaluates_the_mlp(tmp_path, monkeypatch):
+    paths = _project(tmp_path, labelled=True)
+    metrics = _run_stage(tmp_path, monkeypatch)
+    assert metrics["estimator"] == "mlp_latents" and metrics["learned"] is True
+    assert metrics["input"] == "quantized" and metrics["labelled_bars"] == 48
+    assert metrics["eval_targets"] == "listener_bars" and metrics["folds"] == 2
+    for label in ("mlp_quantized", "rules", "mean"):
+        assert f"kfold_{label}_ccc_valence" in metrics and f"test_{label}_rmse_arousal" in metrics
+    table = (tmp_path / "metrics" / "emotion_kfold.csv").read_text().splitlines()
+    assert len(table) == 1 + 2 * 3 + 3 + 3  # header, folds x estimators, means, test
+    folder = tmp_path / "models" / "emotion"
+    assert json.loads((folder / "config.json").read_text())["estimator"] == "mlp_latents"
+    rows = predict_file(paths[0], folder, tmp_path / "models" / "musetok")
+    assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_latents"}
+    assert all(-1 < r["valence"] < 1 and -1 < r["arousal"] < 1 for r in rows)
+
+
+def test_predict_file_without_a_model_uses_rules_and_plots(tmp_path, make_midi):
+    rows = predict_file(make_midi(n_bars=5, tempo=90.0), tmp_path / "no-model")
+    assert len(rows) == 5 and {r["estimator"] for r in rows} == {"rules"}
+    assert [r["start_s"] for r in rows] == pytest.approx([0, 8 / 3, 16 / 3, 8, 32 / 3], abs=1e-3)
+    plot_curves(rows, tmp_path / "curve.png", "one piece")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+# -- VGMIDI -------------------------------------------------------------------------------------
+
+
+def test_vgmidi_traces_join_musetok_bars(external_data):
+    from midipipe.sources.vgmidi import read_bar_labels
+
+    root = external_data / "vgmidi"
+    labels = read_bar_labels(sorted((root / "annotations").glob("vgmidi_raw_*.json")))
+    assert len(labels) > 150
+    checked = {4: 0, 3: 0}
+    for name, bars in sorted(labels.items()):
+        path = root / "midi" / name
+        score = symusic.Score.from_file(str(path))
+        sig = score.time_signatures[0] if len(score.time_signatures) else None
+        numerator = sig.numerator if sig and sig.denominator == 4 else None
+        if numerator not in checked or checked[numerator] >= 3:
+            continue
+        ids, bar_starts = encode_midi(path.read_bytes())
+        grid = bar_grid(score, len(bar_starts))
+        rows = np.array([[b.bar, b.valence, b.arousal, b.n_raters] for b in bars])
+        targets, raters = measure_targets(grid, rows, 4.0)
+        # VGMIDI measures are 4-quarter windows covering the piece (MuseTok may stop earlier)
+        assert (grid.first_bar + grid.n_bars) * grid.bar_quarters <= len(rows) * 4 + 4
+        assert np.isfinite(targets).all(axis=1).mean() > 0.9 and (raters[raters > 0] >= 1).all()
+        if numerator == 4 and grid.first_bar == 0:  # one bar, one measure
+            n = min(len(rows), grid.n_bars)
+            assert np.allclose(targets[:n], rows[:n, 1:3])
+        checked[numerator] += 1
+    assert checked == {4: 3, 3: 3}
