@@ -26,6 +26,7 @@ from midipipe.emotion.evaluate import (
 )
 from midipipe.emotion.targets import Bars, collect, read_labels
 from midipipe.logs import run_main
+from midipipe.midi import BadMidi
 from midipipe.shards import atomic_path, write_json
 from midipipe.training import write_metrics
 
@@ -53,11 +54,8 @@ def write_curves(rows: list[dict], title: str) -> None:
     plot_curves(rows, CURVES_PNG, title)
 
 
-def rules_only(p: EmotionParams) -> None:
-    log.warning(
-        "no labelled data configured (no listener bar labels and no piece labels in "
-        "data.sources): the model is the rule-based estimate, hand-set, not learned"
-    )
+def rules_only(p: EmotionParams, reason: str, labelled_pieces: int = 0) -> None:
+    log.warning("%s: the model is the rule-based estimate, hand-set, not learned", reason)
     OUT.mkdir(parents=True, exist_ok=True)
     write_json(OUT / "config.json", rules_config(p.rules))
     write_metrics(
@@ -65,17 +63,24 @@ def rules_only(p: EmotionParams) -> None:
         {
             "estimator": "rules",
             "learned": False,
-            "labelled_pieces": 0,
+            "labelled_pieces": labelled_pieces,
             "labelled_bars": 0,
-            "note": "no labelled data configured",
+            "note": reason,
         },
     )
     write_csv(KFOLD_CSV, [], TABLE_COLUMNS)
     manifest = pq.read_table(MANIFEST, columns=["piece_id", "path"]).to_pylist()
-    rows = []
-    for r in sorted(manifest, key=lambda r: r["piece_id"])[: p.examples]:
-        bars = predict_file(Path(MIDI) / r["path"], OUT)
+    rows, shown = [], 0
+    for r in sorted(manifest, key=lambda r: r["piece_id"]):
+        if shown == p.examples:
+            break
+        try:
+            bars = predict_file(Path(MIDI) / r["path"], OUT)
+        except (BadMidi, ValueError) as exc:
+            log.info("no example curve for %s: %s", r["path"], exc)
+            continue
         rows += [{"piece": r["piece_id"][:8], **b} for b in bars]
+        shown += 1
     write_curves(rows, "rule-based estimate (not learned); no labelled data")
 
 
@@ -168,8 +173,15 @@ def main() -> None:
     pieces = read_labels(MANIFEST, BAR_VA, p.targets)
     bars = collect(pieces, TOKENS, MIDI, p.targets, p.rules) if pieces else None
     shutil.rmtree(OUT, ignore_errors=True)
-    if bars is None or not (bars.weights > 0).any():
-        rules_only(p)
+    if bars is None:
+        rules_only(
+            p,
+            "no labelled data configured (no listener bar labels and no piece labels "
+            "in data.sources)",
+        )
+    elif not (bars.weights > 0).any():
+        reason = f"{len(pieces)} labelled pieces, but none with MuseTok tokens and MIDI"
+        rules_only(p, reason, len(pieces))
     else:
         learned(p, tp, bars)
 

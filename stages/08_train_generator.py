@@ -9,11 +9,23 @@ from midipipe.training import write_curves, write_metrics
 def main() -> None:
     p = params.build(GeneratorParams, params.section("params.yaml", "generator"), "generator")
     tp = params.merged_train(params.load(), p.train)
-    job, metrics = train(p, tp, "data/tokens/remi", "data/manifest.parquet",
-                         "data/composers.json", "models/generator", "checkpoints/generator")
+    job, metrics = train(
+        p,
+        tp,
+        "data/tokens/remi",
+        "data/manifest.parquet",
+        "data/composers.json",
+        "models/generator",
+        "checkpoints/generator",
+    )
     write_metrics("metrics/generator.json", metrics)
-    write_curves(job.history, "metrics/generator_curve.csv", "metrics/generator_loss.png",
-                 "Composer-conditioned GPT", ("train_nll", "valid_loss"))
+    write_curves(
+        job.history,
+        "metrics/generator_curve.csv",
+        "metrics/generator_loss.png",
+        "Composer-conditioned GPT",
+        ("train_nll", "valid_loss"),
+    )
 
 
 if __name__ == "__main__":

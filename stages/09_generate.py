@@ -9,9 +9,14 @@ from midipipe.training import write_metrics
 
 def main() -> None:
     gp = params.build(GenerateParams, params.section("params.yaml", "generate"), "generate")
-    metrics = evaluate_generator(gp, "models/generator", "data/tokens/remi",
-                                 "data/manifest.parquet", "outputs/generated",
-                                 "metrics/generation_confusion.png")
+    metrics = evaluate_generator(
+        gp,
+        "models/generator",
+        "data/tokens/remi",
+        "data/manifest.parquet",
+        "outputs/generated",
+        "metrics/generation_confusion.png",
+    )
     write_metrics("metrics/generation.json", metrics)
 
 

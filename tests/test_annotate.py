@@ -268,6 +268,17 @@ def test_limit_counts_stream_rows_and_extends_on_resume(corpus, models, tmp_path
     assert len(output(tmp_path / "a")[0]) == 9
 
 
+def test_resume_does_not_decode_finished_row_groups(corpus, models):
+    from midipipe.annotate import open_rows
+
+    rows = giga_rows()
+    done = {r["md5"] for r in rows[:4]}  # row group 0 (rows 0-2) and one row of group 1
+    got = list(open_rows(params(corpus, models), done))
+    assert got[:3] == [{"md5": r["md5"]} for r in rows[:3]]
+    assert [r["md5"] for r in got] == [r["md5"] for r in rows]
+    assert got[3]["music"] == rows[3]["music"] and got[3]["title"] == rows[3]["title"]
+
+
 def test_streaming_branch_and_rows_missing_columns(corpus, models, tmp_path, monkeypatch):
     import datasets
 

@@ -33,12 +33,19 @@ SPLITS = ["train"] * 4 + ["valid", "test"]
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 PARAMS = {
     "generator": {
-        "context": 64, "max_windows": 8, "eval_windows": 4,
+        "context": 64,
+        "max_windows": 8,
+        "eval_windows": 4,
         "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "d_ff": 64, "dropout": 0.0},
         "train": {"epochs": 1, "batch_size": 4, "device": "cpu", "precision": "fp32"},
     },
-    "generate": {"pieces_per_composer": 1, "max_tokens": 24, "guidance": [1.0, 3.0],
-                 "real_chunks_per_piece": 2, "device": "cpu"},
+    "generate": {
+        "pieces_per_composer": 1,
+        "max_tokens": 24,
+        "guidance": [1.0, 3.0],
+        "real_chunks_per_piece": 2,
+        "device": "cpu",
+    },
 }
 
 
@@ -79,8 +86,9 @@ def project(tmp_path_factory) -> Path:
         path.write_bytes(data)
         rows.append({"piece_id": pid, "split": split, "composer": name})
         items.append((pid, str(path)))
-    tokenize_files(items, root / "data" / "tokens",
-                   TokenizeParams(workers=1, batch_size=16, musetok=False))
+    tokenize_files(
+        items, root / "data" / "tokens", TokenizeParams(workers=1, batch_size=16, musetok=False)
+    )
     pq.write_table(pa.Table.from_pylist(rows), root / "data" / "manifest.parquet")
     table = composers.bucket([r["composer"] for r in rows], min_pieces=2)
     (root / "data" / "composers.json").write_text(json.dumps(table))
@@ -129,8 +137,13 @@ def test_params_are_checked_by_key():
 def test_grad_accumulation_matches_one_big_batch():
     tok = make_tokenizer()
     torch.manual_seed(0)
-    model = G.build_model(G.GeneratorParams(context=32, model={
-        "n_layer": 1, "n_head": 2, "d_model": 32, "d_ff": 64, "dropout": 0.0}), tok, 3)
+    model = G.build_model(
+        G.GeneratorParams(
+            context=32, model={"n_layer": 1, "n_head": 2, "d_model": 32, "d_ff": 64, "dropout": 0.0}
+        ),
+        tok,
+        3,
+    )
     cfg = gd.WindowConfig.for_tokenizer(tok, 32, composer_dropout=0.5, token_dropout=0.0)
     pieces = [list(range(5, 5 + n)) for n in (10, 40, 25, 60)]
     batch = next(gd.train_batches(pieces, [1, 2, 1, 2], cfg, 4, 0, torch.Generator()))
@@ -159,8 +172,10 @@ def test_generate_stage_writes_decodable_midi_and_metrics(generated):
     metrics = json.loads((generated / "metrics" / "generation.json").read_text())
     assert metrics["composers_evaluated"] == 2 and metrics["chance"] == 0.5
     assert 0 <= metrics["classifier_real_test_acc"] <= 1
+    assert 0 <= metrics["classifier_programs_real_test_acc"] <= 1
     for tag in ("g1.0", "g3.0"):
-        assert 0 <= metrics[f"{tag}_cond_acc"] <= 1
+        for key in ("cond_acc", "cond_acc_programs"):
+            assert 0 <= metrics[f"{tag}_{key}"] <= 1
         assert metrics[f"{tag}_pieces"] == 2 and f"{tag}_repairs_per_piece" in metrics
         for m in mm.METRICS:
             assert {f"{tag}_{m}_oa", f"{tag}_{m}_w1", f"{tag}_{m}_mean"} <= set(metrics)
@@ -175,8 +190,9 @@ def test_one_composer_is_said_plainly():
 
     ids = encode(tok, score)[0].tolist()
     piece = ev.Piece(ids, 1, 1.0, {"tokens": len(ids), "repairs": 0})
-    out = ev.evaluate_generation(tok, [piece], [ev.Piece(ids, 1)], [ev.Piece(ids, 1)],
-                                 [("solo", 1)])
+    out = ev.evaluate_generation(
+        tok, [piece], [ev.Piece(ids, 1)], [ev.Piece(ids, 1)], [("solo", 1)]
+    )
     assert "conditioning accuracy cannot be measured" in out["note"]
     assert "g1.0_cond_acc" not in out and out["g1.0_pitch_range_oa"] > 0.9
 
@@ -196,8 +212,9 @@ def score_of(notes: list[tuple[float, float, int]], numerator: int = 4) -> symus
 
 
 def test_metrics_on_hand_made_pieces():
-    c_major = mm.piece_metrics(score_of([(i, 1, p) for i, p in
-                                         enumerate([60, 62, 64, 65, 67, 69, 71])]))
+    c_major = mm.piece_metrics(
+        score_of([(i, 1, p) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71])])
+    )
     assert c_major["scale_consistency"] == 1.0
     assert c_major["pitch_class_entropy"] == pytest.approx(math.log2(7))
     assert c_major["polyphony"] == 1.0 and c_major["pitch_range"] == 11
@@ -214,6 +231,9 @@ def test_metrics_on_hand_made_pieces():
     shifted = [(0, 1, 60), (4.5, 1, 60)]  # bar 1: beat 1, bar 2: the offbeat -> 2 of 96 differ
     assert mm.piece_metrics(score_of(shifted))["groove_consistency"] == pytest.approx(1 - 2 / 96)
     assert mm.features(score_of(same_bars)).shape == (len(mm.FEATURES),)
+    strings = score_of(same_bars)
+    strings.tracks[0].program = 41  # viola: GM family 5 (strings)
+    assert mm.instruments(strings)[5] == 1.0 and mm.instruments(strings).sum() == 1.0
     assert math.isnan(mm.piece_metrics(symusic.Score(480))["polyphony"])
 
 
@@ -235,9 +255,16 @@ def test_distances_and_excerpts():
 
 
 def opts(project: Path, tmp_path: Path, **kw) -> G.GenerateOptions:
-    base = dict(composer="alpha", out=str(tmp_path / "out.mid"), max_tokens=16, seed_length=8,
-                model_dir=str(project / "models" / "generator"), data_dir=str(project / "data"),
-                device="cpu", progress=False)
+    base = dict(
+        composer="alpha",
+        out=str(tmp_path / "out.mid"),
+        max_tokens=16,
+        seed_length=8,
+        model_dir=str(project / "models" / "generator"),
+        data_dir=str(project / "data"),
+        device="cpu",
+        progress=False,
+    )
     return G.GenerateOptions(**{**base, **kw})
 
 
@@ -271,16 +298,34 @@ def test_generate_cli_parser_primer_file_and_interactive(project, tmp_path, caps
     G.add_generate_parser(parser.add_subparsers(dest="command"))
     primer = tmp_path / "primer.mid"
     primer.write_bytes(build_midi(n_bars=2))
-    args = parser.parse_args([
-        "generate", "--composer", "alpha", "--guidance", "2", "--max-tokens", "12",
-        "--seed-length", "0", "--primer", str(primer), "-o", str(tmp_path / "p.mid"),
-        "--model-dir", str(project / "models" / "generator"), "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "generate",
+            "--composer",
+            "alpha",
+            "--guidance",
+            "2",
+            "--max-tokens",
+            "12",
+            "--seed-length",
+            "0",
+            "--primer",
+            str(primer),
+            "-o",
+            str(tmp_path / "p.mid"),
+            "--model-dir",
+            str(project / "models" / "generator"),
+            "--device",
+            "cpu",
+        ]
+    )
     args.func(args)
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["primer"] == str(primer) and got["primer_tokens"] > 0 and got["guidance"] == 2.0
 
     answers = iter(["guidance=1.5 composer=any", "top_k=x", "", "q"])
-    got = G.generate_command(opts(project, tmp_path, seed_length=0, interactive=True),
-                             ask=lambda _: next(answers))
+    got = G.generate_command(
+        opts(project, tmp_path, seed_length=0, interactive=True), ask=lambda _: next(answers)
+    )
     assert got["takes"] == 3 and (tmp_path / "out_3.mid").exists()
     assert "error:" in capsys.readouterr().out  # a bad value is reported, the session goes on

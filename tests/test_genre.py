@@ -285,7 +285,8 @@ def phrase_model(project):
     p = GenreParams(label="period", min_class_pieces=2, patience=3,
                     model={"n_layer": 1, "d_model": 32, "n_head": 2, "d_ff": 64})
     out = project / "models" / "genre_phrase"
-    result = train_phrase(p, TINY_TRAIN, project / "tokens", project / "manifest.parquet", out,
+    tp = dataclasses.replace(TINY_TRAIN, lr=5e-3, batch_size=8, epochs=6)
+    result = train_phrase(p, tp, project / "tokens", project / "manifest.parquet", out,
                           project / "ckpt_phrase", project / "midi", project / "no_latents")
     return out, result
 

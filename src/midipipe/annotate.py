@@ -33,7 +33,7 @@ import resource
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -107,7 +107,7 @@ class AnnotateParams:
     songs_per_part: int = 512  # songs per committed chunk: the unit of resume
     part_bars: int = 200_000  # ... or fewer songs when they hold this many bars
     batch_size: int = 256  # bars per encoder forward pass, packed across songs
-    read_batch: int = 64  # Parquet rows decoded at a time
+    read_batch: int = 64  # Parquet rows decoded at a time (ray: rows per actor call)
     max_notes: int = 1_000_000  # larger files fail (memory bound)
     meta_columns: list[str] = field(default_factory=lambda: list(META_COLUMNS))
     ray_actors: int = 2  # ray: model actors
@@ -137,16 +137,26 @@ def source_files(p: AnnotateParams) -> list[Path]:
     return parquet_files(p.parquet, "annotate.parquet")
 
 
-def open_rows(p: AnnotateParams) -> Iterator[dict]:
+def open_rows(p: AnnotateParams, done: Set[str] = frozenset()) -> Iterator[dict]:
     """GigaMIDI rows as dicts (md5, music, metadata), read lazily: Parquet `read_batch` rows at
-    a time, or the hub's splits streamed one after the other."""
+    a time, or the hub's splits streamed one after the other. A Parquet row group whose md5s
+    are all `done` is not decoded: its rows come back as `{"md5": ...}` so positions still count
+    (the hub stream cannot skip: a resumed run downloads done rows again, without parsing them).
+    """
     wanted = ["md5", "music", *p.meta_columns]
     if p.parquet is not None:
         for path in source_files(p):
             handle = pq.ParquetFile(path)
             columns = [c for c in dict.fromkeys(wanted) if c in handle.schema_arrow.names]
-            for batch in handle.iter_batches(batch_size=p.read_batch, columns=columns):
-                yield from batch.to_pylist()
+            for group in range(handle.num_row_groups):
+                if done:
+                    md5s = handle.read_row_group(group, columns=["md5"]).column(0).to_pylist()
+                    if all(m in done for m in md5s):
+                        yield from ({"md5": m} for m in md5s)
+                        continue
+                batches = handle.iter_batches(p.read_batch, row_groups=[group], columns=columns)
+                for batch in batches:
+                    yield from batch.to_pylist()
         return
     import datasets
 
@@ -659,10 +669,12 @@ def source_identity(p: AnnotateParams) -> dict:
 
 
 def _jobs(
-    rows: Iterable[dict], seen: set[str], p: AnnotateParams, report: Report, clock: PhaseClock
+    rows: Iterable[dict], done: Set[str], p: AnnotateParams, report: Report, clock: PhaseClock
 ) -> Iterator[Job]:
-    """Jobs for the rows not done yet; a source that raises ends the stream, recorded."""
+    """Jobs for the rows not done (nor queued) yet; a source that raises ends the stream,
+    recorded."""
     it = iter(islice(rows, p.limit) if p.limit is not None else rows)
+    queued: set[str] = set()
     while True:
         try:
             with clock("read"):
@@ -679,10 +691,10 @@ def _jobs(
             return
         job = job_of(row, p.meta_columns)
         report.rows_read += 1
-        if job.key in seen:
+        if job.key in done or job.key in queued:
             report.skipped_done += 1
             continue
-        seen.add(job.key)
+        queued.add(job.key)
         yield job
 
 
@@ -708,9 +720,8 @@ def annotate(
         default_workers(p.workers),
         projection_songs=p.projection_songs,
     )
-    jobs = _jobs(
-        open_rows(p) if rows is None else rows, set(store.done), p, report, annotator.clock
-    )
+    source = open_rows(p, store.done) if rows is None else rows
+    jobs = _jobs(source, store.done, p, report, annotator.clock)
     chunk: list[tuple[Job, Prepared | Failure]] = []
     chunk_bars = 0
 

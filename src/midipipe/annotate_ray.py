@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from midipipe.annotate import (
     AnnotateParams,
@@ -127,16 +128,13 @@ def _results(batch: pa.Table) -> tuple[list[SongResult], int, dict[str, float]]:
         results.append(
             SongResult(row["key"], row["reason"], va, row["n_truncated"], json.loads(row["meta"]))
         )
-    seconds = {
-        phase: float(pa.compute.sum(batch.column(f"t_{phase}")).as_py() or 0.0) for phase in PHASES
-    }
+    seconds = {phase: float(pc.sum(batch.column(f"t_{phase}")).as_py() or 0.0) for phase in PHASES}
     return results, skipped, seconds
 
 
 def annotate_ray(p: AnnotateParams, out_dir: str | Path, progress: bool = True) -> Report:
     """Same outputs as `annotate.annotate` for `p`, computed on Ray actors. Starts a local Ray
     (`ray_cpus`) unless one is running; leaves it running for the caller."""
-    import pyarrow.compute  # noqa: F401  (pa.compute in _results)
     import ray
     import ray.data
     from tqdm import tqdm

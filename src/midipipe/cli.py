@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from midipipe import params as P
+from midipipe.generator import add_generate_parser
 from midipipe.logs import USER_ERRORS, setup_logging
 from midipipe.midi import piece_id
 from midipipe.shards import atomic_path
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     emo.add_argument("--model-dir", default="models/emotion")
     emo.add_argument("--musetok-dir", default="models/musetok")
     emo.set_defaults(func=cmd_emotion)
+
+    add_generate_parser(sub)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)

@@ -13,7 +13,10 @@ Conditioning accuracy: a logistic regression on `music_metrics.features` (metric
 pitch-class and duration histograms), trained on real train-split excerpts of the evaluated
 composers, labels every generated piece; the share labelled with the composer it was
 generated for is compared with chance (1 / number of composers). The classifier's accuracy
-on real test excerpts says how much that figure can mean.
+on real test excerpts says how much that figure can mean. A second classifier also sees the
+instrumentation (`music_metrics.instruments`), which in many corpora tells composers apart
+on its own (`*_programs` keys): the first asks "does it sound like X", the second "is it
+scored like X".
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ class Piece:
     stats: dict | None = None
 
 
-def excerpts(ids: Sequence[int], bar_starts: Sequence[int], max_tokens: int,
-             max_count: int) -> list[list[int]]:
+def excerpts(
+    ids: Sequence[int], bar_starts: Sequence[int], max_tokens: int, max_count: int
+) -> list[list[int]]:
     """Runs of whole consecutive bars, each at most `max_tokens` tokens (a longer bar is cut),
     at most `max_count` of them spread evenly over the piece."""
     bounds = [b for b in bar_starts if 0 < b < len(ids)] + [len(ids)]
@@ -71,14 +75,17 @@ def decode(tokenizer, ids: Sequence[int]) -> symusic.Score:
     return tokenizer.decode(list(ids)) if ids else symusic.Score(tokenizer.time_division)
 
 
-def describe(tokenizer, pieces: Sequence[Piece]) -> tuple[list[dict], np.ndarray]:
-    """Per piece: the six metrics, and the classifier's feature vector."""
-    rows, feats = [], []
+def describe(tokenizer, pieces: Sequence[Piece]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Per piece: the six metrics, the music features and the instrument-family shares."""
+    rows, feats, inst = [], [], []
     for p in pieces:
         score = decode(tokenizer, p.ids)
         rows.append(mm.piece_metrics(score))
         feats.append(mm.features(score))
-    return rows, np.stack(feats) if feats else np.zeros((0, len(mm.FEATURES)))
+        inst.append(mm.instruments(score))
+    if not rows:
+        return [], np.zeros((0, len(mm.FEATURES))), np.zeros((0, len(mm.INSTRUMENTS)))
+    return rows, np.stack(feats), np.stack(inst)
 
 
 # -- distances -------------------------------------------------------------------------------
@@ -157,27 +164,36 @@ def confusion(true: Sequence[int], pred: Sequence[int], labels: Sequence[int]) -
     return m
 
 
-def plot_confusions(panels: list[tuple[str, np.ndarray]], names: Sequence[str], path) -> None:
-    """One row-normalised confusion matrix per panel (counts written in the cells)."""
+def plot_confusions(
+    panels: dict[str, list[tuple[str, np.ndarray]]], names: Sequence[str], path
+) -> None:
+    """Row-normalised confusion matrices (counts in the cells): one row of panels per
+    classifier (key: "" music features, "_programs" with instrumentation)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     size = 1.0 + 0.45 * len(names)
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1, size + 0.8),
-                             squeeze=False)
-    for ax, (title, m) in zip(axes[0], panels, strict=True):
-        rows = m.sum(1, keepdims=True)
-        ax.imshow(m / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
-        for (i, j), v in np.ndenumerate(m):
-            if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_xlabel("classified as")
-        ax.set_title(title, fontsize=9)
-    axes[0][0].set_ylabel("composer")
+    n_cols = max(len(p) for p in panels.values())
+    fig, axes = plt.subplots(
+        len(panels), n_cols, figsize=(size * n_cols + 1, (size + 1.0) * len(panels)), squeeze=False
+    )
+    for row, (suffix, items) in zip(axes, panels.items(), strict=True):
+        features = "music + instrument features" if suffix else "music features"
+        for ax, (title, m) in zip(row, items, strict=False):
+            rows = m.sum(1, keepdims=True)
+            ax.imshow(m / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
+            for (i, j), v in np.ndenumerate(m):
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_xlabel("classified as")
+            ax.set_title(f"{title}\n({features})", fontsize=8)
+        row[0].set_ylabel("composer")
+        for ax in row[len(items) :]:
+            ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -191,9 +207,15 @@ def guidance_tag(g: float) -> str:
     return f"g{float(g)!r}"
 
 
-def evaluate_generation(tokenizer, generated: Sequence[Piece], real_train: Sequence[Piece],
-                        real_test: Sequence[Piece], composers: Sequence[tuple[str, int]],
-                        confusion_png=None, seed: int = 0) -> dict:
+def evaluate_generation(
+    tokenizer,
+    generated: Sequence[Piece],
+    real_train: Sequence[Piece],
+    real_test: Sequence[Piece],
+    composers: Sequence[tuple[str, int]],
+    confusion_png=None,
+    seed: int = 0,
+) -> dict:
     """Flat metrics for metrics/generation.json (see the module docstring).
 
     `real_*` are excerpts of real pieces; `generated` carry their guidance and sampling stats.
@@ -201,61 +223,76 @@ def evaluate_generation(tokenizer, generated: Sequence[Piece], real_train: Seque
     """
     ids = [cid for _, cid in composers]
     ref = [p for p in real_test if p.composer_id in ids] or list(real_test)
-    real_rows, real_x = describe(tokenizer, ref)
+    real_rows, real_x, real_inst = describe(tokenizer, ref)
     known = np.array([p.composer_id in ids for p in ref], dtype=bool)
-    out: dict = {"composers_evaluated": len(ids), "real_test_excerpts": len(ref),
-                 "generated_pieces": len(generated), "distances": DISTANCES}
+    out: dict = {
+        "composers_evaluated": len(ids),
+        "real_test_excerpts": len(ref),
+        "generated_pieces": len(generated),
+        "distances": DISTANCES,
+    }
     for m in mm.METRICS:
         vals = [r[m] for r in real_rows]
         out[f"real_{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
 
-    classifier = None
-    if len(ids) >= 2:
-        train = [p for p in real_train if p.composer_id in ids]
-        _, train_x = describe(tokenizer, train)
-        labels = [p.composer_id for p in train]
-        if len(set(labels)) >= 2:
-            classifier = ComposerClassifier(seed).fit(train_x, labels)
-            test_y = np.array([p.composer_id for p in ref])[known]
-            test_pred = classifier.predict(real_x[known])
-            out.update({
+    # two classifiers: music features alone (the headline), and with instrumentation too
+    views = {"": lambda x, inst: x, "_programs": lambda x, inst: np.hstack([x, inst])}
+    classifiers: dict[str, ComposerClassifier] = {}
+    panels: dict[str, list] = {}
+    train = [p for p in real_train if p.composer_id in ids]
+    labels = [p.composer_id for p in train]
+    if len(ids) < 2:
+        out["note"] = (
+            f"only {len(ids)} frequent composer(s) in this corpus "
+            "(composers.min_pieces): conditioning accuracy cannot be measured"
+        )
+    elif len(set(labels)) < 2:
+        out["note"] = "the train split holds fewer than 2 of the evaluated composers"
+    else:
+        _, train_x, train_inst = describe(tokenizer, train)
+        test_y = np.array([p.composer_id for p in ref])[known]
+        out.update(
+            {
                 "chance": 1.0 / len(ids),
                 "classifier_train_excerpts": len(train),
                 "classifier_test_excerpts": int(known.sum()),
-                "classifier_real_test_acc": float(np.mean(test_pred == test_y))
-                if known.any() else math.nan,
-            })
-            panels = [("real test excerpts", confusion(test_y, test_pred, ids))]
-        else:
-            out["note"] = "the train split holds fewer than 2 of the evaluated composers"
-    else:
-        out["note"] = (f"only {len(ids)} frequent composer(s) in this corpus "
-                       "(composers.min_pieces): conditioning accuracy cannot be measured")
+            }
+        )
+        for suffix, view in views.items():
+            clf = classifiers[suffix] = ComposerClassifier(seed).fit(
+                view(train_x, train_inst), labels
+            )
+            pred = clf.predict(view(real_x, real_inst)[known])
+            out[f"classifier{suffix}_real_test_acc"] = (
+                float(np.mean(pred == test_y)) if known.any() else math.nan
+            )
+            panels[suffix] = [("real test excerpts", confusion(test_y, pred, ids))]
 
     for g in sorted({p.guidance for p in generated}):
         group = [p for p in generated if p.guidance == g]
         tag = guidance_tag(g)
-        rows, x = describe(tokenizer, group)
+        rows, x, inst = describe(tokenizer, group)
         stats = [p.stats or {} for p in group]
         tokens = sum(s.get("tokens", 0) for s in stats)
-        out.update({
-            f"{tag}_pieces": len(group),
-            f"{tag}_empty_pieces": sum(not np.isfinite(r["pitch_range"]) for r in rows),
-            f"{tag}_tokens_mean": tokens / max(1, len(group)),
-            f"{tag}_bars_mean": float(np.mean([s.get("bars", 0) for s in stats])),
-            f"{tag}_repairs_per_piece": sum(s.get("repairs", 0) for s in stats) / len(group),
-            f"{tag}_repair_rate": sum(s.get("repairs", 0) for s in stats) / max(1, tokens),
-            f"{tag}_masked_mass": float(np.mean([s.get("masked_mass", 0.0) for s in stats])),
-            f"{tag}_tokens_per_s": float(np.mean([s.get("tokens_per_s", 0.0) for s in stats])),
-            **compare(real_rows, rows, tag),
-        })
-        if classifier is not None:
-            true = [p.composer_id for p in group]
-            pred = classifier.predict(x)
-            out[f"{tag}_cond_acc"] = float(np.mean(pred == np.asarray(true)))
-            panels.append((f"generated, guidance {g:g}", confusion(true, pred, ids)))
-    if classifier is not None and confusion_png is not None:
+        out.update(
+            {
+                f"{tag}_pieces": len(group),
+                f"{tag}_empty_pieces": sum(not np.isfinite(r["pitch_range"]) for r in rows),
+                f"{tag}_tokens_mean": tokens / max(1, len(group)),
+                f"{tag}_bars_mean": float(np.mean([s.get("bars", 0) for s in stats])),
+                f"{tag}_repairs_per_piece": sum(s.get("repairs", 0) for s in stats) / len(group),
+                f"{tag}_repair_rate": sum(s.get("repairs", 0) for s in stats) / max(1, tokens),
+                f"{tag}_masked_mass": float(np.mean([s.get("masked_mass", 0.0) for s in stats])),
+                f"{tag}_tokens_per_s": float(np.mean([s.get("tokens_per_s", 0.0) for s in stats])),
+                **compare(real_rows, rows, tag),
+            }
+        )
+        true = [p.composer_id for p in group]
+        for suffix, clf in classifiers.items():
+            pred = clf.predict(views[suffix](x, inst))
+            out[f"{tag}_cond_acc{suffix}"] = float(np.mean(pred == np.asarray(true)))
+            panels[suffix].append((f"generated, guidance {g:g}", confusion(true, pred, ids)))
+    if classifiers and confusion_png is not None:
         plot_confusions(panels, [name for name, _ in composers], confusion_png)
     # JSON has no NaN: an undefined figure is null
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
-            for k, v in out.items()}
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}

@@ -9,6 +9,7 @@ vocabulary the ids mean), so it can be copied elsewhere and still sample.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -101,13 +102,15 @@ class GenerateParams:
 
     def __post_init__(self) -> None:
         if self.pieces_per_composer < 1:
-            raise ParamError(f"generate.pieces_per_composer: must be >= 1, got "
-                             f"{self.pieces_per_composer}")
+            raise ParamError(
+                f"generate.pieces_per_composer: must be >= 1, got {self.pieces_per_composer}"
+            )
         if not self.guidance:
             raise ParamError("generate.guidance: give at least one value")
         if self.seed_length < 0 or self.real_chunks_per_piece < 1:
-            raise ParamError("generate.seed_length must be >= 0 and "
-                             "generate.real_chunks_per_piece >= 1")
+            raise ParamError(
+                "generate.seed_length must be >= 0 and generate.real_chunks_per_piece >= 1"
+            )
         for g in self.guidance:
             try:
                 self.sample_config(g, 0)
@@ -115,9 +118,15 @@ class GenerateParams:
                 raise ParamError(f"generate: {exc}") from None
 
     def sample_config(self, guidance: float, seed: int) -> SampleConfig:
-        return SampleConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                            repetition_penalty=self.repetition_penalty, guidance=float(guidance),
-                            max_tokens=self.max_tokens, seed=seed)
+        return SampleConfig(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            guidance=float(guidance),
+            max_tokens=self.max_tokens,
+            seed=seed,
+        )
 
 
 # -- corpus ----------------------------------------------------------------------------------
@@ -156,8 +165,9 @@ def read_table(path: str | Path) -> dict:
 # -- training (stage 08) ---------------------------------------------------------------------
 
 
-def accumulated_loss(model: GPT, batch: dict, label_smoothing: float,
-                     grad_accum: int) -> tuple[torch.Tensor, dict[str, float]]:
+def accumulated_loss(
+    model: GPT, batch: dict, label_smoothing: float, grad_accum: int
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of a batch of `grad_accum` micro-batches, token-weighted as one big batch.
 
     `training.fit` takes one backward per step, so accumulation happens inside it: each
@@ -170,8 +180,9 @@ def accumulated_loss(model: GPT, batch: dict, label_smoothing: float,
         value, logs = gd.loss(model, batch, label_smoothing)
         return value, {**logs, "tokens": float(n_tokens)}
     total, nll = None, 0.0
-    for part in zip(*(batch[k].chunk(grad_accum) for k in ("inputs", "targets", "composer")),
-                    strict=True):
+    for part in zip(
+        *(batch[k].chunk(grad_accum) for k in ("inputs", "targets", "composer")), strict=True
+    ):
         micro = dict(zip(("inputs", "targets", "composer"), part, strict=True))
         share = int((micro["targets"] != pad).sum()) / max(1, n_tokens)
         if share == 0:
@@ -184,8 +195,14 @@ def accumulated_loss(model: GPT, batch: dict, label_smoothing: float,
 
 def build_model(p: GeneratorParams, tokenizer, n_composers: int) -> GPT:
     cfg = getattr(GPTConfig, p.size)(
-        **{**p.model, "vocab_size": len(tokenizer.vocab), "pad_id": tokenizer.pad_token_id,
-           "n_composers": n_composers, "context": p.context})
+        **{
+            **p.model,
+            "vocab_size": len(tokenizer.vocab),
+            "pad_id": tokenizer.pad_token_id,
+            "n_composers": n_composers,
+            "context": p.context,
+        }
+    )
     return GPT(cfg)
 
 
@@ -197,11 +214,15 @@ def save_generator(model: GPT, out_dir: str | Path, table: dict, tokenizer_json:
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
-def train(p: GeneratorParams, tp: TrainParams, tokens_dir: str | Path = "data/tokens/remi",
-          manifest: str | Path = "data/manifest.parquet",
-          composers_json: str | Path = "data/composers.json",
-          out_dir: str | Path = "models/generator",
-          resume_dir: str | Path = "checkpoints/generator") -> tuple[Fit, dict]:
+def train(
+    p: GeneratorParams,
+    tp: TrainParams,
+    tokens_dir: str | Path = "data/tokens/remi",
+    manifest: str | Path = "data/manifest.parquet",
+    composers_json: str | Path = "data/composers.json",
+    out_dir: str | Path = "models/generator",
+    resume_dir: str | Path = "checkpoints/generator",
+) -> tuple[Fit, dict]:
     """Train with the shared loop (exact resume, Ctrl+C safe); returns the job and flat
     metrics for metrics/generator.json."""
     tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
@@ -213,41 +234,60 @@ def train(p: GeneratorParams, tp: TrainParams, tokens_dir: str | Path = "data/to
         raise ParamError(f"no training pieces in {tokens_dir} (manifest split 'train')")
     if not valid_set.pieces:
         log.warning("no validation pieces: validating on the first 32 training pieces")
-        valid_set = Corpus(*(getattr(train_set, f.name)[:32]
-                             for f in dataclasses.fields(Corpus)))
+        valid_set = Corpus(*(getattr(train_set, f.name)[:32] for f in dataclasses.fields(Corpus)))
     wcfg = gd.WindowConfig.for_tokenizer(
-        tokenizer, p.context, composer_dropout=p.composer_dropout,
-        token_dropout=p.token_dropout, max_windows=p.max_windows)
+        tokenizer,
+        p.context,
+        composer_dropout=p.composer_dropout,
+        token_dropout=p.token_dropout,
+        max_windows=p.max_windows,
+    )
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
     step_batch = tp.batch_size * p.grad_accum
 
     def evaluate(m: GPT) -> dict[str, float]:  # timed, so train tokens/s leaves it out
         t0 = time.perf_counter()
-        out = gd.evaluate(m, valid_set.pieces, valid_set.composers, wcfg, tp.batch_size,
-                          p.eval_windows)
+        out = gd.evaluate(
+            m, valid_set.pieces, valid_set.composers, wcfg, tp.batch_size, p.eval_windows
+        )
         return {**out, "valid_s": round(time.perf_counter() - t0, 2)}
 
     job = Fit(
         model=model,
         train_batches=lambda epoch, rng: gd.train_batches(
-            train_set.pieces, train_set.composers, wcfg, step_batch, epoch, rng),
+            train_set.pieces, train_set.composers, wcfg, step_batch, epoch, rng
+        ),
         steps_per_epoch=gd.steps_per_epoch(train_set.pieces, wcfg, step_batch),
         loss=lambda m, b: accumulated_loss(m, b, p.label_smoothing, p.grad_accum),
         evaluate=evaluate,
     )
     n_tokens = sum(len(x) for x in train_set.pieces)
-    log.info("generator: %d parameters, %d train pieces (%d tokens), %d valid, %d steps/epoch",
-             model.n_params(), len(train_set.pieces), n_tokens, len(valid_set.pieces),
-             job.steps_per_epoch)
-    fit(job, tp, resume_dir, save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
-        fingerprint={"generator": dataclasses.asdict(p), "pieces": len(train_set.pieces),
-                     "tokens": n_tokens})
+    log.info(
+        "generator: %d parameters, %d train pieces (%d tokens), %d valid, %d steps/epoch",
+        model.n_params(),
+        len(train_set.pieces),
+        n_tokens,
+        len(valid_set.pieces),
+        job.steps_per_epoch,
+    )
+    fit(
+        job,
+        tp,
+        resume_dir,
+        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
+        fingerprint={
+            "generator": dataclasses.asdict(p),
+            "pieces": len(train_set.pieces),
+            "tokens": n_tokens,
+        },
+    )
     return job, training_metrics(job, model, p, train_set, valid_set, tp)
 
 
-def training_metrics(job: Fit, model: GPT, p: GeneratorParams, train_set: Corpus,
-                     valid_set: Corpus, tp: TrainParams) -> dict:
+def training_metrics(
+    job: Fit, model: GPT, p: GeneratorParams, train_set: Corpus, valid_set: Corpus, tp: TrainParams
+) -> dict:
     best = min(job.history, key=lambda h: h["valid_loss"])
     train_s = sum(h["epoch_s"] - h.get("valid_s", 0.0) for h in job.history)
     tokens = sum(h.get("train_tokens", 0.0) for h in job.history) * job.steps_per_epoch
@@ -273,8 +313,9 @@ def training_metrics(job: Fit, model: GPT, p: GeneratorParams, train_set: Corpus
 # -- sampling --------------------------------------------------------------------------------
 
 
-def primer_of(ids: Sequence[int], bar_starts: Sequence[int], n: int, grammar: RemiGrammar
-              ) -> list[int]:
+def primer_of(
+    ids: Sequence[int], bar_starts: Sequence[int], n: int, grammar: RemiGrammar
+) -> list[int]:
     """The first `n` tokens of a piece, cut back to a bar line when at least one bar fits,
     else to the last whole note, so the model continues from a sensible point."""
     if n <= 0:
@@ -288,6 +329,20 @@ def primer_of(ids: Sequence[int], bar_starts: Sequence[int], n: int, grammar: Re
     while out and not grammar.is_complete(out[-1]):
         out.pop()
     return out
+
+
+@contextlib.contextmanager
+def sampling_threads(device: torch.device):
+    """One CPU thread while sampling: a token step of a small model is a chain of tiny matmuls,
+    and OpenMP syncing two threads on each costs more than it saves (10x slower measured on a
+    busy 2-core machine)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -304,17 +359,26 @@ class Take:
     stats: dict
 
 
-def generate_for_composers(model: GPT, tokenizer, composers: Sequence[tuple[str, int]],
-                           gp: GenerateParams, out_dir: str | Path,
-                           primers: dict[int, list[list[int]]] | None = None) -> list[Take]:
+def generate_for_composers(
+    model: GPT,
+    tokenizer,
+    composers: Sequence[tuple[str, int]],
+    gp: GenerateParams,
+    out_dir: str | Path,
+    primers: dict[int, list[list[int]]] | None = None,
+) -> list[Take]:
     """`gp.pieces_per_composer` pieces per (name, id) at every guidance value, written as
     `<composer>_g<guidance>_<k>.mid` (+ .json ids). Take k of every guidance uses the same
     seed (and primer), so guidance values are compared on paired samples."""
     out_dir = Path(out_dir)
     grammar = RemiGrammar(tokenizer)
     takes: list[Take] = []
-    jobs = [(name, cid, g, k) for name, cid in composers for g in gp.guidance
-            for k in range(gp.pieces_per_composer)]
+    jobs = [
+        (name, cid, g, k)
+        for name, cid in composers
+        for g in gp.guidance
+        for k in range(gp.pieces_per_composer)
+    ]
     for name, cid, g, k in tqdm(jobs, desc="generate", unit="piece"):
         pool = (primers or {}).get(cid) or []
         primer = primer_of(*pool[k % len(pool)], gp.seed_length, grammar) if pool else []
@@ -325,13 +389,17 @@ def generate_for_composers(model: GPT, tokenizer, composers: Sequence[tuple[str,
     return takes
 
 
-def test_pieces_of(tokens_dir: str | Path, manifest: str | Path, composer: str | None
-                   ) -> list[tuple[list[int], list[int]]]:
+def test_pieces_of(
+    tokens_dir: str | Path, manifest: str | Path, composer: str | None
+) -> list[tuple[list[int], list[int]]]:
     """(ids, bar_starts) of the test-split pieces of one composer (any composer if None),
     reading only their rows from the token shards."""
     rows = pq.read_table(manifest, columns=["piece_id", "split", "composer"]).to_pylist()
-    wanted = {r["piece_id"] for r in rows
-              if r["split"] == "test" and (composer is None or r["composer"] == composer)}
+    wanted = {
+        r["piece_id"]
+        for r in rows
+        if r["split"] == "test" and (composer is None or r["composer"] == composer)
+    }
     out: list[tuple[list[int], list[int]]] = []
     for part in sorted(Path(tokens_dir).glob("part-*.parquet")) if wanted else []:
         rows = pq.read_table(part, filters=[("piece_id", "in", sorted(wanted))]).to_pylist()
@@ -341,18 +409,21 @@ def test_pieces_of(tokens_dir: str | Path, manifest: str | Path, composer: str |
 
 def real_excerpts(corpus: Corpus, max_tokens: int, per_piece: int) -> list[ev.Piece]:
     """Whole-bar excerpts of real pieces, as long as the generated ones, for scoring."""
-    return [ev.Piece(x, cid)
-            for ids, bars, cid in zip(corpus.pieces, corpus.bar_starts, corpus.composers,
-                                      strict=True)
-            for x in ev.excerpts(ids, bars, max_tokens, per_piece)]
+    return [
+        ev.Piece(x, cid)
+        for ids, bars, cid in zip(corpus.pieces, corpus.bar_starts, corpus.composers, strict=True)
+        for x in ev.excerpts(ids, bars, max_tokens, per_piece)
+    ]
 
 
-def evaluate_generator(gp: GenerateParams, model_dir: str | Path = "models/generator",
-                       tokens_dir: str | Path = "data/tokens/remi",
-                       manifest: str | Path = "data/manifest.parquet",
-                       out_dir: str | Path = "outputs/generated",
-                       confusion_png: str | Path | None = "metrics/generation_confusion.png"
-                       ) -> dict:
+def evaluate_generator(
+    gp: GenerateParams,
+    model_dir: str | Path = "models/generator",
+    tokens_dir: str | Path = "data/tokens/remi",
+    manifest: str | Path = "data/manifest.parquet",
+    out_dir: str | Path = "outputs/generated",
+    confusion_png: str | Path | None = "metrics/generation_confusion.png",
+) -> dict:
     """Stage 09: sample every frequent composer at every guidance value into `out_dir` (its
     old takes removed), then score the takes against real held-out excerpts."""
     model_dir = Path(model_dir)
@@ -364,21 +435,37 @@ def evaluate_generator(gp: GenerateParams, model_dir: str | Path = "models/gener
     held_out = real["test"] if real["test"].pieces else real["valid"]
     primers = None
     if gp.seed_length:
-        primers = {cid: [(i, b) for i, b, c in zip(held_out.pieces, held_out.bar_starts,
-                                                   held_out.composers, strict=True) if c == cid]
-                   for _, cid in composers}
+        primers = {
+            cid: [
+                (i, b)
+                for i, b, c in zip(
+                    held_out.pieces, held_out.bar_starts, held_out.composers, strict=True
+                )
+                if c == cid
+            ]
+            for _, cid in composers
+        }
     shutil.rmtree(out_dir, ignore_errors=True)  # no stale takes from a larger earlier run
-    takes = generate_for_composers(model, tokenizer, composers or [(ANY, C.UNCONDITIONAL)], gp,
-                                   out_dir, primers)
+    with sampling_threads(next(model.parameters()).device):
+        takes = generate_for_composers(
+            model, tokenizer, composers or [(ANY, C.UNCONDITIONAL)], gp, out_dir, primers
+        )
     length = gp.seed_length + gp.max_tokens
     metrics = ev.evaluate_generation(
         tokenizer,
         [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes],
         real_excerpts(real["train"], length, gp.real_chunks_per_piece),
         real_excerpts(held_out, length, gp.real_chunks_per_piece),
-        composers, confusion_png, gp.seed)
-    return {"pieces_per_composer": gp.pieces_per_composer, "max_tokens": gp.max_tokens,
-            "seed_length": gp.seed_length, **metrics}
+        composers,
+        confusion_png,
+        gp.seed,
+    )
+    return {
+        "pieces_per_composer": gp.pieces_per_composer,
+        "max_tokens": gp.max_tokens,
+        "seed_length": gp.seed_length,
+        **metrics,
+    }
 
 
 # -- the `midipipe generate` command ---------------------------------------------------------
@@ -431,8 +518,9 @@ def _tokenizer_path(opts: GenerateOptions) -> Path:
     return own if own.exists() else Path(opts.data_dir) / "tokens" / "remi" / TOKENIZER_FILE
 
 
-def _primer(opts: GenerateOptions, composer: str, tokenizer, grammar: RemiGrammar
-            ) -> tuple[list[int], str]:
+def _primer(
+    opts: GenerateOptions, composer: str, tokenizer, grammar: RemiGrammar
+) -> tuple[list[int], str]:
     """Primer ids and where they came from."""
     if opts.primer:
         path = Path(opts.primer)
@@ -447,13 +535,17 @@ def _primer(opts: GenerateOptions, composer: str, tokenizer, grammar: RemiGramma
     data = Path(opts.data_dir)
     manifest, tokens = data / "manifest.parquet", data / "tokens" / "remi"
     if not manifest.exists() or not tokens.is_dir():
-        raise ValueError(f"--seed-length {opts.seed_length} primes from a held-out piece in "
-                         f"{manifest} and {tokens}, which are missing: pass --primer FILE.mid "
-                         "or --seed-length 0")
+        raise ValueError(
+            f"--seed-length {opts.seed_length} primes from a held-out piece in "
+            f"{manifest} and {tokens}, which are missing: pass --primer FILE.mid "
+            "or --seed-length 0"
+        )
     pool = test_pieces_of(tokens, manifest, None if composer == ANY else composer)
     if not pool:
-        raise ValueError(f"no test-split piece of {composer} in {manifest}: pass --primer "
-                         "FILE.mid or --seed-length 0")
+        raise ValueError(
+            f"no test-split piece of {composer} in {manifest}: pass --primer "
+            "FILE.mid or --seed-length 0"
+        )
     pick = torch.randint(len(pool), (1,), generator=torch.Generator().manual_seed(opts.seed))
     ids, bars = pool[int(pick)]
     return primer_of(ids, bars, opts.seed_length, grammar), f"test piece of {composer}"
@@ -462,35 +554,62 @@ def _primer(opts: GenerateOptions, composer: str, tokenizer, grammar: RemiGramma
 def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:
     table = read_table(Path(opts.model_dir) / COMPOSERS_FILE)
     name, cid = composer_id_of(table, opts.composer)
-    cfg = SampleConfig(temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
-                       repetition_penalty=opts.repetition_penalty, guidance=opts.guidance,
-                       max_tokens=opts.max_tokens, max_bars=opts.max_bars, seed=opts.seed)
+    cfg = SampleConfig(
+        temperature=opts.temperature,
+        top_k=opts.top_k,
+        top_p=opts.top_p,
+        repetition_penalty=opts.repetition_penalty,
+        guidance=opts.guidance,
+        max_tokens=opts.max_tokens,
+        max_bars=opts.max_bars,
+        seed=opts.seed,
+    )
     grammar = RemiGrammar(tokenizer)
     primer, source = _primer(opts, name, tokenizer, grammar)
-    bar = tqdm(total=cfg.max_tokens, desc=f"sampling {name}", unit="tok",
-               disable=not opts.progress)
+    bar = tqdm(total=cfg.max_tokens, desc=f"sampling {name}", unit="tok", disable=not opts.progress)
 
     def tick(*_) -> None:  # one forward per token; a hook returning None keeps the output
         bar.update(1)
 
     hook = model.register_forward_hook(tick)
     try:
-        ids, stats = generate(model, tokenizer, cid, primer, cfg)
+        with sampling_threads(next(model.parameters()).device):
+            ids, stats = generate(model, tokenizer, cid, primer, cfg)
     finally:
         hook.remove()
         bar.close()
     path = to_midi(tokenizer, ids, out)
     notes = symusic.Score(str(path)).note_num()
-    return {"out": str(path), "tokens_json": str(path.with_suffix(".json")), "composer": name,
-            "composer_id": cid, "guidance": opts.guidance, "seed": opts.seed, "primer": source,
-            "primer_tokens": len(primer), "notes": int(notes), **stats}
+    return {
+        "out": str(path),
+        "tokens_json": str(path.with_suffix(".json")),
+        "composer": name,
+        "composer_id": cid,
+        "guidance": opts.guidance,
+        "seed": opts.seed,
+        "primer": source,
+        "primer_tokens": len(primer),
+        "notes": int(notes),
+        **stats,
+    }
 
 
-SETTABLE = {"composer": str, "guidance": float, "temperature": float, "top_k": int,
-            "top_p": float, "repetition_penalty": float, "max_tokens": int, "max_bars": int,
-            "seed_length": int, "seed": int, "primer": str}
-INTERACTIVE_HELP = (f"enter: another take | key=value ... ({', '.join(SETTABLE)}): change "
-                    "and sample | q: quit")
+SETTABLE = {
+    "composer": str,
+    "guidance": float,
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "repetition_penalty": float,
+    "max_tokens": int,
+    "max_bars": int,
+    "seed_length": int,
+    "seed": int,
+    "primer": str,
+}
+INTERACTIVE_HELP = (
+    f"enter: another take | key=value ... ({', '.join(SETTABLE)}): change and sample | q: quit"
+)
 
 
 def _apply(opts: GenerateOptions, line: str) -> GenerateOptions:
@@ -552,8 +671,11 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     """`midipipe generate ...`; the parsed args go to `cmd_generate`."""
     d = GenerateOptions(composer="")
     g = subparsers.add_parser("generate", help="sample a piece from the composer-conditioned GPT")
-    g.add_argument("--composer", required=True,
-                   help=f"composer name from <model-dir>/{COMPOSERS_FILE}, or '{ANY}'")
+    g.add_argument(
+        "--composer",
+        required=True,
+        help=f"composer name from <model-dir>/{COMPOSERS_FILE}, or '{ANY}'",
+    )
     g.add_argument("-o", "--out", default=d.out, help="output MIDI (default: %(default)s)")
     for flag, kind, help_ in (
         ("--guidance", float, "classifier-free guidance, >= 1 (1 = none)"),
@@ -567,13 +689,20 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
         ("--seed", int, "random seed (sampling and primer choice)"),
     ):
         dest = flag[2:].replace("-", "_")
-        g.add_argument(flag, type=kind, default=getattr(d, dest),
-                       help=f"{help_} (default: %(default)s)")
+        g.add_argument(
+            flag, type=kind, default=getattr(d, dest), help=f"{help_} (default: %(default)s)"
+        )
     g.add_argument("--model-dir", default=d.model_dir, help="trained generator folder")
-    g.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json (default: the model folder's, else data/tokens/remi's)")
-    g.add_argument("--primer", default=None,
-                   help="prime with this MIDI file (default: a test-split piece of the composer)")
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json (default: the model folder's, else data/tokens/remi's)",
+    )
+    g.add_argument(
+        "--primer",
+        default=None,
+        help="prime with this MIDI file (default: a test-split piece of the composer)",
+    )
     g.add_argument("--data-dir", default=d.data_dir, help="where held-out primers come from")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     g.add_argument("--interactive", action="store_true", help="sample take after take")

@@ -38,6 +38,7 @@ FEATURES = (
     *(f"pc_{k}" for k in range(12)),
     *(f"dur_{lo:g}_{hi:g}" for lo, hi in zip(DURATION_EDGES, DURATION_EDGES[1:], strict=False)),
 )
+INSTRUMENTS = (*(f"gm_family_{k}" for k in range(16)), "drums")  # 16 GM families of 8 programs
 
 
 @dataclass
@@ -218,3 +219,11 @@ def features(score: symusic.Score) -> np.ndarray:
         [metrics, extra, pitch_class_histogram(n), dur / max(1.0, dur.sum())]
     ).astype(np.float64)
     return np.nan_to_num(out, nan=0.0)
+
+
+def instruments(score: symusic.Score) -> np.ndarray:
+    """`INSTRUMENTS`: share of notes per General MIDI family (piano, ..., strings, ensemble)."""
+    counts = np.zeros(len(INSTRUMENTS))
+    for track in score.tracks:
+        counts[-1 if track.is_drum else track.program // 8] += track.note_num()
+    return counts / counts.sum() if counts.sum() else counts

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,7 +292,3 @@ def bar_inputs(
         return stored, codebook
     log.info("re-encoding %d pieces with %s for inputs %s", len(tokens), musetok_dir, sorted(names))
     return encode_inputs(musetok_dir, tokens, device)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

@@ -60,7 +60,7 @@ class GenreParams:
     label: str = "period"  # period | genre (first of `genres`) | source | composer
     bars_per_phrase: int = 4
     max_len: int = 512  # tokens per phrase, [CLS] included; longer phrases are cut (counted)
-    max_phrases_per_piece: int = 16  # spread over the piece (0 = all): long pieces don't rule
+    max_phrases_per_piece: int = 8  # spread over the piece (0 = all): long pieces don't rule
     min_class_pieces: int = 5  # a label with fewer train pieces is dropped (counted)
     transpose: int = 6  # random shift of Pitch tokens by up to this many semitones (0 = off)
     patience: int = 3  # epochs without a better valid macro-F1 before stopping (0 = never)
@@ -96,7 +96,7 @@ class GenreHierParams:
 
     lm_path: str | None = None  # a Hugging Face GPT-2 folder; null: the project's generator
     bars_per_chunk: int = 8
-    max_chunks: int = 32  # per piece, spread over it (0 = all)
+    max_chunks: int = 8  # per piece, spread over it (0 = all): bounds the LM embedding cost
     max_tokens: int = 0  # per chunk; longer ones are cut (counted). 0: the LM's context
     min_tag_pieces: int = 5  # a tag on fewer train pieces is dropped
     d_attn: int = 128
@@ -358,10 +358,16 @@ def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
 
 
 def phrase_batches(s: PhraseSet, vocab: Vocab, batch_size: int, max_shift: int,
-                   rng: torch.Generator):
+                   rng: torch.Generator, pool: int = 50):
+    """Shuffled batches of phrases of similar length (sorted within pools of `pool` batches,
+    pools and batches in random order), so little of a batch is padding."""
     order = torch.randperm(len(s.seqs), generator=rng).tolist()
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo: lo + batch_size]
+    batches = []
+    for lo in range(0, len(order), batch_size * pool):
+        group = sorted(order[lo: lo + batch_size * pool], key=lambda i: len(s.seqs[i]))
+        batches.extend(group[k: k + batch_size] for k in range(0, len(group), batch_size))
+    for b in torch.randperm(len(batches), generator=rng).tolist():
+        idx = batches[b]
         seqs = [random_transpose(s.seqs[i], vocab, max_shift, rng) if max_shift else s.seqs[i]
                 for i in idx]
         yield pad_batch(seqs, vocab.pad_id), torch.tensor([s.labels[i] for i in idx])
