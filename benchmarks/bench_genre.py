@@ -43,8 +43,8 @@ from midipipe.models.hier import (  # noqa: E402
     save_hier,
     weights_sha256,
 )
-from midipipe.training import make_optimizer  # noqa: E402
 from midipipe.params import TrainParams  # noqa: E402
+from midipipe.training import make_optimizer  # noqa: E402
 
 CLASSES = ["classical", "folk", "game", "pop"]
 
@@ -63,17 +63,44 @@ def random_folders(tmp: Path, tokenizer, size: str) -> tuple[Path, Path]:
     vocab = Vocab.of(tokenizer)
     common = {"vocab_size": vocab.size, "vocab_sha": vocab.sha}
     torch.manual_seed(0)
-    enc = Encoder(getattr(EncoderConfig, size)(vocab_size=vocab.size, n_classes=len(CLASSES),
-                                               pad_id=vocab.pad_id)).eval()
-    save_encoder(enc, tmp / "phrase", {"kind": "phrase", "label": "genre", "classes": CLASSES,
-                                       "bars_per_phrase": 4, "max_len": 512, **common})
+    enc = Encoder(
+        getattr(EncoderConfig, size)(
+            vocab_size=vocab.size, n_classes=len(CLASSES), pad_id=vocab.pad_id
+        )
+    ).eval()
+    save_encoder(
+        enc,
+        tmp / "phrase",
+        {
+            "kind": "phrase",
+            "label": "genre",
+            "classes": CLASSES,
+            "bars_per_phrase": 4,
+            "max_len": 512,
+            **common,
+        },
+    )
     lm = GPT(GPTConfig.cpu_default(vocab_size=vocab.size, pad_id=vocab.pad_id))
     save_model(lm, tmp / "lm")
     head = HierClassifier(HierConfig(d_in=lm.config.d_model, n_labels=len(CLASSES)))
-    save_hier(head, tmp / "hier", {
-        "kind": "hier", "tags": CLASSES, "threshold": 0.5, "bars_per_chunk": 8,
-        "max_chunks": 32, "max_tokens": lm.config.context, **common,
-        "lm": {"path": str(tmp / "lm"), "kind": "generator", "sha256": weights_sha256(tmp / "lm")}})
+    save_hier(
+        head,
+        tmp / "hier",
+        {
+            "kind": "hier",
+            "tags": CLASSES,
+            "threshold": 0.5,
+            "bars_per_chunk": 8,
+            "max_chunks": 8,
+            "max_tokens": lm.config.context,
+            **common,
+            "lm": {
+                "path": str(tmp / "lm"),
+                "kind": "generator",
+                "sha256": weights_sha256(tmp / "lm"),
+            },
+        },
+    )
     for name in ("phrase", "hier"):
         tokenizer.save(tmp / name)
     return tmp / "phrase", tmp / "hier"
@@ -91,14 +118,17 @@ def latency(folder: Path, kind: str, song: Path, repeats: int) -> dict:
         predictor.predict(song)
         times.append(time.perf_counter() - t0)
     units = first.get("n_phrases", first.get("n_chunks"))
-    return {f"{kind}_latency_s": round(statistics.median(times), 4),
-            f"{kind}_latency_max_s": round(max(times), 4), f"{kind}_load_s": round(load_s, 3),
-            f"{kind}_units": units, f"{kind}_bars": first["n_bars"],
-            f"{kind}_pass_latency": statistics.median(times) <= 0.5}
+    return {
+        f"{kind}_latency_s": round(statistics.median(times), 4),
+        f"{kind}_latency_max_s": round(max(times), 4),
+        f"{kind}_load_s": round(load_s, 3),
+        f"{kind}_units": units,
+        f"{kind}_bars": first["n_bars"],
+        f"{kind}_pass_latency": statistics.median(times) <= 0.5,
+    }
 
 
-def throughput(root: Path, tokenizer, size: str, n_songs: int, steps: int,
-               batch_size: int) -> dict:
+def throughput(root: Path, tokenizer, size: str, n_songs: int, steps: int, batch_size: int) -> dict:
     vocab = Vocab.of(tokenizer)
     s = PhraseSet()
     for k, f in enumerate(sorted(root.glob("[0-9]*/[0-9]*.mid"))[:n_songs]):
@@ -107,8 +137,11 @@ def throughput(root: Path, tokenizer, size: str, n_songs: int, steps: int,
         s.seqs.extend(cut.seqs)
         s.labels.extend([k % len(CLASSES)] * len(cut.seqs))
     torch.manual_seed(0)
-    model = Encoder(getattr(EncoderConfig, size)(vocab_size=vocab.size, n_classes=len(CLASSES),
-                                                 pad_id=vocab.pad_id)).train()
+    model = Encoder(
+        getattr(EncoderConfig, size)(
+            vocab_size=vocab.size, n_classes=len(CLASSES), pad_id=vocab.pad_id
+        )
+    ).train()
     opt = make_optimizer(model, TrainParams())
     weights = class_weights(s.labels, len(CLASSES))
     rng = torch.Generator().manual_seed(0)
@@ -127,11 +160,16 @@ def throughput(root: Path, tokenizer, size: str, n_songs: int, steps: int,
         if i >= steps:
             break
     dt = time.perf_counter() - t0
-    return {"train_size": size, "train_params": model.n_params(),
-            "train_phrases": len(s.seqs), "train_mean_phrase_tokens":
-                round(float(np.mean([len(x) for x in s.seqs])), 1),
-            "train_batch_size": batch_size, "train_steps": steps,
-            "train_phrases_per_s": round(done / dt, 1), "train_tokens_per_s": round(tokens / dt)}
+    return {
+        "train_size": size,
+        "train_params": model.n_params(),
+        "train_phrases": len(s.seqs),
+        "train_mean_phrase_tokens": round(float(np.mean([len(x) for x in s.seqs])), 1),
+        "train_batch_size": batch_size,
+        "train_steps": steps,
+        "train_phrases_per_s": round(done / dt, 1),
+        "train_tokens_per_s": round(tokens / dt),
+    }
 
 
 def main() -> None:
@@ -150,15 +188,20 @@ def main() -> None:
     root = external_data() / "pop909"
     song, seconds = three_minute_song(root)
     tokenizer = remi.make_tokenizer()
-    out = {"bench": "genre", "song": song.name, "song_s": round(seconds, 1),
-           "threads": torch.get_num_threads()}
+    out = {
+        "bench": "genre",
+        "song": song.name,
+        "song_s": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         phrase_dir, hier_dir = random_folders(Path(tmp), tokenizer, args.size)
         out["weights"] = "trained" if args.phrase_dir else f"random ({args.size})"
         out.update(latency(Path(args.phrase_dir or phrase_dir), "phrase", song, args.repeats))
         out.update(latency(Path(args.hier_dir or hier_dir), "hier", song, args.repeats))
-    out.update(throughput(root, tokenizer, args.size, args.train_songs, args.train_steps,
-                          args.batch_size))
+    out.update(
+        throughput(root, tokenizer, args.size, args.train_songs, args.train_steps, args.batch_size)
+    )
     print(json.dumps(out))
 
 

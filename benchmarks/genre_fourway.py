@@ -58,8 +58,18 @@ from midipipe.tokenize import tokenize_files  # noqa: E402
 
 log = logging.getLogger("genre_fourway")
 
-CLASSICAL = ["bach", "corelli", "handel", "cpe-bach", "haydn", "mozart", "beethoven",
-             "schubert", "schumann", "chopin"]
+CLASSICAL = [
+    "bach",
+    "corelli",
+    "handel",
+    "cpe-bach",
+    "haydn",
+    "mozart",
+    "beethoven",
+    "schubert",
+    "schumann",
+    "chopin",
+]
 
 
 def folder_source(name: str, root: Path, files: list[Path], song_of, tmp: Path) -> dict:
@@ -70,8 +80,13 @@ def folder_source(name: str, root: Path, files: list[Path], song_of, tmp: Path) 
         w.writerow(["path", "composer", "song"])
         for path in files:
             w.writerow([path.relative_to(root).as_posix(), "", song_of(path)])
-    return {"kind": "folder", "name": name, "path": str(root), "composer_from": "csv",
-            "metadata_csv": str(listing)}
+    return {
+        "kind": "folder",
+        "name": name,
+        "path": str(root),
+        "composer_from": "csv",
+        "metadata_csv": str(listing),
+    }
 
 
 def sources(data: Path, per_class: int, tmp: Path, workers: int) -> list[dict]:
@@ -89,17 +104,29 @@ def sources(data: Path, per_class: int, tmp: Path, workers: int) -> list[dict]:
         folder_source("pop", data / "pop909", pick(pop), lambda p: p.stem, tmp),
         folder_source("folk", data / "nottingham", pick(folk), lambda p: p.stem, tmp),
         # VGMIDI has happy / sad arrangements of one tune: one song
-        folder_source("game", data / "vgmidi" / "midi", pick(game),
-                      lambda p: re.sub(r" (Happy|Sad)$", "", p.stem), tmp),
-        {"kind": "music21", "name": "classical", "selection": CLASSICAL,
-         "max_per_group": max(1, -(-per_class // 6)), "workers": workers},
+        folder_source(
+            "game",
+            data / "vgmidi" / "midi",
+            pick(game),
+            lambda p: re.sub(r" (Happy|Sad)$", "", p.stem),
+            tmp,
+        ),
+        {
+            "kind": "music21",
+            "name": "classical",
+            "selection": CLASSICAL,
+            "max_per_group": max(1, -(-per_class // 6)),
+            "workers": workers,
+        },
     ]
 
 
 def build_project(root: Path, data: Path, per_class: int, workers: int) -> dict:
-    params = Params(data=DataParams(sources(data, per_class, root, workers)),
-                    organize=OrganizeParams(valid_frac=0.15, test_frac=0.2, workers=workers),
-                    tokenize=TokenizeParams(workers=workers, musetok=False))
+    params = Params(
+        data=DataParams(sources(data, per_class, root, workers)),
+        organize=OrganizeParams(valid_frac=0.15, test_frac=0.2, workers=workers),
+        tokenize=TokenizeParams(workers=workers, musetok=False),
+    )
     summary = organize(params, root / "data")
     rows = pq.read_table(root / "data" / "manifest.parquet", columns=["piece_id", "path"])
     items = [(r["piece_id"], str(root / "data" / "midi" / r["path"])) for r in rows.to_pylist()]
@@ -115,8 +142,10 @@ def pick_lm(arg: str | None, root: Path, tokens_dir: Path) -> tuple[Path, str]:
         return trained, str(trained)
     tokenizer = remi.load_tokenizer(tokens_dir / "tokenizer.json")
     torch.manual_seed(0)
-    save_model(GPT(GPTConfig.cpu_default(vocab_size=len(tokenizer.vocab),
-                                         pad_id=tokenizer.pad_token_id)), root / "random_lm")
+    save_model(
+        GPT(GPTConfig.cpu_default(vocab_size=len(tokenizer.vocab), pad_id=tokenizer.pad_token_id)),
+        root / "random_lm",
+    )
     return root / "random_lm", "random-init cpu_default GPT (no trained generator found)"
 
 
@@ -133,43 +162,67 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
     root = Path(args.keep or tempfile.mkdtemp(prefix="genre_fourway-"))
+    root.mkdir(parents=True, exist_ok=True)
     built = build_project(root, external_data(), args.per_class, args.workers)
     t_build = time.perf_counter() - t0
     data, tokens = root / "data", root / "data" / "tokens" / "remi"
-    manifest = pq.read_table(data / "manifest.parquet",
-                             columns=["piece_id", "source", "split"]).to_pylist()
+    manifest = pq.read_table(
+        data / "manifest.parquet", columns=["piece_id", "source", "split"]
+    ).to_pylist()
     per_class = Counter(r["source"] for r in manifest)
     test_pieces = Counter(r["source"] for r in manifest if r["split"] == "test")
 
-    tp = TrainParams(lr=1e-3, batch_size=32, epochs=args.epochs, device="cpu",
-                     precision="fp32")
-    p = GenreParams(label="source", min_class_pieces=2, patience=3,
-                    max_phrases_per_piece=args.phrases_per_piece)
+    tp = TrainParams(lr=1e-3, batch_size=32, epochs=args.epochs, device="cpu", precision="fp32")
+    p = GenreParams(
+        label="source", min_class_pieces=2, patience=3, max_phrases_per_piece=args.phrases_per_piece
+    )
     t1 = time.perf_counter()
-    phrase = train_phrase(p, tp, tokens, data / "manifest.parquet", root / "genre_phrase",
-                          root / "ckpt_phrase", data / "midi", None)
+    phrase = train_phrase(
+        p,
+        tp,
+        tokens,
+        data / "manifest.parquet",
+        root / "genre_phrase",
+        root / "ckpt_phrase",
+        data / "midi",
+        None,
+    )
     t_phrase = time.perf_counter() - t1
 
     lm_dir, lm_name = pick_lm(args.lm, root, tokens)
     hp = GenreHierParams(min_tag_pieces=2, max_chunks=args.chunks_per_piece, patience=5)
     htp = TrainParams(lr=1e-3, batch_size=16, epochs=30, device="cpu", precision="fp32")
     t2 = time.perf_counter()
-    hier = train_hier(hp, htp, tokens, data / "manifest.parquet", root / "genre_hier",
-                      root / "ckpt_hier", lm_dir,
-                      tags={r["piece_id"]: [r["source"]] for r in manifest},
-                      midi_dir=data / "midi", latents_dir=None)
+    hier = train_hier(
+        hp,
+        htp,
+        tokens,
+        data / "manifest.parquet",
+        root / "genre_hier",
+        root / "ckpt_hier",
+        lm_dir,
+        tags={r["piece_id"]: [r["source"]] for r in manifest},
+        midi_dir=data / "midi",
+        latents_dir=None,
+    )
     t_hier = time.perf_counter() - t2
     m, h = phrase.metrics, hier.metrics
     out = {
-        "bench": "genre_fourway", "per_class_cap": args.per_class,
-        "pieces": dict(per_class), "test_pieces": dict(test_pieces), **built,
+        "bench": "genre_fourway",
+        "per_class_cap": args.per_class,
+        "pieces": dict(per_class),
+        "test_pieces": dict(test_pieces),
+        **built,
         "classes": m["classes"],
-        "phrase_accuracy": m["accuracy"], "phrase_macro_f1": m["macro_f1"],
-        "phrase_piece_accuracy": m["piece_accuracy"], "phrase_piece_macro_f1":
-            m["piece_macro_f1"],
-        "phrase_song_accuracy": m["song_accuracy"], "phrase_song_macro_f1": m["song_macro_f1"],
+        "phrase_accuracy": m["accuracy"],
+        "phrase_macro_f1": m["macro_f1"],
+        "phrase_piece_accuracy": m["piece_accuracy"],
+        "phrase_piece_macro_f1": m["piece_macro_f1"],
+        "phrase_song_accuracy": m["song_accuracy"],
+        "phrase_song_macro_f1": m["song_macro_f1"],
         "phrase_truncation_rate": m["truncation_rate"],
-        "phrase_best_epoch": m["best_epoch"], "phrase_epochs_run": m["epochs_run"],
+        "phrase_best_epoch": m["best_epoch"],
+        "phrase_epochs_run": m["epochs_run"],
         "metadata_baseline_piece_accuracy": m["metadata_baseline_piece_accuracy"],
         "metadata_baseline_piece_macro_f1": m["metadata_baseline_piece_macro_f1"],
         "hier_lm": lm_name,
@@ -177,16 +230,25 @@ def main() -> None:
     if hier.test_probs is not None:
         y = hier.test_y.argmax(1)  # one tag per piece: the class
         got = single_label_metrics(y, hier.test_probs, hier.tags)
-        out.update(hier_piece_accuracy=got["accuracy"], hier_piece_macro_f1=got["macro_f1"],
-                   hier_test_acc=h["test_acc"], hier_micro_f1=h["micro_f1"],
-                   hier_metadata_baseline_test_acc=h["metadata_baseline_test_acc"],
-                   hier_truncation_rate=h["truncation_rate"])
+        out.update(
+            hier_piece_accuracy=got["accuracy"],
+            hier_piece_macro_f1=got["macro_f1"],
+            hier_test_acc=h["test_acc"],
+            hier_micro_f1=h["micro_f1"],
+            hier_metadata_baseline_test_acc=h["metadata_baseline_test_acc"],
+            hier_truncation_rate=h["truncation_rate"],
+        )
         assert np.allclose(got["accuracy"], h["test_acc"])
     else:
         out["hier_status"] = h.get("reason")
-    out.update(build_s=round(t_build, 1), phrase_train_s=round(t_phrase, 1),
-               hier_s=round(t_hier, 1), total_s=round(time.perf_counter() - t0, 1),
-               torch_threads=torch.get_num_threads(), project=str(root) if args.keep else None)
+    out.update(
+        build_s=round(t_build, 1),
+        phrase_train_s=round(t_phrase, 1),
+        hier_s=round(t_hier, 1),
+        total_s=round(time.perf_counter() - t0, 1),
+        torch_threads=torch.get_num_threads(),
+        project=str(root) if args.keep else None,
+    )
     print(json.dumps(out))
 
 

@@ -9,15 +9,33 @@ from midipipe.training import write_curves, write_metrics
 def main() -> None:
     p = params.build(GenreParams, params.section("params.yaml", "genre"), "genre")
     tp = params.merged_train(params.load(), p.train)
-    r = train_phrase(p, tp, "data/tokens/remi", "data/manifest.parquet", "models/genre_phrase",
-                     "checkpoints/genre_phrase", "data/midi", "data/latents")
+    r = train_phrase(
+        p,
+        tp,
+        "data/tokens/remi",
+        "data/manifest.parquet",
+        "models/genre_phrase",
+        "checkpoints/genre_phrase",
+        "data/midi",
+        "data/latents",
+    )
     write_metrics("metrics/genre_phrase.json", r.metrics)
-    write_curves(r.job.history, "metrics/genre_phrase_curve.csv", None, "Phrase classifier",
-                 ("train_loss", "valid_loss", "valid_macro_f1"))
-    write_confusion(r.classes, [("test phrases", r.test_y, r.test_pred),
-                                ("test songs (mean phrase probabilities)", r.song_y,
-                                 r.song_pred)],
-                    "metrics/genre_phrase_confusion.csv", "metrics/genre_phrase_confusion.png")
+    write_curves(
+        r.job.history,
+        "metrics/genre_phrase_curve.csv",
+        None,
+        "Phrase classifier",
+        ("train_loss", "valid_loss", "valid_macro_f1"),
+    )
+    write_confusion(
+        r.classes,
+        [
+            ("test phrases", r.test_y, r.test_pred),
+            ("test songs (mean phrase probabilities)", r.song_y, r.song_pred),
+        ],
+        "metrics/genre_phrase_confusion.csv",
+        "metrics/genre_phrase_confusion.png",
+    )
 
 
 if __name__ == "__main__":

@@ -14,16 +14,29 @@ from midipipe.training import write_curves, write_metrics
 def main() -> None:
     hp = params.build(GenreHierParams, params.section("params.yaml", "genre_hier"), "genre_hier")
     tp = params.merged_train(params.load(), hp.train)
-    r = train_hier(hp, tp, "data/tokens/remi", "data/manifest.parquet", "models/genre_hier",
-                   "checkpoints/genre_hier", resolve_lm(hp, "models/generator"),
-                   midi_dir="data/midi", latents_dir="data/latents")
+    r = train_hier(
+        hp,
+        tp,
+        "data/tokens/remi",
+        "data/manifest.parquet",
+        "models/genre_hier",
+        "checkpoints/genre_hier",
+        resolve_lm(hp, "models/generator"),
+        midi_dir="data/midi",
+        latents_dir="data/latents",
+    )
     write_metrics("metrics/genre_hier.json", r.metrics)
     if r.job is None:  # skipped: an empty curve, so the declared plot exists
         with atomic_path("metrics/genre_hier_curve.csv") as tmp:
             tmp.write_text("epoch,train_loss,valid_loss\n")
         return
-    write_curves(r.job.history, "metrics/genre_hier_curve.csv", None,
-                 "Hierarchical genre model", ("train_loss", "valid_loss"))
+    write_curves(
+        r.job.history,
+        "metrics/genre_hier_curve.csv",
+        None,
+        "Hierarchical genre model",
+        ("train_loss", "valid_loss"),
+    )
 
 
 if __name__ == "__main__":

@@ -88,9 +88,12 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
     split = np.array(bars.splits)
     pool, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
     compare = list(mlp.INPUTS) if p.compare_inputs else [p.mlp.input]
+    latents = ({p.mlp.input, *compare}) & set(mlp.LATENTS)
     inputs, codebook = mlp.bar_inputs(
-        set(compare) | {p.mlp.input}, bars.piece_ids, bars.tokens, LATENTS, MUSETOK, tp.device
+        latents, bars.piece_ids, bars.tokens, LATENTS, MUSETOK, tp.device
     )
+    inputs["cues"] = bars.cues
+    estimator = mlp.estimator_of(p.mlp.input)
     table = cross_validate(bars, pool, inputs, codebook, p.mlp, tp, compare, p.folds, tp.seed)
     means, flat = summarize(table)
 
@@ -108,6 +111,7 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
     )
     facts = {
         "input": p.mlp.input,
+        "cue_window": p.rules.window,
         "loss": p.mlp.loss,
         "learned": True,
         "train_pieces": len(pool),
@@ -120,14 +124,14 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
     if mask[bars.rows(test)].any():
         pred = mlp.predict(model, x, bars.offsets, bars.rows(test))
         test_rows = score(
-            bars, test, baselines(bars, pool, test) + [(mlp.ESTIMATOR, p.mlp.input, pred)]
+            bars, test, baselines(bars, pool, test) + [(estimator, p.mlp.input, pred)]
         )
     _, test_flat = summarize(test_rows, "test")
     test_flat.pop("test_best_input", None)
     write_metrics(
         "metrics/emotion.json",
         {
-            "estimator": mlp.ESTIMATOR,
+            "estimator": estimator,
             **facts,
             "labelled_pieces": len(bars.piece_ids),
             "labelled_bars": int((bars.weights > 0).sum()),
@@ -150,7 +154,7 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
         va = {
             "listeners": bars.targets[span],
             "rules": bars.rules[span],
-            mlp.ESTIMATOR: mlp.predict(model, x, bars.offsets, span),
+            estimator: mlp.predict(model, x, bars.offsets, span),
         }
         for estimator, values in va.items():
             rows += [

@@ -247,7 +247,7 @@ def test_kfold_never_puts_a_song_on_both_sides():
 # -- stage 07 and the CLI function --------------------------------------------------------------
 
 
-def _project(root: Path, labelled: bool) -> list[Path]:
+def _project(root: Path, labelled: bool, **emotion) -> list[Path]:
     """The files stage 07 reads, for 6 pieces of 8 bars (bar labels when `labelled`), and a
     randomly initialised MuseTok."""
     rows, bar_rows, tokens, paths = [], [], [], []
@@ -292,6 +292,7 @@ def _project(root: Path, labelled: bool) -> list[Path]:
             "compare_inputs": False,
             "examples": 2,
             "train": {"epochs": 2, "batch_size": 16},
+            **emotion,
         }
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -323,20 +324,32 @@ def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, mo
 
 
 def test_stage_with_bar_labels_trains_and_evaluates_the_mlp(tmp_path, monkeypatch):
-    paths = _project(tmp_path, labelled=True)
+    paths = _project(tmp_path, labelled=True, compare_inputs=True)
     metrics = _run_stage(tmp_path, monkeypatch)
     assert metrics["estimator"] == "mlp_latents" and metrics["learned"] is True
     assert metrics["input"] == "quantized" and metrics["labelled_bars"] == 48
     assert metrics["eval_targets"] == "listener_bars" and metrics["folds"] == 2
+    labels = ("mlp_quantized", "mlp_encoder_out", "mlp_codes", "mlp_cues", "rules", "mean")
+    for label in labels:
+        assert f"kfold_{label}_ccc_valence" in metrics
+    assert metrics["kfold_best_input"] in ("quantized", "encoder_out", "codes", "cues")
     for label in ("mlp_quantized", "rules", "mean"):
-        assert f"kfold_{label}_ccc_valence" in metrics and f"test_{label}_rmse_arousal" in metrics
+        assert f"test_{label}_rmse_arousal" in metrics
     table = (tmp_path / "metrics" / "emotion_kfold.csv").read_text().splitlines()
-    assert len(table) == 1 + 2 * 3 + 3 + 3  # header, folds x estimators, means, test
+    assert len(table) == 1 + 2 * 6 + 6 + 3  # header, folds x estimators, means, test
     folder = tmp_path / "models" / "emotion"
     assert json.loads((folder / "config.json").read_text())["estimator"] == "mlp_latents"
     rows = predict_file(paths[0], folder, tmp_path / "models" / "musetok")
     assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_latents"}
     assert all(-1 < r["valence"] < 1 and -1 < r["arousal"] < 1 for r in rows)
+
+
+def test_stage_mlp_on_rule_cues_needs_no_musetok(tmp_path, monkeypatch):
+    paths = _project(tmp_path, labelled=True, mlp={"input": "cues"})
+    metrics = _run_stage(tmp_path, monkeypatch)
+    assert metrics["estimator"] == "mlp_cues" and "kfold_mlp_cues_ccc_valence" in metrics
+    rows = predict_file(paths[0], tmp_path / "models" / "emotion", tmp_path / "no-musetok")
+    assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_cues"}
 
 
 def test_predict_file_without_a_model_uses_rules_and_plots(tmp_path, make_midi):

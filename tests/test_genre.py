@@ -84,12 +84,11 @@ def test_phrases_have_cls_whole_bars_and_count_truncation(tokenizer, vocab):
     for k, seq in enumerate(cut.seqs):
         assert seq[0] == vocab.cls_id and vocab.cls_id not in seq[1:]
         assert (seq == bar_id).sum() == 4
-        assert np.array_equal(seq[1:], ids[bars[4 * k]: bars[4 * k + 4]])
+        assert np.array_equal(seq[1:], ids[bars[4 * k] : bars[4 * k + 4]])
     assert cut.truncated == 0
     short = phrases(ids, bars, vocab, bars_per_phrase=4, max_len=20)
     assert short.truncated == 2 and all(len(s) == 20 for s in short.seqs)
-    assert phrases(ids, bars, vocab, 4, 512, max_phrases=1).seqs[0].tolist() == \
-        cut.seqs[0].tolist()
+    assert phrases(ids, bars, vocab, 4, 512, max_phrases=1).seqs[0].tolist() == cut.seqs[0].tolist()
     assert phrases(ids[: bars[3]], bars[:3], vocab, 4, 512).seqs == []  # 3 bars < 1 phrase
 
 
@@ -102,8 +101,9 @@ def test_chunks_drop_empty_bars(tokenizer, vocab):
     track.notes.extend(notes)
     ids, bars = encode(tokenizer, score)
     cut = chunks(ids, bars, vocab, bars_per_chunk=8, max_len=10_000)
-    assert cut.n_bars == 9 and [int((s == tokenizer.vocab["Bar_None"]).sum())
-                                for s in cut.seqs] == [8, 1]
+    assert cut.n_bars == 9 and [
+        int((s == tokenizer.vocab["Bar_None"]).sum()) for s in cut.seqs
+    ] == [8, 1]
     assert chunks(ids, bars, vocab, 8, 16).truncated == 2
 
 
@@ -164,8 +164,9 @@ def test_attention_pool_shape_and_mask():
 @torch.no_grad()
 def test_encoder_ignores_padding(tokenizer):
     torch.manual_seed(0)
-    cfg = EncoderConfig.cpu_default(vocab_size=len(tokenizer.vocab), n_classes=3, n_layer=1,
-                                    d_model=32, d_ff=64)
+    cfg = EncoderConfig.cpu_default(
+        vocab_size=len(tokenizer.vocab), n_classes=3, n_layer=1, d_model=32, d_ff=64
+    )
     model = Encoder(cfg).eval()
     a, b = np.arange(1, 11), np.arange(1, 40)
     alone = model(pad_batch([a], 0))
@@ -200,12 +201,12 @@ def test_multilabel_metrics_match_sklearn():
     pred = probs >= 0.5
     assert got["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro", zero_division=0))
     assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
-    assert got["jaccard"] == pytest.approx(jaccard_score(y, pred, average="samples",
-                                                         zero_division=0))
+    assert got["jaccard"] == pytest.approx(
+        jaccard_score(y, pred, average="samples", zero_division=0)
+    )
     assert got["hamming_loss"] == pytest.approx(hamming_loss(y, pred))
     assert got["subset_accuracy"] == pytest.approx((pred == y).all(1).mean())
-    assert got["test_acc"] == pytest.approx(np.mean([y[i, probs[i].argmax()]
-                                                     for i in range(50)]))
+    assert got["test_acc"] == pytest.approx(np.mean([y[i, probs[i].argmax()] for i in range(50)]))
 
 
 def test_threshold_tuning_finds_the_separating_value():
@@ -227,16 +228,26 @@ def test_early_stop_empties_epochs_after_patience():
 
     scores = iter([0.5, 0.6, 0.55, 0.52, 0.9])
     calls = []
-    job = Fit(model=torch.nn.Linear(1, 1), train_batches=lambda e, r: iter([e]),
-              steps_per_epoch=1, loss=None, evaluate=lambda m: {"valid_f1": next(scores)},
-              best_key="valid_f1", best_mode="max")
+    job = Fit(
+        model=torch.nn.Linear(1, 1),
+        train_batches=lambda e, r: iter([e]),
+        steps_per_epoch=1,
+        loss=None,
+        evaluate=lambda m: {"valid_f1": next(scores)},
+        best_key="valid_f1",
+        best_mode="max",
+    )
     stop = EarlyStop(job, patience=2)
     for epoch in range(5):
         calls.append(list(job.train_batches(epoch, None)))
         job.history.append({"epoch": epoch + 1, **job.evaluate(None)})
     assert calls == [[0], [1], [2], [3], []]  # best at epoch 2, two worse ones, then nothing
-    assert job.history[-1]["valid_f1"] == 0.52 and [h["epoch"] for h in stop.finish()] == \
-        [1, 2, 3, 4]
+    assert job.history[-1]["valid_f1"] == 0.52 and [h["epoch"] for h in stop.finish()] == [
+        1,
+        2,
+        3,
+        4,
+    ]
 
 
 def test_params_are_checked_by_name():
@@ -269,9 +280,17 @@ def project(tmp_path_factory, tokenizer):
             ids, bars = encode(tokenizer, symusic.Score.from_midi(data))
             tokens.append({"piece_id": pid, "ids": ids.tolist(), "bar_starts": bars.tolist()})
             split = "test" if k in (0, 1) else "valid" if k in (2, 3) else "train"
-            manifest.append({"piece_id": pid, "source": "t", "path": f"{pid}.mid",
-                             "song_id": f"t:{pid}", "split": split, "genres": [style, "tag"],
-                             "period": style})
+            manifest.append(
+                {
+                    "piece_id": pid,
+                    "source": "t",
+                    "path": f"{pid}.mid",
+                    "song_id": f"t:{pid}",
+                    "split": split,
+                    "genres": [style, "tag"],
+                    "period": style,
+                }
+            )
     write_rows(root / "tokens" / "part-00000.parquet", tokens, TOKENS_SCHEMA)
     write_rows(root / "manifest.parquet", manifest, MANIFEST_SCHEMA)
     return root
@@ -282,12 +301,24 @@ TINY_TRAIN = TrainParams(lr=3e-3, batch_size=16, epochs=5, device="cpu", precisi
 
 @pytest.fixture(scope="module")
 def phrase_model(project):
-    p = GenreParams(label="period", min_class_pieces=2, patience=3,
-                    model={"n_layer": 1, "d_model": 32, "n_head": 2, "d_ff": 64})
+    p = GenreParams(
+        label="period",
+        min_class_pieces=2,
+        patience=3,
+        model={"n_layer": 1, "d_model": 32, "n_head": 2, "d_ff": 64},
+    )
     out = project / "models" / "genre_phrase"
     tp = dataclasses.replace(TINY_TRAIN, lr=5e-3, batch_size=8, epochs=6)
-    result = train_phrase(p, tp, project / "tokens", project / "manifest.parquet", out,
-                          project / "ckpt_phrase", project / "midi", project / "no_latents")
+    result = train_phrase(
+        p,
+        tp,
+        project / "tokens",
+        project / "manifest.parquet",
+        out,
+        project / "ckpt_phrase",
+        project / "midi",
+        project / "no_latents",
+    )
     return out, result
 
 
@@ -313,8 +344,11 @@ def test_predict_phrase_and_bad_inputs(phrase_model, tmp_path):
     assert set(got["probabilities"]) == {"high", "low"} and got["n_phrases"] == 2
     json.dumps(got)
 
-    cases = {"short.mid": build_midi(n_bars=2), "drums.mid": build_midi(is_drum=True),
-             "empty.mid": b""}
+    cases = {
+        "short.mid": build_midi(n_bars=2),
+        "drums.mid": build_midi(is_drum=True),
+        "empty.mid": b"",
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     answer = {n: gp.predict(tmp_path / n, model_dir=out)["error"] for n in cases}
@@ -338,8 +372,17 @@ def test_checkpoint_from_another_vocabulary_is_refused(phrase_model, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_lm(project, tokenizer):
     torch.manual_seed(0)
-    lm = GPT(GPTConfig(vocab_size=len(tokenizer.vocab), n_layer=1, n_head=2, d_model=32,
-                       d_ff=64, context=128, dropout=0.0))
+    lm = GPT(
+        GPTConfig(
+            vocab_size=len(tokenizer.vocab),
+            n_layer=1,
+            n_head=2,
+            d_model=32,
+            d_ff=64,
+            context=128,
+            dropout=0.0,
+        )
+    )
     save_model(lm, project / "lm")
     return project / "lm"
 
@@ -348,46 +391,80 @@ def test_hier_model_trains_tunes_and_predicts(project, tiny_lm, tmp_path):
     hp = GenreHierParams(min_tag_pieces=2, patience=3, d_attn=16)
     tp = dataclasses.replace(TINY_TRAIN, epochs=15, lr=1e-2, batch_size=4)
     out = project / "models" / "genre_hier"
-    r = train_hier(hp, tp, project / "tokens", project / "manifest.parquet", out,
-                   project / "ckpt_hier", tiny_lm, midi_dir=project / "midi", latents_dir=None)
+    r = train_hier(
+        hp,
+        tp,
+        project / "tokens",
+        project / "manifest.parquet",
+        out,
+        project / "ckpt_hier",
+        tiny_lm,
+        midi_dir=project / "midi",
+        latents_dir=None,
+    )
     m = r.metrics
     assert m["status"] == "trained" and r.tags == ["high", "low", "tag"]
     assert m["truncation_rate"] > 0  # 8 bars of this music exceed the LM's 128-token context
     assert 0.05 <= m["threshold"] <= 0.95 and m["test_acc"] == 1.0  # "tag" is always true
-    assert {"micro_f1", "macro_f1", "jaccard", "hamming_loss", "subset_accuracy",
-            "metadata_baseline_micro_f1"} <= set(m)
+    assert {
+        "micro_f1",
+        "macro_f1",
+        "jaccard",
+        "hamming_loss",
+        "subset_accuracy",
+        "metadata_baseline_micro_f1",
+    } <= set(m)
     good = tmp_path / "low.mid"
     good.write_bytes(build_midi(n_bars=8, **STYLES["low"]))
     got = gp.predict(good, model="hier", model_dir=out, threshold=0.0)
-    assert got["genres"] == sorted(got["probabilities"], key=got["probabilities"].get,
-                                   reverse=True)  # threshold 0: every tag, best first
+    assert got["genres"] == sorted(
+        got["probabilities"], key=got["probabilities"].get, reverse=True
+    )  # threshold 0: every tag, best first
     assert got["threshold"] == 0.0 and got["n_chunks"] == 1
 
-    save_model(GPT(GPTConfig(vocab_size=len(make_tokenizer().vocab), n_layer=1, n_head=2,
-                             d_model=32, d_ff=64, context=128)), tiny_lm)  # retrained LM
+    save_model(
+        GPT(
+            GPTConfig(
+                vocab_size=len(make_tokenizer().vocab),
+                n_layer=1,
+                n_head=2,
+                d_model=32,
+                d_ff=64,
+                context=128,
+            )
+        ),
+        tiny_lm,
+    )  # retrained LM
     with pytest.raises(ValueError, match="changed since"):
         gp.load_predictor("hier", out)
 
 
 def test_hier_without_lm_is_skipped_plainly(project, tmp_path):
-    r = train_hier(GenreHierParams(), TINY_TRAIN, project / "tokens",
-                   project / "manifest.parquet", tmp_path / "hier", tmp_path / "ck", None)
+    r = train_hier(
+        GenreHierParams(),
+        TINY_TRAIN,
+        project / "tokens",
+        project / "manifest.parquet",
+        tmp_path / "hier",
+        tmp_path / "ck",
+        None,
+    )
     assert r.metrics["status"] == "skipped" and "no LM" in r.metrics["reason"]
     with pytest.raises(FileNotFoundError, match="was not trained"):
         gp.load_predictor("hier", tmp_path / "hier")
 
 
 def test_lm_with_another_vocabulary_is_refused(tmp_path, tokenizer):
-    save_model(GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=32, d_ff=64)),
-               tmp_path)
+    save_model(GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=32, d_ff=64)), tmp_path)
     with pytest.raises(ValueError, match="vocabulary"):
         FrozenLM(tmp_path, tokenizer)
 
 
 def test_hugging_face_gpt2_lm_from_a_local_folder(tmp_path, tokenizer, vocab):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(vocab_size=len(tokenizer.vocab), n_positions=64, n_embd=32,
-                                  n_layer=1, n_head=2)
+    cfg = transformers.GPT2Config(
+        vocab_size=len(tokenizer.vocab), n_positions=64, n_embd=32, n_layer=1, n_head=2
+    )
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
     lm = FrozenLM(tmp_path, tokenizer)
     assert lm.kind == "hf-gpt2" and lm.d_model == 32 and lm.context == 64

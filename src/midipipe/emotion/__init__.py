@@ -2,7 +2,8 @@
 transparent rule-based estimate from the MIDI (`rules`, not learned), an MLP on per-bar MuseTok
 latents (`regressor`) and their piece-grouped evaluation (`evaluate`).
 
-Every per-bar output carries `estimator`: "mlp_latents" (learned) or "rules" (hand-set).
+Every per-bar output carries `estimator`: "mlp_latents" (learned from MuseTok latents),
+"mlp_cues" (learned from the rule cues) or "rules" (hand-set weights, not learned).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from midipipe.emotion import regressor
 from midipipe.emotion.regressor import MLPParams
-from midipipe.emotion.rules import RuleParams, bar_grid, estimate, seconds_at
+from midipipe.emotion.rules import RuleParams, bar_features, bar_grid, estimate, seconds_at
 from midipipe.emotion.targets import TargetParams
 from midipipe.midi import load_score
 from midipipe.params import build
@@ -70,6 +71,10 @@ def predict_file(
     if config["estimator"] == RULES:
         grid = bar_grid(score)
         va = estimate(score, grid, build(RuleParams, config["rules"], "rules"))
+    elif config["mlp"]["input"] == "cues":
+        grid = bar_grid(score)
+        x = bar_features(score, grid, config["cue_window"])
+        va = regressor.predict(regressor.load(model_dir), x, np.array([0, len(x)]))
     else:
         from midipipe.musetok.events import encode_midi
 

@@ -18,10 +18,10 @@ import torch
 from sklearn.model_selection import GroupKFold
 
 from midipipe.emotion.regressor import (
-    ESTIMATOR,
     MLPParams,
     concordance,
     config_for,
+    estimator_of,
     fit_mlp,
     predict,
 )
@@ -82,7 +82,7 @@ def piece_folds(groups: list[str], k: int, seed: int) -> list[tuple[np.ndarray, 
 
 
 def _label(estimator: str, name: str) -> str:
-    return f"mlp_{name}" if estimator == ESTIMATOR else estimator
+    return f"mlp_{name}" if estimator.startswith("mlp_") else estimator
 
 
 def baselines(bars: Bars, train: np.ndarray, test: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
@@ -148,7 +148,8 @@ def evaluate_split(
         model = fit_mlp(
             cfg, inputs[name], bars.targets, bars.weights, bars.offsets, fit_rows, tp, mlp.loss
         )
-        candidates.append((ESTIMATOR, name, predict(model, inputs[name], bars.offsets, test_rows)))
+        pred = predict(model, inputs[name], bars.offsets, test_rows)
+        candidates.append((estimator_of(name), name, pred))
     return score(bars, test, candidates)
 
 
@@ -196,7 +197,7 @@ def summarize(table: list[dict], prefix: str = "kfold") -> tuple[list[dict], dic
                 if row[key] is not None:
                     flat[f"{prefix}_{label}_{key}"] = row[key]
         means.append(row)
-    mlp_rows = [r for r in means if r["estimator"] == ESTIMATOR]
+    mlp_rows = [r for r in means if r["estimator"].startswith("mlp_")]
     if mlp_rows:
         best = max(mlp_rows, key=lambda r: (r["ccc_valence"] + r["ccc_arousal"]) / 2)
         flat[f"{prefix}_best_input"] = best["input"]

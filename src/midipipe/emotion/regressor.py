@@ -1,14 +1,16 @@
-"""A small MLP from per-bar MuseTok inputs (the bar and `window` neighbours either side, within
-its piece) to valence and arousal, two tanh outputs, trained with MSE or 1 - CCC.
+"""A small MLP from per-bar inputs (the bar and `window` neighbours either side, within its
+piece) to valence and arousal, two tanh outputs, trained with MSE or 1 - CCC.
 
-Inputs (`INPUTS`): `quantized` (the RVQ latent, stage 04's default), `encoder_out` (the encoder's
-hidden state before the latent projection) or `codes`. Codes are read as an embedding sum: one
-learned vector per (level, code), summed over the residual levels, which is a linear layer on
-their one-hot concatenation. (Looking the codes up in the codebooks would only give back the
-quantized latent.) Float inputs are standardised with the training bars' mean and std, which
-are saved with the weights; bars outside the piece are zero (the mean) in the window.
+Inputs (`INPUTS`), the MuseTok `LATENTS`: `quantized` (the RVQ latent, stage 04's default),
+`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; or `cues`,
+the five rule cues of `rules.bar_features` (a learned combination of them, for comparison:
+MuseTok's events carry no tempo or velocity). Codes are read as an embedding sum: one learned
+vector per (level, code), summed over the residual levels, which is a linear layer on their
+one-hot concatenation. (Looking the codes up in the codebooks would only give back the quantized
+latent.) Float inputs are standardised with the training bars' mean and std, which are saved
+with the weights; bars outside the piece are zero (the mean) in the window.
 
-Saved as `model.safetensors` + `config.json` (`estimator: mlp_latents`).
+Saved as `model.safetensors` + `config.json`, `estimator: mlp_latents` (or `mlp_cues`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from midipipe.training import make_optimizer, resolve_device, seed_everything, w
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("quantized", "encoder_out", "codes")
-ESTIMATOR = "mlp_latents"
+LATENTS = ("quantized", "encoder_out", "codes")
+INPUTS = (*LATENTS, "cues")
 LOSSES = ("ccc", "mse")
 
 
@@ -43,7 +45,7 @@ LOSSES = ("ccc", "mse")
 class MLPParams:
     """`emotion.mlp`: what the regressor reads and its size."""
 
-    input: str = "quantized"  # quantized | encoder_out | codes
+    input: str = "quantized"  # quantized | encoder_out | codes | cues
     window: int = 1  # neighbouring bars either side concatenated to the bar's input
     hidden: int = 128
     code_dim: int = 32  # embedding width per code (input: codes)
@@ -55,6 +57,11 @@ class MLPParams:
             raise ValueError(f"emotion.mlp.input must be one of {INPUTS}, got {self.input!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"emotion.mlp.loss must be one of {LOSSES}, got {self.loss!r}")
+
+
+def estimator_of(input_name: str) -> str:
+    """What every output of an MLP on this input is labelled with."""
+    return "mlp_cues" if input_name == "cues" else "mlp_latents"
 
 
 @dataclass
@@ -217,8 +224,12 @@ def save(model: EmotionMLP, folder: str | Path, extra: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "model.safetensors") as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"estimator": ESTIMATOR})
-    config = {"estimator": ESTIMATOR, "mlp": dataclasses.asdict(model.cfg), **extra}
+        save_file(state, str(tmp), metadata={"estimator": estimator_of(model.cfg.input)})
+    config = {
+        "estimator": estimator_of(model.cfg.input),
+        "mlp": dataclasses.asdict(model.cfg),
+        **extra,
+    }
     with atomic_path(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=1) + "\n")
 
@@ -248,7 +259,7 @@ def encode_inputs(
     """All three inputs of every bar of `tokens` (pieces concatenated), and the codebook size."""
     model = checkpoint.load(musetok_dir).to(resolve_device(device)).eval()
     parts = [inputs_of(out) for out in encode_pieces(model, tokens, batch_size)]
-    flat = {k: np.concatenate([p[k] for p in parts]) for k in INPUTS}
+    flat = {k: np.concatenate([p[k] for p in parts]) for k in LATENTS}
     return flat, model.config.codebook_size
 
 
@@ -284,8 +295,10 @@ def bar_inputs(
     musetok_dir: str | Path,
     device: str = "auto",
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The `names` inputs of these pieces' bars: stage 04's when it holds them all, otherwise
-    re-encoded from `tokens` with the MuseTok model (which gives all three)."""
+    """The latent `names` inputs of these pieces' bars: stage 04's when it holds them all,
+    otherwise re-encoded from `tokens` with the MuseTok model (which gives all three)."""
+    if not names:
+        return {}, 0
     stored = stored_inputs(latents_dir, piece_ids) if piece_ids else None
     codebook = json.loads((Path(musetok_dir) / "config.json").read_text())["codebook_size"]
     if stored is not None and names <= set(stored):

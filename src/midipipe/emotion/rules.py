@@ -178,6 +178,10 @@ def weight_matrix(p: RuleParams) -> np.ndarray:
     return np.array([[p.valence.get(f, 0.0), p.arousal.get(f, 0.0)] for f in FEATURES])
 
 
+def combine(cues: np.ndarray, p: RuleParams) -> np.ndarray:
+    """[n_bars, 2] valence, arousal in (-1, 1) from `bar_features` and the hand-set weights."""
+    return np.tanh(cues @ weight_matrix(p))
+
+
 def estimate(score: symusic.Score, grid: BarGrid, p: RuleParams) -> np.ndarray:
-    """[n_bars, 2] valence, arousal in (-1, 1) from the hand-set weights."""
-    return np.tanh(bar_features(score, grid, p.window) @ weight_matrix(p))
+    return combine(bar_features(score, grid, p.window), p)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from midipipe.emotion.rules import BarGrid, RuleParams, bar_grid, estimate
+from midipipe.emotion.rules import BarGrid, RuleParams, bar_features, bar_grid, combine
 from midipipe.midi import BadMidi, load_score
 from midipipe.shards import iter_parts
 from midipipe.sources.base import inside
@@ -133,6 +133,7 @@ class Bars:
     weights: np.ndarray  # [bars]: 1 listener-rated, piece_label_weight piece-labelled, 0 none
     rated: np.ndarray  # [bars] bool: listener-rated with >= min_raters (what metrics score)
     piece_targets: np.ndarray  # [pieces, 2]: the piece's own label, NaN where it has none
+    cues: np.ndarray  # [bars, 5]: the rule cues (`rules.FEATURES`), also an MLP input
     rules: np.ndarray  # [bars, 2]: the rule-based estimate (not learned)
     tokens: list[tuple[list[int], list[int]]]  # MuseTok (ids, bar_starts) per piece
 
@@ -174,14 +175,15 @@ def collect(
     rules: RuleParams,
 ) -> Bars:
     """Join labelled pieces (from `labelled`) with their MuseTok tokens and MIDI: bar targets on
-    MuseTok's bars, and the rule estimate of every bar. Pieces without tokens are skipped."""
+    MuseTok's bars, and the rule cues and estimate of every bar. Pieces without tokens are
+    skipped."""
     wanted = {r["piece_id"] for r in pieces}
     tokens = {
         r["piece_id"]: (r["ids"], r["bar_starts"])
         for r in iter_parts(tokens_dir)
         if r["piece_id"] in wanted and r["bar_starts"]
     }
-    kept, grids, scores_rules = [], [], []
+    kept, grids, cues = [], [], []
     for row in pieces:
         if row["piece_id"] not in tokens:
             continue
@@ -194,7 +196,7 @@ def collect(
             continue
         kept.append(row)
         grids.append(grid)
-        scores_rules.append(estimate(score, grid, rules))
+        cues.append(bar_features(score, grid, rules.window))
     if len(kept) < len(pieces):
         log.info(
             "%d of %d labelled pieces have no MuseTok tokens or MIDI; skipped",
@@ -227,7 +229,8 @@ def collect(
         weights=_concat(weights, (0,)),
         rated=_concat(rated, (0,)).astype(bool),
         piece_targets=np.array(piece_targets, np.float64).reshape(-1, 2),
-        rules=_concat(scores_rules, (0, 2)),
+        cues=_concat(cues, (0, 5)),
+        rules=combine(_concat(cues, (0, 5)), rules),
         tokens=[tokens[r["piece_id"]] for r in kept],
     )
 

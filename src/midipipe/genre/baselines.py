@@ -27,8 +27,16 @@ from midipipe.midi import BadMidi, load_score
 
 log = logging.getLogger(__name__)
 
-METADATA_FEATURES = ("n_tracks", "n_programs", "has_drums", "tempo_qpm", "n_tempo_changes",
-                     "notes_per_s", "duration_s", *(f"program_{i}" for i in range(128)))
+METADATA_FEATURES = (
+    "n_tracks",
+    "n_programs",
+    "has_drums",
+    "tempo_qpm",
+    "n_tempo_changes",
+    "notes_per_s",
+    "duration_s",
+    *(f"program_{i}" for i in range(128)),
+)
 
 
 def metadata_features(score: symusic.Score) -> np.ndarray:
@@ -41,9 +49,15 @@ def metadata_features(score: symusic.Score) -> np.ndarray:
     tempos = [t.qpm for t in score.tempos] or [120.0]
     duration = float(score.to("second").end())
     n_notes = sum(len(t.notes) for t in tracks)
-    head = [len(tracks), programs.sum(), float(any(t.is_drum for t in tracks)),
-            float(np.mean(tempos)), float(len(tempos) - 1), n_notes / max(duration, 1e-3),
-            duration]
+    head = [
+        len(tracks),
+        programs.sum(),
+        float(any(t.is_drum for t in tracks)),
+        float(np.mean(tempos)),
+        float(len(tempos) - 1),
+        n_notes / max(duration, 1e-3),
+        duration,
+    ]
     return np.concatenate([np.asarray(head, dtype=np.float32), programs])
 
 
@@ -69,11 +83,17 @@ def mean_latents(latents_dir: str | Path, piece_ids: Sequence[str]) -> np.ndarra
     if missing:
         log.info("latent baseline skipped: %d pieces have no latents in %s", len(missing), folder)
         return None
-    parts = {name: load_file(str(folder / name))["latents"]
-             for name in {index[pid]["part"] for pid in piece_ids}}
-    rows = [parts[index[pid]["part"]][index[pid]["start"]: index[pid]["start"]
-                                      + index[pid]["n_bars"]].float().mean(0).numpy()
-            for pid in piece_ids]
+    parts = {
+        name: load_file(str(folder / name))["latents"]
+        for name in {index[pid]["part"] for pid in piece_ids}
+    }
+    rows = [
+        parts[index[pid]["part"]][index[pid]["start"] : index[pid]["start"] + index[pid]["n_bars"]]
+        .float()
+        .mean(0)
+        .numpy()
+        for pid in piece_ids
+    ]
     return np.stack(rows) if rows else None
 
 
@@ -81,8 +101,9 @@ def _logreg(seed: int) -> LogisticRegression:
     return LogisticRegression(max_iter=2000, C=0.5, class_weight="balanced", random_state=seed)
 
 
-def single_label(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 n_classes: int, seed: int = 0) -> np.ndarray:
+def single_label(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
+) -> np.ndarray:
     """Class probabilities [len(x_test), n_classes] from a standardised, class-balanced
     multinomial logistic regression (classes absent from training get probability 0)."""
     model = make_pipeline(StandardScaler(), _logreg(seed))
@@ -95,13 +116,18 @@ def single_label(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return out
 
 
-def multi_label(x_train: np.ndarray, y_train: np.ndarray, *x_eval: np.ndarray,
-                seed: int = 0) -> list[np.ndarray]:
+def multi_label(
+    x_train: np.ndarray, y_train: np.ndarray, *x_eval: np.ndarray, seed: int = 0
+) -> list[np.ndarray]:
     """Tag probabilities [len(x), n_tags] for each of `x_eval`: one balanced logistic
     regression per tag."""
     model = make_pipeline(StandardScaler(), OneVsRestClassifier(_logreg(seed)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant tags and slow convergence are fine here
         model.fit(x_train, y_train.astype(int))
-        return [model.predict_proba(x).astype(np.float32) if len(x)
-                else np.zeros((0, y_train.shape[1]), dtype=np.float32) for x in x_eval]
+        return [
+            model.predict_proba(x).astype(np.float32)
+            if len(x)
+            else np.zeros((0, y_train.shape[1]), dtype=np.float32)
+            for x in x_eval
+        ]

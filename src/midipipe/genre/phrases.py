@@ -53,10 +53,18 @@ class Vocab:
             elif kind == "PitchDrum":
                 is_note[i] = is_drum[i] = True
         pitches = pitch_of[pitch_of >= 0]
-        return cls(size=n, pad_id=tokenizer.pad_token_id, cls_id=vocab["BOS_None"],
-                   pitch_of=pitch_of, id_of_pitch=id_of_pitch, is_note=is_note, is_drum=is_drum,
-                   pitch_lo=int(pitches.min()), pitch_hi=int(pitches.max()),
-                   sha=vocab_sha(tokenizer))
+        return cls(
+            size=n,
+            pad_id=tokenizer.pad_token_id,
+            cls_id=vocab["BOS_None"],
+            pitch_of=pitch_of,
+            id_of_pitch=id_of_pitch,
+            is_note=is_note,
+            is_drum=is_drum,
+            pitch_lo=int(pitches.min()),
+            pitch_hi=int(pitches.max()),
+            sha=vocab_sha(tokenizer),
+        )
 
 
 def vocab_sha(tokenizer) -> str:
@@ -71,7 +79,8 @@ def check_vocab(saved_sha: str, saved_size: int, vocab: Vocab, what: str) -> Non
         raise ValueError(
             f"{what} was trained on another vocabulary ({saved_size} tokens, fingerprint "
             f"{saved_sha[:10]}) than this tokenizer ({vocab.size} tokens, {vocab.sha[:10]}): "
-            "retrain it, or use the tokenizer it was trained with")
+            "retrain it, or use the tokenizer it was trained with"
+        )
 
 
 def bar_spans(n_ids: int, bar_starts: Sequence[int]) -> list[tuple[int, int]]:
@@ -96,30 +105,45 @@ class Cut:
     truncated: int  # sequences cut at the length limit
 
 
-def phrases(ids: Sequence[int], bar_starts: Sequence[int], vocab: Vocab, bars_per_phrase: int,
-            max_len: int, max_phrases: int = 0) -> Cut:
+def phrases(
+    ids: Sequence[int],
+    bar_starts: Sequence[int],
+    vocab: Vocab,
+    bars_per_phrase: int,
+    max_len: int,
+    max_phrases: int = 0,
+) -> Cut:
     """[CLS] + `bars_per_phrase` bars, non-overlapping; a trailing partial phrase and phrases
     without notes are left out. `max_phrases` > 0 keeps that many, spread over the piece."""
     ids = np.asarray(ids, dtype=np.int64)
     spans = bar_spans(len(ids), bar_starts)
-    groups = [spans[i: i + bars_per_phrase]
-              for i in range(0, len(spans) - bars_per_phrase + 1, bars_per_phrase)]
-    bodies = [ids[g[0][0]: g[-1][1]] for g in groups]
+    groups = [
+        spans[i : i + bars_per_phrase]
+        for i in range(0, len(spans) - bars_per_phrase + 1, bars_per_phrase)
+    ]
+    bodies = [ids[g[0][0] : g[-1][1]] for g in groups]
     bodies = [b for b in bodies if vocab.is_note[b].any()]
     bodies = [bodies[i] for i in spread(len(bodies), max_phrases)]
     seqs = [np.concatenate([[vocab.cls_id], b[: max_len - 1]]) for b in bodies]
     return Cut(seqs, len(spans), sum(len(b) + 1 > max_len for b in bodies))
 
 
-def chunks(ids: Sequence[int], bar_starts: Sequence[int], vocab: Vocab, bars_per_chunk: int,
-           max_len: int, max_chunks: int = 0) -> Cut:
+def chunks(
+    ids: Sequence[int],
+    bar_starts: Sequence[int],
+    vocab: Vocab,
+    bars_per_chunk: int,
+    max_len: int,
+    max_chunks: int = 0,
+) -> Cut:
     """Non-empty bars in runs of `bars_per_chunk` (the last run may be shorter), each cut to
     `max_len` tokens; `max_chunks` > 0 keeps that many, spread over the piece."""
     ids = np.asarray(ids, dtype=np.int64)
     bars = [ids[a:b] for a, b in bar_spans(len(ids), bar_starts)]
     bars = [b for b in bars if vocab.is_note[b].any()]
-    bodies = [np.concatenate(bars[i: i + bars_per_chunk])
-              for i in range(0, len(bars), bars_per_chunk)]
+    bodies = [
+        np.concatenate(bars[i : i + bars_per_chunk]) for i in range(0, len(bars), bars_per_chunk)
+    ]
     bodies = [bodies[i] for i in spread(len(bodies), max_chunks)]
     return Cut([b[:max_len] for b in bodies], len(bars), sum(len(b) > max_len for b in bodies))
 
@@ -133,8 +157,10 @@ def shift_range(seq: np.ndarray, vocab: Vocab, max_shift: int) -> tuple[int, int
     pitches = pitches[pitches >= 0]
     if not len(pitches):
         return 0, 0
-    return (max(-max_shift, vocab.pitch_lo - int(pitches.min())),
-            min(max_shift, vocab.pitch_hi - int(pitches.max())))
+    return (
+        max(-max_shift, vocab.pitch_lo - int(pitches.min())),
+        min(max_shift, vocab.pitch_hi - int(pitches.max())),
+    )
 
 
 def transpose(seq: np.ndarray, shift: int, vocab: Vocab) -> np.ndarray:
@@ -150,8 +176,9 @@ def transpose(seq: np.ndarray, shift: int, vocab: Vocab) -> np.ndarray:
     return out
 
 
-def random_transpose(seq: np.ndarray, vocab: Vocab, max_shift: int,
-                     rng: torch.Generator) -> np.ndarray:
+def random_transpose(
+    seq: np.ndarray, vocab: Vocab, max_shift: int, rng: torch.Generator
+) -> np.ndarray:
     """A uniformly drawn allowed shift (from the training loop's generator, so resumable)."""
     lo, hi = shift_range(seq, vocab, max_shift)
     if lo >= hi:

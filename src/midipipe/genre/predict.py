@@ -56,8 +56,9 @@ class Predictor:
             raise BadMidi("drum tracks only: the genre models read pitched notes")
         return remi.encode(self.tokenizer, score)
 
-    def predict(self, path: str | Path, top_k: int = 3, threshold: float | None = None
-                ) -> dict[str, Any]:
+    def predict(
+        self, path: str | Path, top_k: int = 3, threshold: float | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"file": str(path), "model": self.kind}
         try:
             ids, bars = self.read(path)
@@ -75,11 +76,14 @@ class Predictor:
         names = self.names()
         order = np.argsort(-probs, kind="stable")
         return {
-            **out, **extra,
+            **out,
+            **extra,
             "label": self.meta.get("label", "tags"),
             "prediction": names[order[0]],
-            "top_k": [{"genre": names[i], "probability": round(float(probs[i]), 4)}
-                      for i in order[: max(1, top_k)]],
+            "top_k": [
+                {"genre": names[i], "probability": round(float(probs[i]), 4)}
+                for i in order[: max(1, top_k)]
+            ],
             "genres": [names[i] for i in order if probs[i] >= threshold],
             "threshold": threshold,
             "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)},
@@ -94,22 +98,35 @@ class Predictor:
         if not cut.seqs:
             return None, {"error": f"no {need}-bar phrase with notes in {cut.n_bars} bars"}
         probs = phrase_probs(self.model, cut.seqs).mean(0)
-        return probs, {"n_bars": cut.n_bars, "n_phrases": len(cut.seqs),
-                       "truncated_phrases": cut.truncated}
+        return probs, {
+            "n_bars": cut.n_bars,
+            "n_phrases": len(cut.seqs),
+            "truncated_phrases": cut.truncated,
+        }
 
     def _hier(self, ids: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray | None, dict]:
-        cut = chunks(ids, bars, self.vocab, self.meta["bars_per_chunk"], self.meta["max_tokens"],
-                     self.meta["max_chunks"])
+        cut = chunks(
+            ids,
+            bars,
+            self.vocab,
+            self.meta["bars_per_chunk"],
+            self.meta["max_tokens"],
+            self.meta["max_chunks"],
+        )
         if not cut.seqs:
             return None, {"error": "too short to classify: 0 bars with notes, 1 needed"}
         x = self.lm.embed(cut.seqs)
         probs = hier_probs(self.model, [x])[0]
-        return probs, {"n_bars": cut.n_bars, "n_chunks": len(cut.seqs),
-                       "truncated_chunks": cut.truncated}
+        return probs, {
+            "n_bars": cut.n_bars,
+            "n_chunks": len(cut.seqs),
+            "truncated_chunks": cut.truncated,
+        }
 
 
-def load_predictor(model: str = "phrase", model_dir: str | Path | None = None,
-                   device: str = "cpu") -> Predictor:
+def load_predictor(
+    model: str = "phrase", model_dir: str | Path | None = None, device: str = "cpu"
+) -> Predictor:
     """Load and check a model folder (default: models/genre_phrase or models/genre_hier)."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
@@ -133,8 +150,10 @@ def load_predictor(model: str = "phrase", model_dir: str | Path | None = None,
         if not lm_dir.is_dir():
             raise FileNotFoundError(f"the LM this model was trained on is gone: {lm_dir}")
         if weights_sha256(lm_dir) != meta["lm"]["sha256"]:
-            raise ValueError(f"the LM in {lm_dir} changed since the hierarchical genre model "
-                             "was trained on it: retrain stage 06 (train_genre_hier)")
+            raise ValueError(
+                f"the LM in {lm_dir} changed since the hierarchical genre model "
+                "was trained on it: retrain stage 06 (train_genre_hier)"
+            )
         lm = FrozenLM(lm_dir, tokenizer, device)
     return Predictor(model, folder, tokenizer, vocab, meta, net, lm)
 
@@ -142,8 +161,13 @@ def load_predictor(model: str = "phrase", model_dir: str | Path | None = None,
 _LOADED: dict[tuple[str, str], Predictor] = {}
 
 
-def predict(path: str | Path, model: str = "phrase", top_k: int = 3,
-            threshold: float | None = None, model_dir: str | Path | None = None) -> dict:
+def predict(
+    path: str | Path,
+    model: str = "phrase",
+    top_k: int = 3,
+    threshold: float | None = None,
+    model_dir: str | Path | None = None,
+) -> dict:
     """Genre probabilities of one MIDI file (JSON-able). `threshold` None: the one tuned on
     valid (hierarchical model), 0.5 (phrase model). Loaded folders are kept for later calls."""
     key = (model, str(Path(model_dir or MODEL_DIRS.get(model, "")).resolve()))

@@ -139,8 +139,9 @@ def label_of(row: dict, label: str) -> str | None:
 # -- metrics ---------------------------------------------------------------------------------
 
 
-def single_label_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                         prefix: str = "") -> dict[str, float]:
+def single_label_metrics(
+    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], prefix: str = ""
+) -> dict[str, float]:
     """Accuracy, macro-F1 (sklearn's: over the labels seen in y or predicted) and per-class
     precision / recall / support of argmax predictions."""
     if not len(y):
@@ -148,10 +149,12 @@ def single_label_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str
     pred = probs.argmax(1)
     out = {f"{prefix}n": int(len(y)), f"{prefix}accuracy": float((pred == y).mean())}
     seen = np.union1d(y, pred)
-    out[f"{prefix}macro_f1"] = float(precision_recall_fscore_support(
-        y, pred, labels=seen, average="macro", zero_division=0)[2])
-    p, r, _, s = precision_recall_fscore_support(y, pred, labels=range(len(classes)),
-                                                 zero_division=0)
+    out[f"{prefix}macro_f1"] = float(
+        precision_recall_fscore_support(y, pred, labels=seen, average="macro", zero_division=0)[2]
+    )
+    p, r, _, s = precision_recall_fscore_support(
+        y, pred, labels=range(len(classes)), zero_division=0
+    )
     for k, name in enumerate(classes):
         out[f"{prefix}precision_{name}"] = float(p[k])
         out[f"{prefix}recall_{name}"] = float(r[k])
@@ -163,8 +166,9 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
 
 
-def multilabel_metrics(y: np.ndarray, probs: np.ndarray, threshold: float,
-                       prefix: str = "") -> dict[str, float]:
+def multilabel_metrics(
+    y: np.ndarray, probs: np.ndarray, threshold: float, prefix: str = ""
+) -> dict[str, float]:
     """Micro / macro F1, sample Jaccard, Hamming loss and subset accuracy of `probs >=
     threshold` (sklearn's definitions, zero_division=0), and `test_acc`: the share of pieces
     whose top-1 tag is one of their true tags (the MidiCaps plan's figure)."""
@@ -177,16 +181,18 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, threshold: float,
     micro = _safe_div(np.array(2.0 * tp.sum()), np.array(2.0 * tp.sum() + fp.sum() + fn.sum()))
     jaccard = _safe_div((pred & y).sum(1).astype(float), (pred | y).sum(1).astype(float))
     top1 = y[np.arange(len(y)), probs.argmax(1)]
-    return {f"{prefix}n": int(len(y)), f"{prefix}micro_f1": float(micro),
-            f"{prefix}macro_f1": float(per_label.mean()),
-            f"{prefix}jaccard": float(jaccard.mean()),
-            f"{prefix}hamming_loss": float((pred != y).mean()),
-            f"{prefix}subset_accuracy": float((pred == y).all(1).mean()),
-            f"{prefix}test_acc": float(top1.mean())}
+    return {
+        f"{prefix}n": int(len(y)),
+        f"{prefix}micro_f1": float(micro),
+        f"{prefix}macro_f1": float(per_label.mean()),
+        f"{prefix}jaccard": float(jaccard.mean()),
+        f"{prefix}hamming_loss": float((pred != y).mean()),
+        f"{prefix}subset_accuracy": float((pred == y).all(1).mean()),
+        f"{prefix}test_acc": float(top1.mean()),
+    }
 
 
-def tune_threshold(y: np.ndarray, probs: np.ndarray, grid: Sequence[float] = THRESHOLDS
-                   ) -> float:
+def tune_threshold(y: np.ndarray, probs: np.ndarray, grid: Sequence[float] = THRESHOLDS) -> float:
     """The threshold of `grid` with the best micro-F1 (ties: the one nearest 0.5)."""
     if not len(y):
         return 0.5
@@ -206,8 +212,12 @@ def pool_mean(groups: Sequence, probs: np.ndarray) -> tuple[list, np.ndarray]:
     return keys, sums / np.maximum(counts, 1)[:, None]
 
 
-def write_confusion(classes: Sequence[str], panels: list[tuple[str, np.ndarray, np.ndarray]],
-                    csv_path: str | Path, png_path: str | Path) -> None:
+def write_confusion(
+    classes: Sequence[str],
+    panels: list[tuple[str, np.ndarray, np.ndarray]],
+    csv_path: str | Path,
+    png_path: str | Path,
+) -> None:
     """The first panel's (actual, predicted) pairs as CSV for `dvc plots` (confusion
     template), and every panel as a row-normalised matrix with counts in a PNG."""
     import matplotlib
@@ -217,11 +227,14 @@ def write_confusion(classes: Sequence[str], panels: list[tuple[str, np.ndarray, 
 
     _, y0, p0 = panels[0]
     with atomic_path(csv_path) as tmp:
-        tmp.write_text("actual,predicted\n" + "".join(
-            f"{classes[a]},{classes[b]}\n" for a, b in zip(y0, p0, strict=True)))
+        tmp.write_text(
+            "actual,predicted\n"
+            + "".join(f"{classes[a]},{classes[b]}\n" for a, b in zip(y0, p0, strict=True))
+        )
     size = 1.5 + 0.5 * len(classes)
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1, size + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(size * len(panels) + 1, size + 0.8), squeeze=False
+    )
     for ax, (title, y, pred) in zip(axes[0], panels, strict=True):
         m = np.zeros((len(classes), len(classes)), dtype=int)
         np.add.at(m, (np.asarray(y, dtype=int), np.asarray(pred, dtype=int)), 1)
@@ -310,8 +323,9 @@ class PhraseSet:
     truncated: int = 0
 
 
-def phrase_sets(rows: dict[str, list[tuple]], labels: dict[str, str | None], vocab: Vocab,
-                p: GenreParams) -> tuple[list[str], dict[str, PhraseSet], dict[str, int]]:
+def phrase_sets(
+    rows: dict[str, list[tuple]], labels: dict[str, str | None], vocab: Vocab, p: GenreParams
+) -> tuple[list[str], dict[str, PhraseSet], dict[str, int]]:
     """Classes (labels with >= min_class_pieces train pieces that have a phrase), one
     PhraseSet per split, and the counts of pieces left out and why."""
     cut: dict[str, list[tuple[str, str, list]]] = {}
@@ -330,9 +344,11 @@ def phrase_sets(rows: dict[str, list[tuple]], labels: dict[str, str | None], voc
     per_class = Counter(name for _, name, _ in cut.get("train", []))
     classes = sorted(n for n, k in per_class.items() if k >= p.min_class_pieces)
     if len(classes) < 2:
-        raise ParamError(f"genre: fewer than 2 labels ({p.label}) with >= "
-                         f"genre.min_class_pieces={p.min_class_pieces} train pieces: "
-                         f"{dict(per_class)}")
+        raise ParamError(
+            f"genre: fewer than 2 labels ({p.label}) with >= "
+            f"genre.min_class_pieces={p.min_class_pieces} train pieces: "
+            f"{dict(per_class)}"
+        )
     index = {c: k for k, c in enumerate(classes)}
     sets = {split: PhraseSet() for split in ("train", "valid", "test")}
     for split, items in cut.items():
@@ -357,31 +373,38 @@ def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
     return torch.tensor(np.where(counts > 0, w, 0.0), dtype=torch.float32)
 
 
-def phrase_batches(s: PhraseSet, vocab: Vocab, batch_size: int, max_shift: int,
-                   rng: torch.Generator, pool: int = 50):
+def phrase_batches(
+    s: PhraseSet,
+    vocab: Vocab,
+    batch_size: int,
+    max_shift: int,
+    rng: torch.Generator,
+    pool: int = 50,
+):
     """Shuffled batches of phrases of similar length (sorted within pools of `pool` batches,
     pools and batches in random order), so little of a batch is padding."""
     order = torch.randperm(len(s.seqs), generator=rng).tolist()
     batches = []
     for lo in range(0, len(order), batch_size * pool):
-        group = sorted(order[lo: lo + batch_size * pool], key=lambda i: len(s.seqs[i]))
-        batches.extend(group[k: k + batch_size] for k in range(0, len(group), batch_size))
+        group = sorted(order[lo : lo + batch_size * pool], key=lambda i: len(s.seqs[i]))
+        batches.extend(group[k : k + batch_size] for k in range(0, len(group), batch_size))
     for b in torch.randperm(len(batches), generator=rng).tolist():
         idx = batches[b]
-        seqs = [random_transpose(s.seqs[i], vocab, max_shift, rng) if max_shift else s.seqs[i]
-                for i in idx]
+        seqs = [
+            random_transpose(s.seqs[i], vocab, max_shift, rng) if max_shift else s.seqs[i]
+            for i in idx
+        ]
         yield pad_batch(seqs, vocab.pad_id), torch.tensor([s.labels[i] for i in idx])
 
 
 @torch.inference_mode()
-def phrase_probs(model: Encoder, seqs: Sequence[np.ndarray], batch_size: int = 64
-                 ) -> np.ndarray:
+def phrase_probs(model: Encoder, seqs: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """Softmax probabilities [len(seqs), n_classes], batched by length."""
     device = next(model.parameters()).device
     out = np.zeros((len(seqs), model.config.n_classes), dtype=np.float32)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for lo in range(0, len(order), batch_size):
-        idx = order[lo: lo + batch_size]
+        idx = order[lo : lo + batch_size]
         ids = pad_batch([seqs[i] for i in idx], model.config.pad_id).to(device)
         out[idx] = torch.softmax(model(ids).float(), -1).cpu().numpy()
     return out
@@ -401,18 +424,28 @@ class PhraseResult:
 
 
 def _build_encoder(p: GenreParams, vocab: Vocab, n_classes: int) -> Encoder:
-    cfg = getattr(EncoderConfig, p.size)(**{**p.model, "vocab_size": vocab.size,
-                                             "n_classes": n_classes, "pad_id": vocab.pad_id,
-                                             "max_len": p.max_len})
+    cfg = getattr(EncoderConfig, p.size)(
+        **{
+            **p.model,
+            "vocab_size": vocab.size,
+            "n_classes": n_classes,
+            "pad_id": vocab.pad_id,
+            "max_len": p.max_len,
+        }
+    )
     return Encoder(cfg)
 
 
-def train_phrase(p: GenreParams, tp: TrainParams, tokens_dir: str | Path = "data/tokens/remi",
-                 manifest: str | Path = "data/manifest.parquet",
-                 out_dir: str | Path = "models/genre_phrase",
-                 resume_dir: str | Path = "checkpoints/genre_phrase",
-                 midi_dir: str | Path | None = "data/midi",
-                 latents_dir: str | Path | None = "data/latents") -> PhraseResult:
+def train_phrase(
+    p: GenreParams,
+    tp: TrainParams,
+    tokens_dir: str | Path = "data/tokens/remi",
+    manifest: str | Path = "data/manifest.parquet",
+    out_dir: str | Path = "models/genre_phrase",
+    resume_dir: str | Path = "checkpoints/genre_phrase",
+    midi_dir: str | Path | None = "data/midi",
+    latents_dir: str | Path | None = "data/latents",
+) -> PhraseResult:
     """Train, keep the best epoch (valid macro-F1) in `out_dir`, evaluate on test, and run
     the baselines on the same test pieces."""
     tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
@@ -431,9 +464,15 @@ def train_phrase(p: GenreParams, tp: TrainParams, tokens_dir: str | Path = "data
     weights = class_weights(train.labels, len(classes))
     torch.manual_seed(tp.seed)
     model = _build_encoder(p, vocab, len(classes))
-    log.info("phrase classifier: %d parameters, %d classes %s, phrases train %d / valid %d / "
-             "test %d", model.n_params(), len(classes), classes, len(train.seqs),
-             len(valid.seqs), len(test.seqs))
+    log.info(
+        "phrase classifier: %d parameters, %d classes %s, phrases train %d / valid %d / test %d",
+        model.n_params(),
+        len(classes),
+        classes,
+        len(train.seqs),
+        len(valid.seqs),
+        len(test.seqs),
+    )
 
     def loss(m: Encoder, batch) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(m.parameters()).device
@@ -446,33 +485,57 @@ def train_phrase(p: GenreParams, tp: TrainParams, tokens_dir: str | Path = "data
         y = np.asarray(valid.labels)
         got = single_label_metrics(y, probs, classes)
         nll = float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-9)).mean())
-        return {"valid_loss": nll, "valid_accuracy": got["accuracy"],
-                "valid_macro_f1": got["macro_f1"]}
+        return {
+            "valid_loss": nll,
+            "valid_accuracy": got["accuracy"],
+            "valid_macro_f1": got["macro_f1"],
+        }
 
-    job = Fit(model=model,
-              train_batches=lambda epoch, rng: phrase_batches(train, vocab, tp.batch_size,
-                                                              p.transpose, rng),
-              steps_per_epoch=-(-len(train.seqs) // tp.batch_size), loss=loss,
-              evaluate=_timed(evaluate), best_key="valid_macro_f1", best_mode="max")
+    job = Fit(
+        model=model,
+        train_batches=lambda epoch, rng: phrase_batches(
+            train, vocab, tp.batch_size, p.transpose, rng
+        ),
+        steps_per_epoch=-(-len(train.seqs) // tp.batch_size),
+        loss=loss,
+        evaluate=_timed(evaluate),
+        best_key="valid_macro_f1",
+        best_mode="max",
+    )
     stop = EarlyStop(job, p.patience)
-    meta = {"kind": "phrase", "label": p.label, "classes": classes,
-            "bars_per_phrase": p.bars_per_phrase, "max_len": p.max_len,
-            "vocab_size": vocab.size, "vocab_sha": vocab.sha}
+    meta = {
+        "kind": "phrase",
+        "label": p.label,
+        "classes": classes,
+        "bars_per_phrase": p.bars_per_phrase,
+        "max_len": p.max_len,
+        "vocab_size": vocab.size,
+        "vocab_sha": vocab.sha,
+    }
 
     def save_best(m: Encoder) -> None:
         save_encoder(m, out_dir, meta)
         shutil.copyfile(tokenizer_json, Path(out_dir) / TOKENIZER_FILE)
 
-    fit(job, tp, resume_dir, save_best=save_best,
-        fingerprint={"genre": dataclasses.asdict(p), "phrases": len(train.seqs),
-                     "classes": classes})
+    fit(
+        job,
+        tp,
+        resume_dir,
+        save_best=save_best,
+        fingerprint={
+            "genre": dataclasses.asdict(p),
+            "phrases": len(train.seqs),
+            "classes": classes,
+        },
+    )
     history = stop.finish()
     model.eval()
 
     probs = phrase_probs(model, test.seqs, p.eval_batch_size)
     y = np.asarray(test.labels)
-    piece_probs = np.stack([probs[np.asarray(test.piece) == k].mean(0)
-                            for k in range(len(test.piece_ids))])
+    piece_probs = np.stack(
+        [probs[np.asarray(test.piece) == k].mean(0) for k in range(len(test.piece_ids))]
+    )
     piece_y = np.asarray(test.piece_labels)
     songs = [rows[pid]["song_id"] for pid in test.piece_ids]
     song_keys, song_probs = pool_mean(songs, piece_probs)
@@ -482,37 +545,66 @@ def train_phrase(p: GenreParams, tp: TrainParams, tokens_dir: str | Path = "data
     best = max(history, key=lambda h: h["valid_macro_f1"])
     train_s = _train_seconds(history)
     metrics: dict[str, Any] = {
-        "label": p.label, "classes": ",".join(classes), "n_classes": len(classes),
+        "label": p.label,
+        "classes": ",".join(classes),
+        "n_classes": len(classes),
         "eval_split": eval_split,
         **single_label_metrics(y, probs, classes),
         **single_label_metrics(piece_y, piece_probs, classes, "piece_"),
         **single_label_metrics(song_y, song_probs, classes, "song_"),
-        "phrases_train": len(train.seqs), "phrases_valid": len(sets["valid"].seqs),
-        "phrases_test": len(test.seqs), "truncated_phrases": truncated,
+        "phrases_train": len(train.seqs),
+        "phrases_valid": len(sets["valid"].seqs),
+        "phrases_test": len(test.seqs),
+        "truncated_phrases": truncated,
         "truncation_rate": truncated / max(1, n_all),
-        "pieces_train": len(train.piece_ids), "pieces_test": len(test.piece_ids),
-        "pieces_unlabelled": 0, "pieces_too_short": 0, "pieces_rare_label": 0, **counts,
-        "best_epoch": best["epoch"], "epochs_run": len(history),
+        "pieces_train": len(train.piece_ids),
+        "pieces_test": len(test.piece_ids),
+        "pieces_unlabelled": 0,
+        "pieces_too_short": 0,
+        "pieces_rare_label": 0,
+        **counts,
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
         "best_valid_macro_f1": best["valid_macro_f1"],
-        "params": model.n_params(), "size": p.size,
+        "params": model.n_params(),
+        "size": p.size,
         "train_phrases_per_s": round(len(train.seqs) * len(history) / train_s, 1)
-        if train_s > 0 else 0.0,
+        if train_s > 0
+        else 0.0,
         "device": str(resolve_device(tp.device)),
     }
     metrics.update(_single_baselines(rows, train, test, classes, midi_dir, latents_dir, tp.seed))
-    return PhraseResult(job, metrics, classes, y, probs.argmax(1), song_y,
-                        song_probs.argmax(1), test.piece_ids, piece_probs)
+    return PhraseResult(
+        job,
+        metrics,
+        classes,
+        y,
+        probs.argmax(1),
+        song_y,
+        song_probs.argmax(1),
+        test.piece_ids,
+        piece_probs,
+    )
 
 
-def _single_baselines(rows: dict[str, dict], train: PhraseSet, test: PhraseSet,
-                      classes: list[str], midi_dir, latents_dir, seed: int) -> dict[str, Any]:
+def _single_baselines(
+    rows: dict[str, dict],
+    train: PhraseSet,
+    test: PhraseSet,
+    classes: list[str],
+    midi_dir,
+    latents_dir,
+    seed: int,
+) -> dict[str, Any]:
     """Piece-level accuracy / macro-F1 of the baselines on the phrase model's test pieces."""
     out: dict[str, Any] = {}
     y_tr, y_te = np.asarray(train.piece_labels), np.asarray(test.piece_labels)
     inputs = {}
     if midi_dir is not None:
-        inputs["metadata"] = [baselines.metadata_matrix(
-            [Path(midi_dir) / rows[pid]["path"] for pid in s.piece_ids]) for s in (train, test)]
+        inputs["metadata"] = [
+            baselines.metadata_matrix([Path(midi_dir) / rows[pid]["path"] for pid in s.piece_ids])
+            for s in (train, test)
+        ]
     if latents_dir is not None:
         x = [baselines.mean_latents(latents_dir, s.piece_ids) for s in (train, test)]
         if x[0] is not None and x[1] is not None:
@@ -550,19 +642,25 @@ def resolve_lm(hp: GenreHierParams, default: str | Path = "models/generator") ->
     return Path(default) if (Path(default) / "config.json").exists() else None
 
 
-def embed_pieces(lm: FrozenLM, items: list[tuple], vocab: Vocab, hp: GenreHierParams,
-                 max_tokens: int) -> tuple[list[str], list[np.ndarray], int, int]:
+def embed_pieces(
+    lm: FrozenLM, items: list[tuple], vocab: Vocab, hp: GenreHierParams, max_tokens: int
+) -> tuple[list[str], list[np.ndarray], int, int]:
     """(piece ids, per-piece chunk embeddings, chunks, truncated chunks); pieces without a
     non-empty bar are left out."""
-    cuts = [(pid, chunks(ids, bars, vocab, hp.bars_per_chunk, max_tokens, hp.max_chunks))
-            for pid, ids, bars in items]
+    cuts = [
+        (pid, chunks(ids, bars, vocab, hp.bars_per_chunk, max_tokens, hp.max_chunks))
+        for pid, ids, bars in items
+    ]
     cuts = [(pid, c) for pid, c in cuts if c.seqs]
     flat = [s for _, c in cuts for s in c.seqs]
     emb = lm.embed(flat, hp.embed_batch) if flat else np.zeros((0, lm.d_model), np.float32)
     bounds = np.cumsum([0] + [len(c.seqs) for _, c in cuts])
-    return ([pid for pid, _ in cuts], [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:],
-                                                                 strict=True)],
-            len(flat), sum(c.truncated for _, c in cuts))
+    return (
+        [pid for pid, _ in cuts],
+        [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+        len(flat),
+        sum(c.truncated for _, c in cuts),
+    )
 
 
 def chunk_batch(xs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -577,14 +675,14 @@ def chunk_batch(xs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def hier_probs(model: HierClassifier, xs: Sequence[np.ndarray], batch_size: int = 64
-               ) -> np.ndarray:
+def hier_probs(model: HierClassifier, xs: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
     device = next(model.parameters()).device
     out = np.zeros((len(xs), model.config.n_labels), dtype=np.float32)
     for lo in range(0, len(xs), batch_size):
-        x, mask = chunk_batch(xs[lo: lo + batch_size])
-        out[lo: lo + len(x)] = torch.sigmoid(model(x.to(device), mask.to(device)).float()
-                                             ).cpu().numpy()
+        x, mask = chunk_batch(xs[lo : lo + batch_size])
+        out[lo : lo + len(x)] = (
+            torch.sigmoid(model(x.to(device), mask.to(device)).float()).cpu().numpy()
+        )
     return out
 
 
@@ -605,20 +703,25 @@ def skipped(out_dir: str | Path, reason: str) -> HierResult:
     return HierResult(None, {"status": "skipped", "reason": reason})
 
 
-def train_hier(hp: GenreHierParams, tp: TrainParams, tokens_dir: str | Path = "data/tokens/remi",
-               manifest: str | Path = "data/manifest.parquet",
-               out_dir: str | Path = "models/genre_hier",
-               resume_dir: str | Path = "checkpoints/genre_hier",
-               lm_dir: str | Path | None = None,
-               tags: dict[str, list[str]] | None = None,
-               midi_dir: str | Path | None = "data/midi",
-               latents_dir: str | Path | None = "data/latents") -> HierResult:
+def train_hier(
+    hp: GenreHierParams,
+    tp: TrainParams,
+    tokens_dir: str | Path = "data/tokens/remi",
+    manifest: str | Path = "data/manifest.parquet",
+    out_dir: str | Path = "models/genre_hier",
+    resume_dir: str | Path = "checkpoints/genre_hier",
+    lm_dir: str | Path | None = None,
+    tags: dict[str, list[str]] | None = None,
+    midi_dir: str | Path | None = "data/midi",
+    latents_dir: str | Path | None = "data/latents",
+) -> HierResult:
     """Embed chunks with the frozen LM in `lm_dir`, train the pooling head on multi-hot tags
     (the manifest's `genres`, unless `tags` is given), tune the threshold on valid and report
     on test beside the baselines."""
     if lm_dir is None:
-        return skipped(out_dir, "no LM: models/generator is not trained and genre_hier.lm_path "
-                                "is not set")
+        return skipped(
+            out_dir, "no LM: models/generator is not trained and genre_hier.lm_path is not set"
+        )
     tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
     tokenizer = remi.load_tokenizer(tokenizer_json)
     vocab = Vocab.of(tokenizer)
@@ -639,8 +742,11 @@ def train_hier(hp: GenreHierParams, tp: TrainParams, tokens_dir: str | Path = "d
     per_tag = Counter(t for pid in sets["train"].piece_ids for t in set(tags[pid]))
     names = sorted(t for t, k in per_tag.items() if k >= hp.min_tag_pieces)
     if len(names) < 2:
-        return skipped(out_dir, f"fewer than 2 tags on >= genre_hier.min_tag_pieces="
-                                f"{hp.min_tag_pieces} train pieces: {dict(per_tag)}")
+        return skipped(
+            out_dir,
+            f"fewer than 2 tags on >= genre_hier.min_tag_pieces="
+            f"{hp.min_tag_pieces} train pieces: {dict(per_tag)}",
+        )
     col = {t: k for k, t in enumerate(names)}
     dropped = 0
     for s in sets.values():
@@ -664,13 +770,14 @@ def train_hier(hp: GenreHierParams, tp: TrainParams, tokens_dir: str | Path = "d
         test, eval_split = valid, "valid"
 
     torch.manual_seed(tp.seed)
-    model = HierClassifier(HierConfig(d_in=lm.d_model, n_labels=len(names), d_attn=hp.d_attn,
-                                      dropout=hp.dropout))
+    model = HierClassifier(
+        HierConfig(d_in=lm.d_model, n_labels=len(names), d_attn=hp.d_attn, dropout=hp.dropout)
+    )
 
     def batches(epoch: int, rng: torch.Generator):
         order = torch.randperm(len(train.x), generator=rng).tolist()
         for lo in range(0, len(order), tp.batch_size):
-            idx = order[lo: lo + tp.batch_size]
+            idx = order[lo : lo + tp.batch_size]
             x, mask = chunk_batch([train.x[i] for i in idx])
             yield x, mask, torch.from_numpy(train.y[idx].astype(np.float32))
 
@@ -682,30 +789,66 @@ def train_hier(hp: GenreHierParams, tp: TrainParams, tokens_dir: str | Path = "d
 
     def evaluate(m: HierClassifier) -> dict[str, float]:
         probs = hier_probs(m, valid.x)
-        bce = F.binary_cross_entropy(torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7),
-                                     torch.from_numpy(valid.y.astype(np.float32)))
+        bce = F.binary_cross_entropy(
+            torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7),
+            torch.from_numpy(valid.y.astype(np.float32)),
+        )
         got = multilabel_metrics(valid.y, probs, 0.5)
-        return {"valid_loss": float(bce), "valid_micro_f1": got["micro_f1"],
-                "valid_macro_f1": got["macro_f1"]}
+        return {
+            "valid_loss": float(bce),
+            "valid_micro_f1": got["micro_f1"],
+            "valid_macro_f1": got["macro_f1"],
+        }
 
-    job = Fit(model=model, train_batches=batches,
-              steps_per_epoch=-(-len(train.x) // tp.batch_size), loss=loss,
-              evaluate=_timed(evaluate), best_key="valid_loss", best_mode="min")
+    job = Fit(
+        model=model,
+        train_batches=batches,
+        steps_per_epoch=-(-len(train.x) // tp.batch_size),
+        loss=loss,
+        evaluate=_timed(evaluate),
+        best_key="valid_loss",
+        best_mode="min",
+    )
     stop = EarlyStop(job, hp.patience)
-    log.info("hierarchical model: LM %s (%s, d=%d), %d tags, pieces train %d / valid %d / "
-             "test %d, %d chunks embedded in %.1f s", lm_dir, lm.kind, lm.d_model, len(names),
-             len(train.x), len(valid.x), len(test.x), sum(s.n_chunks for s in sets.values()),
-             embed_s)
-    fit(job, tp, resume_dir, save_best=lambda m: None,
-        fingerprint={"genre_hier": dataclasses.asdict(hp), "pieces": len(train.x),
-                     "tags": names, "lm": str(lm_dir)})
+    log.info(
+        "hierarchical model: LM %s (%s, d=%d), %d tags, pieces train %d / valid %d / "
+        "test %d, %d chunks embedded in %.1f s",
+        lm_dir,
+        lm.kind,
+        lm.d_model,
+        len(names),
+        len(train.x),
+        len(valid.x),
+        len(test.x),
+        sum(s.n_chunks for s in sets.values()),
+        embed_s,
+    )
+    fit(
+        job,
+        tp,
+        resume_dir,
+        save_best=lambda m: None,
+        fingerprint={
+            "genre_hier": dataclasses.asdict(hp),
+            "pieces": len(train.x),
+            "tags": names,
+            "lm": str(lm_dir),
+        },
+    )
     history = stop.finish()
     model.eval()
     threshold = tune_threshold(valid.y, hier_probs(model, valid.x))
-    meta = {"kind": "hier", "tags": names, "threshold": threshold,
-            "bars_per_chunk": hp.bars_per_chunk, "max_chunks": hp.max_chunks,
-            "max_tokens": max_tokens, "vocab_size": vocab.size, "vocab_sha": vocab.sha,
-            "lm": {"path": str(lm_dir), "kind": lm.kind, "sha256": weights_sha256(lm_dir)}}
+    meta = {
+        "kind": "hier",
+        "tags": names,
+        "threshold": threshold,
+        "bars_per_chunk": hp.bars_per_chunk,
+        "max_chunks": hp.max_chunks,
+        "max_tokens": max_tokens,
+        "vocab_size": vocab.size,
+        "vocab_sha": vocab.sha,
+        "lm": {"path": str(lm_dir), "kind": lm.kind, "sha256": weights_sha256(lm_dir)},
+    }
     save_hier(model, out_dir, meta)
     shutil.copyfile(tokenizer_json, Path(out_dir) / TOKENIZER_FILE)
 
@@ -714,30 +857,44 @@ def train_hier(hp: GenreHierParams, tp: TrainParams, tokens_dir: str | Path = "d
     n_trunc = sum(s.truncated for s in sets.values())
     best = min(history, key=lambda h: h["valid_loss"])
     metrics: dict[str, Any] = {
-        "status": "trained", "lm": str(lm_dir), "lm_kind": lm.kind, "tags": ",".join(names),
-        "n_tags": len(names), "eval_split": eval_split, "threshold": threshold,
+        "status": "trained",
+        "lm": str(lm_dir),
+        "lm_kind": lm.kind,
+        "tags": ",".join(names),
+        "n_tags": len(names),
+        "eval_split": eval_split,
+        "threshold": threshold,
         **multilabel_metrics(test.y, probs, threshold),
-        "pieces_train": len(train.x), "pieces_valid": len(sets["valid"].x),
-        "pieces_test": len(test.x), "pieces_without_kept_tag": dropped,
-        "chunks": n_chunks, "truncated_chunks": n_trunc,
-        "truncation_rate": n_trunc / max(1, n_chunks), "embed_s": round(embed_s, 2),
-        "best_epoch": best["epoch"], "epochs_run": len(history),
-        "best_valid_loss": best["valid_loss"], "params": sum(
-            p.numel() for p in model.parameters()), "device": str(device),
+        "pieces_train": len(train.x),
+        "pieces_valid": len(sets["valid"].x),
+        "pieces_test": len(test.x),
+        "pieces_without_kept_tag": dropped,
+        "chunks": n_chunks,
+        "truncated_chunks": n_trunc,
+        "truncation_rate": n_trunc / max(1, n_chunks),
+        "embed_s": round(embed_s, 2),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "best_valid_loss": best["valid_loss"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
     }
     metrics.update(_multi_baselines(rows, train, valid, test, midi_dir, latents_dir, tp.seed))
     return HierResult(job, metrics, names, test.y, probs, test.piece_ids)
 
 
-def _multi_baselines(rows, train: ChunkSet, valid: ChunkSet, test: ChunkSet, midi_dir,
-                     latents_dir, seed: int) -> dict[str, Any]:
+def _multi_baselines(
+    rows, train: ChunkSet, valid: ChunkSet, test: ChunkSet, midi_dir, latents_dir, seed: int
+) -> dict[str, Any]:
     """Baselines' micro / macro F1 and test_acc on the same pieces, threshold tuned on valid."""
     out: dict[str, Any] = {}
     sets = (train, valid, test)
     inputs = {}
     if midi_dir is not None:
-        inputs["metadata"] = [baselines.metadata_matrix(
-            [Path(midi_dir) / rows[pid]["path"] for pid in s.piece_ids]) for s in sets]
+        inputs["metadata"] = [
+            baselines.metadata_matrix([Path(midi_dir) / rows[pid]["path"] for pid in s.piece_ids])
+            for s in sets
+        ]
     if latents_dir is not None:
         x = [baselines.mean_latents(latents_dir, s.piece_ids) for s in sets]
         if all(v is not None for v in x):

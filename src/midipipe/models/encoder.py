@@ -76,16 +76,20 @@ class Block(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(),
-                                 nn.Linear(cfg.d_ff, cfg.d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         b, t, d = x.shape
-        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
-                   for z in self.qkv(self.ln1(x)).split(d, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        q, k, v = (
+            z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+            for z in self.qkv(self.ln1(x)).split(d, dim=2)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, dropout_p=self.attn_dropout if self.training else 0.0
+        )
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -126,13 +130,15 @@ def save_encoder(model: Encoder, folder: str | Path, meta: dict[str, Any]) -> No
     """model.safetensors + config.json ({"model": EncoderConfig, **meta}), each atomic."""
     folder = Path(folder)
     with atomic_path(folder / WEIGHTS) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(tmp))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp)
+        )
     write_json(folder / CONFIG, {"model": dataclasses.asdict(model.config), **meta})
 
 
-def load_encoder(folder: str | Path, device: str | torch.device = "cpu"
-                 ) -> tuple[Encoder, dict[str, Any]]:
+def load_encoder(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Encoder, dict[str, Any]]:
     """The encoder saved by `save_encoder` (eval mode) and the rest of its config.json."""
     folder = Path(folder)
     for name in (CONFIG, WEIGHTS):

@@ -79,8 +79,9 @@ class HierClassifier(nn.Module):
 def save_hier(model: HierClassifier, folder: str | Path, meta: dict[str, Any]) -> None:
     folder = Path(folder)
     with atomic_path(folder / WEIGHTS) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(tmp))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp)
+        )
     write_json(folder / CONFIG, {"model": dataclasses.asdict(model.config), **meta})
 
 
@@ -90,8 +91,9 @@ def load_hier(folder: str | Path) -> tuple[HierClassifier, dict[str, Any]]:
         raise FileNotFoundError(f"{folder / CONFIG} missing: not a genre_hier model folder")
     meta = json.loads((folder / CONFIG).read_text())
     if meta.get("status") == "skipped":
-        raise FileNotFoundError(f"the hierarchical genre model in {folder} was not trained: "
-                                f"{meta.get('reason')}")
+        raise FileNotFoundError(
+            f"the hierarchical genre model in {folder} was not trained: {meta.get('reason')}"
+        )
     model = HierClassifier(HierConfig.from_dict(meta.pop("model")))
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.eval(), meta
@@ -143,13 +145,17 @@ class FrozenLM:
         try:
             import transformers
         except ImportError as exc:
-            raise ImportError(f"{self.folder} is a Hugging Face checkpoint: reading it needs "
-                              f"`pip install {TRANSFORMERS_PIN}`") from exc
+            raise ImportError(
+                f"{self.folder} is a Hugging Face checkpoint: reading it needs "
+                f"`pip install {TRANSFORMERS_PIN}`"
+            ) from exc
         model = transformers.AutoModel.from_pretrained(self.folder, local_files_only=True)
         if model.config.vocab_size != n_vocab:
-            raise ValueError(f"LM vocabulary {model.config.vocab_size} tokens, REMI tokenizer "
-                             f"{n_vocab}: the LM at {self.folder} was trained on another "
-                             "vocabulary, so it cannot read these token ids")
+            raise ValueError(
+                f"LM vocabulary {model.config.vocab_size} tokens, REMI tokenizer "
+                f"{n_vocab}: the LM at {self.folder} was trained on another "
+                "vocabulary, so it cannot read these token ids"
+            )
         self.model = model.to(self.device).eval()
         self.d_model = int(model.config.hidden_size)
         self.context = int(getattr(model.config, "n_positions", 1024))
@@ -168,7 +174,7 @@ class FrozenLM:
         out = np.zeros((len(chunks), self.d_model), dtype=np.float32)
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i]))  # little padding
         for lo in range(0, len(order), batch_size):
-            idx = order[lo: lo + batch_size]
+            idx = order[lo : lo + batch_size]
             t = min(self.context, max(len(chunks[i]) for i in idx))
             ids = torch.zeros(len(idx), t, dtype=torch.long)
             keep = torch.zeros(len(idx), t, dtype=torch.bool)
