@@ -247,9 +247,9 @@ def test_kfold_never_puts_a_song_on_both_sides():
 # -- stage 07 and the CLI function --------------------------------------------------------------
 
 
-def _project(root: Path, labelled: bool, **emotion) -> list[Path]:
-    """The files stage 07 reads, for 6 pieces of 8 bars (bar labels when `labelled`), and a
-    randomly initialised MuseTok."""
+def _project(root: Path, labelled: bool, words: bool = False, **emotion) -> list[Path]:
+    """The files stage 07 reads, for 6 pieces of 8 bars (bar labels when `labelled`, XMIDI-style
+    emotion words when `words`), and a randomly initialised MuseTok."""
     rows, bar_rows, tokens, paths = [], [], [], []
     for i in range(6):
         data = build_midi(n_bars=8, pitch=48 + 5 * i)
@@ -267,6 +267,7 @@ def _project(root: Path, labelled: bool, **emotion) -> list[Path]:
                 "path": f"lab/{pid}.mid",
                 "song_id": f"lab:{i}",
                 "split": SPLITS[i],
+                "emotion": ["happy", "sad", "angry"][i % 3] if words else None,
                 "genres": [],
             }
         )
@@ -350,6 +351,14 @@ def test_stage_mlp_on_rule_cues_needs_no_musetok(tmp_path, monkeypatch):
     assert metrics["estimator"] == "mlp_cues" and "kfold_mlp_cues_ccc_valence" in metrics
     rows = predict_file(paths[0], tmp_path / "models" / "emotion", tmp_path / "no-musetok")
     assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_cues"}
+
+
+def test_stage_trains_on_piece_labels_when_no_bar_is_rated(tmp_path, monkeypatch):
+    _project(tmp_path, labelled=False, words=True, mlp={"input": "cues"})
+    metrics = _run_stage(tmp_path, monkeypatch)
+    assert metrics["estimator"] == "mlp_cues" and metrics["labelled_pieces"] == 6
+    assert metrics["labelled_bars"] == 48 and metrics["rated_bars"] == 0
+    assert metrics["eval_targets"] == "piece_labels"
 
 
 def test_predict_file_without_a_model_uses_rules_and_plots(tmp_path, make_midi):

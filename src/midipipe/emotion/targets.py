@@ -209,17 +209,16 @@ def collect(
         has_bar = ~np.isnan(bar_t[:, 0]) & (raters >= p.min_raters)
         piece = row["piece_target"]
         piece_targets.append(piece if piece is not None else (np.nan, np.nan))
-        if len(row["bar_labels"]):  # listener-rated piece: its traces only
+        if len(row["bar_labels"]) or piece is None:  # listener-rated piece: its traces only
             w = has_bar.astype(np.float64)
-        elif piece is not None:
+        else:
             bar_t = np.tile(np.asarray(piece, np.float64), (grid.n_bars, 1))
             w = np.full(grid.n_bars, p.piece_label_weight)
-        else:
-            w = np.zeros(grid.n_bars)
         targets.append(bar_t)
         weights.append(w)
         rated.append(has_bar)
     lengths = [g.n_bars for g in grids]
+    all_cues = _concat(cues, (0, 5))
     return Bars(
         piece_ids=[r["piece_id"] for r in kept],
         groups=[r["song_id"] for r in kept],
@@ -229,8 +228,8 @@ def collect(
         weights=_concat(weights, (0,)),
         rated=_concat(rated, (0,)).astype(bool),
         piece_targets=np.array(piece_targets, np.float64).reshape(-1, 2),
-        cues=_concat(cues, (0, 5)),
-        rules=combine(_concat(cues, (0, 5)), rules),
+        cues=all_cues,
+        rules=combine(all_cues, rules),
         tokens=[tokens[r["piece_id"]] for r in kept],
     )
 
