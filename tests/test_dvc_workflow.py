@@ -57,7 +57,7 @@ def clone_project(dst: Path, corpus: Path) -> Path:
     # every model tiny: this checks the workflow, not the models
     params["musetok"].update(dec_seqlen=128, max_bars=4)
     params["musetok"]["train"].update(epochs=1, batch_size=8)
-    params["genre"].update(min_class_pieces=1, max_phrases_per_piece=2, train={"epochs": 1})
+    params["genre"].update(label="composer", min_class_pieces=1, max_phrases_per_piece=2, train={"epochs": 1})
     params["genre_hier"].update(min_tag_pieces=1, max_chunks=2, train={"epochs": 1})
     params["emotion"].update(folds=2)
     params["generator"].update(context=64, max_windows=8, eval_windows=4,
@@ -106,14 +106,20 @@ def test_second_repro_is_a_noop(project):
 
 def test_param_change_reruns_only_its_stage(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["composers"]["min_pieces"] = 6
+    params["composers"]["min_pieces"] = 6  # read by bucket_composers alone
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(project, "dvc", "repro")
-    assert ran(out) == {"bucket_composers"}
+    status = run(project, "dvc", "status")
+    changed = {line.rstrip(":").strip() for line in status.splitlines()
+               if line.strip().endswith(":") and not line.startswith("\t")}
+    # only the stage that reads the param is out of date (the generator stages only follow
+    # if composers.json itself changes)
+    assert changed == {"bucket_composers"}, status
+    run(project, "dvc", "repro", "bucket_composers")
     table = json.loads((project / "data/composers.json").read_text())
     assert [c["name"] for c in table["composers"]] == ["bach"]
     run(project, "git", "checkout", "-q", "params.yaml")
     run(project, "dvc", "checkout", "-q")
+    assert ran(run(project, "dvc", "repro")) == set()
 
 
 def test_exp_run_metrics_diff_and_plots(project):

@@ -164,6 +164,21 @@ def confusion(true: Sequence[int], pred: Sequence[int], labels: Sequence[int]) -
     return m
 
 
+def plot_message(path, text: str) -> None:
+    """A PNG that states why a plot has nothing to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def plot_confusions(
     panels: dict[str, list[tuple[str, np.ndarray]]], names: Sequence[str], path
 ) -> None:
@@ -292,7 +307,10 @@ def evaluate_generation(
             pred = clf.predict(views[suffix](x, inst))
             out[f"{tag}_cond_acc{suffix}"] = float(np.mean(pred == np.asarray(true)))
             panels[suffix].append((f"generated, guidance {g:g}", confusion(true, pred, ids)))
-    if classifiers and confusion_png is not None:
-        plot_confusions(panels, [name for name, _ in composers], confusion_png)
+    if confusion_png is not None:
+        if classifiers:
+            plot_confusions(panels, [name for name, _ in composers], confusion_png)
+        else:  # the declared plot still exists, and says why it is empty
+            plot_message(confusion_png, "no conditioning accuracy: fewer than 2 frequent composers")
     # JSON has no NaN: an undefined figure is null
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
