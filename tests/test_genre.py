@@ -108,7 +108,6 @@ def test_chunks_drop_empty_bars(tokenizer, vocab):
 
 
 def test_transposition_stays_in_the_pitch_range(tokenizer, vocab):
-    ids, bars = remi_of(tokenizer, n_bars=4, pitch=104)  # melody up to 104 + 11 > 108: capped
     ids, bars = remi_of(tokenizer, n_bars=4, pitch=96)
     seq = phrases(ids, bars, vocab, 4, 512).seqs[0]
     lo, hi = shift_range(seq, vocab, 12)
@@ -476,3 +475,21 @@ def test_hugging_face_gpt2_lm_from_a_local_folder(tmp_path, tokenizer, vocab):
     transformers.GPT2LMHeadModel(bad).save_pretrained(tmp_path / "bad")
     with pytest.raises(ValueError, match="another vocabulary"):
         FrozenLM(tmp_path / "bad", tokenizer)
+
+
+def test_latent_baseline_reads_stage_04_latents(tmp_path):
+    from midipipe.genre.baselines import mean_latents, single_label
+    from midipipe.latents import LatentWriter
+
+    rng = np.random.default_rng(0)
+    bars = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(5, 4)) + 3.0}
+    writer = LatentWriter(tmp_path, pieces_per_part=1)
+    for pid, x in bars.items():
+        writer.add(pid, x.astype(np.float32), np.zeros((len(x), 2), int), 0)
+    writer.close()
+    got = mean_latents(tmp_path, ["b", "a"])
+    assert np.allclose(got, [bars["b"].mean(0), bars["a"].mean(0)], atol=1e-6)
+    assert mean_latents(tmp_path, ["a", "missing"]) is None
+    assert mean_latents(tmp_path / "none", ["a"]) is None
+    probs = single_label(np.vstack([got, got]), np.array([1, 0, 1, 0]), got, n_classes=3)
+    assert probs.shape == (2, 3) and probs[:, 2].sum() == 0 and probs[0].argmax() == 1

@@ -139,6 +139,16 @@ def cmd_emotion(args) -> None:
         plot_curves(rows, args.plot, title=Path(args.file).name)
 
 
+def cmd_genre(args) -> None:
+    from midipipe.genre.predict import predict
+
+    out = predict(args.file, model=args.model, top_k=args.top_k, threshold=args.threshold,
+                  model_dir=args.model_dir)
+    print(json.dumps(out))
+    if "error" in out:
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -175,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     emo.set_defaults(func=cmd_emotion)
 
     add_generate_parser(sub)
+
+    gen = sub.add_parser("genre", help="genre probabilities of one MIDI file, as JSON")
+    gen.add_argument("file")
+    gen.add_argument("--model", choices=["phrase", "hier"], default="phrase")
+    gen.add_argument("--top-k", type=int, default=3)
+    gen.add_argument("--threshold", type=float, default=None,
+                     help="list genres with probability >= this "
+                          "(default: tuned on valid for hier, 0.5 for phrase)")
+    gen.add_argument("--model-dir", default=None,
+                     help="model folder (default: models/genre_phrase or models/genre_hier)")
+    gen.set_defaults(func=cmd_genre)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)

@@ -97,7 +97,7 @@ class Predictor:
             return None, {"error": f"too short to classify: {bars}, {need} needed"}
         if not cut.seqs:
             return None, {"error": f"no {need}-bar phrase with notes in {cut.n_bars} bars"}
-        probs = phrase_probs(self.model, cut.seqs).mean(0)
+        probs = phrase_probs(self.model, cut.seqs, batch_size=16).mean(0)  # little padding
         return probs, {
             "n_bars": cut.n_bars,
             "n_phrases": len(cut.seqs),
@@ -115,7 +115,9 @@ class Predictor:
         )
         if not cut.seqs:
             return None, {"error": "too short to classify: 0 bars with notes, 1 needed"}
-        x = self.lm.embed(cut.seqs)
+        x = self.lm.embed(
+            cut.seqs, batch_size=1
+        )  # one song: padding costs more than batching saves
         probs = hier_probs(self.model, [x])[0]
         return probs, {
             "n_bars": cut.n_bars,
