@@ -54,8 +54,9 @@ def main() -> None:
     items = [(piece_id(f.read_bytes()), str(f)) for f in files]
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem:
         t0 = time.perf_counter()
-        summary = tokenize_files(items, Path(tmp) / "remi_only", TokenizeParams(
-            workers=args.workers, musetok=False))
+        summary = tokenize_files(
+            items, Path(tmp) / "remi_only", TokenizeParams(workers=args.workers, musetok=False)
+        )
         pool_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         both = tokenize_files(items, Path(tmp) / "both", TokenizeParams(workers=args.workers))
@@ -63,24 +64,28 @@ def main() -> None:
 
     n = len(files)
     speedup = serial_s / pool_s
-    print(json.dumps({
-        "bench": "tokenize_pop909",
-        "files": n,
-        "workers": args.workers,
-        "serial_files_per_s": round(n / serial_s, 2),
-        "serial_tokens_per_s": round(serial_tokens / serial_s),
-        "pool_files_per_s": round(n / pool_s, 2),
-        "pool_tokens_per_s": round(summary.remi_tokens / pool_s),
-        "speedup_vs_serial": round(speedup, 2),
-        "parse_only_files_per_s": round(n / parse_s, 2),
-        "pool_remi_and_musetok_files_per_s": round(n / both_s, 2),
-        "remi_tokens_equal_serial": summary.remi_tokens == serial_tokens,
-        "rejects": summary.rejects,
-        "peak_rss_mb": mem.peak_mb,
-        "target_speedup": 1.8,
-        "target_peak_rss_mb": 1536,
-        "pass": speedup >= 1.8 and mem.peak_mb <= 1536,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "tokenize_pop909",
+                "files": n,
+                "workers": args.workers,
+                "serial_files_per_s": round(n / serial_s, 2),
+                "serial_tokens_per_s": round(serial_tokens / serial_s),
+                "pool_files_per_s": round(n / pool_s, 2),
+                "pool_tokens_per_s": round(summary.remi_tokens / pool_s),
+                "speedup_vs_serial": round(speedup, 2),
+                "parse_only_files_per_s": round(n / parse_s, 2),
+                "pool_remi_and_musetok_files_per_s": round(n / both_s, 2),
+                "remi_tokens_equal_serial": summary.remi_tokens == serial_tokens,
+                "rejects": summary.rejects,
+                "peak_rss_mb": mem.peak_mb,
+                "target_speedup": 1.8,
+                "target_peak_rss_mb": 1536,
+                "pass": speedup >= 1.8 and mem.peak_mb <= 1536,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

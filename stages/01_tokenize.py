@@ -16,8 +16,10 @@ def main() -> None:
     p = params.load().tokenize
     manifest = pq.read_table("data/manifest.parquet", columns=["piece_id", "path"]).to_pylist()
     root = Path("data/midi")
-    items = [(r["piece_id"], str(inside(root, r["path"], "data/manifest.parquet:path")))
-             for r in manifest]
+    items = [
+        (r["piece_id"], str(inside(root, r["path"], "data/manifest.parquet:path")))
+        for r in manifest
+    ]
     out = Path("data/tokens")
     shutil.rmtree(out, ignore_errors=True)  # no stale parts from a larger earlier run
     summary = tokenize_files(items, out, p, total=len(items))

@@ -31,9 +31,13 @@ def main() -> None:
             valid_metrics = mt.evaluate(model, valid, p, tp.batch_size)
         checkpoint.save(model, OUT)
         write_metrics("metrics/musetok.json", {"source": "pretrained", **valid_metrics})
-        write_curves([{"epoch": 0, **valid_metrics}], "metrics/musetok_curve.csv",
-                     "metrics/musetok_loss.png", "MuseTok (pretrained, not trained here)",
-                     ("valid_loss", "valid_token_acc"))
+        write_curves(
+            [{"epoch": 0, **valid_metrics}],
+            "metrics/musetok_curve.csv",
+            "metrics/musetok_loss.png",
+            "MuseTok (pretrained, not trained here)",
+            ("valid_loss", "valid_token_acc"),
+        )
         return
 
     seed_everything(tp.seed)
@@ -46,14 +50,31 @@ def main() -> None:
         loss=lambda m, batch: mt.loss(m, batch, p.beta),
         evaluate=lambda m: mt.evaluate(m, valid, p, tp.batch_size),
     )
-    fit(job, tp, "checkpoints/musetok", save_best=lambda m: checkpoint.save(m, OUT),
-        fingerprint={"musetok": dataclasses.asdict(p), "pieces": len(train)})
+    fit(
+        job,
+        tp,
+        "checkpoints/musetok",
+        save_best=lambda m: checkpoint.save(m, OUT),
+        fingerprint={"musetok": dataclasses.asdict(p), "pieces": len(train)},
+    )
     best = min(job.history, key=lambda h: h["valid_loss"])
-    write_metrics("metrics/musetok.json", {"source": "trained", "train_pieces": len(train),
-                                            "valid_pieces": len(valid), "best_epoch": best["epoch"],
-                                            **{k: v for k, v in best.items() if k != "epoch"}})
-    write_curves(job.history, "metrics/musetok_curve.csv", "metrics/musetok_loss.png",
-                 "MuseTok training", ("train_recons_loss", "valid_loss", "valid_token_acc"))
+    write_metrics(
+        "metrics/musetok.json",
+        {
+            "source": "trained",
+            "train_pieces": len(train),
+            "valid_pieces": len(valid),
+            "best_epoch": best["epoch"],
+            **{k: v for k, v in best.items() if k != "epoch"},
+        },
+    )
+    write_curves(
+        job.history,
+        "metrics/musetok_curve.csv",
+        "metrics/musetok_loss.png",
+        "MuseTok training",
+        ("train_recons_loss", "valid_loss", "valid_token_acc"),
+    )
 
 
 if __name__ == "__main__":

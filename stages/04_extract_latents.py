@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 import torch
 from tqdm import tqdm
 
@@ -33,12 +32,14 @@ class LatentParams:
 def main() -> None:
     p = params.build(LatentParams, params.section("params.yaml", "latents"), "latents")
     if p.representation not in REPRESENTATIONS:
-        raise ParamError(f"latents.representation must be one of {REPRESENTATIONS}, "
-                         f"got {p.representation!r}")
+        raise ParamError(
+            f"latents.representation must be one of {REPRESENTATIONS}, got {p.representation!r}"
+        )
     model = checkpoint.load("models/musetok").to(resolve_device(p.device)).eval()
     shutil.rmtree("data/latents", ignore_errors=True)
-    writer = LatentWriter("data/latents", p.pieces_per_part,
-                          metadata={"representation": p.representation})
+    writer = LatentWriter(
+        "data/latents", p.pieces_per_part, metadata={"representation": p.representation}
+    )
     stats = {"pieces": 0, "skipped_no_bars": 0, "bars": 0, "bars_truncated": 0}
     parts = sorted(Path("data/tokens/musetok").glob("part-*.parquet"))
     with torch.inference_mode(), tqdm(desc="latents", unit="piece") as bar:
@@ -46,8 +47,9 @@ def main() -> None:
             rows = pq.read_table(part).to_pylist()
             stats["skipped_no_bars"] += sum(not r["bar_starts"] for r in rows)
             rows = [r for r in rows if r["bar_starts"]]
-            encoded = encode_pieces(model, ((r["ids"], r["bar_starts"]) for r in rows),
-                                    p.batch_size)
+            encoded = encode_pieces(
+                model, ((r["ids"], r["bar_starts"]) for r in rows), p.batch_size
+            )
             for row, out in zip(rows, encoded, strict=True):
                 vectors = out.latents if p.representation == "quantized" else out.encoder_out
                 writer.add(row["piece_id"], vectors, out.codes, out.n_truncated)

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def midipipe(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "midipipe.cli", *args], cwd=cwd,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "midipipe.cli", *args], cwd=cwd, capture_output=True, text=True
+    )
 
 
 def test_tokenize_cli_matches_the_stage_function(make_midi, tmp_path):

@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ,
     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+    "DVC_NO_ANALYTICS": "1",
 }
 
 
@@ -42,26 +45,35 @@ def make_corpus(folder: Path) -> None:
 
 def clone_project(dst: Path, corpus: Path) -> Path:
     """The repo's tracked files in a fresh git repo, with params pointed at a tiny corpus."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     for rel in files + [".dvc/config", ".dvc/.gitignore"]:
         src = ROOT / rel
         if src.is_file() and not rel.startswith(("data/", "metrics/", "dvc.lock")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["data"]["sources"] = [{"kind": "folder", "name": "lab", "path": str(corpus),
-                                  "composer_from": "subfolder"}]
+    params["data"]["sources"] = [
+        {"kind": "folder", "name": "lab", "path": str(corpus), "composer_from": "subfolder"}
+    ]
     params["composers"]["min_pieces"] = 5
     params["organize"]["workers"] = params["tokenize"]["workers"] = 2
     # every model tiny: this checks the workflow, not the models
     params["musetok"].update(dec_seqlen=128, max_bars=4)
     params["musetok"]["train"].update(epochs=1, batch_size=8)
-    params["genre"].update(label="composer", min_class_pieces=1, max_phrases_per_piece=2, train={"epochs": 1})
+    params["genre"].update(
+        label="composer", min_class_pieces=1, max_phrases_per_piece=2, train={"epochs": 1}
+    )
     params["genre_hier"].update(min_tag_pieces=1, max_chunks=2, train={"epochs": 1})
     params["emotion"].update(folds=2)
-    params["generator"].update(context=64, max_windows=8, eval_windows=4,
-                               train={"epochs": 1, "batch_size": 8})
+    params["generator"].update(
+        context=64, max_windows=8, eval_windows=4, train={"epochs": 1, "batch_size": 8}
+    )
     params["generate"].update(pieces_per_composer=1, max_tokens=32)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dst, "git", "init", "-q", "-b", "main")
@@ -109,8 +121,11 @@ def test_param_change_reruns_only_its_stage(project):
     params["composers"]["min_pieces"] = 6  # read by bucket_composers alone
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(project, "dvc", "status")
-    changed = {line.rstrip(":").strip() for line in status.splitlines()
-               if line.strip().endswith(":") and not line.startswith("\t")}
+    changed = {
+        line.rstrip(":").strip()
+        for line in status.splitlines()
+        if line.strip().endswith(":") and not line.startswith("\t")
+    }
     # only the stage that reads the param is out of date (the generator stages only follow
     # if composers.json itself changes)
     assert changed == {"bucket_composers"}, status
@@ -142,6 +157,10 @@ def test_remote_push_pull_into_a_second_clone(project, tmp_path):
     run(tmp_path, "git", "clone", "-q", str(project), str(second))
     run(second, "dvc", "pull")
     # identical outputs, and nothing to recompute
-    for rel in ("data/manifest.parquet", "data/tokens/remi/part-00000.parquet", "data/composers.json"):
+    for rel in (
+        "data/manifest.parquet",
+        "data/tokens/remi/part-00000.parquet",
+        "data/composers.json",
+    ):
         assert (second / rel).read_bytes() == (project / rel).read_bytes()
     assert ran(run(second, "dvc", "repro")) == set()

@@ -64,7 +64,9 @@ def test_bad_inputs_become_rejects_and_good_ones_land(corpus, tmp_path):
     landed = {names[p] for p in remi_ids}
     assert landed == {"good.mid", "seven_eight.mid", "changes.mid"}
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
-    remi_rejects = {names[r["piece_id"]]: r["reason"] for r in rejects if r["stage"] == "tokenize/remi"}
+    remi_rejects = {
+        names[r["piece_id"]]: r["reason"] for r in rejects if r["stage"] == "tokenize/remi"
+    }
     assert set(remi_rejects) == {"zero.mid", "truncated.mid", "random.mid", "dense.mid"}
     assert remi_rejects["zero.mid"] == "empty file (0 bytes)"
     assert "too many notes: 1200000" in remi_rejects["dense.mid"]
@@ -84,7 +86,9 @@ def test_odd_meters_tokenize_with_their_time_signatures(corpus, tmp_path):
         tokens = [tok[int(i)] for i in ids]
         assert meter in tokens
         assert all(tokens[b] == "Bar_None" for b in bar_starts)
-    ids, _ = remi.encode(tok, symusic.Score(next(p for _, p in corpus if p.endswith("changes.mid"))))
+    ids, _ = remi.encode(
+        tok, symusic.Score(next(p for _, p in corpus if p.endswith("changes.mid")))
+    )
     assert {"TimeSig_5/4", "TimeSig_7/8", "TimeSig_4/4"} <= {tok[int(i)] for i in ids}
 
 
@@ -100,8 +104,11 @@ def test_bar_starts_slice_bars(tmp_path):
 def test_miditok_test_files(external_data, tmp_path):
     """MidiTok's corrupted file and empty.mid are rejected with reasons; its real files land."""
     tests = external_data / "miditok-tests"
-    paths = [tests / "corrupted" / "ValueError_Control168.mid", tests / "one_track" / "empty.mid",
-             *sorted((tests / "multitrack").glob("*.mid"))[:4]]
+    paths = [
+        tests / "corrupted" / "ValueError_Control168.mid",
+        tests / "one_track" / "empty.mid",
+        *sorted((tests / "multitrack").glob("*.mid"))[:4],
+    ]
     items = [(f"{i:032x}", str(p)) for i, p in enumerate(paths)]
     summary = tokenize_files(items, tmp_path / "t", TokenizeParams(workers=2))
     rejects = pq.read_table(tmp_path / "t" / "rejects.parquet").to_pylist()

@@ -22,8 +22,18 @@ from midipipe.sources.base import MIDI_SUFFIXES, find_midis
 
 log = logging.getLogger("midipipe")
 
-PACKAGES = ("midipipe", "torch", "miditok", "symusic", "music21", "pyarrow", "dvc",
-            "vector-quantize-pytorch", "safetensors", "datasets")
+PACKAGES = (
+    "midipipe",
+    "torch",
+    "miditok",
+    "symusic",
+    "music21",
+    "pyarrow",
+    "dvc",
+    "vector-quantize-pytorch",
+    "safetensors",
+    "datasets",
+)
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -70,8 +80,11 @@ def cmd_info(args) -> None:
         print("the DAG would produce (dvc.yaml):")
         stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
         for name, stage in stages.items():
-            outs = [next(iter(o)) if isinstance(o, dict) else o
-                    for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+            outs = [
+                next(iter(o)) if isinstance(o, dict) else o
+                for key in ("outs", "metrics", "plots")
+                for o in stage.get(key, [])
+            ]
             marks = ", ".join(f"{o}{'' if Path(o).exists() else ' (missing)'}" for o in outs)
             print(f"  {name}: {marks}")
 
@@ -128,8 +141,10 @@ def cmd_emotion(args) -> None:
 
     rows = predict_file(args.file, args.model_dir, args.musetok_dir)
     for r in rows:
-        print(f"bar {r['bar']:4d}  t={r['start_s']:8.2f}s  valence {r['valence']:+.3f}  "
-              f"arousal {r['arousal']:+.3f}  ({r['estimator']})")
+        print(
+            f"bar {r['bar']:4d}  t={r['start_s']:8.2f}s  valence {r['valence']:+.3f}  "
+            f"arousal {r['arousal']:+.3f}  ({r['estimator']})"
+        )
     if args.csv:
         with atomic_path(args.csv) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["bar"])
@@ -142,8 +157,13 @@ def cmd_emotion(args) -> None:
 def cmd_genre(args) -> None:
     from midipipe.genre.predict import predict
 
-    out = predict(args.file, model=args.model, top_k=args.top_k, threshold=args.threshold,
-                  model_dir=args.model_dir)
+    out = predict(
+        args.file,
+        model=args.model,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        model_dir=args.model_dir,
+    )
     print(json.dumps(out))
     if "error" in out:
         sys.exit(1)
@@ -151,13 +171,17 @@ def cmd_genre(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     tok = sub.add_parser("tokenize", help="tokenize MIDI files or folders into token shards")
     tok.add_argument("paths", nargs="+", help=f"MIDI files or folders ({', '.join(MIDI_SUFFIXES)})")
-    tok.add_argument("--out", required=True, help="output folder (remi/, musetok/, rejects.parquet)")
+    tok.add_argument(
+        "--out", required=True, help="output folder (remi/, musetok/, rejects.parquet)"
+    )
     tok.add_argument("--workers", type=int, default=None, help="processes (default: params)")
     tok.set_defaults(func=cmd_tokenize)
 
@@ -190,11 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("file")
     gen.add_argument("--model", choices=["phrase", "hier"], default="phrase")
     gen.add_argument("--top-k", type=int, default=3)
-    gen.add_argument("--threshold", type=float, default=None,
-                     help="list genres with probability >= this "
-                          "(default: tuned on valid for hier, 0.5 for phrase)")
-    gen.add_argument("--model-dir", default=None,
-                     help="model folder (default: models/genre_phrase or models/genre_hier)")
+    gen.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="list genres with probability >= this "
+        "(default: tuned on valid for hier, 0.5 for phrase)",
+    )
+    gen.add_argument(
+        "--model-dir",
+        default=None,
+        help="model folder (default: models/genre_phrase or models/genre_hier)",
+    )
     gen.set_defaults(func=cmd_genre)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")

@@ -20,15 +20,24 @@ from midipipe.shards import atomic_path, write_rows
 
 REPRESENTATIONS = ("quantized", "encoder_out")
 
-INDEX_SCHEMA = pa.schema([
-    ("piece_id", pa.string()), ("part", pa.string()), ("start", pa.int64()),
-    ("n_bars", pa.int64()), ("n_truncated", pa.int32()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("part", pa.string()),
+        ("start", pa.int64()),
+        ("n_bars", pa.int64()),
+        ("n_truncated", pa.int32()),
+    ]
+)
 
 
 class LatentWriter:
-    def __init__(self, folder: str | Path, pieces_per_part: int = 2048,
-                 metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        pieces_per_part: int = 2048,
+        metadata: dict[str, str] | None = None,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pieces_per_part = pieces_per_part
@@ -55,13 +64,23 @@ class LatentWriter:
         name = f"part-{self.n_parts:05d}.safetensors"
         lengths = [len(x) for x in self.latents]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        tensors = {"latents": np.concatenate(self.latents), "codes": np.concatenate(self.codes),
-                   "offsets": offsets}
+        tensors = {
+            "latents": np.concatenate(self.latents),
+            "codes": np.concatenate(self.codes),
+            "offsets": offsets,
+        }
         with atomic_path(self.folder / name) as tmp:
             save_file(tensors, str(tmp), metadata=self.metadata)
         for k, (pid, n_trunc) in enumerate(self.ids):
-            self.index.append({"piece_id": pid, "part": name, "start": int(offsets[k]),
-                               "n_bars": lengths[k], "n_truncated": n_trunc})
+            self.index.append(
+                {
+                    "piece_id": pid,
+                    "part": name,
+                    "start": int(offsets[k]),
+                    "n_bars": lengths[k],
+                    "n_truncated": n_trunc,
+                }
+            )
         self.n_parts += 1
         self._reset()
 

@@ -69,8 +69,12 @@ def _stats_of(path: str) -> dict:
     except BadMidi as exc:
         log.info("no stats for %s: %s", path, exc)
         return {}
-    return {"n_notes": s.n_notes, "n_bars": s.n_bars, "duration_s": s.duration_s,
-            "n_tracks": s.n_tracks}
+    return {
+        "n_notes": s.n_notes,
+        "n_bars": s.n_bars,
+        "duration_s": s.duration_s,
+        "n_tracks": s.n_tracks,
+    }
 
 
 def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | Path | None = None):
@@ -78,16 +82,24 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     data_dir = Path(data_dir)
     o = params.organize
     splits.check_fractions(o.valid_frac, o.test_frac)
-    sources = [iter_source(spec, f"data.sources[{i}]") for i, spec in enumerate(params.data.sources)]
+    sources = [
+        iter_source(spec, f"data.sources[{i}]") for i, spec in enumerate(params.data.sources)
+    ]
 
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".organize-", dir=data_dir))
     try:
         rows, bar_rows, counts = _collect(sources, tmp / "midi", o)
-        results = robust_map(_stats_of, [str(tmp / "midi" / r["path"]) for r in rows],
-                             workers=o.workers, timeout=o.timeout_s, batch_size=16)
-        for row, (_, got) in tqdm(zip(rows, results, strict=True), total=len(rows),
-                                  desc="stats", unit="file"):
+        results = robust_map(
+            _stats_of,
+            [str(tmp / "midi" / r["path"]) for r in rows],
+            workers=o.workers,
+            timeout=o.timeout_s,
+            batch_size=16,
+        )
+        for row, (_, got) in tqdm(
+            zip(rows, results, strict=True), total=len(rows), desc="stats", unit="file"
+        ):
             row.update({} if isinstance(got, Failure) else got)
         rows.sort(key=lambda r: r["piece_id"])
         write_rows(tmp / "manifest.parquet", rows, MANIFEST_SCHEMA)
@@ -102,8 +114,12 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    summary = {"pieces": len(rows), "songs": len({r["song_id"] for r in rows}),
-               "bar_labels": len(bar_rows), **counts}
+    summary = {
+        "pieces": len(rows),
+        "songs": len({r["song_id"] for r in rows}),
+        "bar_labels": len(bar_rows),
+        **counts,
+    }
     for split in splits.SPLITS:
         summary[f"split_{split}"] = sum(r["split"] == split for r in rows)
     for source, n in sorted(Counter(r["source"] for r in rows).items()):
@@ -136,14 +152,31 @@ def _collect(sources, midi_dir: Path, o) -> tuple[list[dict], list[dict], dict]:
             (midi_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (midi_dir / rel).write_bytes(data)
             song_id = f"{piece.source}:{piece.song_id}"
-            rows.append({
-                "piece_id": pid, "source": piece.source, "path": rel, "original": piece.name,
-                "song_id": song_id,
-                "split": piece.split or splits.assign(song_id, o.seed, o.valid_frac, o.test_frac),
-                "composer": piece.composer, "genres": list(piece.genres), "period": piece.period,
-                "emotion": piece.emotion, "valence": piece.valence, "arousal": piece.arousal,
-            })
-            bar_rows.extend({"piece_id": pid, "bar": b.bar, "valence": b.valence,
-                             "arousal": b.arousal, "n_raters": b.n_raters}
-                            for b in piece.bar_labels)
+            rows.append(
+                {
+                    "piece_id": pid,
+                    "source": piece.source,
+                    "path": rel,
+                    "original": piece.name,
+                    "song_id": song_id,
+                    "split": piece.split
+                    or splits.assign(song_id, o.seed, o.valid_frac, o.test_frac),
+                    "composer": piece.composer,
+                    "genres": list(piece.genres),
+                    "period": piece.period,
+                    "emotion": piece.emotion,
+                    "valence": piece.valence,
+                    "arousal": piece.arousal,
+                }
+            )
+            bar_rows.extend(
+                {
+                    "piece_id": pid,
+                    "bar": b.bar,
+                    "valence": b.valence,
+                    "arousal": b.arousal,
+                    "n_raters": b.n_raters,
+                }
+                for b in piece.bar_labels
+            )
     return rows, bar_rows, {"duplicates": duplicates, "unreadable": unreadable}

@@ -111,10 +111,17 @@ def build(cls: type, raw: dict | None, prefix: str = "", error: type[Exception] 
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise error(f"{where}.{unknown[0]}: unknown key {unknown[0]!r} "
-                    f"(known: {', '.join(fields) or 'none'})")
-    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+        raise error(
+            f"{where}.{unknown[0]}: unknown key {unknown[0]!r} "
+            f"(known: {', '.join(fields) or 'none'})"
+        )
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in raw
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise error(f"{where}.{missing[0]}: required")
     kwargs = {}

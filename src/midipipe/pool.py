@@ -90,7 +90,9 @@ def robust_map(
                 if len(batch) == 1:
                     results = [_failure_of(exc, timeout)]
                 else:  # isolate the culprit: retry each item alone
-                    log.warning("batch of %d failed (%s); retrying items one by one", len(batch), exc)
+                    log.warning(
+                        "batch of %d failed (%s); retrying items one by one", len(batch), exc
+                    )
                     singles = [submit([item]) for item in batch]
                     results = []
                     for single in singles:

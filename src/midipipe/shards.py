@@ -147,8 +147,12 @@ def iter_parts(folder: str | Path, columns: Iterable[str] | None = None) -> Iter
 
 def tokens_by_split(tokens_dir: str | Path, manifest: str | Path) -> dict[str, list[tuple]]:
     """Token rows grouped by the manifest's split: {split: [(piece_id, ids, bar_starts)]}."""
-    split_of = dict(zip(*pq.read_table(manifest, columns=["piece_id", "split"]).to_pydict().values(),
-                        strict=True))
+    split_of = dict(
+        zip(
+            *pq.read_table(manifest, columns=["piece_id", "split"]).to_pydict().values(),
+            strict=True,
+        )
+    )
     out: dict[str, list[tuple]] = {"train": [], "valid": [], "test": []}
     for row in iter_parts(tokens_dir):
         split = split_of.get(row["piece_id"])

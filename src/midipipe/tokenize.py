@@ -115,8 +115,14 @@ def tokenize_files(
             if writer is None or got is None:
                 continue
             if isinstance(got, Failure):
-                rejects.append({"piece_id": pid, "path": str(path), "stage": f"tokenize/{stream}",
-                                "reason": got.reason})
+                rejects.append(
+                    {
+                        "piece_id": pid,
+                        "path": str(path),
+                        "stage": f"tokenize/{stream}",
+                        "reason": got.reason,
+                    }
+                )
                 log.info("reject %s (%s): %s", path, stream, got.reason)
                 continue
             ids, bar_starts = got

@@ -66,12 +66,16 @@ def make_optimizer(model: nn.Module, tp: TrainParams) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not biases, norms or embeddings' scales)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tp.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": tp.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=tp.lr)
 
 
-def warmup_cosine(total_steps: int, warmup_frac: float, floor: float = 0.0) -> Callable[[int], float]:
+def warmup_cosine(
+    total_steps: int, warmup_frac: float, floor: float = 0.0
+) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to `floor` (a fraction of the peak lr)."""
     warmup = max(1, int(total_steps * warmup_frac))
 
@@ -103,14 +107,31 @@ def _save_weights(model: nn.Module, path: Path) -> None:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
-def _save_resume(out: Path, model: nn.Module, opt, sched, epoch: int, step: int,
-                 rng: torch.Generator, history: list[dict], best: float | None,
-                 fingerprint: str) -> None:
+def _save_resume(
+    out: Path,
+    model: nn.Module,
+    opt,
+    sched,
+    epoch: int,
+    step: int,
+    rng: torch.Generator,
+    history: list[dict],
+    best: float | None,
+    fingerprint: str,
+) -> None:
     _save_weights(model, out / "model.safetensors")
-    state = {"fingerprint": fingerprint, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-             "step": step, "rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
-             "python_rng": json.dumps(random.getstate()), "history": json.dumps(history),
-             "best": best if best is not None else float("nan")}
+    state = {
+        "fingerprint": fingerprint,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "rng": rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": json.dumps(random.getstate()),
+        "history": json.dumps(history),
+        "best": best if best is not None else float("nan"),
+    }
     with atomic_path(out / "state.pt") as tmp:
         torch.save(state, tmp)
 
@@ -120,8 +141,13 @@ def _python_rng(state: str):
     return version, tuple(internal), gauss
 
 
-def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[nn.Module], None],
-        fingerprint: dict | None = None) -> Fit:
+def fit(
+    job: Fit,
+    tp: TrainParams,
+    resume_dir: str | Path,
+    save_best: Callable[[nn.Module], None],
+    fingerprint: dict | None = None,
+) -> Fit:
     """Train `job.model` for `tp.epochs`, resuming from `resume_dir` when it holds the state of
     an interrupted run with the same `fingerprint` (params and data); cleared on success.
 
@@ -129,8 +155,9 @@ def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[
     `save_best` is called with it.
     """
     out = Path(resume_dir)
-    key = json.dumps({"train": dataclasses.asdict(tp), **(fingerprint or {})}, sort_keys=True,
-                     default=str)
+    key = json.dumps(
+        {"train": dataclasses.asdict(tp), **(fingerprint or {})}, sort_keys=True, default=str
+    )
     device = resolve_device(tp.device)
     amp = autocast_dtype(tp.precision, device)
     if device.type == "cuda":
@@ -140,14 +167,18 @@ def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[
     opt = make_optimizer(model, tp)
     total = tp.epochs * job.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(total, tp.warmup_frac, tp.min_lr / tp.lr if tp.lr else 0.0))
+        opt, warmup_cosine(total, tp.warmup_frac, tp.min_lr / tp.lr if tp.lr else 0.0)
+    )
     scaler = torch.amp.GradScaler(enabled=amp is torch.float16)
     rng = torch.Generator().manual_seed(tp.seed)
     seed_everything(tp.seed)
     start_epoch, step, best = 0, 0, None
 
-    state = torch.load(out / "state.pt", map_location="cpu", weights_only=True) \
-        if (out / "state.pt").exists() else None
+    state = (
+        torch.load(out / "state.pt", map_location="cpu", weights_only=True)
+        if (out / "state.pt").exists()
+        else None
+    )
     if state is not None and state["fingerprint"] != key:
         log.info("ignoring resume state in %s: params or data changed", out)
         state = None
@@ -169,8 +200,13 @@ def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[
         for epoch in range(start_epoch, tp.epochs):
             model.train()
             t0, sums, n = time.perf_counter(), {}, 0
-            bar = tqdm(job.train_batches(epoch, rng), total=job.steps_per_epoch,
-                       desc=f"epoch {epoch + 1}/{tp.epochs}", unit="step", leave=False)
+            bar = tqdm(
+                job.train_batches(epoch, rng),
+                total=job.steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{tp.epochs}",
+                unit="step",
+                leave=False,
+            )
             for batch in bar:
                 with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                     loss, logs = job.loss(model, batch)
@@ -189,9 +225,14 @@ def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[
             model.eval()
             with torch.inference_mode():
                 valid = job.evaluate(model)
-            row = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0],
-                   **{f"train_{k}": v / max(1, n) for k, v in sums.items()}, **valid,
-                   "epoch_s": round(time.perf_counter() - t0, 2)}
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": sched.get_last_lr()[0],
+                **{f"train_{k}": v / max(1, n) for k, v in sums.items()},
+                **valid,
+                "epoch_s": round(time.perf_counter() - t0, 2),
+            }
             job.history.append(row)
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
             if best is None or better(valid[job.best_key], best):
@@ -199,8 +240,11 @@ def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[
                 _save_weights(model, out / "best.safetensors")
             _save_resume(out, model, opt, sched, epoch, step, rng, job.history, best, key)
     except KeyboardInterrupt:
-        log.warning("interrupted in epoch %d: the last finished epoch is saved in %s; "
-                    "run again to resume", epoch + 1, out)
+        log.warning(
+            "interrupted in epoch %d: the last finished epoch is saved in %s; run again to resume",
+            epoch + 1,
+            out,
+        )
         raise SystemExit(130) from None
     if (out / "best.safetensors").exists():
         model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
@@ -209,8 +253,13 @@ def fit(job: Fit, tp: TrainParams, resume_dir: str | Path, save_best: Callable[[
     return job
 
 
-def write_curves(history: list[dict], csv_path: str | Path, png_path: str | Path | None,
-                 title: str, keys: tuple[str, ...]) -> None:
+def write_curves(
+    history: list[dict],
+    csv_path: str | Path,
+    png_path: str | Path | None,
+    title: str,
+    keys: tuple[str, ...],
+) -> None:
     """Per-epoch curves as CSV (for `dvc plots`) and PNG (for people)."""
     if not history:
         return
