@@ -59,7 +59,7 @@ def main() -> None:
         )
         pool_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        both = tokenize_files(items, Path(tmp) / "both", TokenizeParams(workers=args.workers))
+        tokenize_files(items, Path(tmp) / "both", TokenizeParams(workers=args.workers))
         both_s = time.perf_counter() - t0
 
     n = len(files)

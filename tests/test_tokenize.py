@@ -1,4 +1,4 @@
-"""01_tokenize on good and bad inputs: every bad file becomes a readable reject, nothing else is lost."""
+"""01_tokenize on good and bad inputs: bad files become readable rejects, nothing else is lost."""
 
 import numpy as np
 import pyarrow.parquet as pq

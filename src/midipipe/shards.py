@@ -1,4 +1,4 @@
-"""Parquet and safetensors I/O with atomic writes, so an interrupted stage never leaves a half file."""
+"""Parquet and safetensors I/O with atomic writes: an interrupted stage leaves no half file."""
 
 from __future__ import annotations
 
