@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import symusic
+import torch
+
+from midipipe.remi import make_tokenizer
 
 
 def _env_dir(var: str) -> Path:
@@ -64,3 +67,18 @@ def make_midi(tmp_path):
         return path
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is faster than two fighting over shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The default REMI tokenizer (params' `tokenize.remi` defaults)."""
+    return make_tokenizer()

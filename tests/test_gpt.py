@@ -12,24 +12,12 @@ import torch
 from midipipe.models import generator_data as gd
 from midipipe.models.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
 from midipipe.params import TrainParams
-from midipipe.remi import encode, make_tokenizer
+from midipipe.remi import encode
 from midipipe.sampling import RemiGrammar, SampleConfig, generate, to_midi
 from midipipe.training import Fit, fit
 from tests.conftest import build_midi
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster than two fighting over shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> GPTConfig:
