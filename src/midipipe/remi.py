@@ -25,7 +25,11 @@ DEFAULTS: dict[str, Any] = {
     "tempo_range": [40, 250],
     "use_time_signatures": True,
     # odd meters (5/4, 7/8, ...) are real music, not errors: give them tokens
-    "time_signature_range": {8: [3, 5, 6, 7, 9, 12], 4: [1, 2, 3, 4, 5, 6, 7], 2: [1, 2, 3, 4]},
+    "time_signature_range": {
+        8: [1, 2, 3, 4, 5, 6, 7, 9, 12],
+        4: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        2: [1, 2, 3, 4, 5, 6],
+    },
 }
 
 _CONFIG_KEYS = set(inspect.signature(TokenizerConfig.__init__).parameters) - {"self", "kwargs"}
