@@ -10,6 +10,7 @@ import numpy as np
 import symusic
 from miditok import REMI, TokenizerConfig
 
+from midipipe import fast_remi
 from midipipe.midi import BadMidi
 from midipipe.params import ParamError
 
@@ -70,10 +71,14 @@ def encode(tokenizer: REMI, score: symusic.Score) -> tuple[np.ndarray, np.ndarra
     if unsupported:
         meters = ", ".join(f"{n}/{d}" for n, d in unsupported)
         raise BadMidi(f"time signature {meters} not in tokenize.remi.time_signature_range")
-    seq = tokenizer.encode(score)
-    if isinstance(seq, list):  # one stream per track: only if a user turns the single stream off
-        raise ParamError("tokenize.remi.one_token_stream_for_programs must be true")
-    if not seq.ids:
+    if fast_remi.supports(tokenizer):  # the same ids, ~6x faster (fast_remi.py)
+        ids = fast_remi.encode_ids(tokenizer, score)
+    else:
+        seq = tokenizer.encode(score)
+        if isinstance(seq, list):  # one stream per track: only if the single stream is off
+            raise ParamError("tokenize.remi.one_token_stream_for_programs must be true")
+        ids = seq.ids
+    if not ids:
         raise BadMidi("no tokens after preprocessing (all notes outside the pitch range?)")
-    ids = np.asarray(seq.ids, dtype=np.int32)  # compact to send between processes
+    ids = np.asarray(ids, dtype=np.int32)  # compact to send between processes
     return ids, np.flatnonzero(ids == tokenizer.vocab["Bar_None"]).astype(np.int32)
