@@ -34,7 +34,7 @@ class OrganizeParams:
 class TokenizeParams:
     workers: int = 0
     timeout_s: float = 60.0
-    batch_size: int = 8  # files per pool task
+    batch_size: int = 32  # files per pool task
     rows_per_part: int = 1024
     max_notes: int = 1_000_000
     musetok: bool = True
