@@ -2,13 +2,15 @@
 
 Builds a Parquet in GigaMIDI's schema from real MIDI (POP909 and Nottingham under
 MIDIPIPE_EXTERNAL_DATA, default ../shared/datasets), a randomly initialised MuseTok of `--size`
-and a small random emotion MLP (or the rule estimator), then times `annotate.annotate` (local
+and a random emotion MLP on `--input` (default: `emotion.mlp.input`'s default), or the rule
+estimator, then times `annotate.annotate` (local
 engine) over it: bars/s end to end, seconds per phase, peak RSS of the process tree (main +
 workers, sampled), and the hours all of GigaMIDI v2 would take at that rate.
 
 Phases: `read` (Parquet batches -> rows), `encoder`, `regressor` and `write` are wall seconds in
-the main process; `parse`, `events` and `rules` run in the worker processes and are summed over
-them (CPU seconds), so they overlap the main process's phases and can exceed the wall time.
+the main process; `parse`, `events`, `rules` and `cues` run in the worker processes and are
+summed over them (CPU seconds), so they overlap the main process's phases and can exceed the
+wall time.
 Weights are random: the speed of a trained model of the same size is the same.
 
 Projection: songs x mean MuseTok bars per song (from this sample) / bars/s. GigaMIDI v2.0.0 is
@@ -38,6 +40,7 @@ import torch
 
 from midipipe.annotate import AnnotateParams, annotate
 from midipipe.emotion import regressor, rules_config
+from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import RuleParams
 from midipipe.gigamidi_export import SCHEMA, midi_facts
 from midipipe.midi import piece_id
@@ -87,15 +90,23 @@ def build_parquet(files: list[Path], path: Path) -> int:
     return path.stat().st_size
 
 
-def make_models(folder: Path, size: str, estimator: str) -> tuple[Path, Path]:
+def make_models(folder: Path, size: str, estimator: str, name: str) -> tuple[Path, Path]:
     torch.manual_seed(0)
     cfg = SIZES[size]()
     checkpoint.save(MuseTok(cfg).eval(), folder / "musetok")
     if estimator == "rules":
         write_json(folder / "emotion" / "config.json", rules_config(RuleParams()))
     else:
-        mlp_cfg = regressor.MLPConfig(input="quantized", width=cfg.d_latent, window=1, hidden=128)
-        regressor.save(regressor.EmotionMLP(mlp_cfg).eval(), folder / "emotion", {})
+        mlp = MLPParams(input=name)
+        mlp_cfg = regressor.MLPConfig(
+            input=name,
+            width=regressor.input_width(name, cfg),
+            codebook_size=cfg.codebook_size,
+            window=mlp.window,
+            hidden=mlp.hidden,
+        )
+        extra = {"cue_window": RuleParams().window}
+        regressor.save(regressor.EmotionMLP(mlp_cfg).eval(), folder / "emotion", extra)
     return folder / "musetok", folder / "emotion"
 
 
@@ -104,6 +115,7 @@ def main() -> None:
     ap.add_argument("--songs", type=int, default=200)
     ap.add_argument("--size", choices=list(SIZES), default="cpu_default")
     ap.add_argument("--estimator", choices=["mlp", "rules"], default="mlp")
+    ap.add_argument("--input", choices=regressor.INPUTS, default=MLPParams().input)
     ap.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
     ap.add_argument("--batch-size", type=int, default=256, help="bars per encoder pass")
     ap.add_argument("--device", default="cpu")
@@ -115,7 +127,7 @@ def main() -> None:
         tmp = Path(tmp)
         files = sample_files(external_data(), args.songs, args.seed)
         parquet_bytes = build_parquet(files, tmp / "giga.parquet")
-        musetok, emotion = make_models(tmp, args.size, args.estimator)
+        musetok, emotion = make_models(tmp, args.size, args.estimator, args.input)
         p = AnnotateParams(
             name="bench", parquet=str(tmp / "giga.parquet"), musetok=str(musetok),
             emotion=str(emotion), workers=args.workers, batch_size=args.batch_size,
@@ -133,6 +145,7 @@ def main() -> None:
         "benchmark": "annotate",
         "engine": "local",
         "estimator": m["estimator"],
+        "input": args.input if args.estimator == "mlp" else None,
         "musetok_size": args.size,
         "musetok_params_m": round(n_params / 1e6, 2),
         "device": args.device,

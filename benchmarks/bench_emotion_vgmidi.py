@@ -1,11 +1,12 @@
-"""Bar-level valence/arousal on VGMIDI: the MLP on each MuseTok input (and on the five rule cues)
-vs the rule estimate vs the mean predictor, piece-grouped k-fold over every VGMIDI piece with
-listener traces.
+"""Bar-level valence/arousal on VGMIDI: the MLP on each input (the three MuseTok latents, the
+five rule cues, and the quantized latent beside the cues) vs the rule estimate vs the mean
+predictor, piece-grouped k-fold over every VGMIDI piece with listener traces.
 
 Builds everything in a work folder from `$MIDIPIPE_EXTERNAL_DATA/vgmidi` (default
 ../shared/datasets): organize, tokenize, a small MuseTok (`cpu_default`) trained on these pieces
 (self-supervised, test folds included), per-bar inputs, then the k-fold. The same k-fold on the
-latents of a randomly initialised MuseTok is the "do trained latents help" control.
+latents of a randomly initialised MuseTok (every input that reads a latent) is the "do trained
+latents help" control.
 
 Prints one JSON line: per-fold-mean CCC / r / RMSE / sign accuracy per estimator and axis,
 and the winning MLP input.
@@ -31,7 +32,7 @@ from common import external_data  # noqa: E402
 
 from midipipe.emotion import EmotionParams  # noqa: E402
 from midipipe.emotion.evaluate import cross_validate, summarize  # noqa: E402
-from midipipe.emotion.regressor import INPUTS, LATENTS, encode_inputs  # noqa: E402
+from midipipe.emotion.regressor import INPUTS, assemble, encode_inputs, latent_of  # noqa: E402
 from midipipe.emotion.targets import collect, read_labels  # noqa: E402
 from midipipe.musetok import checkpoint  # noqa: E402
 from midipipe.musetok import train as mt  # noqa: E402
@@ -100,8 +101,8 @@ def kfold(work: Path, musetok_dir: Path, p: EmotionParams, folds: int, names: tu
     data = work / "data"
     pieces = read_labels(data / "manifest.parquet", data / "labels" / "bar_va.parquet", p.targets)
     bars = collect(pieces, data / "tokens" / "musetok", data / "midi", p.targets, p.rules)
-    inputs, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
-    inputs["cues"] = bars.cues
+    latents, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
+    inputs = {name: assemble(name, latents, bars.cues) for name in names}
     everything = np.arange(len(bars.piece_ids))
     table = cross_validate(
         bars, everything, inputs, codebook, p.mlp, tp, list(names), folds, tp.seed
@@ -149,7 +150,8 @@ def main() -> None:
     trained = kfold(work, work / "musetok", p, args.folds, INPUTS)
     seed_everything(0)
     checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
-    random = kfold(work, work / "musetok_random", p, args.folds, LATENTS)
+    with_latents = tuple(name for name in INPUTS if latent_of(name) is not None)
+    random = kfold(work, work / "musetok_random", p, args.folds, with_latents)
     print(
         json.dumps(
             {

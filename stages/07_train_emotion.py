@@ -88,11 +88,16 @@ def learned(p: EmotionParams, tp, bars: Bars) -> None:
     split = np.array(bars.splits)
     pool, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
     compare = list(mlp.INPUTS) if p.compare_inputs else [p.mlp.input]
-    latents = ({p.mlp.input, *compare}) & set(mlp.LATENTS)
-    inputs, codebook = mlp.bar_inputs(
-        latents, bars.piece_ids, bars.tokens, LATENTS, MUSETOK, tp.device
+    names = {p.mlp.input, *compare}
+    latents, codebook = mlp.bar_inputs(
+        {mlp.latent_of(n) for n in names} - {None},
+        bars.piece_ids,
+        bars.tokens,
+        LATENTS,
+        MUSETOK,
+        tp.device,
     )
-    inputs["cues"] = bars.cues
+    inputs = {n: mlp.assemble(n, latents, bars.cues) for n in names}
     estimator = mlp.estimator_of(p.mlp.input)
     table = cross_validate(bars, pool, inputs, codebook, p.mlp, tp, compare, p.folds, tp.seed)
     means, flat = summarize(table)

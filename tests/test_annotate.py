@@ -17,7 +17,7 @@ from conftest import build_midi
 
 from midipipe import analysis
 from midipipe.annotate import INSTRUMENT_COLUMN, AnnotateParams, PartStore, annotate
-from midipipe.emotion import regressor, rules_config
+from midipipe.emotion import predict_file, regressor, rules_config
 from midipipe.emotion.rules import RuleParams, bar_grid, estimate
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
@@ -91,23 +91,36 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), root / "musetok")
-    write_json(root / "rules" / "config.json", rules_config(RuleParams()))
+def untrained_mlp(folder: Path, name: str) -> None:
+    """A random emotion MLP on input `name`, saved as stage 07 saves a trained one."""
+    musetok = MuseTokConfig.cpu_default()
     cfg = regressor.MLPConfig(
-        input="quantized",
-        width=MuseTokConfig.cpu_default().d_latent,
+        input=name,
+        width=regressor.input_width(name, musetok),
+        codebook_size=musetok.codebook_size,
         window=1,
         hidden=16,
         dropout=0.0,
     )
     mlp = regressor.EmotionMLP(cfg)
-    mlp.std.fill_(0.05)  # random latents are small: spread the outputs
-    regressor.save(mlp.eval(), root / "mlp", {"learned": False})
-    return {"musetok": root / "musetok", "rules": root / "rules", "mlp": root / "mlp"}
+    latent = regressor.latent_of(name)
+    if latent in ("quantized", "encoder_out"):  # random latents are small: spread the outputs
+        mlp.std[: regressor.input_width(latent, musetok)].fill_(0.05)
+    regressor.save(mlp.eval(), folder, {"learned": False, "cue_window": 2})
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A random MuseTok, the rule estimator, and a random MLP per input (`mlp`: quantized)."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), root / "musetok")
+    write_json(root / "rules" / "config.json", rules_config(RuleParams()))
+    out = {"musetok": root / "musetok", "rules": root / "rules", "mlp": root / "quantized"}
+    for name in regressor.INPUTS:
+        untrained_mlp(root / name, name)
+        out[name] = root / name
+    return out
 
 
 def params(corpus: Path, models: dict, estimator: str = "rules", **kw) -> AnnotateParams:
@@ -218,6 +231,30 @@ def test_mlp_batched_across_songs_equals_one_song_at_a_time(models, mlp_run):
         got = [(r["valence"], r["arousal"]) for r in bars if r["md5"] == key]
         np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.std([r["valence"] for r in bars]) > 1e-3  # not a constant model
+
+
+@pytest.mark.parametrize("name", ["encoder_out", "codes", "cues", "latents+cues"])
+def test_every_mlp_input_annotates_as_predict_file_does(corpus, models, name, tmp_path):
+    """Batched annotation of a model on each input gives `predict_file`'s bars; a model on the
+    cues alone runs without any MuseTok model."""
+    musetok = models["musetok"] if name != "cues" else tmp_path / "no-musetok"
+    folder = tmp_path / "out"
+    report = annotate(params(corpus, {**models, "musetok": musetok}, name), folder, progress=False)
+    check_consistent(folder)
+    songs, bars = output(folder)
+    assert {r["estimator"] for r in bars} == {regressor.estimator_of(name)}
+    assert sum(r["status"] == "ok" for r in songs) == len(GOOD)
+    for i, music in enumerate(GOOD[:3]):
+        path = tmp_path / f"{i}.mid"
+        path.write_bytes(music)
+        expected = [(r["valence"], r["arousal"]) for r in predict_file(path, models[name], musetok)]
+        key = hashlib.md5(music).hexdigest()
+        got = [(r["valence"], r["arousal"]) for r in bars if r["md5"] == key]
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.std([r["valence"] for r in bars]) > 1e-3  # not a constant model
+    m = report.metrics()
+    assert (m["seconds_encoder"] > 0) == (name != "cues")
+    assert (m["seconds_cues"] > 0) == regressor.reads_cues(name)
 
 
 class CutStream:

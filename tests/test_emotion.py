@@ -12,7 +12,7 @@ import symusic
 import torch
 import yaml
 
-from midipipe.emotion import EmotionParams, plot_curves, predict_file
+from midipipe.emotion import EmotionParams, plot_curves, predict_file, regressor
 from midipipe.emotion.evaluate import bar_metrics, piece_folds
 from midipipe.emotion.regressor import (
     MLPConfig,
@@ -176,6 +176,22 @@ def test_windows_stay_inside_each_piece():
     ]
 
 
+def test_each_input_is_assembled_at_the_width_a_model_is_built_for():
+    cfg = MuseTokConfig.cpu_default()
+    latents = {
+        "quantized": np.zeros((3, cfg.d_latent)),
+        "encoder_out": np.zeros((3, cfg.enc_d_model)),
+        "codes": np.zeros((3, cfg.num_quantizers), np.int64),
+    }
+    cues = np.arange(15.0).reshape(3, 5)
+    for name in regressor.INPUTS:
+        x = regressor.assemble(name, latents, cues)
+        assert x.shape == (3, regressor.input_width(name, cfg)), name
+    both = regressor.assemble("latents+cues", latents, cues)
+    np.testing.assert_array_equal(both[:, cfg.d_latent :], cues)
+    assert regressor.latent_of("cues") is None and regressor.input_width("cues", None) == 5
+
+
 def test_stored_inputs_read_stage_04_parts_in_piece_order(tmp_path):
     writer = LatentWriter(tmp_path, pieces_per_part=1, metadata={"representation": "encoder_out"})
     for i, n in enumerate((2, 3)):
@@ -325,19 +341,19 @@ def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, mo
 
 
 def test_stage_with_bar_labels_trains_and_evaluates_the_mlp(tmp_path, monkeypatch):
-    paths = _project(tmp_path, labelled=True, compare_inputs=True)
+    paths = _project(tmp_path, labelled=True, compare_inputs=True, mlp={"input": "quantized"})
     metrics = _run_stage(tmp_path, monkeypatch)
     assert metrics["estimator"] == "mlp_latents" and metrics["learned"] is True
     assert metrics["input"] == "quantized" and metrics["labelled_bars"] == 48
     assert metrics["eval_targets"] == "listener_bars" and metrics["folds"] == 2
-    labels = ("mlp_quantized", "mlp_encoder_out", "mlp_codes", "mlp_cues", "rules", "mean")
+    labels = [f"mlp_{name}" for name in regressor.INPUTS] + ["rules", "mean"]
     for label in labels:
         assert f"kfold_{label}_ccc_valence" in metrics
-    assert metrics["kfold_best_input"] in ("quantized", "encoder_out", "codes", "cues")
+    assert metrics["kfold_best_input"] in regressor.INPUTS
     for label in ("mlp_quantized", "rules", "mean"):
         assert f"test_{label}_rmse_arousal" in metrics
     table = (tmp_path / "metrics" / "emotion_kfold.csv").read_text().splitlines()
-    assert len(table) == 1 + 2 * 6 + 6 + 3  # header, folds x estimators, means, test
+    assert len(table) == 1 + 2 * 7 + 7 + 3  # header, folds x estimators, means, test
     folder = tmp_path / "models" / "emotion"
     assert json.loads((folder / "config.json").read_text())["estimator"] == "mlp_latents"
     rows = predict_file(paths[0], folder, tmp_path / "models" / "musetok")
@@ -351,6 +367,16 @@ def test_stage_mlp_on_rule_cues_needs_no_musetok(tmp_path, monkeypatch):
     assert metrics["estimator"] == "mlp_cues" and "kfold_mlp_cues_ccc_valence" in metrics
     rows = predict_file(paths[0], tmp_path / "models" / "emotion", tmp_path / "no-musetok")
     assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_cues"}
+
+
+def test_stage_mlp_on_latents_beside_cues(tmp_path, monkeypatch):
+    paths = _project(tmp_path, labelled=True, mlp={"input": "latents+cues"})
+    metrics = _run_stage(tmp_path, monkeypatch)
+    assert metrics["estimator"] == "mlp_latents+cues" and metrics["learned"] is True
+    assert "kfold_mlp_latents+cues_ccc_valence" in metrics
+    assert "test_mlp_latents+cues_ccc_arousal" in metrics
+    rows = predict_file(paths[0], tmp_path / "models" / "emotion", tmp_path / "models" / "musetok")
+    assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_latents+cues"}
 
 
 def test_stage_trains_on_piece_labels_when_no_bar_is_rated(tmp_path, monkeypatch):

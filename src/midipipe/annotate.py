@@ -6,6 +6,8 @@ a hang or a crash fails that song only) -> this process encodes the bars of many
 forward pass and runs the emotion model over many songs at once -> one part per chunk of songs.
 With the rule estimator (what `models/emotion` holds when no labelled data exists) the workers
 compute the estimate themselves and the MuseTok encoder is not run: its latents would be unused.
+An MLP that reads the rule cues (input `cues` or `latents+cues`) gets them from the workers too,
+and one on `cues` alone needs no encoder either.
 Bars are MuseTok's in both cases, so annotations of the two estimators line up bar for bar.
 
 Output folder (`data/annotations/<name>/`):
@@ -217,33 +219,31 @@ class RowError(ValueError):
 
 @dataclass
 class Prepared:
-    """A parsed song: MuseTok ids and bars, or (rule estimator) its per-bar estimate."""
+    """A parsed song: MuseTok ids and bars (and the rule cues when the MLP reads them), or
+    (rule estimator) its per-bar estimate."""
 
     n_bars: int
     ids: np.ndarray | None = None
     bar_starts: np.ndarray | None = None
+    cues: np.ndarray | None = None  # [n_bars, len(rules.FEATURES)]
     va: np.ndarray | None = None  # [n_bars, 2]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _musetok_ids(score, data: bytes) -> tuple[list[int], list[int]]:
-    """`encode_midi` on an already parsed score, so the bytes are parsed once.
-    TODO(lead): expose this as a public `events.encode_score(score, data)`."""
-    from midipipe.musetok import events
+def prepare(
+    job: Job, estimator: str, rules: dict | None, max_notes: int, cue_window: int | None = None
+) -> Prepared:
+    """Parse, MuseTok events, and the rule estimate when that is the estimator (or the rule
+    cues over `cue_window` when the MLP reads them); raises with a readable reason (BadMidi,
+    MuseTokReject, RowError) for a song that cannot be annotated."""
+    from midipipe.musetok.events import encode_score
 
-    ev = events._score_events(score, data)
-    return events.events_to_ids(ev), events.bar_positions(ev)
-
-
-def prepare(job: Job, estimator: str, rules: dict | None, max_notes: int) -> Prepared:
-    """Parse, MuseTok events, and the rule estimate when that is the estimator; raises with a
-    readable reason (BadMidi, MuseTokReject, RowError) for a song that cannot be annotated."""
     if job.missing:
         raise RowError(job.missing)
     t0 = time.perf_counter()
     score = load_score(job.music, max_notes=max_notes)
     t1 = time.perf_counter()
-    ids, bar_starts = _musetok_ids(score, job.music)
+    ids, bar_starts = encode_score(score, job.music)
     t2 = time.perf_counter()
     seconds = {"parse": t1 - t0, "events": t2 - t1}
     if estimator == RULES:
@@ -254,18 +254,27 @@ def prepare(job: Job, estimator: str, rules: dict | None, max_notes: int) -> Pre
         va = estimate(score, grid, build(RuleParams, rules, "rules")).astype(np.float32)
         seconds["rules"] = time.perf_counter() - t2
         return Prepared(len(bar_starts), va=va, seconds=seconds)
+    cues = None
+    if cue_window is not None:
+        from midipipe.emotion.rules import bar_features, bar_grid
+
+        cues = bar_features(score, bar_grid(score, len(bar_starts)), cue_window)
+        seconds["cues"] = time.perf_counter() - t2
     return Prepared(
         len(bar_starts),
         np.asarray(ids, np.int32),
         np.asarray(bar_starts, np.int32),
+        cues=None if cues is None else cues.astype(np.float32),
         seconds=seconds,
     )
 
 
-def prepare_inline(job: Job, estimator: str, rules: dict | None, max_notes: int):
+def prepare_inline(
+    job: Job, estimator: str, rules: dict | None, max_notes: int, cue_window: int | None = None
+):
     """`prepare` in this process, a failure reported as `robust_map` reports it."""
     try:
-        return prepare(job, estimator, rules, max_notes)
+        return prepare(job, estimator, rules, max_notes, cue_window)
     except Exception as exc:
         return Failure(f"{type(exc).__name__}: {exc}")
 
@@ -317,10 +326,15 @@ class Annotator:
     batched step from parsed songs to per-bar valence/arousal."""
 
     def __init__(self, p: AnnotateParams, load_models: bool = True):
+        from midipipe.emotion.regressor import latent_of, reads_cues
+
         self.p = p
         self.config = emotion_config(p.emotion)
         self.estimator = self.config["estimator"]
         self.rules = self.config.get("rules") if self.estimator == RULES else None
+        mlp_input = None if self.estimator == RULES else self.config["mlp"]["input"]
+        self.latent = None if mlp_input is None else latent_of(mlp_input)  # None: no encoder
+        self.cue_window = self.config["cue_window"] if mlp_input and reads_cues(mlp_input) else None
         self.clock = PhaseClock()
         self.encoder = self.mlp = None
         if self.estimator != RULES and load_models:
@@ -332,14 +346,12 @@ class Annotator:
         from midipipe.training import resolve_device
 
         device = resolve_device(self.p.device)
-        self.encoder = checkpoint.load(self.p.musetok, device=device)
         self.mlp = regressor.load(self.p.emotion).to(device)
-        cfg, enc = self.mlp.cfg, self.encoder.config
-        width = {
-            "quantized": enc.d_latent,
-            "encoder_out": enc.enc_d_model,
-            "codes": enc.num_quantizers,
-        }[cfg.input]
+        if self.latent is not None:
+            self.encoder = checkpoint.load(self.p.musetok, device=device)
+        cfg = self.mlp.cfg
+        musetok = None if self.encoder is None else self.encoder.config
+        width = regressor.input_width(cfg.input, musetok)
         if width != cfg.width:
             raise ValueError(
                 f"{self.p.musetok} gives {cfg.input} of width {width}, but the "
@@ -350,12 +362,18 @@ class Annotator:
     def work(self, inline: bool = False) -> partial:
         """The per-song function for workers (picklable)."""
         fn = prepare_inline if inline else prepare
-        return partial(fn, estimator=self.estimator, rules=self.rules, max_notes=self.p.max_notes)
+        return partial(
+            fn,
+            estimator=self.estimator,
+            rules=self.rules,
+            max_notes=self.p.max_notes,
+            cue_window=self.cue_window,
+        )
 
     def fingerprint(self) -> dict:
         """What the annotations depend on besides the song bytes."""
         files = [Path(self.p.emotion) / n for n in ("config.json", "model.safetensors")]
-        if self.estimator != RULES:
+        if self.latent is not None:
             files += [Path(self.p.musetok) / n for n in ("config.json", "model.safetensors")]
         digest = hashlib.sha256()
         for path in files:
@@ -397,16 +415,25 @@ class Annotator:
         from midipipe.emotion import regressor
         from midipipe.musetok.encode import encode_pieces
 
-        with self.clock("encoder"):
-            pieces = ((out.ids, out.bar_starts) for _, out in todo)
-            encoded = list(encode_pieces(self.encoder, pieces, self.p.batch_size))
-            x = np.concatenate([regressor.inputs_of(e)[self.mlp.cfg.input] for e in encoded])
-        offsets = np.concatenate([[0], np.cumsum([len(e.codes) for e in encoded])])
+        latents: dict[str, np.ndarray] = {}
+        if self.latent is not None:
+            with self.clock("encoder"):
+                pieces = ((out.ids, out.bar_starts) for _, out in todo)
+                encoded = list(encode_pieces(self.encoder, pieces, self.p.batch_size))
+                latents[self.latent] = np.concatenate(
+                    [regressor.inputs_of(e)[self.latent] for e in encoded]
+                )
+            for (result, _), enc in zip(todo, encoded, strict=True):
+                result.n_truncated = enc.n_truncated
+        cues = (
+            np.concatenate([out.cues for _, out in todo]) if self.cue_window is not None else None
+        )
+        x = regressor.assemble(self.mlp.cfg.input, latents, cues)
+        offsets = np.concatenate([[0], np.cumsum([out.n_bars for _, out in todo])])
         with self.clock("regressor"):
             va = regressor.predict(self.mlp, x, offsets)
-        for (result, _), enc, lo, hi in zip(todo, encoded, offsets[:-1], offsets[1:], strict=True):
+        for (result, _), lo, hi in zip(todo, offsets[:-1], offsets[1:], strict=True):
             result.va = va[lo:hi].astype(np.float32, copy=False)
-            result.n_truncated = enc.n_truncated
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -645,7 +672,7 @@ class Report:
             "stream_error": self.stream_error or "",
         }
         out["peak_rss_main_mb"], out["peak_rss_worker_mb"] = peak_rss_mb()
-        for phase in ("read", "parse", "events", "rules", "encoder", "regressor", "write"):
+        for phase in ("read", "parse", "events", "rules", "cues", "encoder", "regressor", "write"):
             out[f"seconds_{phase}"] = self.seconds.get(phase, 0.0)
         return out
 

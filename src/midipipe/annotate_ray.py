@@ -35,7 +35,7 @@ from midipipe.annotate import (
 
 log = logging.getLogger(__name__)
 
-PHASES = ("parse", "events", "rules", "encoder", "regressor")
+PHASES = ("parse", "events", "rules", "cues", "encoder", "regressor")
 RESULT_SCHEMA = pa.schema(
     [
         ("key", pa.string()),

@@ -3,7 +3,8 @@ transparent rule-based estimate from the MIDI (`rules`, not learned), an MLP on 
 latents (`regressor`) and their piece-grouped evaluation (`evaluate`).
 
 Every per-bar output carries `estimator`: "mlp_latents" (learned from MuseTok latents),
-"mlp_cues" (learned from the rule cues) or "rules" (hand-set weights, not learned).
+"mlp_cues" (learned from the rule cues), "mlp_latents+cues" (learned from both) or "rules"
+(hand-set weights, not learned).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class EmotionParams:
     targets: TargetParams = field(default_factory=TargetParams)
     rules: RuleParams = field(default_factory=RuleParams)
     mlp: MLPParams = field(default_factory=MLPParams)
-    compare_inputs: bool = True  # k-fold the MLP on all three inputs and report the winner
+    compare_inputs: bool = True  # k-fold the MLP on every input (`regressor.INPUTS`), name the best
     folds: int = 5
     examples: int = 3  # pieces drawn in metrics/emotion_curves.png
     train: dict | None = field(  # overrides of `train:`
@@ -71,21 +72,23 @@ def predict_file(
     if config["estimator"] == RULES:
         grid = bar_grid(score)
         va = estimate(score, grid, build(RuleParams, config["rules"], "rules"))
-    elif config["mlp"]["input"] == "cues":
-        grid = bar_grid(score)
-        x = bar_features(score, grid, config["cue_window"])
-        va = regressor.predict(regressor.load(model_dir), x, np.array([0, len(x)]))
     else:
-        from midipipe.musetok.events import encode_midi
+        from midipipe.musetok.events import encode_score
 
-        ids, bar_starts = encode_midi(data)
-        grid = bar_grid(score, len(bar_starts))
         model = regressor.load(model_dir)
-        inputs, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
-        x = inputs[model.cfg.input]
+        name = model.cfg.input
+        ids, bar_starts = encode_score(score, data)
+        grid = bar_grid(score, len(bar_starts))
+        latents = {}
+        if regressor.latent_of(name) is not None:
+            latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
+        cues = (
+            bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
+        )
+        x = regressor.assemble(name, latents, cues)
         if x.shape[1] != model.cfg.width:
             raise ValueError(
-                f"{musetok_dir} gives {model.cfg.input} of width {x.shape[1]}, but the emotion "
+                f"{musetok_dir} gives {name} of width {x.shape[1]}, but the emotion "
                 f"model in {model_dir} was trained on width {model.cfg.width}: use the MuseTok "
                 "model it was trained with"
             )

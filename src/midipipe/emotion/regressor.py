@@ -2,15 +2,16 @@
 piece) to valence and arousal, two tanh outputs, trained with MSE or 1 - CCC.
 
 Inputs (`INPUTS`), the MuseTok `LATENTS`: `quantized` (the RVQ latent, stage 04's default),
-`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; or `cues`,
-the five rule cues of `rules.bar_features` (a learned combination of them, for comparison:
-MuseTok's events carry no tempo or velocity). Codes are read as an embedding sum: one learned
+`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; `cues`, the
+five rule cues of `rules.bar_features` (a learned combination of them: MuseTok's events carry no
+tempo or velocity); or `latents+cues`, the quantized latent and the cues side by side, so the
+MLP may draw on the latent for what the cues miss. Codes are read as an embedding sum: one learned
 vector per (level, code), summed over the residual levels, which is a linear layer on their
 one-hot concatenation. (Looking the codes up in the codebooks would only give back the quantized
 latent.) Float inputs are standardised with the training bars' mean and std, which are saved
 with the weights; bars outside the piece are zero (the mean) in the window.
 
-Saved as `model.safetensors` + `config.json`, `estimator: mlp_latents` (or `mlp_cues`).
+Saved as `model.safetensors` + `config.json`, `estimator` as `estimator_of` names it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from midipipe.emotion.rules import FEATURES
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
+from midipipe.musetok.model import MuseTokConfig
 from midipipe.params import TrainParams
 from midipipe.shards import atomic_path
 from midipipe.training import make_optimizer, resolve_device, seed_everything, warmup_cosine
@@ -37,7 +40,8 @@ from midipipe.training import make_optimizer, resolve_device, seed_everything, w
 log = logging.getLogger(__name__)
 
 LATENTS = ("quantized", "encoder_out", "codes")
-INPUTS = (*LATENTS, "cues")
+CUES, LATENTS_CUES = "cues", "latents+cues"
+INPUTS = (*LATENTS, CUES, LATENTS_CUES)
 LOSSES = ("ccc", "mse")
 
 
@@ -45,8 +49,8 @@ LOSSES = ("ccc", "mse")
 class MLPParams:
     """`emotion.mlp`: what the regressor reads and its size."""
 
-    input: str = "quantized"  # quantized | encoder_out | codes | cues
-    window: int = 1  # neighbouring bars either side concatenated to the bar's input
+    input: str = LATENTS_CUES  # quantized | encoder_out | codes | cues | latents+cues
+    window: int = 2  # neighbouring bars either side concatenated to the bar's input
     hidden: int = 128
     code_dim: int = 32  # embedding width per code (input: codes)
     dropout: float = 0.2
@@ -61,7 +65,43 @@ class MLPParams:
 
 def estimator_of(input_name: str) -> str:
     """What every output of an MLP on this input is labelled with."""
-    return "mlp_cues" if input_name == "cues" else "mlp_latents"
+    return {CUES: "mlp_cues", LATENTS_CUES: "mlp_latents+cues"}.get(input_name, "mlp_latents")
+
+
+def latent_of(input_name: str) -> str | None:
+    """The MuseTok latent an input reads (None: the cues alone, no encoder needed)."""
+    if input_name == LATENTS_CUES:
+        return "quantized"
+    return input_name if input_name in LATENTS else None
+
+
+def reads_cues(input_name: str) -> bool:
+    return input_name in (CUES, LATENTS_CUES)
+
+
+def assemble(
+    input_name: str, latents: dict[str, np.ndarray], cues: np.ndarray | None
+) -> np.ndarray:
+    """The per-bar input `input_name` from MuseTok's (`inputs_of`) and the rule cues'."""
+    if input_name == CUES:
+        return cues
+    if input_name == LATENTS_CUES:
+        return np.concatenate([latents["quantized"], cues], 1).astype(np.float32)
+    return latents[input_name]
+
+
+def input_width(input_name: str, musetok: MuseTokConfig | None) -> int:
+    """Width of an input given the MuseTok config (None for `cues`): what a trained MLP on it
+    must have been built with."""
+    width = len(FEATURES) if reads_cues(input_name) else 0
+    latent = latent_of(input_name)
+    if latent == "quantized":
+        width += musetok.d_latent
+    elif latent == "encoder_out":
+        width += musetok.enc_d_model
+    elif latent == "codes":
+        width += musetok.num_quantizers
+    return width
 
 
 @dataclass

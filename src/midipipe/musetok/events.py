@@ -312,3 +312,11 @@ def encode_midi(src: bytes | str | PathLike) -> tuple[list[int], list[int]]:
     """(ids, bar_starts) of one MIDI file: bar i is `ids[bar_starts[i]:bar_starts[i + 1]]`."""
     events = midi_to_events(src)
     return events_to_ids(events), bar_positions(events)
+
+
+def encode_score(score: symusic.Score, data: bytes | None = None) -> tuple[list[int], list[int]]:
+    """`encode_midi` of an already parsed score, for callers that also read the score itself;
+    `data`, its MIDI bytes, lets ties in note order follow the file's track layout as
+    `encode_midi` does."""
+    events = _score_events(score, data)
+    return events_to_ids(events), bar_positions(events)
