@@ -1,15 +1,16 @@
 """Genre models: prediction latency for one ~3-minute song on CPU, and training phrases/s.
 
 Latency is `Predictor.predict` end to end (parse, REMI, phrases or chunks, forward) once the
-model folder is loaded, median of `--repeats` after a warm-up; target <= 0.5 s. The song is
-the POP909 file whose length is nearest 180 s. Without `--phrase-dir` / `--hier-dir`, model
-folders are built with random weights (latency does not depend on them): the phrase encoder at
-`--size`, the hierarchical head over a cpu_default generator. Training throughput runs the
-stage-05 step (length-bucketed batches, transposition, class-weighted loss, AdamW) on phrases
-of POP909 songs.
+model folder is loaded, with the torch threads the predictor picks for the model's size
+(`--predict-threads N` forces N), median of `--repeats` after a warm-up; target <= 0.5 s.
+The song is the POP909 file whose length is nearest 180 s. Without `--phrase-dir` /
+`--hier-dir`, model folders are built with random weights (latency does not depend on them):
+the phrase encoder at `--size`, the hierarchical head over a cpu_default generator. Training
+throughput runs the stage-05 step (length-bucketed batches, transposition, class-weighted
+loss, AdamW) on phrases of POP909 songs.
 
 Prints one JSON line.
-    python benchmarks/bench_genre.py [--size cpu_default|gpu_profile] [--threads 2]
+    python benchmarks/bench_genre.py [--size cpu_default|gpu_profile] [--predict-threads 2]
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import external_data  # noqa: E402
 
 from midipipe import remi  # noqa: E402
+from midipipe.genre.phrase_train import PhraseSet, class_weights, phrase_batches  # noqa: E402
 from midipipe.genre.phrases import Vocab, phrases  # noqa: E402
 from midipipe.genre.predict import load_predictor  # noqa: E402
-from midipipe.genre.train import PhraseSet, class_weights, phrase_batches  # noqa: E402
 from midipipe.midi import load_score  # noqa: E402
 from midipipe.models.encoder import Encoder, EncoderConfig, save_encoder  # noqa: E402
 from midipipe.models.gpt import GPT, GPTConfig, save_model  # noqa: E402
@@ -106,10 +107,12 @@ def random_folders(tmp: Path, tokenizer, size: str) -> tuple[Path, Path]:
     return tmp / "phrase", tmp / "hier"
 
 
-def latency(folder: Path, kind: str, song: Path, repeats: int) -> dict:
+def latency(folder: Path, kind: str, song: Path, repeats: int, threads: int = 0) -> dict:
     t0 = time.perf_counter()
     predictor = load_predictor(kind, folder)
     load_s = time.perf_counter() - t0
+    if threads:
+        predictor.threads = threads
     first = predictor.predict(song)
     assert "error" not in first, first
     times = []
@@ -122,6 +125,7 @@ def latency(folder: Path, kind: str, song: Path, repeats: int) -> dict:
         f"{kind}_latency_s": round(statistics.median(times), 4),
         f"{kind}_latency_max_s": round(max(times), 4),
         f"{kind}_load_s": round(load_s, 3),
+        f"{kind}_threads": predictor.threads,
         f"{kind}_units": units,
         f"{kind}_bars": first["n_bars"],
         f"{kind}_pass_latency": statistics.median(times) <= 0.5,
@@ -179,6 +183,12 @@ def main() -> None:
     ap.add_argument("--hier-dir", default=None, help="a trained models/genre_hier")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--predict-threads",
+        type=int,
+        default=0,
+        help="threads while predicting (0: what the predictor picks for the model's size)",
+    )
     ap.add_argument("--train-songs", type=int, default=20)
     ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -197,8 +207,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         phrase_dir, hier_dir = random_folders(Path(tmp), tokenizer, args.size)
         out["weights"] = "trained" if args.phrase_dir else f"random ({args.size})"
-        out.update(latency(Path(args.phrase_dir or phrase_dir), "phrase", song, args.repeats))
-        out.update(latency(Path(args.hier_dir or hier_dir), "hier", song, args.repeats))
+        for kind, folder in (
+            ("phrase", args.phrase_dir or phrase_dir),
+            ("hier", args.hier_dir or hier_dir),
+        ):
+            out.update(latency(Path(folder), kind, song, args.repeats, args.predict_threads))
     out.update(
         throughput(root, tokenizer, args.size, args.train_songs, args.train_steps, args.batch_size)
     )

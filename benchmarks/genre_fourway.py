@@ -8,12 +8,16 @@ length). The four corpora differ in file layout as much as in music (POP909 has 
 tracks, music21 conversions carry their instruments' programs...), so where the metadata
 baseline matches a model, the model's score says little about music.
 
-The hierarchical model needs a frozen LM: `--lm FOLDER`, else the project's trained
-models/generator, else a randomly initialised cpu_default GPT (named as such in the output:
-its chunk embeddings are then random features of the token sequence).
+The hierarchical model runs over a frozen LM twice: a randomly initialised GPT of the trained
+LM's shape (`hier_random_*`: its chunk embeddings are random features of the token sequence,
+a control), and the trained one (`hier_trained_*`): `--lm FOLDER`, else the project's
+models/generator when trained. With `--musetok FOLDER` (a trained models/musetok) the pieces
+are also MuseTok-tokenized and stage 04 extracts their latents for the latent baseline (it
+is skipped, and says why, when MuseTok rejects too many pieces: POP909's 1/4 first bars are
+not in its vocabulary).
 
 Prints one JSON line. Data root: MIDIPIPE_EXTERNAL_DATA (default ../shared/datasets).
-    python benchmarks/genre_fourway.py --per-class 60 --epochs 6
+    python benchmarks/genre_fourway.py --per-class 60 --epochs 6 [--lm models/generator]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import csv
 import json
 import logging
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,14 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, external_data  # noqa: E402
 
 from midipipe import remi  # noqa: E402
+from midipipe.genre.hier_train import train_hier  # noqa: E402
+from midipipe.genre.metrics import single_label_metrics  # noqa: E402
+from midipipe.genre.params import GenreHierParams, GenreParams  # noqa: E402
+from midipipe.genre.phrase_train import train_phrase  # noqa: E402
 from midipipe.genre.phrases import spread  # noqa: E402
-from midipipe.genre.train import (  # noqa: E402
-    GenreHierParams,
-    GenreParams,
-    single_label_metrics,
-    train_hier,
-    train_phrase,
-)
 from midipipe.models.gpt import GPT, GPTConfig, save_model  # noqa: E402
 from midipipe.organize import organize  # noqa: E402
 from midipipe.params import (  # noqa: E402
@@ -121,11 +124,11 @@ def sources(data: Path, per_class: int, tmp: Path, workers: int) -> list[dict]:
     ]
 
 
-def build_project(root: Path, data: Path, per_class: int, workers: int) -> dict:
+def build_project(root: Path, data: Path, per_class: int, workers: int, musetok: bool) -> dict:
     params = Params(
         data=DataParams(sources(data, per_class, root, workers)),
         organize=OrganizeParams(valid_frac=0.15, test_frac=0.2, workers=workers),
-        tokenize=TokenizeParams(workers=workers, musetok=False),
+        tokenize=TokenizeParams(workers=workers, musetok=musetok),
     )
     summary = organize(params, root / "data")
     rows = pq.read_table(root / "data" / "manifest.parquet", columns=["piece_id", "path"])
@@ -134,19 +137,68 @@ def build_project(root: Path, data: Path, per_class: int, workers: int) -> dict:
     return {"organized": summary["pieces"], "rejects": tokens.rejects}
 
 
-def pick_lm(arg: str | None, root: Path, tokens_dir: Path) -> tuple[Path, str]:
-    if arg:
-        return Path(arg), arg
-    trained = ROOT / "models" / "generator"
-    if (trained / "config.json").exists():
-        return trained, str(trained)
+def extract_latents(root: Path, musetok: Path) -> None:
+    """Stage 04 run in the project at `root`, with the MuseTok model in `musetok`."""
+    shutil.copytree(musetok, root / "models" / "musetok", dirs_exist_ok=True)
+    (root / "params.yaml").write_text("latents: {}\n")
+    script = ROOT / "stages" / "04_extract_latents.py"
+    subprocess.run([sys.executable, str(script)], cwd=root, check=True)
+
+
+def random_lm(root: Path, tokens_dir: Path, like: Path | None) -> Path:
+    """A randomly initialised GPT over this project's vocabulary: the trained LM's shape when
+    there is one (so only training differs), else cpu_default."""
     tokenizer = remi.load_tokenizer(tokens_dir / "tokenizer.json")
+    if like is not None:
+        config = GPTConfig.from_dict(json.loads((like / "config.json").read_text()))
+    else:
+        config = GPTConfig.cpu_default(
+            vocab_size=len(tokenizer.vocab), pad_id=tokenizer.pad_token_id
+        )
     torch.manual_seed(0)
-    save_model(
-        GPT(GPTConfig.cpu_default(vocab_size=len(tokenizer.vocab), pad_id=tokenizer.pad_token_id)),
-        root / "random_lm",
+    save_model(GPT(config), root / "random_lm")
+    return root / "random_lm"
+
+
+def hier_scores(
+    name: str, lm_dir: Path, root: Path, manifest: list[dict], args, latents: Path | None
+) -> dict:
+    """The hierarchical model over the LM in `lm_dir`, trained on the source as its one tag,
+    scored as a single-label classifier beside the baselines on the same pieces."""
+    data = root / "data"
+    hp = GenreHierParams(min_tag_pieces=2, max_chunks=args.chunks_per_piece, patience=5)
+    tp = TrainParams(lr=1e-3, batch_size=16, epochs=30, device="cpu", precision="fp32")
+    t0 = time.perf_counter()
+    r = train_hier(
+        hp,
+        tp,
+        data / "tokens" / "remi",
+        data / "manifest.parquet",
+        root / f"genre_hier_{name}",
+        root / f"ckpt_hier_{name}",
+        lm_dir,
+        tags={row["piece_id"]: [row["source"]] for row in manifest},
+        midi_dir=data / "midi",
+        latents_dir=latents,
     )
-    return root / "random_lm", "random-init cpu_default GPT (no trained generator found)"
+    m, key = r.metrics, f"hier_{name}"
+    if r.test_probs is None:
+        return {f"{key}_status": m.get("reason")}
+    got = single_label_metrics(r.test_y.argmax(1), r.test_probs, r.tags)  # one tag: the class
+    assert np.allclose(got["accuracy"], m["test_acc"])
+    out = {
+        f"{key}_lm": str(lm_dir),
+        f"{key}_piece_accuracy": got["accuracy"],
+        f"{key}_piece_macro_f1": got["macro_f1"],
+        f"{key}_micro_f1": m["micro_f1"],
+        f"{key}_truncation_rate": m["truncation_rate"],
+        f"{key}_epochs_run": m["epochs_run"],
+        f"{key}_s": round(time.perf_counter() - t0, 1),
+    }
+    for base in ("metadata", "latent"):
+        if f"{base}_baseline_test_acc" in m:
+            out[f"{key}_{base}_baseline_test_acc"] = m[f"{base}_baseline_test_acc"]
+    return out
 
 
 def main() -> None:
@@ -156,14 +208,19 @@ def main() -> None:
     ap.add_argument("--phrases-per-piece", type=int, default=8)
     ap.add_argument("--chunks-per-piece", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--lm", default=None, help="LM folder for the hierarchical model")
+    ap.add_argument("--lm", default=None, help="trained LM folder for the hierarchical model")
+    ap.add_argument("--musetok", default=None, help="trained MuseTok folder: latent baseline")
     ap.add_argument("--keep", default=None, help="build the project here and keep it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
     root = Path(args.keep or tempfile.mkdtemp(prefix="genre_fourway-"))
     root.mkdir(parents=True, exist_ok=True)
-    built = build_project(root, external_data(), args.per_class, args.workers)
+    built = build_project(root, external_data(), args.per_class, args.workers, bool(args.musetok))
+    latents = None
+    if args.musetok:
+        extract_latents(root, Path(args.musetok))
+        latents = root / "data" / "latents"
     t_build = time.perf_counter() - t0
     data, tokens = root / "data", root / "data" / "tokens" / "remi"
     manifest = pq.read_table(
@@ -185,28 +242,10 @@ def main() -> None:
         root / "genre_phrase",
         root / "ckpt_phrase",
         data / "midi",
-        None,
+        latents,
     )
     t_phrase = time.perf_counter() - t1
-
-    lm_dir, lm_name = pick_lm(args.lm, root, tokens)
-    hp = GenreHierParams(min_tag_pieces=2, max_chunks=args.chunks_per_piece, patience=5)
-    htp = TrainParams(lr=1e-3, batch_size=16, epochs=30, device="cpu", precision="fp32")
-    t2 = time.perf_counter()
-    hier = train_hier(
-        hp,
-        htp,
-        tokens,
-        data / "manifest.parquet",
-        root / "genre_hier",
-        root / "ckpt_hier",
-        lm_dir,
-        tags={r["piece_id"]: [r["source"]] for r in manifest},
-        midi_dir=data / "midi",
-        latents_dir=None,
-    )
-    t_hier = time.perf_counter() - t2
-    m, h = phrase.metrics, hier.metrics
+    m = phrase.metrics
     out = {
         "bench": "genre_fourway",
         "per_class_cap": args.per_class,
@@ -223,28 +262,20 @@ def main() -> None:
         "phrase_truncation_rate": m["truncation_rate"],
         "phrase_best_epoch": m["best_epoch"],
         "phrase_epochs_run": m["epochs_run"],
-        "metadata_baseline_piece_accuracy": m["metadata_baseline_piece_accuracy"],
-        "metadata_baseline_piece_macro_f1": m["metadata_baseline_piece_macro_f1"],
-        "hier_lm": lm_name,
+        **{k: v for k, v in m.items() if "_baseline" in k},
     }
-    if hier.test_probs is not None:
-        y = hier.test_y.argmax(1)  # one tag per piece: the class
-        got = single_label_metrics(y, hier.test_probs, hier.tags)
-        out.update(
-            hier_piece_accuracy=got["accuracy"],
-            hier_piece_macro_f1=got["macro_f1"],
-            hier_test_acc=h["test_acc"],
-            hier_micro_f1=h["micro_f1"],
-            hier_metadata_baseline_test_acc=h["metadata_baseline_test_acc"],
-            hier_truncation_rate=h["truncation_rate"],
-        )
-        assert np.allclose(got["accuracy"], h["test_acc"])
-    else:
-        out["hier_status"] = h.get("reason")
+    trained = Path(args.lm) if args.lm else ROOT / "models" / "generator"
+    if not (trained / "config.json").exists():
+        out["hier_trained_status"] = f"no trained LM: {trained} has no config.json"
+        trained = None
+    lms = {"random": random_lm(root, tokens, trained)}
+    if trained is not None:
+        lms["trained"] = trained
+    for name, lm_dir in lms.items():
+        out.update(hier_scores(name, lm_dir, root, manifest, args, latents))
     out.update(
         build_s=round(t_build, 1),
         phrase_train_s=round(t_phrase, 1),
-        hier_s=round(t_hier, 1),
         total_s=round(time.perf_counter() - t0, 1),
         torch_threads=torch.get_num_threads(),
         project=str(root) if args.keep else None,

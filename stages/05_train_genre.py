@@ -1,7 +1,9 @@
 """Stage 05: REMI token shards + manifest labels -> models/genre_phrase/, metrics, confusion."""
 
 from midipipe import params
-from midipipe.genre.train import GenreParams, train_phrase, write_confusion
+from midipipe.genre.confusion import write_confusion
+from midipipe.genre.params import GenreParams
+from midipipe.genre.phrase_train import train_phrase
 from midipipe.logs import run_main
 from midipipe.training import write_curves, write_metrics
 

@@ -5,7 +5,8 @@ metrics and the model folder, and exits 0.
 """
 
 from midipipe import params
-from midipipe.genre.train import GenreHierParams, resolve_lm, train_hier
+from midipipe.genre.hier_train import resolve_lm, train_hier
+from midipipe.genre.params import GenreHierParams
 from midipipe.logs import run_main
 from midipipe.shards import atomic_path
 from midipipe.training import write_curves, write_metrics

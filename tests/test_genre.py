@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,16 @@ from sklearn.metrics import (
 )
 
 import midipipe.genre.predict as gp
+from midipipe.genre.fit_hooks import EarlyStop
+from midipipe.genre.hier_train import resolve_lm, train_hier
+from midipipe.genre.metrics import (
+    multilabel_metrics,
+    pool_mean,
+    single_label_metrics,
+    tune_threshold,
+)
+from midipipe.genre.params import GenreHierParams, GenreParams
+from midipipe.genre.phrase_train import class_weights, train_phrase
 from midipipe.genre.phrases import (
     Vocab,
     chunks,
@@ -27,21 +40,17 @@ from midipipe.genre.phrases import (
     shift_range,
     transpose,
 )
-from midipipe.genre.train import (
-    EarlyStop,
-    GenreHierParams,
-    GenreParams,
-    class_weights,
-    multilabel_metrics,
-    pool_mean,
-    single_label_metrics,
-    train_hier,
-    train_phrase,
-    tune_threshold,
-)
 from midipipe.models.encoder import Encoder, EncoderConfig
 from midipipe.models.gpt import GPT, GPTConfig, save_model
-from midipipe.models.hier import AttentionPool, FrozenLM, HierClassifier, HierConfig
+from midipipe.models.hier import (
+    TRANSFORMERS_PIN,
+    AttentionPool,
+    FrozenLM,
+    HierClassifier,
+    HierConfig,
+    load_hier,
+    save_hier,
+)
 from midipipe.organize import MANIFEST_SCHEMA
 from midipipe.params import ParamError, TrainParams
 from midipipe.remi import encode, make_tokenizer
@@ -146,6 +155,21 @@ def test_attention_pool_shape_and_mask():
     assert torch.allclose(pool(x2, mask)[0][0], pooled[0])
     head = HierClassifier(HierConfig(d_in=8, n_labels=3, d_attn=4))
     assert head(x, mask).shape == (3, 3)
+
+
+@torch.no_grad()
+def test_hier_head_standardises_away_a_shared_direction(tmp_path):
+    torch.manual_seed(0)
+    x, mask = torch.randn(4, 3, 8), torch.ones(4, 3, dtype=torch.bool)
+    head = HierClassifier(HierConfig(d_in=8, n_labels=2, d_attn=4)).eval()
+    head.fit_scaler(x.reshape(-1, 8))
+    before = head(x, mask)
+    shifted = x + 50 * torch.randn(8)  # what every chunk of an anisotropic LM shares
+    head.fit_scaler(shifted.reshape(-1, 8))
+    assert torch.allclose(head(shifted, mask), before, atol=1e-4)
+    save_hier(head, tmp_path, {"kind": "hier"})
+    loaded, _ = load_hier(tmp_path)
+    assert torch.equal(loaded.center, head.center) and torch.equal(loaded.scale, head.scale)
 
 
 @torch.no_grad()
@@ -316,13 +340,13 @@ def test_phrase_model_trains_and_reports(phrase_model):
     assert m["phrases_test"] == 16 and m["truncation_rate"] == 0.0  # 16 + 17 bars per class
     assert m["accuracy"] == 1.0 and m["song_accuracy"] == 1.0  # trivially separable styles
     assert m["metadata_baseline_piece_accuracy"] == 1.0  # programs give it away, as meant
-    assert m["latent_baseline"] == "no latents for these pieces"
+    assert m["latent_baseline"].startswith("skipped: 16 of 16 pieces have no latents")
     assert {"precision_low", "recall_high", "piece_macro_f1", "train_phrases_per_s"} <= set(m)
     json.dumps(m)  # flat and JSON-able
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
 
 
-def test_predict_phrase_and_bad_inputs(phrase_model, tmp_path):
+def test_predict_phrase(phrase_model, tmp_path):
     out, _ = phrase_model
     good = tmp_path / "good.mid"
     good.write_bytes(build_midi(n_bars=8, **STYLES["high"]))
@@ -331,29 +355,22 @@ def test_predict_phrase_and_bad_inputs(phrase_model, tmp_path):
     assert set(got["probabilities"]) == {"high", "low"} and got["n_phrases"] == 2
     json.dumps(got)
 
-    cases = {
-        "short.mid": build_midi(n_bars=2),
-        "drums.mid": build_midi(is_drum=True),
-        "empty.mid": b"",
-    }
-    for name, data in cases.items():
-        (tmp_path / name).write_bytes(data)
-    answer = {n: gp.predict(tmp_path / n, model_dir=out)["error"] for n in cases}
-    assert answer["short.mid"] == "too short to classify: 2 bars, 4 needed"
-    assert answer["drums.mid"].startswith("drum tracks only")
-    assert answer["empty.mid"] == "empty file (0 bytes)"
-    assert "no such file" in gp.predict(tmp_path / "missing.mid", model_dir=out)["error"]
 
-
-def test_checkpoint_from_another_vocabulary_is_refused(phrase_model, tmp_path):
-    import shutil
-
-    out, _ = phrase_model
-    other = tmp_path / "other"
-    shutil.copytree(out, other)
-    make_tokenizer({"num_velocities": 8}).save(other)  # a different tokenize.remi config
-    with pytest.raises(ValueError, match="another vocabulary"):
-        gp.load_predictor("phrase", other)
+def test_prediction_runs_a_small_model_on_one_thread(phrase_model, tmp_path, monkeypatch):
+    predictor = gp.load_predictor("phrase", phrase_model[0])
+    assert predictor.threads == 1 and gp.prediction_threads(10**8) == torch.get_num_threads()
+    seen, forward = [], predictor.model.forward
+    monkeypatch.setattr(
+        predictor.model, "forward", lambda ids: seen.append(torch.get_num_threads()) or forward(ids)
+    )
+    song = tmp_path / "song.mid"
+    song.write_bytes(build_midi(n_bars=8))
+    torch.set_num_threads(2)
+    try:
+        assert "error" not in predictor.predict(song)
+        assert set(seen) == {1} and torch.get_num_threads() == 2  # the caller's count is back
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -374,11 +391,12 @@ def tiny_lm(project, tokenizer):
     return project / "lm"
 
 
-def test_hier_model_trains_tunes_and_predicts(project, tiny_lm, tmp_path):
+@pytest.fixture(scope="module")
+def hier_model(project, tiny_lm):
     hp = GenreHierParams(min_tag_pieces=2, patience=3, d_attn=16)
     tp = dataclasses.replace(TINY_TRAIN, epochs=15, lr=1e-2, batch_size=4)
     out = project / "models" / "genre_hier"
-    r = train_hier(
+    result = train_hier(
         hp,
         tp,
         project / "tokens",
@@ -389,6 +407,16 @@ def test_hier_model_trains_tunes_and_predicts(project, tiny_lm, tmp_path):
         midi_dir=project / "midi",
         latents_dir=None,
     )
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def model_dirs(phrase_model, hier_model):
+    return {"phrase": phrase_model[0], "hier": hier_model[0]}
+
+
+def test_hier_model_trains_tunes_and_predicts(hier_model, tmp_path):
+    out, r = hier_model
     m = r.metrics
     assert m["status"] == "trained" and r.tags == ["high", "low", "tag"]
     assert m["truncation_rate"] > 0  # 8 bars of this music exceed the LM's 128-token context
@@ -409,21 +437,63 @@ def test_hier_model_trains_tunes_and_predicts(project, tiny_lm, tmp_path):
     )  # threshold 0: every tag, best first
     assert got["threshold"] == 0.0 and got["n_chunks"] == 1
 
+
+def silent_midi() -> bytes:
+    """A valid MIDI file with a track but not one note."""
+    score = symusic.Score(480)
+    score.tempos.append(symusic.Tempo(0, 120.0))
+    score.tracks.append(symusic.Track(name="piano", program=0))
+    return score.dumps_midi()
+
+
+@pytest.mark.parametrize("kind", ["phrase", "hier"])
+def test_bad_inputs_get_a_clear_answer(kind, model_dirs, tmp_path):
+    cases = {
+        "short.mid": build_midi(n_bars=2),
+        "drums.mid": build_midi(is_drum=True),
+        "empty.mid": b"",
+        "silent.mid": silent_midi(),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    got = {n: gp.predict(tmp_path / n, model=kind, model_dir=model_dirs[kind]) for n in cases}
+    assert got["drums.mid"]["error"].startswith("drum tracks only")
+    assert got["empty.mid"]["error"] == "empty file (0 bytes)"
+    assert got["silent.mid"]["error"] == "no notes"
+    missing = gp.predict(tmp_path / "missing.mid", model=kind, model_dir=model_dirs[kind])
+    assert "no such file" in missing["error"]
+    if kind == "phrase":
+        assert got["short.mid"]["error"] == "too short to classify: 2 bars, 4 needed"
+    else:  # the last chunk of a piece may be shorter than bars_per_chunk, as in training
+        assert "error" not in got["short.mid"] and got["short.mid"]["n_bars"] == 2
+    for answer in got.values():
+        json.dumps(answer)
+
+
+@pytest.mark.parametrize("kind", ["phrase", "hier"])
+def test_checkpoint_from_another_vocabulary_is_refused(kind, model_dirs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(model_dirs[kind], other)
+    make_tokenizer({"num_velocities": 8}).save(other)  # a different tokenize.remi config
+    with pytest.raises(ValueError, match="another vocabulary"):
+        gp.load_predictor(kind, other)
+
+
+def test_hier_model_refuses_a_retrained_lm(hier_model, tiny_lm, tmp_path):
+    lm, model = tmp_path / "lm", tmp_path / "hier"
+    shutil.copytree(tiny_lm, lm)
+    shutil.copytree(hier_model[0], model)
+    config = json.loads((model / "config.json").read_text())
+    config["lm"]["path"] = str(lm)
+    (model / "config.json").write_text(json.dumps(config))
+    assert gp.load_predictor("hier", model).lm is not None  # its own LM: loads
+    torch.manual_seed(1)
     save_model(
-        GPT(
-            GPTConfig(
-                vocab_size=len(make_tokenizer().vocab),
-                n_layer=1,
-                n_head=2,
-                d_model=32,
-                d_ff=64,
-                context=128,
-            )
-        ),
-        tiny_lm,
+        GPT(GPTConfig(vocab_size=len(make_tokenizer().vocab), n_layer=1, n_head=2, d_model=32)),
+        lm,
     )  # retrained LM
     with pytest.raises(ValueError, match="changed since"):
-        gp.load_predictor("hier", out)
+        gp.load_predictor("hier", model)
 
 
 def test_hier_without_lm_is_skipped_plainly(project, tmp_path):
@@ -447,26 +517,62 @@ def test_lm_with_another_vocabulary_is_refused(tmp_path, tokenizer):
         FrozenLM(tmp_path, tokenizer)
 
 
-def test_hugging_face_gpt2_lm_from_a_local_folder(tmp_path, tokenizer, vocab):
+def tiny_gpt2(folder, vocab_size: int):
+    """A GPT-2 folder as `save_pretrained` writes it; skips the test without transformers."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(
-        vocab_size=len(tokenizer.vocab), n_positions=64, n_embd=32, n_layer=1, n_head=2
+        vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2
     )
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    lm = FrozenLM(tmp_path, tokenizer)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory, tokenizer):
+    return tiny_gpt2(tmp_path_factory.mktemp("hf_gpt2"), len(tokenizer.vocab))
+
+
+def test_hugging_face_gpt2_lm_from_a_local_folder(hf_gpt2, tmp_path, tokenizer, vocab):
+    lm = FrozenLM(hf_gpt2, tokenizer)
     assert lm.kind == "hf-gpt2" and lm.d_model == 32 and lm.context == 64
     ids, bars = remi_of(tokenizer, n_bars=8)
     cut = chunks(ids, bars, vocab, 4, lm.context)
     emb = lm.embed(cut.seqs, batch_size=1)
     assert emb.shape == (2, 32) and np.allclose(emb, lm.embed(cut.seqs, batch_size=2), atol=1e-5)
-    bad = transformers.GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=1, n_head=2)
-    transformers.GPT2LMHeadModel(bad).save_pretrained(tmp_path / "bad")
     with pytest.raises(ValueError, match="another vocabulary"):
-        FrozenLM(tmp_path / "bad", tokenizer)
+        FrozenLM(tiny_gpt2(tmp_path / "bad", 100), tokenizer)
+
+
+def test_hier_model_over_a_hugging_face_lm(project, hf_gpt2, tmp_path):
+    hp = GenreHierParams(lm_path=str(hf_gpt2), min_tag_pieces=2, patience=2, d_attn=16)
+    out = tmp_path / "genre_hier"
+    r = train_hier(
+        hp,
+        dataclasses.replace(TINY_TRAIN, epochs=3, lr=1e-2, batch_size=4),
+        project / "tokens",
+        project / "manifest.parquet",
+        out,
+        tmp_path / "ckpt",
+        resolve_lm(hp),
+        midi_dir=project / "midi",
+        latents_dir=None,
+    )
+    assert r.metrics["status"] == "trained" and r.metrics["lm_kind"] == "hf-gpt2"
+    assert r.metrics["truncation_rate"] > 0  # 8 bars exceed its 64 positions: cut, counted
+    good = tmp_path / "high.mid"
+    good.write_bytes(build_midi(n_bars=12, **STYLES["high"]))
+    got = gp.predict(good, model="hier", model_dir=out)
+    assert got["n_chunks"] == 2 and set(got["probabilities"]) == {"high", "low", "tag"}
+
+
+def test_hf_extra_pins_the_transformers_the_error_names():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["hf"] == [TRANSFORMERS_PIN]
 
 
 def test_latent_baseline_reads_stage_04_latents(tmp_path):
-    from midipipe.genre.baselines import mean_latents, single_label
+    from midipipe.genre.baselines import inputs, mean_latents, single_label
     from midipipe.latents import LatentWriter
 
     rng = np.random.default_rng(0)
@@ -475,9 +581,14 @@ def test_latent_baseline_reads_stage_04_latents(tmp_path):
     for pid, x in bars.items():
         writer.add(pid, x.astype(np.float32), np.zeros((len(x), 2), int), 0)
     writer.close()
-    got = mean_latents(tmp_path, ["b", "a"])
-    assert np.allclose(got, [bars["b"].mean(0), bars["a"].mean(0)], atol=1e-6)
-    assert mean_latents(tmp_path, ["a", "missing"]) is None
-    assert mean_latents(tmp_path / "none", ["a"]) is None
+    got, missing = mean_latents(tmp_path, ["b", "a"])
+    assert missing == 0 and np.allclose(got, [bars["b"].mean(0), bars["a"].mean(0)], atol=1e-6)
+    some, missing = mean_latents(tmp_path, ["a", "gone"])
+    assert missing == 1 and np.allclose(some, [bars["a"].mean(0), np.zeros(4)], atol=1e-6)
+    assert mean_latents(tmp_path / "none", ["a"])[1] == 1
+    one_in_21 = inputs([["a"] * 20, ["gone"]], None, tmp_path)  # 1/21 pieces <= 5% missing
+    assert one_in_21.latent_status.startswith("done (1 of 21") and "latent" in one_in_21.x
+    one_in_2 = inputs([["a"], ["gone"]], None, tmp_path)
+    assert one_in_2.latent_status.startswith("skipped: 1 of 2") and not one_in_2.x
     probs = single_label(np.vstack([got, got]), np.array([1, 0, 1, 0]), got, n_classes=3)
     assert probs.shape == (2, 3) and probs[:, 2].sum() == 0 and probs[0].argmax() == 1

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +25,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from midipipe.genre.metrics import multilabel_metrics, single_label_metrics, tune_threshold
 from midipipe.midi import BadMidi, load_score
 
 log = logging.getLogger(__name__)
@@ -72,29 +75,29 @@ def metadata_matrix(paths: Sequence[str | Path]) -> np.ndarray:
     return out
 
 
-def mean_latents(latents_dir: str | Path, piece_ids: Sequence[str]) -> np.ndarray | None:
-    """[len(piece_ids), D]: each piece's per-bar latents averaged; None unless stage 04's
-    output holds every one of these pieces."""
+MAX_MISSING_LATENTS = 0.05  # share of pieces without latents the latent baseline tolerates
+
+
+def mean_latents(latents_dir: str | Path, piece_ids: Sequence[str]) -> tuple[np.ndarray, int]:
+    """([len(piece_ids), D] each piece's per-bar latents averaged, pieces without latents).
+
+    A piece stage 04 did not encode (MuseTok tokenization rejected it, or it has no bar) gets
+    a row of zeros, as an unreadable file does in `metadata_matrix`; callers decide how many
+    such rows they accept. No `index.parquet` in `latents_dir`: every piece is missing."""
     folder = Path(latents_dir)
     if not (folder / "index.parquet").exists():
-        return None
+        return np.zeros((len(piece_ids), 0), dtype=np.float32), len(piece_ids)
     index = {r["piece_id"]: r for r in pq.read_table(folder / "index.parquet").to_pylist()}
-    missing = [pid for pid in piece_ids if pid not in index or not index[pid]["n_bars"]]
-    if missing:
-        log.info("latent baseline skipped: %d pieces have no latents in %s", len(missing), folder)
-        return None
-    parts = {
-        name: load_file(str(folder / name))["latents"]
-        for name in {index[pid]["part"] for pid in piece_ids}
-    }
-    rows = [
-        parts[index[pid]["part"]][index[pid]["start"] : index[pid]["start"] + index[pid]["n_bars"]]
-        .float()
-        .mean(0)
-        .numpy()
-        for pid in piece_ids
-    ]
-    return np.stack(rows) if rows else None
+    have = {pid for pid in piece_ids if pid in index and index[pid]["n_bars"]}
+    names = {index[pid]["part"] for pid in have}
+    parts = {name: load_file(str(folder / name))["latents"] for name in names}
+    dim = next(iter(parts.values())).shape[1] if parts else 0
+    out = np.zeros((len(piece_ids), dim), dtype=np.float32)
+    for i, pid in enumerate(piece_ids):
+        if pid in have:
+            r = index[pid]
+            out[i] = parts[r["part"]][r["start"] : r["start"] + r["n_bars"]].float().mean(0).numpy()
+    return out, sum(pid not in have for pid in piece_ids)
 
 
 def _logreg(seed: int) -> LogisticRegression:
@@ -131,3 +134,81 @@ def multi_label(
             else np.zeros((0, y_train.shape[1]), dtype=np.float32)
             for x in x_eval
         ]
+
+
+# -- scored beside the models ----------------------------------------------------------------
+
+
+def midi_paths(rows: dict[str, dict], midi_dir: str | Path | None) -> Callable | None:
+    """piece id -> its MIDI file under `midi_dir` (manifest `path`); None without MIDI."""
+    if midi_dir is None:
+        return None
+    return lambda pid: Path(midi_dir) / rows[pid]["path"]
+
+
+@dataclass
+class Inputs:
+    """Each baseline's feature matrix for the pieces of every split, and what became of the
+    latent baseline (run, or why not)."""
+
+    x: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    latent_status: str = "no latents given"
+
+
+def inputs(
+    splits: Sequence[Sequence[str]], midi_path: Callable | None, latents_dir: str | Path | None
+) -> Inputs:
+    """`metadata` when the MIDI files are at hand; `latent` when stage 04 encoded all but
+    `MAX_MISSING_LATENTS` of these pieces."""
+    out = Inputs()
+    if midi_path is not None:
+        out.x["metadata"] = [metadata_matrix([midi_path(pid) for pid in ids]) for ids in splits]
+    if latents_dir is None:
+        return out
+    got = [mean_latents(latents_dir, ids) for ids in splits]
+    n = sum(len(ids) for ids in splits)
+    missing = sum(m for _, m in got)
+    if missing > MAX_MISSING_LATENTS * n:
+        out.latent_status = f"skipped: {missing} of {n} pieces have no latents in {latents_dir}"
+    else:
+        out.x["latent"] = [x for x, _ in got]
+        out.latent_status = f"done ({missing} of {n} pieces without latents: zero rows)"
+    log.info("latent baseline: %s", out.latent_status)
+    return out
+
+
+def single_label_scores(
+    x: Inputs,
+    y_train: np.ndarray,
+    y_test: np.ndarray,
+    classes: Sequence[str],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Piece-level accuracy / macro-F1 of each baseline in `x` (train, test matrices)."""
+    out: dict[str, Any] = {}
+    for name, (x_tr, x_te) in x.x.items():
+        probs = single_label(x_tr, y_train, x_te, len(classes), seed)
+        got = single_label_metrics(y_test, probs, classes)
+        out[f"{name}_baseline_piece_accuracy"] = got.get("accuracy", 0.0)
+        out[f"{name}_baseline_piece_macro_f1"] = got.get("macro_f1", 0.0)
+    out["latent_baseline"] = x.latent_status
+    return out
+
+
+def multi_label_scores(
+    x: Inputs,
+    y_train: np.ndarray,
+    y_valid: np.ndarray,
+    y_test: np.ndarray,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Micro / macro F1 and test_acc of each baseline in `x` (train, valid, test matrices),
+    the threshold tuned on valid as the model's is."""
+    out: dict[str, Any] = {}
+    for name, (x_tr, x_va, x_te) in x.x.items():
+        p_va, p_te = multi_label(x_tr, y_train, x_va, x_te, seed=seed)
+        got = multilabel_metrics(y_test, p_te, tune_threshold(y_valid, p_va))
+        for key in ("micro_f1", "macro_f1", "test_acc"):
+            out[f"{name}_baseline_{key}"] = got.get(key, 0.0)
+    out["latent_baseline"] = x.latent_status
+    return out

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+TOKENIZER_FILE = "tokenizer.json"  # in a model folder: the tokenizer its ids mean
+
 
 @dataclass
 class Vocab:

@@ -6,6 +6,12 @@ and the LM it was trained on) and the `tokenizer.json` its ids mean. A file the 
 read (empty, unparsable, drums only, shorter than one phrase) gets a dict with an `error`
 reason instead of a prediction; a checkpoint trained on another vocabulary, or whose LM has
 changed since, raises ValueError.
+
+Prediction runs with the torch thread count `prediction_threads` picks for the model's size:
+one thread for the CPU-sized models, whose forward passes are chains of small matmuls where
+OpenMP's syncing costs more than a second core gives back, and where on a busy machine the
+second thread waits for a core (cpu_default phrase model on a 3-minute song, 2-core machine
+at load 6: 0.28 s with one thread, 0.80 s with two; at load 11: 0.91 s and 14.9 s).
 """
 
 from __future__ import annotations
@@ -19,16 +25,25 @@ import numpy as np
 import torch
 
 from midipipe import remi
-from midipipe.genre.phrases import Vocab, check_vocab, chunks, phrases
-from midipipe.genre.train import TOKENIZER_FILE, hier_probs, phrase_probs
+from midipipe.genre.hier_train import hier_probs
+from midipipe.genre.phrase_train import phrase_probs
+from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, check_vocab, chunks, phrases
 from midipipe.midi import BadMidi, load_score
 from midipipe.models.encoder import Encoder, load_encoder
 from midipipe.models.hier import FrozenLM, HierClassifier, load_hier, weights_sha256
+from midipipe.training import torch_threads
 
 log = logging.getLogger(__name__)
 
 MODELS = ("phrase", "hier")
 MODEL_DIRS = {"phrase": "models/genre_phrase", "hier": "models/genre_hier"}
+SMALL_MODEL_PARAMS = 5_000_000  # below this, one thread predicts fastest
+
+
+def prediction_threads(n_params: int) -> int:
+    """Torch threads for one prediction with a model of `n_params` (LM included): one for a
+    small model, torch's own count for a large one (see module doc)."""
+    return 1 if n_params < SMALL_MODEL_PARAMS else torch.get_num_threads()
 
 
 @dataclass
@@ -42,6 +57,7 @@ class Predictor:
     meta: dict
     model: Encoder | HierClassifier
     lm: FrozenLM | None = None
+    threads: int = 1  # torch threads while predicting: `prediction_threads`
 
     def names(self) -> list[str]:
         return self.meta["classes"] if self.kind == "phrase" else self.meta["tags"]
@@ -64,7 +80,7 @@ class Predictor:
             ids, bars = self.read(path)
         except BadMidi as exc:
             return {**out, "error": str(exc)}
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             if self.kind == "phrase":
                 probs, extra = self._phrase(ids, bars)
             else:
@@ -157,7 +173,12 @@ def load_predictor(
                 "was trained on it: retrain stage 06 (train_genre_hier)"
             )
         lm = FrozenLM(lm_dir, tokenizer, device)
-    return Predictor(model, folder, tokenizer, vocab, meta, net, lm)
+    n_params = sum(p.numel() for p in net.parameters())
+    if lm is not None:
+        n_params += sum(p.numel() for p in lm.model.parameters())
+    threads = prediction_threads(n_params)
+    log.debug("%s genre model: %d parameters, %d torch threads", model, n_params, threads)
+    return Predictor(model, folder, tokenizer, vocab, meta, net, lm, threads)
 
 
 _LOADED: dict[tuple[str, str], Predictor] = {}

@@ -26,7 +26,7 @@ from midipipe.shards import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TRANSFORMERS_PIN = "transformers==5.23.0"  # only needed for Hugging Face checkpoints
+TRANSFORMERS_PIN = "transformers==5.23.0"  # pyproject's `hf` extra: Hugging Face checkpoints only
 
 
 @dataclass
@@ -62,17 +62,34 @@ class AttentionPool(nn.Module):
 
 
 class HierClassifier(nn.Module):
+    """Standardise, normalise, attention-pool and score a piece's chunk embeddings.
+
+    The per-dimension standardisation is fitted on the train split's chunks (`fit_scaler`) and
+    saved with the weights. An LM's mean-pooled states share one dominant direction (chunks of
+    the trained cpu_default generator: mean pairwise cosine 0.999), which a per-vector
+    LayerNorm keeps and which drowns what tells pieces apart; centring across chunks removes it.
+    """
+
     def __init__(self, config: HierConfig) -> None:
         super().__init__()
         self.config = config
-        self.norm = nn.LayerNorm(config.d_in)  # LM states can be far from unit scale
+        self.register_buffer("center", torch.zeros(config.d_in))
+        self.register_buffer("scale", torch.ones(config.d_in))
+        self.norm = nn.LayerNorm(config.d_in)
         self.pool = AttentionPool(config.d_in, config.d_attn)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_in, config.n_labels)
 
+    @torch.no_grad()
+    def fit_scaler(self, chunks: Tensor) -> None:
+        """Per-dimension mean and std of chunk embeddings [N, d_in] (the train split's)."""
+        self.center.copy_(chunks.mean(0))
+        if len(chunks) > 1:
+            self.scale.copy_(chunks.std(0).clamp(min=1e-5))
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Tag logits [B, n_labels] of chunk embeddings x [B, N, d_in] (mask: real chunks)."""
-        pooled, _ = self.pool(self.norm(x), mask)
+        pooled, _ = self.pool(self.norm((x - self.center) / self.scale), mask)
         return self.head(self.drop(pooled))
 
 
@@ -147,7 +164,7 @@ class FrozenLM:
         except ImportError as exc:
             raise ImportError(
                 f"{self.folder} is a Hugging Face checkpoint: reading it needs "
-                f"`pip install {TRANSFORMERS_PIN}`"
+                f"`pip install -e '.[hf]'` ({TRANSFORMERS_PIN})"
             ) from exc
         model = transformers.AutoModel.from_pretrained(self.folder, local_files_only=True)
         if model.config.vocab_size != n_vocab:

@@ -1,0 +1,75 @@
+"""Hooks wrapped around a `training.Fit` job: early stopping on a valid metric, and timing of
+evaluation, so training throughput counts training only.
+
+`fit` has no early stopping, so `EarlyStop` wraps a job's batches and evaluation: once the
+best key has not improved for `patience` epochs, the remaining epochs are empty (no batches,
+last metrics again) and their rows are dropped from the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from midipipe.training import Fit
+
+log = logging.getLogger(__name__)
+
+
+class EarlyStop:
+    """Stops `job` once its best key has not improved for `patience` epochs (see module doc).
+
+    Its state is the job's history, which `fit` restores on resume, so a resumed run stops
+    where an uninterrupted one would.
+    """
+
+    def __init__(self, job: Fit, patience: int) -> None:
+        self.job, self.patience = job, patience
+        self._batches, self._evaluate = job.train_batches, job.evaluate
+        job.train_batches, job.evaluate = self.batches, self.evaluate
+
+    def rows(self) -> list[dict]:
+        return [h for h in self.job.history if not h.get("early_stopped")]
+
+    def stopped(self) -> bool:
+        rows = self.rows()
+        if not self.patience or not rows:
+            return False
+        values = np.array([h[self.job.best_key] for h in rows])
+        best = int(values.argmax() if self.job.best_mode == "max" else values.argmin())
+        return len(rows) - 1 - best >= self.patience
+
+    def batches(self, epoch: int, rng: torch.Generator):
+        return iter(()) if self.stopped() else self._batches(epoch, rng)
+
+    def evaluate(self, model) -> dict[str, float]:
+        if self.stopped():
+            last = self.rows()[-1]
+            return {k: last[k] for k in last if k.startswith("valid")} | {"early_stopped": 1.0}
+        return {**self._evaluate(model), "early_stopped": 0.0}
+
+    def finish(self) -> list[dict]:
+        """The history without the empty epochs; logs where training stopped."""
+        self.job.history = self.rows()
+        if len(self.job.history) and self.stopped():
+            log.info("stopped early after epoch %d", self.job.history[-1]["epoch"])
+        return self.job.history
+
+
+def timed(evaluate: Callable) -> Callable:
+    """`evaluate` that also reports its own seconds as `valid_s`."""
+
+    def run(model) -> dict[str, float]:
+        t0 = time.perf_counter()
+        return {**evaluate(model), "valid_s": round(time.perf_counter() - t0, 3)}
+
+    return run
+
+
+def train_seconds(history: list[dict]) -> float:
+    """Seconds spent training: the epochs' time less their `valid_s`."""
+    return sum(h["epoch_s"] - h.get("valid_s", 0.0) for h in history)
