@@ -6,7 +6,9 @@ streams) <= 2x the time of unguided sampling. The no-cache run is most of the ti
 minute on 2 free cores); `--nocache-tokens N` measures it on the first N tokens only, which
 makes the reported speedup a lower bound (the JSON says so).
 
-`--train` instead measures training tokens/s (forward, backward, AdamW) of cpu_default.
+`--rows N` also samples N guided pieces as the rows of one batch, as stage 09 does
+(`batch_guided_tok_s`: tokens of all rows per second). `--train` instead measures training
+tokens/s (forward, backward, AdamW) of cpu_default.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from midipipe.models.gpt import GPT, GPTConfig
 from midipipe.remi import make_tokenizer
-from midipipe.sampling import SampleConfig, generate
+from midipipe.sampling import Request, SampleConfig, generate, generate_batch
 
 N_COMPOSERS = 12
 
@@ -60,6 +62,13 @@ def sampling(args: argparse.Namespace) -> dict:
         "guidance": args.guidance,
         "repeats": args.repeats,
     }
+    if args.rows > 1:  # stage 09 samples its pieces as rows of one batch
+        cfg = SampleConfig(max_tokens=args.tokens, min_tokens=args.tokens, guidance=args.guidance)
+        requests = [Request(1 + i % (N_COMPOSERS - 1), (), i) for i in range(args.rows)]
+        t0 = time.perf_counter()
+        generate_batch(model, tokenizer, requests, cfg)
+        batched = args.rows * args.tokens / (time.perf_counter() - t0)
+        out.update(batch_rows=args.rows, batch_guided_tok_s=round(batched, 1))
     n = min(args.nocache_tokens or args.tokens, args.tokens)
     nocache = run(n, 1.0, False)
     out.update(
@@ -132,6 +141,9 @@ def main() -> None:
         help="torch threads (1: one-token steps are too small to share)",
     )
     ap.add_argument("--repeats", type=int, default=1, help="cached runs, best one counts")
+    ap.add_argument(
+        "--rows", type=int, default=32, help="also sample this many guided pieces as one batch"
+    )
     ap.add_argument("--train", action="store_true", help="measure training tokens/s instead")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)

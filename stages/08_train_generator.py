@@ -1,7 +1,10 @@
-"""Stage 08: REMI token shards + data/composers.json -> models/generator/, its metrics."""
+"""Stage 08: REMI token shards + data/composers.json -> models/generator/, its metrics.
 
-from midipipe import params
-from midipipe.generator import GeneratorParams, train
+Also runs data-parallel: `torchrun --nproc_per_node 2 stages/08_train_generator.py`.
+"""
+
+from midipipe import distributed, params
+from midipipe.generator.train import GeneratorParams, train
 from midipipe.logs import run_main
 from midipipe.training import write_curves, write_metrics
 
@@ -18,6 +21,8 @@ def main() -> None:
         "models/generator",
         "checkpoints/generator",
     )
+    if not distributed.is_main():
+        return
     write_metrics("metrics/generator.json", metrics)
     write_curves(
         job.history,

@@ -2,7 +2,7 @@
 against real test excerpts, conditioning accuracy) and the classifier's confusion matrices."""
 
 from midipipe import params
-from midipipe.generator import GenerateParams, evaluate_generator
+from midipipe.generator.generate import GenerateParams, evaluate_generator
 from midipipe.logs import run_main
 from midipipe.training import write_metrics
 

@@ -8,6 +8,9 @@ import json
 import math
 import os
 import runpy
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +23,16 @@ import yaml
 
 from midipipe import composers
 from midipipe import evaluation as ev
-from midipipe import generator as G
 from midipipe import music_metrics as mm
+from midipipe.generator import cli, command
+from midipipe.generator import generate as gen
+from midipipe.generator import train as tr
 from midipipe.midi import piece_id
 from midipipe.models import generator_data as gd
 from midipipe.params import ParamError, TokenizeParams
 from midipipe.remi import make_tokenizer
 from midipipe.tokenize import tokenize_files
+from midipipe.training import Fit, accumulate
 from tests.conftest import build_midi
 
 SPLITS = ["train"] * 4 + ["valid", "test"]
@@ -111,6 +117,8 @@ def test_train_stage_writes_the_contracts(project):
         assert isinstance(metrics[key], int | float), key
     assert metrics["epochs"] == 1 and metrics["train_pieces"] == 9
     assert math.isfinite(metrics["best_valid_loss"]) and metrics["train_tokens_per_s"] > 0
+    gain = metrics["opening_nll_unconditional"] - metrics["opening_nll_composer"]
+    assert metrics["composer_gain_nats"] == pytest.approx(gain, abs=1e-5)
     curve = (project / "metrics" / "generator_curve.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and "valid_loss" in curve[0] and len(curve) == 2
     assert (project / "metrics" / "generator_loss.png").stat().st_size > 1000
@@ -119,20 +127,22 @@ def test_train_stage_writes_the_contracts(project):
 
 def test_params_are_checked_by_key():
     with pytest.raises(ParamError, match="generator.size"):
-        G.GeneratorParams(size="huge")
+        tr.GeneratorParams(size="huge")
     with pytest.raises(ParamError, match="generator.grad_accum"):
-        G.GeneratorParams(grad_accum=0)
+        tr.GeneratorParams(grad_accum=0)
     with pytest.raises(ParamError, match="generator.model.vocab_size"):
-        G.GeneratorParams(model={"vocab_size": 3})
+        tr.GeneratorParams(model={"vocab_size": 3})
     with pytest.raises(ParamError, match="guidance must be >= 1"):
-        G.GenerateParams(guidance=[1.0, 0.5])
+        gen.GenerateParams(guidance=[1.0, 0.5])
 
 
 def test_grad_accumulation_matches_one_big_batch():
+    """`training.accumulate` over micro-batches of unequal token counts gives the gradient
+    of the whole batch's token-mean loss."""
     tok = make_tokenizer()
     torch.manual_seed(0)
-    model = G.build_model(
-        G.GeneratorParams(
+    model = tr.build_model(
+        tr.GeneratorParams(
             context=32, model={"n_layer": 1, "n_head": 2, "d_model": 32, "d_ff": 64, "dropout": 0.0}
         ),
         tok,
@@ -140,16 +150,55 @@ def test_grad_accumulation_matches_one_big_batch():
     )
     cfg = gd.WindowConfig.for_tokenizer(tok, 32, composer_dropout=0.5, token_dropout=0.0)
     pieces = [list(range(5, 5 + n)) for n in (10, 40, 25, 60)]
-    batch = next(gd.train_batches(pieces, [1, 2, 1, 2], cfg, 4, 0, torch.Generator()))
+    whole = next(gd.train_batches(pieces, [1, 2, 1, 2], cfg, 4, 0, torch.Generator()))
+    micro = [{k: v[i : i + 1] for k, v in whole.items()} for i in range(4)]
+    pad = tok.pad_token_id
+    job = Fit(
+        model=model,
+        train_batches=lambda *_: iter(()),
+        steps_per_epoch=1,
+        loss=lambda m, b: gd.loss(m, b, 0.1),
+        evaluate=dict,
+        grad_accum=4,
+        micro_weight=lambda b: float((b["targets"] != pad).sum()),
+    )
+    scaler = torch.amp.GradScaler(enabled=False)
     grads = []
-    for accum in (1, 2):
+    for group in ([whole], micro):
         model.zero_grad()
-        value, logs = G.accumulated_loss(model, batch, 0.1, accum)
-        value.backward()
+        _, logs, weight = accumulate(job, model, group, None, scaler)
         grads.append([p.grad.clone() for p in model.parameters()])
-        assert logs["tokens"] == int((batch["targets"] != tok.pad_token_id).sum())
+        assert weight == int((whole["targets"] != pad).sum())
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    job.micro_weight = None  # equal shares: short windows would count as much as long ones
+    model.zero_grad()
+    accumulate(job, model, micro, None, scaler)
+    assert not torch.allclose(model.tok.weight.grad, grads[0][0])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(project, tmp_path):
+    """Stage 08 under `torchrun --nproc_per_node 2` (gloo on CPU): both processes train, the
+    main one writes the model and the metrics."""
+    copy = tmp_path / "ddp"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("models", "metrics"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(STAGES / "08_train_generator.py")],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((copy / "metrics" / "generator.json").read_text())
+    assert metrics["processes"] == 2 and metrics["effective_batch"] == 8
+    assert math.isfinite(metrics["best_valid_loss"])
+    assert (copy / "models" / "generator" / "model.safetensors").is_file()
+    assert not (copy / "checkpoints" / "generator").exists()
 
 
 # -- stage 09 --------------------------------------------------------------------------------
@@ -169,12 +218,22 @@ def test_generate_stage_writes_decodable_midi_and_metrics(generated):
     assert 0 <= metrics["classifier_programs_real_test_acc"] <= 1
     for tag in ("g1.0", "g3.0"):
         for key in ("cond_acc", "cond_acc_programs"):
-            assert 0 <= metrics[f"{tag}_{key}"] <= 1
+            acc = metrics[f"{tag}_{key}"]
+            assert metrics[f"{tag}_{key}_ci_low"] <= acc <= metrics[f"{tag}_{key}_ci_high"]
+            assert 0 < metrics[f"{tag}_{key}_p"] <= 1
         assert metrics[f"{tag}_pieces"] == 2 and f"{tag}_repairs_per_piece" in metrics
         for m in mm.METRICS:
             assert {f"{tag}_{m}_oa", f"{tag}_{m}_w1", f"{tag}_{m}_mean"} <= set(metrics)
     assert all(not isinstance(v, dict | list) for v in metrics.values())  # flat for dvc
     assert (generated / "metrics" / "generation_confusion.png").stat().st_size > 1000
+
+
+def test_accuracy_against_chance():
+    lucky = ev.versus_chance(20, 50, 0.2)  # 40% where guessing gets 20%
+    assert lucky["p"] < 0.01 and lucky["ci_low"] < 0.4 < lucky["ci_high"]
+    assert ev.versus_chance(10, 50, 0.2)["p"] > 0.4  # exactly chance
+    assert ev.versus_chance(2, 5, 0.2)["p"] > 0.05  # too few pieces to say
+    assert math.isnan(ev.versus_chance(0, 0, 0.2)["p"])
 
 
 def test_one_composer_is_said_plainly():
@@ -248,7 +307,7 @@ def test_distances_and_excerpts():
 # -- the generate command --------------------------------------------------------------------
 
 
-def opts(project: Path, tmp_path: Path, **kw) -> G.GenerateOptions:
+def opts(project: Path, tmp_path: Path, **kw) -> cli.GenerateOptions:
     base = dict(
         composer="alpha",
         out=str(tmp_path / "out.mid"),
@@ -259,11 +318,11 @@ def opts(project: Path, tmp_path: Path, **kw) -> G.GenerateOptions:
         device="cpu",
         progress=False,
     )
-    return G.GenerateOptions(**{**base, **kw})
+    return cli.GenerateOptions(**{**base, **kw})
 
 
 def test_generate_command_with_a_held_out_primer(project, tmp_path):
-    got = G.generate_command(opts(project, tmp_path, composer="BETA"))
+    got = command.generate_command(opts(project, tmp_path, composer="BETA"))
     assert got["composer"] == "beta" and got["primer"] == "test piece of beta"
     assert 0 < got["primer_tokens"] <= 8
     assert symusic.Score(got["out"]).ticks_per_quarter > 0 and Path(got["tokens_json"]).exists()
@@ -271,25 +330,25 @@ def test_generate_command_with_a_held_out_primer(project, tmp_path):
 
 def test_generate_command_errors(project, tmp_path):
     with pytest.raises(ValueError, match=r"unknown composer 'mahler'; known: alpha, beta, any"):
-        G.generate_command(opts(project, tmp_path, composer="mahler"))
+        command.generate_command(opts(project, tmp_path, composer="mahler"))
     with pytest.raises(ValueError, match="guidance must be >= 1"):
-        G.generate_command(opts(project, tmp_path, guidance=0.5))
+        command.generate_command(opts(project, tmp_path, guidance=0.5))
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"not midi")
     with pytest.raises(ValueError, match="cannot use primer .*bad.mid"):
-        G.generate_command(opts(project, tmp_path, primer=str(bad)))
+        command.generate_command(opts(project, tmp_path, primer=str(bad)))
     with pytest.raises(ValueError, match="missing: pass --primer"):
-        G.generate_command(opts(project, tmp_path, data_dir=str(tmp_path / "nodata")))
+        command.generate_command(opts(project, tmp_path, data_dir=str(tmp_path / "nodata")))
     other = tmp_path / "other"
     other.mkdir()
     make_tokenizer({"num_velocities": 8}).save(other)
     with pytest.raises(ValueError, match="does not match .*checkpoint vocabulary"):
-        G.generate_command(opts(project, tmp_path, tokenizer=str(other / "tokenizer.json")))
+        command.generate_command(opts(project, tmp_path, tokenizer=str(other / "tokenizer.json")))
 
 
 def test_generate_cli_parser_primer_file_and_interactive(project, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    G.add_generate_parser(parser.add_subparsers(dest="command"))
+    cli.add_generate_parser(parser.add_subparsers(dest="command"))
     primer = tmp_path / "primer.mid"
     primer.write_bytes(build_midi(n_bars=2))
     args = parser.parse_args(
@@ -318,7 +377,7 @@ def test_generate_cli_parser_primer_file_and_interactive(project, tmp_path, caps
     assert got["primer"] == str(primer) and got["primer_tokens"] > 0 and got["guidance"] == 2.0
 
     answers = iter(["guidance=1.5 composer=any", "top_k=x", "", "q"])
-    got = G.generate_command(
+    got = command.generate_command(
         opts(project, tmp_path, seed_length=0, interactive=True), ask=lambda _: next(answers)
     )
     assert got["takes"] == 3 and (tmp_path / "out_3.mid").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import math
 
 import pytest
 import symusic
@@ -13,7 +13,7 @@ from midipipe.models import generator_data as gd
 from midipipe.models.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
 from midipipe.params import TrainParams
 from midipipe.remi import encode
-from midipipe.sampling import RemiGrammar, SampleConfig, generate, to_midi
+from midipipe.sampling import RemiGrammar, Request, SampleConfig, generate, generate_batch, to_midi
 from midipipe.training import Fit, fit
 from tests.conftest import build_midi
 
@@ -219,14 +219,22 @@ def test_overfits_one_sequence():
     seq = torch.randint(4, 40, (1, 33))
     batch = {"inputs": seq[:, :-1], "targets": seq[:, 1:], "composer": torch.tensor([1])}
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    t0 = time.perf_counter()
     for _ in range(300):
         loss, logs = gd.loss(model, batch, label_smoothing=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert logs["nll"] < 0.05
-    assert time.perf_counter() - t0 < 20
+    assert logs["nll"] < 0.1  # from ln(40) = 3.7
+
+
+def test_initial_loss_is_near_uniform():
+    """Tied, d**-0.5-scaled logits start near uniform: loss ~ ln(vocab), not ~ sqrt(d_model)."""
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=500, d_model=128, n_head=4, context=32)).eval()
+    seq = torch.randint(4, 500, (4, 33))
+    batch = {"inputs": seq[:, :-1], "targets": seq[:, 1:], "composer": torch.tensor([1] * 4)}
+    loss, _ = gd.loss(model, batch, label_smoothing=0.0)
+    assert abs(loss.item() - math.log(500)) < 0.2
 
 
 def test_fit_runs_with_these_batches(tmp_path):
@@ -266,7 +274,7 @@ def test_samples_from_random_weights_always_decode(tmp_path, tokenizer, seed):
     assert ids and stats["tokens"] <= 200 and stats["guided"]
     assert tokenizer.tokens_errors(ids) == 0
     path = to_midi(tokenizer, ids, tmp_path / "out.mid")
-    assert symusic.Score(path).note_num() > 0
+    assert symusic.Score(path).note_num() == tokenizer.decode(ids).note_num()
     assert path.with_suffix(".json").exists()
     assert stats["bars"] == ids.count(tokenizer.vocab["Bar_None"])
 
@@ -287,6 +295,19 @@ def test_cache_and_no_cache_sample_the_same(tokenizer):
     a, _ = generate(model, tokenizer, 3, cfg=cfg)
     b, stats = generate(model, tokenizer, 3, cfg=cfg, use_cache=False)
     assert a == b and stats["tokens"] == 40
+
+
+def test_a_batch_samples_what_each_row_would_alone(tokenizer):
+    model = model_for(tokenizer)
+    cfg = SampleConfig(max_tokens=48, guidance=2.0, top_k=30, repetition_penalty=1.1)
+    requests = [Request(1, (), 5), Request(0, (), 6), Request(3, (), 7)]
+    batch = generate_batch(model, tokenizer, requests, cfg)
+    for r, (ids, stats) in zip(requests, batch, strict=True):
+        alone = generate(model, tokenizer, r.composer_id, cfg=dataclasses.replace(cfg, seed=r.seed))
+        assert ids == alone[0] and stats["guided"] == (r.composer_id != 0)
+        assert tokenizer.tokens_errors(ids) == 0
+    with pytest.raises(ValueError, match="same length"):
+        generate_batch(model, tokenizer, [Request(1, (), 0), Request(1, (4, 5), 0)], cfg)
 
 
 def test_grammar_rules(tokenizer):

@@ -12,8 +12,10 @@ Gaussian kernel density estimates (1 = the same distribution, 0 = disjoint; Yang
 Conditioning accuracy: a logistic regression on `music_metrics.features` (metrics plus
 pitch-class and duration histograms), trained on real train-split excerpts of the evaluated
 composers, labels every generated piece; the share labelled with the composer it was
-generated for is compared with chance (1 / number of composers). The classifier's accuracy
-on real test excerpts says how much that figure can mean. A second classifier also sees the
+generated for is compared with chance (1 / number of composers): `_p` is the one-sided
+binomial p-value of doing that well by guessing, `_ci_low`/`_ci_high` the Wilson 95%
+interval, so "above chance" is a claim with a size attached. The classifier's accuracy on
+real held-out excerpts says how much that figure can mean. A second classifier also sees the
 instrumentation (`music_metrics.instruments`), which in many corpora tells composers apart
 on its own (`*_programs` keys): the first asks "does it sound like X", the second "is it
 scored like X".
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import symusic
-from scipy.stats import wasserstein_distance
+from scipy.stats import binomtest, wasserstein_distance
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -153,6 +155,16 @@ class ComposerClassifier:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.model.predict(x) if len(x) else np.zeros(0, dtype=int)
+
+
+def versus_chance(hits: int, n: int, chance: float) -> dict[str, float]:
+    """One-sided binomial test of `hits` right out of `n` against guessing (`p`: the chance
+    of doing this well by luck), and the Wilson 95% interval of the accuracy."""
+    if n == 0:
+        return {"p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    p = binomtest(hits, n, chance, alternative="greater").pvalue
+    ci = binomtest(hits, n).proportion_ci(0.95, method="wilson")  # two-sided
+    return {"p": float(p), "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
 def confusion(true: Sequence[int], pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
@@ -281,6 +293,8 @@ def evaluate_generation(
             out[f"classifier{suffix}_real_test_acc"] = (
                 float(np.mean(pred == test_y)) if known.any() else math.nan
             )
+            stats = versus_chance(int(np.sum(pred == test_y)), len(test_y), 1.0 / len(ids))
+            out.update({f"classifier{suffix}_real_test_acc_{k}": v for k, v in stats.items()})
             panels[suffix] = [("real test excerpts", confusion(test_y, pred, ids))]
 
     for g in sorted({p.guidance for p in generated}):
@@ -305,7 +319,10 @@ def evaluate_generation(
         true = [p.composer_id for p in group]
         for suffix, clf in classifiers.items():
             pred = clf.predict(views[suffix](x, inst))
-            out[f"{tag}_cond_acc{suffix}"] = float(np.mean(pred == np.asarray(true)))
+            hits = int(np.sum(pred == np.asarray(true)))
+            out[f"{tag}_cond_acc{suffix}"] = hits / len(true)
+            stats = versus_chance(hits, len(true), 1.0 / len(ids))
+            out.update({f"{tag}_cond_acc{suffix}_{k}": v for k, v in stats.items()})
             panels[suffix].append((f"generated, guidance {g:g}", confusion(true, pred, ids)))
     if confusion_png is not None:
         if classifiers:

@@ -16,6 +16,7 @@ unfinished note cut off the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -119,6 +120,12 @@ class RemiGrammar:
             self.successors[key] = mask
         self.reset()
 
+    def fresh(self) -> RemiGrammar:
+        """A grammar at the start of a piece sharing this one's tables (cheap to build)."""
+        other = copy.copy(self)
+        other.reset()
+        return other
+
     def reset(self) -> None:
         self.state = "start"
         self.position = -1
@@ -177,31 +184,44 @@ def choose(
     logits: torch.Tensor,
     allowed: torch.Tensor,
     cfg: SampleConfig,
-    penalized: Sequence[int],
-    gen: torch.Generator,
-) -> int:
-    """One token from 1-D float logits: repetition penalty, grammar, temperature, top-k/p."""
+    penalized: Sequence[Sequence[int]],
+    gens: Sequence[torch.Generator],
+) -> list[int]:
+    """One token per row of float logits [B, V]: repetition penalty (on each row's
+    `penalized` ids), grammar, temperature, top-k/p, then a draw from the row's generator."""
     logits = logits.clone()
-    if cfg.repetition_penalty != 1.0 and penalized:
-        idx = torch.tensor(sorted(set(penalized)), dtype=torch.long)
-        vals = logits[idx]
-        logits[idx] = torch.where(
-            vals > 0, vals / cfg.repetition_penalty, vals * cfg.repetition_penalty
-        )
+    if cfg.repetition_penalty != 1.0:
+        pen = torch.zeros_like(allowed)
+        for row, ids in enumerate(penalized):
+            pen[row, list(ids)] = True
+        rp = cfg.repetition_penalty
+        logits = torch.where(pen, torch.where(logits > 0, logits / rp, logits * rp), logits)
     logits[~allowed] = float("-inf")
     logits /= cfg.temperature
-    if cfg.top_k and cfg.top_k < logits.numel():
-        kth = torch.topk(logits, cfg.top_k).values[-1]
+    if cfg.top_k and cfg.top_k < logits.shape[1]:
+        kth = torch.topk(logits, cfg.top_k, dim=1).values[:, -1:]
         logits[logits < kth] = float("-inf")
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=1)
     if cfg.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(0) - sorted_p >= cfg.top_p  # keeps the first token always
-        probs[order[drop]] = 0.0
-    return int(torch.multinomial(probs, 1, generator=gen))
+        sorted_p, order = probs.sort(dim=1, descending=True)
+        drop = sorted_p.cumsum(1) - sorted_p >= cfg.top_p  # keeps the first token always
+        probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
+    cdf = probs.double().cumsum(1)
+    u = torch.tensor([float(torch.rand(1, generator=g)) for g in gens], dtype=torch.double)
+    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    last = probs.shape[1] - 1 - (probs > 0).flip(1).int().argmax(1)  # rounding at u -> 1
+    return torch.minimum(picks, last).tolist()
 
 
-@torch.inference_mode()
+@dataclass
+class Request:
+    """One piece to sample: its composer id, primer ids and random seed."""
+
+    composer_id: int
+    primer: Sequence[int] = ()
+    seed: int = 0
+
+
 def generate(
     model: GPT,
     tokenizer,
@@ -217,63 +237,123 @@ def generate(
     benchmark compares against (identical output while the sequence fits the context).
     """
     cfg = cfg or SampleConfig()
+    request = Request(composer_id, primer_ids or (), cfg.seed)
+    return generate_batch(model, tokenizer, [request], cfg, use_cache)[0]
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: GPT,
+    tokenizer,
+    requests: Sequence[Request],
+    cfg: SampleConfig,
+    use_cache: bool = True,
+) -> list[tuple[list[int], dict]]:
+    """`generate` for several pieces at once, one row of a batch each (`cfg.seed` unused:
+    each request has its own). On CPU a token step of a small model costs about the same for
+    one row as for dozens, so a batch samples many pieces in the time of one. Primers must be
+    equally long (after dropping special tokens): rows advance in lockstep. `tokens_per_s`
+    is per row (its tokens over the time until it finished).
+    """
     check_vocab(model, tokenizer)
-    if not 0 <= composer_id < model.config.n_composers:
-        raise ValueError(f"composer id {composer_id} outside 0..{model.config.n_composers - 1}")
-    grammar = RemiGrammar(tokenizer)
+    for r in requests:
+        if not 0 <= r.composer_id < model.config.n_composers:
+            raise ValueError(
+                f"composer id {r.composer_id} outside 0..{model.config.n_composers - 1}"
+            )
+    base = RemiGrammar(tokenizer)
+    primers = [[t for t in r.primer if base.kind[t] not in SPECIAL] for r in requests]
+    if len({len(p) for p in primers}) > 1:
+        raise ValueError("generate_batch: primers must have the same length")
+    grammars = [base.fresh() for _ in requests]
+    for g, p in zip(grammars, primers, strict=True):
+        for t in p:
+            g.step(t)
     device = next(model.parameters()).device
-    bos, context = tokenizer.vocab["BOS_None"], model.config.context
-    out = [t for t in (primer_ids or []) if grammar.kind[t] not in SPECIAL]
-    for t in out:
-        grammar.step(t)
-    guided = cfg.guidance != 1.0 and composer_id != 0
-    composers = torch.tensor([composer_id, 0] if guided else [composer_id], device=device)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    bos, pad, context = tokenizer.vocab["BOS_None"], tokenizer.pad_token_id, model.config.context
+    n = len(requests)
+    ids = [r.composer_id for r in requests]
+    guided = cfg.guidance != 1.0 and any(ids)
+    pitches = base.pitch_kinds
+    composers = torch.tensor(ids + [0] * n if guided else ids, device=device)
+    gens = [torch.Generator().manual_seed(r.seed) for r in requests]
     model.eval()
 
-    seq = [bos, *out]
-    feed, cache = seq, model.new_cache() if use_cache else None
-    repairs = new = 0
-    masked = 0.0
+    seqs = [[bos, *p] for p in primers]
+    feed, cache = [list(s) for s in seqs], model.new_cache() if use_cache else None
+    done = [False] * n
+    new, repairs, masked, elapsed = [0] * n, [0] * n, [0.0] * n, [0.0] * n
     t0 = time.perf_counter()
     for _ in range(cfg.max_tokens):
         if use_cache:
-            x = torch.tensor(feed, device=device)[None].expand(len(composers), -1)
-            logits, _ = model(x, composers, cache, last_only=True)
+            x = torch.tensor(feed, device=device)
+            logits, _ = model(x.repeat(2, 1) if guided else x, composers, cache, last_only=True)
         else:
-            win = seq[-context:]
-            x = torch.tensor(win, device=device)[None].expand(len(composers), -1)
-            logits, _ = model(x, composers, start_pos=len(seq) - len(win), last_only=True)
+            win = [s[-context:] for s in seqs]
+            x = torch.tensor(win, device=device)
+            start = len(seqs[0]) - len(win[0])
+            logits, _ = model(
+                x.repeat(2, 1) if guided else x, composers, start_pos=start, last_only=True
+            )
         last = logits[:, -1].float().cpu()
-        z = last[1] + cfg.guidance * (last[0] - last[1]) if guided else last[0]
-        allowed = grammar.allowed()
-        if new < cfg.min_tokens:
-            allowed[grammar.eos] = False
-        repairs += int(not allowed[z.argmax()])
-        masked += float(torch.softmax(z, -1)[~allowed].sum())
-        recent = seq[-cfg.repetition_window :] if cfg.repetition_window else []
-        penalized = [t for t in recent if grammar.kind[t] in grammar.pitch_kinds]
-        token = choose(z, allowed, cfg, penalized, gen)
-        new += 1
-        if token == grammar.eos or (
-            token == grammar.bar and cfg.max_bars and grammar.bars >= cfg.max_bars
-        ):
+        z = last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
+        live = [i for i in range(n) if not done[i]]
+        allowed = torch.stack([grammars[i].allowed() for i in live])
+        for row, i in enumerate(live):
+            if new[i] < cfg.min_tokens:
+                allowed[row, grammars[i].eos] = False
+        z = z[live]
+        wrong = ~allowed.gather(1, z.argmax(1, keepdim=True))[:, 0]
+        off = torch.softmax(z, 1).masked_fill(allowed, 0.0).sum(1)
+        penalized = [
+            [t for t in seqs[i][-cfg.repetition_window :] if grammars[i].kind[t] in pitches]
+            if cfg.repetition_window
+            else []
+            for i in live
+        ]
+        tokens = choose(z, allowed, cfg, penalized, [gens[i] for i in live])
+        step = [pad] * n  # finished rows are fed PAD, so all rows stay in step
+        for row, (i, token) in enumerate(zip(live, tokens, strict=True)):
+            g = grammars[i]
+            repairs[i] += int(wrong[row])
+            masked[i] += float(off[row])
+            new[i] += 1
+            if token == g.eos or (token == g.bar and cfg.max_bars and g.bars >= cfg.max_bars):
+                done[i], elapsed[i] = True, time.perf_counter() - t0
+            else:
+                g.step(token)
+                step[i] = token
+        for s, t in zip(seqs, step, strict=True):
+            s.append(t)
+        feed = [[t] for t in step]
+        if all(done):
             break
-        grammar.step(token)
-        seq.append(token)
-        feed = [token]
-    elapsed = time.perf_counter() - t0
+    end = time.perf_counter() - t0
+    return [
+        finish_row(g, s, new[i], repairs[i], masked[i], elapsed[i] or end, bool(ids[i]) and guided)
+        for i, (g, s) in enumerate(zip(grammars, seqs, strict=True))
+    ]
 
-    ids = seq[1:]
+
+def finish_row(
+    grammar: RemiGrammar,
+    seq: list[int],
+    new: int,
+    repairs: int,
+    masked: float,
+    elapsed: float,
+    guided: bool,
+) -> tuple[list[int], dict]:
+    """A row's ids without BOS and PAD, cut back to its last whole note, and its stats."""
+    ids = [t for t in seq[1:] if grammar.kind[t] not in SPECIAL]
     trimmed = 0
     while ids and not grammar.is_complete(ids[-1]):  # an unfinished note would be lost
         ids.pop()
         trimmed += 1
-    repairs += int(trimmed > 0)
     stats = {
         "tokens": new,
         "bars": sum(1 for t in ids if t == grammar.bar),
-        "repairs": repairs,
+        "repairs": repairs + int(trimmed > 0),
         "trimmed": trimmed,
         "masked_mass": round(masked / max(1, new), 6),
         "tokens_per_s": round(new / max(elapsed, 1e-9), 2),

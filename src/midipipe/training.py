@@ -19,15 +19,17 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from midipipe import distributed as ddp
 from midipipe.params import TrainParams
 from midipipe.shards import atomic_path, write_json
 
@@ -55,6 +57,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Torch's intra-op thread count set to `n` inside, the caller's restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:
@@ -100,6 +113,51 @@ class Fit:
     best_key: str = "valid_loss"
     best_mode: str = "min"
     history: list[dict] = field(default_factory=list)
+    # `train_batches` yields micro-batches; `grad_accum` of them (per process) make one
+    # optimizer step, and `steps_per_epoch` counts steps in one process
+    grad_accum: int = 1
+    # a micro-batch's share of its step (e.g. its target tokens; None = equal shares), so
+    # an accumulated step is the same as one big batch; epoch rows sum it as `train_size`
+    micro_weight: Callable[[object], float] | None = None
+
+
+def step_groups(batches: Iterable, size: int) -> Iterator[list]:
+    """Consecutive groups of `size` micro-batches (the last one may be shorter)."""
+    group: list = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def accumulate(
+    job: Fit, net: nn.Module, group: Sequence, amp: torch.dtype | None, scaler
+) -> tuple[float, dict[str, float], float]:
+    """Backward of this process's share of one step's micro-batches, gradients summed as if
+    they were one batch: each micro-batch loss weighted by its share of the whole group's
+    weight (all processes see the same group), times the process count that DDP's
+    gradient average divides by. Returns (loss, weighted logs, the group's weight)."""
+    world, me = ddp.world_size(), ddp.rank()
+    weights = [job.micro_weight(b) if job.micro_weight else 1.0 for b in group]
+    total = sum(weights) or 1.0
+    mine = list(range(me, len(group), world))
+    loss_sum, logs = 0.0, {}
+    for n, i in enumerate(mine):
+        share = weights[i] / total
+        sync = n == len(mine) - 1 or not isinstance(net, DistributedDataParallel)
+        device_type = next(net.parameters()).device.type
+        autocast = torch.autocast(device_type, dtype=amp) if amp else contextlib.nullcontext()
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with autocast:
+                loss, micro_logs = job.loss(net, group[i])
+            scaler.scale(loss * share * world).backward()
+        loss_sum += loss.item() * share * world
+        for k, v in micro_logs.items():
+            logs[k] = logs.get(k, 0.0) + v * share * world
+    return loss_sum, logs, sum(weights)
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:
@@ -152,26 +210,45 @@ def fit(
     an interrupted run with the same `fingerprint` (params and data); cleared on success.
 
     At the end the model holds the weights of its best epoch on `job.best_key`, and
-    `save_best` is called with it.
+    `save_best` is called with it. Under `torchrun` the processes train one
+    DistributedDataParallel model, each on its share of every step's micro-batches; the
+    main one validates, keeps the resume state and calls `save_best` (resume is exact in
+    a single process; with several, dropout draws after a resume differ).
     """
-    out = Path(resume_dir)
+    device = ddp.local_device(resolve_device(tp.device))
+    with ddp.process_group(device):
+        return _fit(job, tp, Path(resume_dir), save_best, fingerprint, device)
+
+
+def _fit(
+    job: Fit,
+    tp: TrainParams,
+    out: Path,
+    save_best: Callable[[nn.Module], None],
+    fingerprint: dict | None,
+    device: torch.device,
+) -> Fit:
     key = json.dumps(
         {"train": dataclasses.asdict(tp), **(fingerprint or {})}, sort_keys=True, default=str
     )
-    device = resolve_device(tp.device)
+    main, world = ddp.is_main(), ddp.world_size()
     amp = autocast_dtype(tp.precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model = job.model.to(device)
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     opt = make_optimizer(model, tp)
-    total = tp.epochs * job.steps_per_epoch
+    steps_per_epoch = -(-job.steps_per_epoch // world)  # each step takes `world` x the batches
+    total = tp.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(total, tp.warmup_frac, tp.min_lr / tp.lr if tp.lr else 0.0)
     )
     scaler = torch.amp.GradScaler(enabled=amp is torch.float16)
-    rng = torch.Generator().manual_seed(tp.seed)
-    seed_everything(tp.seed)
+    rng = torch.Generator().manual_seed(tp.seed)  # the same batches in every process
+    seed_everything(tp.seed + ddp.rank())  # different dropout in each
     start_epoch, step, best = 0, 0, None
 
     state = (
@@ -199,19 +276,20 @@ def fit(
     try:
         for epoch in range(start_epoch, tp.epochs):
             model.train()
-            t0, sums, n = time.perf_counter(), {}, 0
+            t0, sums, n, size = time.perf_counter(), {}, 0, 0.0
             bar = tqdm(
-                job.train_batches(epoch, rng),
-                total=job.steps_per_epoch,
+                step_groups(job.train_batches(epoch, rng), job.grad_accum * world),
+                total=steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{tp.epochs}",
                 unit="step",
                 leave=False,
+                disable=not main,
             )
-            for batch in bar:
-                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                    loss, logs = job.loss(model, batch)
+            for group in bar:
+                if len(group) < world:  # a short last step would leave a process idle
+                    continue
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                loss, logs, weight = accumulate(job, net, group, amp, scaler)
                 scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
                 scaler.step(opt)
@@ -219,26 +297,34 @@ def fit(
                 sched.step()
                 step += 1
                 n += 1
+                size += weight
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}")
             model.eval()
-            with torch.inference_mode():
-                valid = job.evaluate(model)
+            valid = None
+            if main:
+                with torch.inference_mode():
+                    valid = job.evaluate(model)
+            valid = ddp.from_main(valid)
             row = {
                 "epoch": epoch + 1,
                 "step": step,
                 "lr": sched.get_last_lr()[0],
                 **{f"train_{k}": v / max(1, n) for k, v in sums.items()},
+                **({"train_size": size} if job.micro_weight else {}),
                 **valid,
                 "epoch_s": round(time.perf_counter() - t0, 2),
             }
             job.history.append(row)
-            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+            if main:
+                log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
             if best is None or better(valid[job.best_key], best):
                 best = valid[job.best_key]
-                _save_weights(model, out / "best.safetensors")
-            _save_resume(out, model, opt, sched, epoch, step, rng, job.history, best, key)
+                if main:
+                    _save_weights(model, out / "best.safetensors")
+            if main:
+                _save_resume(out, model, opt, sched, epoch, step, rng, job.history, best, key)
     except KeyboardInterrupt:
         log.warning(
             "interrupted in epoch %d: the last finished epoch is saved in %s; run again to resume",
@@ -246,10 +332,11 @@ def fit(
             out,
         )
         raise SystemExit(130) from None
-    if (out / "best.safetensors").exists():
-        model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
-    save_best(model)
-    shutil.rmtree(out, ignore_errors=True)
+    if main:
+        if (out / "best.safetensors").exists():
+            model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
+        save_best(model)
+        shutil.rmtree(out, ignore_errors=True)
     return job
 
 

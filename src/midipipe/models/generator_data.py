@@ -3,10 +3,13 @@
 A piece is read as BOS + its REMI ids + EOS, so the model learns how pieces start and end.
 Each epoch draws, per piece, about as many random windows of `context + 1` tokens as the piece
 fills (so long pieces are not under-sampled); a short piece is one window padded with PAD,
-which the loss ignores. For classifier-free guidance the composer id is replaced by 0
-(unconditional) with probability `composer_dropout`; a few input tokens become PAD, so the
-model does not copy its input blindly. Every draw comes from the `torch.Generator` that
-`training.fit` checkpoints, so a resumed run sees the same batches.
+which the loss ignores. A share `start_frac` of windows begins at BOS: sampling without a
+primer starts there, and only there does the composer id alone say what comes (later in a
+piece, the tokens before tell the model much of it). For classifier-free guidance the
+composer id is replaced by 0 (unconditional) with probability `composer_dropout`; a few
+input tokens become PAD, so the model does not copy its input blindly. Every draw comes
+from the `torch.Generator` that `training.fit` checkpoints, so a resumed run sees the same
+batches.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ class WindowConfig:
     context: int = 512  # model input length; a window holds context + 1 tokens
     composer_dropout: float = 0.6  # P(composer id -> 0), trains the unconditional stream
     token_dropout: float = 0.01  # P(an input token -> PAD)
+    start_frac: float = 0.25  # P(a window starts at BOS): unprimed sampling starts there
     max_windows: int = 0  # cap on windows per epoch (0 = as many as the corpus fills)
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("composer_dropout", "token_dropout"):
+        for name in ("composer_dropout", "token_dropout", "start_frac"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -108,12 +112,14 @@ def train_batches(
         order = order[: cfg.max_windows]
     for i in range(0, len(order), batch_size):
         chosen = order[i : i + batch_size]
-        u = torch.rand(len(chosen), 2, generator=rng)
+        u = torch.rand(len(chosen), 3, generator=rng)
         windows, composers = [], []
-        for j, (start_u, drop_u) in zip(chosen, u.tolist(), strict=True):
+        for j, (start_u, drop_u, head_u) in zip(chosen, u.tolist(), strict=True):
             piece = pieces[j]
             n_starts = len(piece) + 2 - (cfg.context + 1) + 1  # valid starts of a full window
             start = min(int(start_u * n_starts), n_starts - 1) if n_starts > 1 else 0
+            if head_u < cfg.start_frac:
+                start = 0
             windows.append(window(piece, start, cfg))
             composers.append(0 if drop_u < cfg.composer_dropout else int(composer_ids[j]))
         batch = collate(windows, composers, cfg.pad_id)
@@ -133,7 +139,7 @@ def loss(
     logits, _ = model(inputs, batch["composer"].to(device))
     logits = logits.float().flatten(0, 1)
     targets = targets.flatten()
-    pad = model.config.pad_id
+    pad = getattr(model, "module", model).config.pad_id  # a DDP wrapper holds the GPT
     value = F.cross_entropy(logits, targets, ignore_index=pad, label_smoothing=label_smoothing)
     with torch.no_grad():
         nll = F.cross_entropy(logits, targets, ignore_index=pad)
@@ -154,12 +160,16 @@ def evaluate(
     cfg: WindowConfig,
     batch_size: int,
     max_windows: int = 0,
+    opening: bool = False,
 ) -> dict[str, float]:
-    """Mean next-token NLL (and perplexity) per non-PAD target token, with each piece's own
-    composer, no dropout and no label smoothing; the first `max_windows` windows if set."""
+    """Mean next-token NLL (and perplexity) per non-PAD target token under the given
+    composer ids, no dropout and no label smoothing; the first `max_windows` windows if set,
+    only each piece's first window if `opening`."""
     device = next(model.parameters()).device
     items = [
-        (w, int(c)) for p, c in zip(pieces, composer_ids, strict=True) for w in eval_windows(p, cfg)
+        (w, int(c))
+        for p, c in zip(pieces, composer_ids, strict=True)
+        for w in (eval_windows(p, cfg)[:1] if opening else eval_windows(p, cfg))
     ]
     if max_windows:
         items = items[:max_windows]

@@ -1,8 +1,11 @@
 """A composer-conditioned decoder-only transformer over REMI tokens.
 
 Pre-norm blocks with rotary position embeddings, `F.scaled_dot_product_attention`, and a
-token embedding tied to the output head (logits scaled by d_model**-0.5, so N(0, 1)
-embeddings give unit-scale logits at init). A learned composer embedding, times
+token embedding tied to the output head, logits scaled by d_model**-0.5. Embeddings start
+at std d_model**-0.5: the final norm rescales a token's vector to unit std, so its logit
+for itself starts at 1 and the others at std d_model**-0.5, a near-uniform first guess
+(loss ln(vocab)); at std 1 the model would start out predicting its input token with
+logit sqrt(d_model) (loss ~12). A learned composer embedding, times
 `composer_scale`, is added to every token embedding; id 0 is the unconditional row that
 composer dropout trains, which is what classifier-free guidance contrasts against.
 
@@ -255,17 +258,17 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=False)
-        self.apply(self._init)
+        self.apply(lambda m: self._init(m, config.d_model**-0.5))
         for name, p in self.named_parameters():  # GPT-2: residual outputs shrink with depth
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
-    def _init(m: nn.Module) -> None:
+    def _init(m: nn.Module, embedding_std: float) -> None:
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=1.0)
+            nn.init.normal_(m.weight, std=embedding_std)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layer, self.config.context)

@@ -1,0 +1,197 @@
+"""Stage 08: train the composer-conditioned GPT with the shared loop (`training.fit`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from midipipe import distributed as ddp
+from midipipe import params, remi
+from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
+from midipipe.generator.corpus import Corpus, read_table, train_and_valid
+from midipipe.models import generator_data as gd
+from midipipe.models.gpt import GPT, GPTConfig, save_model
+from midipipe.params import ParamError, TrainParams
+from midipipe.shards import write_json
+from midipipe.training import Fit, fit, resolve_device
+
+log = logging.getLogger(__name__)
+
+SIZES = ("cpu_default", "gpu_profile")
+
+
+@dataclass
+class GeneratorParams:
+    """params.yaml `generator:` (stage 08)."""
+
+    size: str = "cpu_default"  # a GPTConfig profile: cpu_default | gpu_profile
+    context: int = 512  # training window = the most tokens one token attends to
+    composer_dropout: float = 0.6  # P(composer -> unconditional): what guidance contrasts
+    token_dropout: float = 0.01
+    start_frac: float = 0.25  # P(a training window starts at the piece's BOS)
+    label_smoothing: float = 0.1
+    grad_accum: int = 1  # micro-batches per optimizer step (recomputed: memory of one)
+    max_windows: int = 0  # training windows per epoch (0 = as many as the corpus fills)
+    eval_windows: int = 0  # validation windows per epoch (0 = all)
+    model: dict[str, Any] = field(default_factory=dict)  # GPTConfig overrides (n_layer, ...)
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of `train:`
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.size in SIZES, "size", f"one of {', '.join(SIZES)}"),
+            (self.context >= 8, "context", ">= 8"),
+            (0 <= self.composer_dropout <= 1, "composer_dropout", "in [0, 1]"),
+            (0 <= self.token_dropout < 1, "token_dropout", "in [0, 1)"),
+            (0 <= self.start_frac <= 1, "start_frac", "in [0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.grad_accum >= 1, "grad_accum", ">= 1"),
+            (self.max_windows >= 0, "max_windows", ">= 0 (0 = no cap)"),
+            (self.eval_windows >= 0, "eval_windows", ">= 0 (0 = all)"),
+        ]
+        params.require(self, "generator", checks)
+        fields = {f.name for f in dataclasses.fields(GPTConfig)}
+        for key in self.model:
+            if key not in fields or key in ("vocab_size", "pad_id", "n_composers", "context"):
+                raise ParamError(f"generator.model.{key}: not a GPTConfig override")
+
+
+def build_model(p: GeneratorParams, tokenizer, n_composers: int) -> GPT:
+    cfg = getattr(GPTConfig, p.size)(
+        **{
+            **p.model,
+            "vocab_size": len(tokenizer.vocab),
+            "pad_id": tokenizer.pad_token_id,
+            "n_composers": n_composers,
+            "context": p.context,
+        }
+    )
+    return GPT(cfg)
+
+
+def save_generator(model: GPT, out_dir: str | Path, table: dict, tokenizer_json: str | Path):
+    """The GPT plus the composer table and tokenizer it was trained with."""
+    out_dir = Path(out_dir)
+    save_model(model, out_dir)
+    write_json(out_dir / COMPOSERS_FILE, table)
+    shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
+
+
+def train(
+    p: GeneratorParams,
+    tp: TrainParams,
+    tokens_dir: str | Path = "data/tokens/remi",
+    manifest: str | Path = "data/manifest.parquet",
+    composers_json: str | Path = "data/composers.json",
+    out_dir: str | Path = "models/generator",
+    resume_dir: str | Path = "checkpoints/generator",
+) -> tuple[Fit, dict]:
+    """Train with the shared loop (exact resume, Ctrl+C safe); returns the job and flat
+    metrics for metrics/generator.json."""
+    tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
+    tokenizer = remi.load_tokenizer(tokenizer_json)
+    table = read_table(composers_json)
+    train_set, valid_set = train_and_valid(tokens_dir, manifest, table)
+    wcfg = gd.WindowConfig.for_tokenizer(
+        tokenizer,
+        p.context,
+        composer_dropout=p.composer_dropout,
+        token_dropout=p.token_dropout,
+        start_frac=p.start_frac,
+        max_windows=p.max_windows,
+    )
+    torch.manual_seed(tp.seed)
+    model = build_model(p, tokenizer, table["n_ids"])
+
+    def evaluate(m: GPT) -> dict[str, float]:  # timed, so train tokens/s leaves it out
+        t0 = time.perf_counter()
+        out = gd.evaluate(
+            m, valid_set.pieces, valid_set.composers, wcfg, tp.batch_size, p.eval_windows
+        )
+        return {**out, "valid_s": round(time.perf_counter() - t0, 2)}
+
+    job = Fit(
+        model=model,
+        train_batches=lambda epoch, rng: gd.train_batches(
+            train_set.pieces, train_set.composers, wcfg, tp.batch_size, epoch, rng
+        ),
+        steps_per_epoch=gd.steps_per_epoch(train_set.pieces, wcfg, tp.batch_size * p.grad_accum),
+        loss=lambda m, b: gd.loss(m, b, p.label_smoothing),
+        evaluate=evaluate,
+        grad_accum=p.grad_accum,
+        micro_weight=lambda b: float((b["targets"] != wcfg.pad_id).sum()),
+    )
+    n_tokens = sum(len(x) for x in train_set.pieces)
+    log.info(
+        "generator: %d parameters, %d train pieces (%d tokens), %d valid, %d steps/epoch",
+        model.n_params(),
+        len(train_set.pieces),
+        n_tokens,
+        len(valid_set.pieces),
+        job.steps_per_epoch,
+    )
+    fit(
+        job,
+        tp,
+        resume_dir,
+        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
+        fingerprint={
+            "generator": dataclasses.asdict(p),
+            "pieces": len(train_set.pieces),
+            "tokens": n_tokens,
+        },
+    )
+    if not ddp.is_main():  # the main process reports
+        return job, {}
+    metrics = training_metrics(job, model, p, train_set, valid_set, tp)
+    return job, {**metrics, **composer_gain(model, valid_set, wcfg, tp.batch_size)}
+
+
+def composer_gain(model: GPT, valid: Corpus, cfg: gd.WindowConfig, batch_size: int) -> dict:
+    """Validation NLL of the openings of pieces with a composer id, told it and told
+    nothing: the drop is what the model learned to take from the id where nothing else in
+    the context says who wrote the piece (0 = it ignores the id)."""
+    model.eval()
+    known = [(p, c) for p, c in zip(valid.pieces, valid.composers, strict=True) if c]
+    if not known:
+        return {}
+    pieces, ids = [p for p, _ in known], [c for _, c in known]
+    told = gd.evaluate(model, pieces, ids, cfg, batch_size, opening=True)
+    blind = gd.evaluate(model, pieces, [0] * len(pieces), cfg, batch_size, opening=True)
+    return {
+        "opening_nll_composer": told["valid_loss"],
+        "opening_nll_unconditional": blind["valid_loss"],
+        "composer_gain_nats": blind["valid_loss"] - told["valid_loss"],
+    }
+
+
+def training_metrics(
+    job: Fit, model: GPT, p: GeneratorParams, train_set: Corpus, valid_set: Corpus, tp: TrainParams
+) -> dict:
+    best = min(job.history, key=lambda h: h["valid_loss"])
+    train_s = sum(h["epoch_s"] - h.get("valid_s", 0.0) for h in job.history)
+    tokens = sum(h.get("train_size", 0.0) for h in job.history)
+    return {
+        "best_valid_loss": best["valid_loss"],
+        "best_valid_ppl": best["valid_ppl"],
+        "best_epoch": best["epoch"],
+        "epochs": len(job.history),
+        "final_train_nll": job.history[-1].get("train_nll", float("nan")),
+        "params": model.n_params(),
+        "size": p.size,
+        "context": p.context,
+        "effective_batch": tp.batch_size * p.grad_accum * ddp.world_size(),
+        "processes": ddp.world_size(),
+        "steps_per_epoch": job.steps_per_epoch,
+        "train_pieces": len(train_set.pieces),
+        "train_corpus_tokens": sum(len(x) for x in train_set.pieces),
+        "valid_pieces": len(valid_set.pieces),
+        "train_tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else 0.0,
+        "device": str(resolve_device(tp.device)),
+    }
