@@ -1,0 +1,32 @@
+"""Stage 12: REMI token shards + data/composers.json -> models/vae/, its metrics and curves."""
+
+from midipipe import params
+from midipipe.logs import run_main
+from midipipe.training import write_curves, write_metrics
+from midipipe.vae_train import VAEParams, train
+
+
+def main() -> None:
+    p = params.build(VAEParams, params.section("params.yaml", "vae"), "vae")
+    tp = params.merged_train(params.load(), p.train)
+    job, metrics = train(
+        p,
+        tp,
+        "data/tokens/remi",
+        "data/manifest.parquet",
+        "data/composers.json",
+        "models/vae",
+        "checkpoints/vae",
+    )
+    write_metrics("metrics/vae.json", metrics)
+    write_curves(
+        job.history,
+        "metrics/vae_curve.csv",
+        "metrics/vae_loss.png",
+        "Label-conditioned VAE (nats per token)",
+        ("train_recon_ce", "valid_recon_ce", "train_kl_tok", "valid_kl_tok"),
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
