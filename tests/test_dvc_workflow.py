@@ -75,6 +75,12 @@ def clone_project(dst: Path, corpus: Path) -> Path:
         context=64, max_windows=8, eval_windows=4, train={"epochs": 1, "batch_size": 8}
     )
     params["generate"].update(pieces_per_composer=1, max_tokens=32)
+    params["vae"].update(window=48, max_windows=8, eval_windows=4, train={"epochs": 1})
+    params["vae"]["model"].update(d_model=32, d_ff=64, d_latent=8)
+    params["generate_vae"].update(
+        pieces_per_composer=1, max_tokens=32, real_chunks_per_piece=1, latent_windows_per_piece=1
+    )
+    params["generate_vae"]["classifier_train"].update(epochs=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dst, "git", "init", "-q", "-b", "main")
     run(dst, "git", "add", "-A")

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from midipipe import params as P
-from midipipe.generator import add_generate_parser
+from midipipe.generator.cli import add_generate_parser
 from midipipe.logs import USER_ERRORS, setup_logging
 from midipipe.midi import piece_id
 from midipipe.shards import atomic_path

@@ -137,6 +137,13 @@ def build(cls: type, raw: dict | None, prefix: str = "", error: type[Exception] 
     return cls(**kwargs)
 
 
+def require(obj: Any, section: str, checks: list[tuple[bool, str, str]]) -> None:
+    """Raise on the first failed `(ok, key, what it must be)`, naming `section.key`."""
+    for ok, key, want in checks:
+        if not ok:
+            raise ParamError(f"{section}.{key}: must be {want}, got {getattr(obj, key)!r}")
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml; sections other stages own are kept out of this view."""
     raw = yaml.safe_load(Path(path).read_text()) or {}
