@@ -36,6 +36,15 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+def check_heads(d_model: int, n_head: int) -> None:
+    """Rotary embeddings rotate pairs, so each head needs an even width."""
+    if d_model % n_head or (d_model // n_head) % 2:
+        raise ValueError(
+            f"d_model ({d_model}) must split into n_head ({n_head}) "
+            "heads of even size (rotary embeddings rotate pairs)"
+        )
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 526  # len(tokenizer.vocab); stages pass the real one
@@ -52,11 +61,7 @@ class GPTConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ValueError(
-                f"d_model ({self.d_model}) must split into n_head ({self.n_head}) "
-                "heads of even size (rotary embeddings rotate pairs)"
-            )
+        check_heads(self.d_model, self.n_head)
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(
                 f"pad_id {self.pad_id} outside the vocabulary (0..{self.vocab_size - 1})"

@@ -30,7 +30,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from midipipe.models.gpt import CONFIG, MLP, WEIGHTS, Attention, Block, KVCache, rope_angles
+from midipipe.models.gpt import (
+    CONFIG,
+    MLP,
+    WEIGHTS,
+    Attention,
+    Block,
+    KVCache,
+    check_heads,
+    rope_angles,
+)
 
 KIND = "label_vae"  # config.json's `kind`: tells a VAE folder from a GPT one
 
@@ -54,11 +63,7 @@ class VAEConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ValueError(
-                f"d_model ({self.d_model}) must split into n_head ({self.n_head}) "
-                "heads of even size (rotary embeddings rotate pairs)"
-            )
+        check_heads(self.d_model, self.n_head)
         checks = [
             (0 <= self.pad_id < self.vocab_size, "pad_id", f"in 0..{self.vocab_size - 1}"),
             (self.n_labels >= 1, "n_labels", ">= 1"),
