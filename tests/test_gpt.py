@@ -194,6 +194,21 @@ def test_train_batches_are_deterministic_and_drop_composers():
     assert not torch.equal(a[0]["inputs"], draw(1, 1)[0]["inputs"])
 
 
+@pytest.mark.parametrize("start_frac", [0.0, 1.0])
+def test_openings_are_drawn_per_piece_other_windows_by_length(start_frac):
+    # piece 0 fills 20 windows of 9 tokens, pieces 1-4 one each
+    pieces = [list(range(5, 5 + 178)), *([list(range(5, 10))] * 4)]
+    cfg = dataclasses.replace(WIN, composer_dropout=0.0, start_frac=start_frac)
+    rng = torch.Generator().manual_seed(0)
+    batches = [
+        b for e in range(300) for b in gd.train_batches(pieces, [1, 2, 2, 2, 2], cfg, 8, e, rng)
+    ]
+    long_share = torch.cat([b["composer"] for b in batches]).eq(1).float().mean().item()
+    assert abs(long_share - (1 / 5 if start_frac else 20 / 24)) < 0.02
+    if start_frac:
+        assert all((b["inputs"][:, 0] == WIN.bos_id).all() for b in batches)
+
+
 def test_loss_ignores_pad_targets():
     torch.manual_seed(0)
     model = GPT(tiny()).eval()
@@ -213,18 +228,20 @@ def test_loss_ignores_pad_targets():
     assert logs["nll"] == pytest.approx(a.item(), rel=1e-5)
 
 
-def test_overfits_one_sequence():
+def test_overfits_one_sequence_quickly():
+    """100 steps take the NLL to ~0.53; with embeddings at std d_model**-0.5 the tied, scaled
+    head cannot yet be that confident (~1.09): the CPU budget went on growing them."""
     torch.manual_seed(0)
     model = GPT(tiny(vocab_size=40, context=32))
     seq = torch.randint(4, 40, (1, 33))
     batch = {"inputs": seq[:, :-1], "targets": seq[:, 1:], "composer": torch.tensor([1])}
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(100):
         loss, logs = gd.loss(model, batch, label_smoothing=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert logs["nll"] < 0.1  # from ln(40) = 3.7
+    assert logs["nll"] < 0.8  # from ln(40) = 3.7
 
 
 def test_initial_loss_is_near_uniform():

@@ -12,9 +12,9 @@ The decoder is causal and reads the label twice: as the first token of its self-
 one of the ablations the users' plan found decisive.
 
 Attention, the MLP and rotary embeddings are the GPT's (`models.gpt`), and so is the
-reasoning behind the init (embeddings at std d_model**-0.5 give a near-uniform first guess
-through the tied head); the decoder's KV cache is its `KVCache`, so sampling costs one
-token's forward per step.
+decoder's KV cache (`KVCache`), so sampling costs one token's forward per step. Embeddings
+start at std d_model**-0.5, a near-uniform first guess through the tied head (the GPT starts
+its at d_model**-0.25 for a wider logit range; the VAE's ablations were run at -0.5).
 """
 
 from __future__ import annotations
