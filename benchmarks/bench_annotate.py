@@ -38,15 +38,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from midipipe.annotate import AnnotateParams, annotate
+from midipipe.annotate.annotator import AnnotateParams, annotate
+from midipipe.annotate.gigamidi_export import SCHEMA, midi_facts
+from midipipe.core.io import write_json
+from midipipe.data.midi import piece_id
 from midipipe.emotion import regressor, rules_config
 from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import RuleParams
-from midipipe.gigamidi_export import SCHEMA, midi_facts
-from midipipe.midi import piece_id
 from midipipe.musetok import checkpoint
 from midipipe.musetok.model import MuseTok, MuseTokConfig
-from midipipe.shards import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, external_data  # noqa: E402

@@ -30,6 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import external_data  # noqa: E402
 
+from midipipe.core.device import seed_everything  # noqa: E402
+from midipipe.core.params import DataParams, OrganizeParams, Params, TokenizeParams, merged_train
+from midipipe.data.organize import organize  # noqa: E402
 from midipipe.emotion import EmotionParams  # noqa: E402
 from midipipe.emotion.evaluate import cross_validate, summarize  # noqa: E402
 from midipipe.emotion.regressor import INPUTS, assemble, encode_inputs, latent_of  # noqa: E402
@@ -37,17 +40,9 @@ from midipipe.emotion.targets import collect, read_labels  # noqa: E402
 from midipipe.musetok import checkpoint  # noqa: E402
 from midipipe.musetok import train as mt  # noqa: E402
 from midipipe.musetok.model import MuseTok, MuseTokConfig  # noqa: E402
-from midipipe.organize import organize  # noqa: E402
-from midipipe.params import (  # noqa: E402
-    DataParams,
-    OrganizeParams,
-    Params,
-    TokenizeParams,
-    merged_train,  # noqa: E402
-)
-from midipipe.shards import tokens_by_split  # noqa: E402
-from midipipe.tokenize import tokenize_files  # noqa: E402
-from midipipe.training import Fit, fit, seed_everything  # noqa: E402
+from midipipe.tokens.shards import tokens_by_split  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
+from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger("bench_emotion_vgmidi")
 KEYS = [f"{m}_{a}" for m in ("ccc", "r", "rmse", "sign_acc") for a in ("valence", "arousal")]

@@ -31,21 +31,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import external_data  # noqa: E402
 
-from midipipe import remi  # noqa: E402
+from midipipe.core.params import TrainParams  # noqa: E402
+from midipipe.data.midi import load_score  # noqa: E402
+from midipipe.generator.gpt import GPT, GPTConfig, save_model  # noqa: E402
+from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder  # noqa: E402
+from midipipe.genre.hier_model import HierClassifier, HierConfig, save_hier, weights_sha256
 from midipipe.genre.phrase_train import PhraseSet, class_weights, phrase_batches  # noqa: E402
 from midipipe.genre.phrases import Vocab, phrases  # noqa: E402
 from midipipe.genre.predict import load_predictor  # noqa: E402
-from midipipe.midi import load_score  # noqa: E402
-from midipipe.models.encoder import Encoder, EncoderConfig, save_encoder  # noqa: E402
-from midipipe.models.gpt import GPT, GPTConfig, save_model  # noqa: E402
-from midipipe.models.hier import (  # noqa: E402
-    HierClassifier,
-    HierConfig,
-    save_hier,
-    weights_sha256,
-)
-from midipipe.params import TrainParams  # noqa: E402
-from midipipe.training import make_optimizer  # noqa: E402
+from midipipe.tokens import remi  # noqa: E402
+from midipipe.training.fit import make_optimizer  # noqa: E402
 
 CLASSES = ["classical", "folk", "game", "pop"]
 

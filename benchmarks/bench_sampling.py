@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from midipipe.models.gpt import GPT, GPTConfig
-from midipipe.remi import make_tokenizer
-from midipipe.sampling import Request, SampleConfig, generate, generate_batch
+from midipipe.generator.gpt import GPT, GPTConfig
+from midipipe.generator.sampling import Request, SampleConfig, generate, generate_batch
+from midipipe.tokens.remi import make_tokenizer
 
 N_COMPOSERS = 12
 

@@ -24,10 +24,10 @@ import symusic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, external_data  # noqa: E402
 
-from midipipe import remi  # noqa: E402
-from midipipe.midi import piece_id  # noqa: E402
-from midipipe.params import TokenizeParams  # noqa: E402
-from midipipe.tokenize import tokenize_files  # noqa: E402
+from midipipe.core.params import TokenizeParams  # noqa: E402
+from midipipe.data.midi import piece_id  # noqa: E402
+from midipipe.tokens import remi  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
 
 
 def main() -> None:

@@ -42,22 +42,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, external_data  # noqa: E402
 
-from midipipe import remi  # noqa: E402
+from midipipe.core.params import DataParams, OrganizeParams, Params, TokenizeParams, TrainParams
+from midipipe.data.organize import organize  # noqa: E402
+from midipipe.generator.gpt import GPT, GPTConfig, save_model  # noqa: E402
 from midipipe.genre.hier_train import train_hier  # noqa: E402
 from midipipe.genre.metrics import single_label_metrics  # noqa: E402
 from midipipe.genre.params import GenreHierParams, GenreParams  # noqa: E402
 from midipipe.genre.phrase_train import train_phrase  # noqa: E402
 from midipipe.genre.phrases import spread  # noqa: E402
-from midipipe.models.gpt import GPT, GPTConfig, save_model  # noqa: E402
-from midipipe.organize import organize  # noqa: E402
-from midipipe.params import (  # noqa: E402
-    DataParams,
-    OrganizeParams,
-    Params,
-    TokenizeParams,
-    TrainParams,
-)
-from midipipe.tokenize import tokenize_files  # noqa: E402
+from midipipe.tokens import remi  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
 
 log = logging.getLogger("genre_fourway")
 

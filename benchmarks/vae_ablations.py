@@ -21,10 +21,10 @@ from pathlib import Path
 
 from common import ROOT
 
-from midipipe import params
-from midipipe.logs import setup_logging
-from midipipe.vae_sample import GenerateVAEParams, evaluate_vae
-from midipipe.vae_train import VAEParams, train
+from midipipe.core import params
+from midipipe.core.logs import setup_logging
+from midipipe.vae.sample import GenerateVAEParams, evaluate_vae
+from midipipe.vae.train import VAEParams, train
 
 ON = {"layer_norm": True}
 VARIANTS = {  # changes to params.yaml's `vae:` (whose default has LayerNorm off)

@@ -1,8 +1,8 @@
 """Stage 00: every source in `data.sources` -> data/midi/, data/manifest.parquet, bar labels."""
 
-from midipipe import params
-from midipipe.logs import run_main
-from midipipe.organize import organize
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.data.organize import organize
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from midipipe import params
-from midipipe.logs import run_main
-from midipipe.shards import write_json
-from midipipe.sources.base import inside
-from midipipe.tokenize import tokenize_files
+from midipipe.core import params
+from midipipe.core.io import write_json
+from midipipe.core.logs import run_main
+from midipipe.data.sources.base import inside
+from midipipe.tokens.tokenize import tokenize_files
 
 
 def main() -> None:

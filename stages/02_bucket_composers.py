@@ -2,9 +2,10 @@
 
 import csv
 
-from midipipe import composers, params
-from midipipe.logs import run_main
-from midipipe.shards import atomic_path, write_json
+from midipipe.core import params
+from midipipe.core.io import atomic_path, write_json
+from midipipe.core.logs import run_main
+from midipipe.data import composers
 
 
 def main() -> None:

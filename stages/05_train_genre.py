@@ -1,11 +1,11 @@
 """Stage 05: REMI token shards + manifest labels -> models/genre_phrase/, metrics, confusion."""
 
-from midipipe import params
-from midipipe.genre.confusion import write_confusion
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_curves, write_metrics
+from midipipe.evaluation.confusion import write_confusion
 from midipipe.genre.params import GenreParams
 from midipipe.genre.phrase_train import train_phrase
-from midipipe.logs import run_main
-from midipipe.training import write_curves, write_metrics
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
         "data/midi",
         "data/latents",
     )
-    write_metrics("metrics/genre_phrase.json", r.metrics)
+    write_metrics("metrics/genre_phrase.json", {"lr": tp.lr, **r.metrics})
     write_curves(
         r.job.history,
         "metrics/genre_phrase_curve.csv",

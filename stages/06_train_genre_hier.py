@@ -4,12 +4,12 @@ With no LM (models/generator not trained, genre_hier.lm_path not set) it says so
 metrics and the model folder, and exits 0.
 """
 
-from midipipe import params
+from midipipe.core import params
+from midipipe.core.io import atomic_path
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_curves, write_metrics
 from midipipe.genre.hier_train import resolve_lm, train_hier
 from midipipe.genre.params import GenreHierParams
-from midipipe.logs import run_main
-from midipipe.shards import atomic_path
-from midipipe.training import write_curves, write_metrics
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
         midi_dir="data/midi",
         latents_dir="data/latents",
     )
-    write_metrics("metrics/genre_hier.json", r.metrics)
+    write_metrics("metrics/genre_hier.json", {"lr": tp.lr, **r.metrics})
     if r.job is None:  # skipped: an empty curve, so the declared plot exists
         with atomic_path("metrics/genre_hier_curve.csv") as tmp:
             tmp.write_text("epoch,train_loss,valid_loss\n")

@@ -3,10 +3,11 @@
 Also runs data-parallel: `torchrun --nproc_per_node 2 stages/08_train_generator.py`.
 """
 
-from midipipe import distributed, params
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_curves, write_metrics
 from midipipe.generator.train import GeneratorParams, train
-from midipipe.logs import run_main
-from midipipe.training import write_curves, write_metrics
+from midipipe.training import distributed
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     )
     if not distributed.is_main():
         return
-    write_metrics("metrics/generator.json", metrics)
+    write_metrics("metrics/generator.json", {"lr": tp.lr, **metrics})
     write_curves(
         job.history,
         "metrics/generator_curve.csv",

@@ -1,10 +1,10 @@
 """Stage 09: models/generator -> outputs/generated/*.mid, metrics/generation.json (music metrics
 against real test excerpts, conditioning accuracy) and the classifier's confusion matrices."""
 
-from midipipe import params
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_metrics
 from midipipe.generator.generate import GenerateParams, evaluate_generator
-from midipipe.logs import run_main
-from midipipe.training import write_metrics
 
 
 def main() -> None:

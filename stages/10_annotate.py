@@ -11,10 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-from midipipe import params
-from midipipe.annotate import AnnotateParams, annotate
-from midipipe.logs import run_main
-from midipipe.training import write_metrics
+from midipipe.annotate.annotator import AnnotateParams
+from midipipe.annotate.run import annotate
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_metrics
 
 log = logging.getLogger("midipipe.stage10")
 

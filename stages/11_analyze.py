@@ -4,10 +4,10 @@ metrics/analysis_tags.csv and analysis_pairs.csv, and the box and curve plots.""
 
 from pathlib import Path
 
-from midipipe import params
-from midipipe.analysis import AnalyzeParams, run
-from midipipe.annotate import AnnotateParams
-from midipipe.logs import run_main
+from midipipe.annotate.analysis import AnalyzeParams, run
+from midipipe.annotate.annotator import AnnotateParams
+from midipipe.core import params
+from midipipe.core.logs import run_main
 
 
 def main() -> None:

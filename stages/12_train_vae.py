@@ -1,9 +1,9 @@
 """Stage 12: REMI token shards + data/composers.json -> models/vae/, its metrics and curves."""
 
-from midipipe import params
-from midipipe.logs import run_main
-from midipipe.training import write_curves, write_metrics
-from midipipe.vae_train import VAEParams, train
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_curves, write_metrics
+from midipipe.vae.train import VAEParams, train
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
         "models/vae",
         "checkpoints/vae",
     )
-    write_metrics("metrics/vae.json", metrics)
+    write_metrics("metrics/vae.json", {"lr": tp.lr, **metrics})
     write_curves(
         job.history,
         "metrics/vae_curve.csv",

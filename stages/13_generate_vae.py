@@ -2,10 +2,10 @@
 (conditioning accuracy of a GRU judge against chance, relative cosine similarity, latent
 silhouette), the GRU's confusion matrices and the latent PCA plot."""
 
-from midipipe import params
-from midipipe.logs import run_main
-from midipipe.training import write_metrics
-from midipipe.vae_sample import GenerateVAEParams, evaluate_vae
+from midipipe.core import params
+from midipipe.core.logs import run_main
+from midipipe.core.reports import write_metrics
+from midipipe.vae.sample import GenerateVAEParams, evaluate_vae
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
         "metrics/vae_confusion.png",
         "metrics/vae_latent.png",
     )
-    write_metrics("metrics/vae_generation.json", metrics)
+    write_metrics("metrics/vae_generation.json", {"lr": tp.lr, **metrics})
 
 
 if __name__ == "__main__":

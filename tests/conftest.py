@@ -9,7 +9,7 @@ import pytest
 import symusic
 import torch
 
-from midipipe.remi import make_tokenizer
+from midipipe.tokens.remi import make_tokenizer
 
 
 def _env_dir(var: str) -> Path:

@@ -15,16 +15,17 @@ import symusic
 import torch
 from conftest import build_midi
 
-from midipipe import analysis
-from midipipe.annotate import INSTRUMENT_COLUMN, AnnotateParams, PartStore, annotate
+from midipipe.annotate import analysis
+from midipipe.annotate.annotator import INSTRUMENT_COLUMN, AnnotateParams, PartStore
+from midipipe.annotate.run import annotate
+from midipipe.core.errors import ParamError
+from midipipe.core.io import write_json
 from midipipe.emotion import predict_file, regressor, rules_config
 from midipipe.emotion.rules import RuleParams, bar_grid, estimate
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
 from midipipe.musetok.events import encode_midi
 from midipipe.musetok.model import MuseTok, MuseTokConfig
-from midipipe.params import ParamError
-from midipipe.shards import write_json
 
 SCHEMA = pa.schema(
     [
@@ -306,7 +307,7 @@ def test_limit_counts_stream_rows_and_extends_on_resume(corpus, models, tmp_path
 
 
 def test_resume_does_not_decode_finished_row_groups(corpus, models):
-    from midipipe.annotate import open_rows
+    from midipipe.annotate.annotator import open_rows
 
     rows = giga_rows()
     done = {r["md5"] for r in rows[:4]}  # row group 0 (rows 0-2) and one row of group 1
@@ -371,7 +372,7 @@ def test_other_models_start_afresh_and_params_are_checked(corpus, models, tmp_pa
 
 
 def test_part_store_drops_duplicates(tmp_path):
-    from midipipe.annotate import SongResult
+    from midipipe.annotate.annotator import SongResult
 
     store = PartStore(tmp_path, {"x": 1})
     va = np.zeros((2, 2), np.float32)
@@ -386,7 +387,7 @@ def test_part_store_drops_duplicates(tmp_path):
 
 def test_ray_actor_gives_the_local_rows_without_a_cluster(corpus, models, mlp_run, tmp_path):
     pytest.importorskip("ray")
-    from midipipe.annotate_ray import AnnotateActor, _results
+    from midipipe.annotate.ray_engine import AnnotateActor, _results
 
     p = params(corpus, models, "mlp")
     first = hashlib.md5(GOOD[0]).hexdigest()
@@ -439,7 +440,7 @@ def test_ray_engine_equals_local_engine(corpus, models, tmp_path):
 
 
 def test_export_manifest_to_gigamidi_schema(models, tmp_path):
-    from midipipe.gigamidi_export import export
+    from midipipe.annotate.gigamidi_export import export
 
     midi = tmp_path / "midi"
     rows = []

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from midipipe.midi import piece_id
-from midipipe.params import TokenizeParams
-from midipipe.tokenize import tokenize_files
+from midipipe.core.params import TokenizeParams
+from midipipe.data.midi import piece_id
+from midipipe.tokens.tokenize import tokenize_files
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -66,16 +66,16 @@ def clone_project(dst: Path, corpus: Path) -> Path:
     # every model tiny: this checks the workflow, not the models
     params["musetok"].update(dec_seqlen=128, max_bars=4)
     params["musetok"]["train"].update(epochs=1, batch_size=8)
-    params["genre"].update(
-        label="composer", min_class_pieces=1, max_phrases_per_piece=2, train={"epochs": 1}
-    )
-    params["genre_hier"].update(min_tag_pieces=1, max_chunks=2, train={"epochs": 1})
+    params["genre"].update(label="composer", min_class_pieces=1, max_phrases_per_piece=2)
+    params["genre"]["train"].update(epochs=1)
+    params["genre_hier"].update(min_tag_pieces=1, max_chunks=2)
+    params["genre_hier"]["train"].update(epochs=1)
     params["emotion"].update(folds=2)
-    params["generator"].update(
-        context=64, max_windows=8, eval_windows=4, train={"epochs": 1, "batch_size": 8}
-    )
+    params["generator"].update(context=64, max_windows=8, eval_windows=4)
+    params["generator"]["train"].update(epochs=1, batch_size=8)
     params["generate"].update(pieces_per_composer=1, max_tokens=32)
-    params["vae"].update(window=48, max_windows=8, eval_windows=4, train={"epochs": 1})
+    params["vae"].update(window=48, max_windows=8, eval_windows=4)
+    params["vae"]["train"].update(epochs=1)
     params["vae"]["model"].update(d_model=32, d_ff=64, d_latent=8)
     params["generate_vae"].update(
         pieces_per_composer=1, max_tokens=32, real_chunks_per_piece=1, latent_windows_per_piece=1
@@ -143,9 +143,40 @@ def test_param_change_reruns_only_its_stage(project):
     assert ran(run(project, "dvc", "repro")) == set()
 
 
+# every stage that trains a model, and the params section whose `train:` it reads
+TRAINED = {
+    "musetok": "musetok",
+    "genre_phrase": "genre",
+    "genre_hier": "genre_hier",
+    "generator": "generator",
+    "vae": "vae",
+    "vae_generation": "generate_vae",
+}
+
+
+def learning_rates(project: Path) -> dict[str, float]:
+    return {
+        name: json.loads((project / "metrics" / f"{name}.json").read_text())["lr"]
+        for name in TRAINED
+    }
+
+
 def test_exp_run_metrics_diff_and_plots(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    before = learning_rates(project)
     out = run(project, "dvc", "exp", "run", "-S", "train.lr=1e-4", "-S", "composers.min_pieces=5")
     assert "Ran experiment" in out or "Experiment" in out
+    after = learning_rates(project)
+    for name, section in TRAINED.items():  # train.lr moved every model, by its own scale
+        own = params[section].get("train") or params[section].get("classifier_train") or {}
+        assert after[name] != before[name], name
+        assert after[name] == pytest.approx(1e-4 * own.get("lr_scale", 1.0)), name
+    run(project, "dvc", "exp", "run", "-S", "generator.train.lr=0.002")
+    alone = learning_rates(project)
+    assert alone["generator"] == pytest.approx(0.002)
+    assert {k: v for k, v in alone.items() if k != "generator"} == {
+        k: v for k, v in after.items() if k != "generator"
+    }
     assert "train.lr" in run(project, "dvc", "exp", "show", "--no-pager", "--csv")
     diff = run(project, "dvc", "metrics", "diff", "--all")
     assert "metrics/tokenize.json" in diff

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,10 @@ import symusic
 import torch
 import yaml
 
+from midipipe.core.errors import ParamError
+from midipipe.core.io import write_rows
+from midipipe.core.params import TrainParams, build, load, merged_train, section
+from midipipe.data.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
 from midipipe.emotion import EmotionParams, plot_curves, predict_file, regressor
 from midipipe.emotion.evaluate import bar_metrics, piece_folds
 from midipipe.emotion.regressor import (
@@ -24,13 +27,12 @@ from midipipe.emotion.regressor import (
 )
 from midipipe.emotion.rules import RuleParams, bar_grid, estimate
 from midipipe.emotion.targets import TargetParams, measure_targets, piece_target
-from midipipe.latents import LatentWriter
+from midipipe.emotion.train import train_emotion
 from midipipe.musetok import checkpoint
 from midipipe.musetok.events import encode_midi
+from midipipe.musetok.latents import LatentWriter
 from midipipe.musetok.model import MuseTok, MuseTokConfig
-from midipipe.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
-from midipipe.params import ParamError, TrainParams, build
-from midipipe.shards import TOKENS_SCHEMA, write_rows
+from midipipe.tokens.shards import TOKENS_SCHEMA
 from tests.conftest import build_midi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,7 +320,8 @@ def _project(root: Path, labelled: bool, words: bool = False, **emotion) -> list
 
 def _run_stage(root: Path, monkeypatch) -> dict:
     monkeypatch.chdir(root)
-    runpy.run_path(str(ROOT / "stages" / "07_train_emotion.py"), run_name="stage")["main"]()
+    p = build(EmotionParams, section("params.yaml", "emotion"), "emotion")
+    train_emotion(p, merged_train(load("params.yaml"), p.train))
     return json.loads((root / "metrics" / "emotion.json").read_text())
 
 
@@ -399,7 +402,7 @@ def test_predict_file_without_a_model_uses_rules_and_plots(tmp_path, make_midi):
 
 
 def test_vgmidi_traces_join_musetok_bars(external_data):
-    from midipipe.sources.vgmidi import read_bar_labels
+    from midipipe.data.sources.vgmidi import read_bar_labels
 
     root = external_data / "vgmidi"
     labels = read_bar_labels(sorted((root / "annotations").glob("vgmidi_raw_*.json")))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import symusic
 
-from midipipe import fast_remi, remi
+from midipipe.tokens import fast_remi, remi
 
 
 def _score(changes: list[tuple[int, int, int]], tempos: list[tuple[int, float]]) -> symusic.Score:

@@ -7,7 +7,6 @@ import argparse
 import json
 import math
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -21,18 +20,21 @@ import symusic
 import torch
 import yaml
 
-from midipipe import composers
-from midipipe import evaluation as ev
-from midipipe import music_metrics as mm
-from midipipe.generator import cli, command
+from midipipe.cli import generate as cli
+from midipipe.core.errors import ParamError
+from midipipe.core.params import Params, TokenizeParams, build, merged_train
+from midipipe.core.reports import write_curves, write_metrics
+from midipipe.data import composers
+from midipipe.data.midi import piece_id
+from midipipe.evaluation import generated as ev
+from midipipe.evaluation import music_metrics as mm
+from midipipe.generator import GenerateOptions, command
 from midipipe.generator import generate as gen
 from midipipe.generator import train as tr
-from midipipe.midi import piece_id
-from midipipe.models import generator_data as gd
-from midipipe.params import ParamError, TokenizeParams
-from midipipe.remi import make_tokenizer
-from midipipe.tokenize import tokenize_files
-from midipipe.training import Fit, accumulate
+from midipipe.generator import windows as gd
+from midipipe.tokens.remi import make_tokenizer
+from midipipe.tokens.tokenize import tokenize_files
+from midipipe.training.fit import Fit, accumulate
 from tests.conftest import build_midi
 
 SPLITS = ["train"] * 4 + ["valid", "test"]
@@ -58,15 +60,37 @@ PARAMS = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_stage(project: Path, script: str) -> None:
-    """A stage's main() in this process, in the project folder (as `dvc repro` runs it)."""
-    main = runpy.run_path(str(STAGES / script))["main"]
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        main()
-    finally:
-        os.chdir(cwd)
+def train_stage(root: Path) -> None:
+    """What stage 08 does, through the library, in a project folder."""
+    p = build(tr.GeneratorParams, PARAMS["generator"], "generator")
+    tp = merged_train(Params(), p.train)
+    data = root / "data"
+    job, metrics = tr.train(
+        p,
+        tp,
+        data / "tokens" / "remi",
+        data / "manifest.parquet",
+        data / "composers.json",
+        root / "models" / "generator",
+        root / "checkpoints" / "generator",
+    )
+    write_metrics(root / "metrics" / "generator.json", metrics)
+    curves = root / "metrics" / "generator_curve.csv", root / "metrics" / "generator_loss.png"
+    write_curves(job.history, *curves, "GPT", ("train_nll", "valid_loss"))
+
+
+def generate_stage(root: Path) -> None:
+    """What stage 09 does, through the library, in a project folder."""
+    gp = build(gen.GenerateParams, PARAMS["generate"], "generate")
+    metrics = gen.evaluate_generator(
+        gp,
+        root / "models" / "generator",
+        root / "data" / "tokens" / "remi",
+        root / "data" / "manifest.parquet",
+        root / "outputs" / "generated",
+        root / "metrics" / "generation_confusion.png",
+    )
+    write_metrics(root / "metrics" / "generation.json", metrics)
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +117,13 @@ def project(tmp_path_factory) -> Path:
     table = composers.bucket([r["composer"] for r in rows], min_pieces=2)
     (root / "data" / "composers.json").write_text(json.dumps(table))
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    run_stage(root, "08_train_generator.py")
+    train_stage(root)
     return root
 
 
 @pytest.fixture(scope="module")
 def generated(project) -> Path:
-    run_stage(project, "09_generate.py")
+    generate_stage(project)
     return project
 
 
@@ -239,7 +263,7 @@ def test_accuracy_against_chance():
 def test_one_composer_is_said_plainly():
     tok = make_tokenizer()
     score = symusic.Score.from_midi(build_midi(n_bars=4))
-    from midipipe.remi import encode
+    from midipipe.tokens.remi import encode
 
     ids = encode(tok, score)[0].tolist()
     piece = ev.Piece(ids, 1, 1.0, {"tokens": len(ids), "repairs": 0})
@@ -307,7 +331,7 @@ def test_distances_and_excerpts():
 # -- the generate command --------------------------------------------------------------------
 
 
-def opts(project: Path, tmp_path: Path, **kw) -> cli.GenerateOptions:
+def opts(project: Path, tmp_path: Path, **kw) -> GenerateOptions:
     base = dict(
         composer="alpha",
         out=str(tmp_path / "out.mid"),
@@ -318,7 +342,7 @@ def opts(project: Path, tmp_path: Path, **kw) -> cli.GenerateOptions:
         device="cpu",
         progress=False,
     )
-    return cli.GenerateOptions(**{**base, **kw})
+    return GenerateOptions(**{**base, **kw})
 
 
 def test_generate_command_with_a_held_out_primer(project, tmp_path):

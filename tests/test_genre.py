@@ -21,7 +21,22 @@ from sklearn.metrics import (
 )
 
 import midipipe.genre.predict as gp
+from midipipe.core.errors import ParamError
+from midipipe.core.io import write_rows
+from midipipe.core.params import TrainParams
+from midipipe.data.organize import MANIFEST_SCHEMA
+from midipipe.generator.gpt import GPT, GPTConfig, save_model
+from midipipe.genre.encoder import Encoder, EncoderConfig
 from midipipe.genre.fit_hooks import EarlyStop
+from midipipe.genre.hier_model import (
+    TRANSFORMERS_PIN,
+    AttentionPool,
+    FrozenLM,
+    HierClassifier,
+    HierConfig,
+    load_hier,
+    save_hier,
+)
 from midipipe.genre.hier_train import resolve_lm, train_hier
 from midipipe.genre.metrics import (
     multilabel_metrics,
@@ -40,21 +55,8 @@ from midipipe.genre.phrases import (
     shift_range,
     transpose,
 )
-from midipipe.models.encoder import Encoder, EncoderConfig
-from midipipe.models.gpt import GPT, GPTConfig, save_model
-from midipipe.models.hier import (
-    TRANSFORMERS_PIN,
-    AttentionPool,
-    FrozenLM,
-    HierClassifier,
-    HierConfig,
-    load_hier,
-    save_hier,
-)
-from midipipe.organize import MANIFEST_SCHEMA
-from midipipe.params import ParamError, TrainParams
-from midipipe.remi import encode, make_tokenizer
-from midipipe.shards import TOKENS_SCHEMA, write_rows
+from midipipe.tokens.remi import encode, make_tokenizer
+from midipipe.tokens.shards import TOKENS_SCHEMA
 from tests.conftest import build_midi
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -235,7 +237,7 @@ def test_pool_mean_groups_in_order():
 
 
 def test_early_stop_empties_epochs_after_patience():
-    from midipipe.training import Fit
+    from midipipe.training.fit import Fit
 
     scores = iter([0.5, 0.6, 0.55, 0.52, 0.9])
     calls = []
@@ -573,7 +575,7 @@ def test_hf_extra_pins_the_transformers_the_error_names():
 
 def test_latent_baseline_reads_stage_04_latents(tmp_path):
     from midipipe.genre.baselines import inputs, mean_latents, single_label
-    from midipipe.latents import LatentWriter
+    from midipipe.musetok.latents import LatentWriter
 
     rng = np.random.default_rng(0)
     bars = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(5, 4)) + 3.0}

@@ -9,12 +9,19 @@ import pytest
 import symusic
 import torch
 
-from midipipe.models import generator_data as gd
-from midipipe.models.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
-from midipipe.params import TrainParams
-from midipipe.remi import encode
-from midipipe.sampling import RemiGrammar, Request, SampleConfig, generate, generate_batch, to_midi
-from midipipe.training import Fit, fit
+from midipipe.core.params import TrainParams
+from midipipe.generator import windows as gd
+from midipipe.generator.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
+from midipipe.generator.sampling import (
+    RemiGrammar,
+    Request,
+    SampleConfig,
+    generate,
+    generate_batch,
+    to_midi,
+)
+from midipipe.tokens.remi import encode
+from midipipe.training.fit import Fit, fit
 from tests.conftest import build_midi
 
 pytestmark = pytest.mark.usefixtures("one_thread")

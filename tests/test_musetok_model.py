@@ -13,12 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from midipipe.musetok import checkpoint
-from midipipe.musetok.encode import (
-    bar_rows,
-    decoder_sample,
-    encode_pieces,
-    segment_rows,
-)
+from midipipe.musetok.encode import bar_rows, decoder_sample, encode_pieces, segment_rows
 from midipipe.musetok.model import MuseTok, MuseTokConfig
 
 TOL = 1e-5

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from midipipe import params, remi
+from midipipe.core import params
+from midipipe.tokens import remi
 
 ROOT = Path(__file__).resolve().parents[1]
 

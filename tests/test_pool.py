@@ -3,7 +3,7 @@
 import os
 import time
 
-from midipipe.pool import Failure, robust_map
+from midipipe.data.pool import Failure, robust_map
 
 
 def _work(x: int) -> int:

@@ -13,10 +13,10 @@ import pytest
 import symusic
 from conftest import build_midi
 
-from midipipe.sources import KINDS, SourceError, describe, iter_source
-from midipipe.sources import music21_corpus as m21
-from midipipe.sources.music21_catalogue import CATALOGUE, Entry, tune_type
-from midipipe.sources.names import normalize_composer, slug
+from midipipe.data.sources import KINDS, SourceError, describe, iter_source
+from midipipe.data.sources import music21_corpus as m21
+from midipipe.data.sources.music21_catalogue import CATALOGUE, Entry, tune_type
+from midipipe.data.sources.names import normalize_composer, slug
 
 
 def write(path: Path, data: bytes | str) -> Path:

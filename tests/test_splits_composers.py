@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from midipipe import composers, splits
+from midipipe.data import composers, splits
 
 
 def test_splits_grouped_deterministic_and_stable():

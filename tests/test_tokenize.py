@@ -5,10 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
-from midipipe import remi
-from midipipe.params import TokenizeParams
-from midipipe.shards import read_parts
-from midipipe.tokenize import tokenize_files
+from midipipe.core.params import TokenizeParams
+from midipipe.tokens import remi
+from midipipe.tokens.shards import read_parts
+from midipipe.tokens.tokenize import tokenize_files
 from tests.conftest import build_midi
 
 

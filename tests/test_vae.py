@@ -15,16 +15,18 @@ import symusic
 import torch
 import yaml
 
-from midipipe import conditioning as cond
-from midipipe import evaluation as ev
-from midipipe import params
-from midipipe import vae_sample as VS
-from midipipe import vae_train as VT
-from midipipe.models.vae import LabelVAE, VAEConfig, load_vae
-from midipipe.params import ParamError, TrainParams
-from midipipe.remi import make_tokenizer
-from midipipe.sampling import SampleConfig
-from tests.test_generator_stages import project, run_stage  # noqa: F401 (the tiny project)
+from midipipe.core import params
+from midipipe.core.errors import ParamError
+from midipipe.core.params import Params, TrainParams, build, merged_train
+from midipipe.core.reports import write_curves, write_metrics
+from midipipe.evaluation import conditioning as cond
+from midipipe.evaluation import generated as ev
+from midipipe.generator.sampling import SampleConfig
+from midipipe.tokens.remi import make_tokenizer
+from midipipe.vae import sample as VS
+from midipipe.vae import train as VT
+from midipipe.vae.model import LabelVAE, VAEConfig, load_vae
+from tests.test_generator_stages import project  # noqa: F401 (the tiny project)
 
 VAE_PARAMS = {
     "vae": {
@@ -77,13 +79,38 @@ def tiny(**overrides) -> LabelVAE:
 def trained(project):  # noqa: F811
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump({**params, **VAE_PARAMS}))
-    run_stage(project, "12_train_vae.py")
+    p = build(VT.VAEParams, VAE_PARAMS["vae"], "vae")  # what stage 12 does, via the library
+    tp = merged_train(Params(), p.train)
+    data = project / "data"
+    job, metrics = VT.train(
+        p,
+        tp,
+        data / "tokens" / "remi",
+        data / "manifest.parquet",
+        data / "composers.json",
+        project / "models" / "vae",
+        project / "checkpoints" / "vae",
+    )
+    write_metrics(project / "metrics" / "vae.json", metrics)
+    curves = project / "metrics" / "vae_curve.csv", project / "metrics" / "vae_loss.png"
+    write_curves(job.history, *curves, "VAE", ("train_recon_ce", "valid_recon_ce"))
     return project
 
 
 @pytest.fixture(scope="module")
 def generated(trained):
-    run_stage(trained, "13_generate_vae.py")
+    gp = build(VS.GenerateVAEParams, VAE_PARAMS["generate_vae"], "generate_vae")  # stage 13
+    metrics, _ = VS.evaluate_vae(
+        gp,
+        merged_train(Params(), gp.classifier_train),
+        trained / "models" / "vae",
+        trained / "data" / "tokens" / "remi",
+        trained / "data" / "manifest.parquet",
+        trained / "outputs" / "generated_vae",
+        trained / "metrics" / "vae_confusion.png",
+        trained / "metrics" / "vae_latent.png",
+    )
+    write_metrics(trained / "metrics" / "vae_generation.json", metrics)
     return trained
 
 

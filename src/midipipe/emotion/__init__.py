@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from midipipe.core.io import atomic_path
+from midipipe.core.params import build
+from midipipe.data.midi import load_score
 from midipipe.emotion import regressor
 from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import RuleParams, bar_features, bar_grid, estimate, seconds_at
 from midipipe.emotion.targets import TargetParams
-from midipipe.midi import load_score
-from midipipe.params import build
-from midipipe.shards import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class EmotionParams:
     folds: int = 5
     examples: int = 3  # pieces drawn in metrics/emotion_curves.png
     train: dict | None = field(  # overrides of `train:`
-        default_factory=lambda: {"lr": 0.001, "batch_size": 256, "epochs": 40}
+        default_factory=lambda: {"batch_size": 256, "epochs": 40}
     )
 
 

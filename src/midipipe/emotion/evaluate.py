@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import GroupKFold
 
+from midipipe.core.params import TrainParams
 from midipipe.emotion.regressor import (
     MLPParams,
     concordance,
@@ -26,7 +27,6 @@ from midipipe.emotion.regressor import (
     predict,
 )
 from midipipe.emotion.targets import Bars
-from midipipe.params import TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from midipipe.core.device import resolve_device, seed_everything
+from midipipe.core.io import atomic_path
+from midipipe.core.params import TrainParams
 from midipipe.emotion.rules import FEATURES
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
 from midipipe.musetok.model import MuseTokConfig
-from midipipe.params import TrainParams
-from midipipe.shards import atomic_path
-from midipipe.training import make_optimizer, resolve_device, seed_everything, warmup_cosine
+from midipipe.training.fit import make_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from midipipe.core.errors import BadMidi
+from midipipe.data.midi import load_score
+from midipipe.data.sources.base import inside
 from midipipe.emotion.rules import BarGrid, RuleParams, bar_features, bar_grid, combine
-from midipipe.midi import BadMidi, load_score
-from midipipe.shards import iter_parts
-from midipipe.sources.base import inside
+from midipipe.tokens.shards import iter_parts
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,33 @@ vocabulary the ids mean), so it can be copied elsewhere and still sample. This m
 imported by the command line, so it holds names only, nothing that loads torch.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 COMPOSERS_FILE = "composers.json"
 TOKENIZER_FILE = "tokenizer.json"
-ANY = "any"  # the CLI's name for the unconditional id
+
+
+@dataclass
+class GenerateOptions:
+    """Arguments of `midipipe generate`."""
+
+    composer: str
+    out: str = "generated.mid"
+    guidance: float = 3.0
+    temperature: float = 0.9
+    top_k: int = 40
+    top_p: float = 0.95
+    repetition_penalty: float = 1.02
+    seed_length: int = 128
+    max_tokens: int = 1024
+    max_bars: int = 0
+    seed: int = 0
+    model_dir: str = "models/generator"
+    tokenizer: str | None = None  # default: the model folder's, else data/tokens/remi's
+    primer: str | None = None
+    data_dir: str = "data"
+    device: str = "auto"
+    interactive: bool = False
+    progress: bool = True

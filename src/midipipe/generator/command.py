@@ -12,32 +12,16 @@ import symusic
 import torch
 from tqdm import tqdm
 
-from midipipe import composers as C
-from midipipe import remi
-from midipipe.generator import ANY, COMPOSERS_FILE, TOKENIZER_FILE
-from midipipe.generator.cli import GenerateOptions
+from midipipe.core.device import resolve_device
+from midipipe.core.errors import BadMidi
+from midipipe.data.composers import ANY, composer_id_of
+from midipipe.data.midi import load_score
+from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, GenerateOptions
 from midipipe.generator.corpus import read_table, test_pieces_of
 from midipipe.generator.generate import primer_of, sampling_threads
-from midipipe.midi import BadMidi, load_score
-from midipipe.models.gpt import GPT, load_model
-from midipipe.sampling import RemiGrammar, SampleConfig, generate, to_midi
-from midipipe.training import resolve_device
-
-
-def _known_names(table: dict) -> list[str]:
-    return [c["name"] for c in table["composers"]] + [ANY]
-
-
-def composer_id_of(table: dict, name: str) -> tuple[str, int]:
-    """(canonical name, id) for a composer name (case-insensitive); unknown names fail with
-    the list of known ones."""
-    if name.lower() == ANY:
-        return ANY, C.UNCONDITIONAL
-    for entry in table["composers"]:
-        if entry["name"].lower() == name.lower():
-            return entry["name"], entry["id"]
-    known = ", ".join(_known_names(table))
-    raise ValueError(f"unknown composer {name!r}; known: {known}")
+from midipipe.generator.gpt import GPT, load_model
+from midipipe.generator.sampling import RemiGrammar, SampleConfig, generate, to_midi
+from midipipe.tokens import remi
 
 
 def _tokenizer_path(opts: GenerateOptions) -> Path:

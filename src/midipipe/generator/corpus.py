@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from midipipe import composers as C
-from midipipe.params import ParamError
-from midipipe.shards import tokens_by_split
+from midipipe.core.errors import ParamError
+from midipipe.data import composers as C
+from midipipe.tokens.shards import tokens_by_split
 
 log = logging.getLogger(__name__)
 

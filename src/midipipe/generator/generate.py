@@ -11,16 +11,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from midipipe import composers as C
-from midipipe import evaluation as ev
-from midipipe import remi
-from midipipe.generator import ANY, COMPOSERS_FILE, TOKENIZER_FILE
+from midipipe.core.device import resolve_device, torch_threads
+from midipipe.core.errors import ParamError
+from midipipe.data import composers as C
+from midipipe.data.organize import slug
+from midipipe.evaluation import generated as ev
+from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import Corpus, load_corpus, read_table
-from midipipe.models.gpt import GPT, load_model
-from midipipe.organize import slug
-from midipipe.params import ParamError
-from midipipe.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
-from midipipe.training import resolve_device, torch_threads
+from midipipe.generator.gpt import GPT, load_model
+from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
+from midipipe.tokens import remi
 
 
 @dataclass
@@ -192,7 +192,7 @@ def evaluate_generator(
     shutil.rmtree(out_dir, ignore_errors=True)  # no stale takes from a larger earlier run
     with sampling_threads(next(model.parameters()).device):
         takes = generate_for_composers(
-            model, tokenizer, composers or [(ANY, C.UNCONDITIONAL)], gp, out_dir, primers
+            model, tokenizer, composers or [(C.ANY, C.UNCONDITIONAL)], gp, out_dir, primers
         )
     length = gp.seed_length + gp.max_tokens
     metrics = ev.evaluate_generation(

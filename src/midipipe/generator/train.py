@@ -12,15 +12,18 @@ from typing import Any
 
 import torch
 
-from midipipe import distributed as ddp
-from midipipe import params, remi
+from midipipe.core import params
+from midipipe.core.device import resolve_device
+from midipipe.core.errors import ParamError
+from midipipe.core.io import write_json
+from midipipe.core.params import TrainParams
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
+from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
-from midipipe.models import generator_data as gd
-from midipipe.models.gpt import GPT, GPTConfig, save_model
-from midipipe.params import ParamError, TrainParams
-from midipipe.shards import write_json
-from midipipe.training import Fit, fit, resolve_device
+from midipipe.generator.gpt import GPT, GPTConfig, save_model
+from midipipe.tokens import remi
+from midipipe.training import distributed as ddp
+from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from midipipe.core.errors import BadMidi
+from midipipe.data.midi import load_score
 from midipipe.genre.metrics import multilabel_metrics, single_label_metrics, tune_threshold
-from midipipe.midi import BadMidi, load_score
 
 log = logging.getLogger(__name__)
 

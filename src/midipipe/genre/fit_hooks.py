@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from midipipe.training import Fit
+from midipipe.training.fit import Fit
 
 log = logging.getLogger(__name__)
 

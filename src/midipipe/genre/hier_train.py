@@ -21,17 +21,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from midipipe import remi
+from midipipe.core.device import resolve_device
+from midipipe.core.io import write_json
+from midipipe.core.params import TrainParams
 from midipipe.genre import baselines
 from midipipe.genre.fit_hooks import EarlyStop, timed
+from midipipe.genre.hier_model import (
+    FrozenLM,
+    HierClassifier,
+    HierConfig,
+    save_hier,
+    weights_sha256,
+)
 from midipipe.genre.labels import read_manifest, splits_in_use
 from midipipe.genre.metrics import multilabel_metrics, tune_threshold
 from midipipe.genre.params import GenreHierParams
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, chunks
-from midipipe.models.hier import FrozenLM, HierClassifier, HierConfig, save_hier, weights_sha256
-from midipipe.params import TrainParams
-from midipipe.shards import tokens_by_split, write_json
-from midipipe.training import Fit, fit, resolve_device
+from midipipe.tokens import remi
+from midipipe.tokens.shards import tokens_by_split
+from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from midipipe import params
-from midipipe.models.encoder import EncoderConfig
-from midipipe.params import ParamError
+from midipipe.core import params
+from midipipe.core.errors import ParamError
+from midipipe.genre.encoder import EncoderConfig
 
 LABELS = ("period", "genre", "source", "composer")  # manifest columns a phrase label can be
 SIZES = ("cpu_default", "gpu_profile")

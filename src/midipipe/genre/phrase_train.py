@@ -22,17 +22,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from midipipe import remi
+from midipipe.core.device import resolve_device
+from midipipe.core.errors import ParamError
+from midipipe.core.params import TrainParams
 from midipipe.genre import baselines
+from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder
 from midipipe.genre.fit_hooks import EarlyStop, timed, train_seconds
 from midipipe.genre.labels import label_of, read_manifest, splits_in_use
 from midipipe.genre.metrics import pool_mean, single_label_metrics
 from midipipe.genre.params import GenreParams
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, pad_batch, phrases, random_transpose
-from midipipe.models.encoder import Encoder, EncoderConfig, save_encoder
-from midipipe.params import ParamError, TrainParams
-from midipipe.shards import tokens_by_split
-from midipipe.training import Fit, fit, resolve_device
+from midipipe.tokens import remi
+from midipipe.tokens.shards import tokens_by_split
+from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger(__name__)
 

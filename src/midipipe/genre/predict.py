@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from midipipe import remi
+from midipipe.core.device import torch_threads
+from midipipe.core.errors import BadMidi
+from midipipe.data.midi import load_score
+from midipipe.genre.encoder import Encoder, load_encoder
+from midipipe.genre.hier_model import FrozenLM, HierClassifier, load_hier, weights_sha256
 from midipipe.genre.hier_train import hier_probs
 from midipipe.genre.phrase_train import phrase_probs
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, check_vocab, chunks, phrases
-from midipipe.midi import BadMidi, load_score
-from midipipe.models.encoder import Encoder, load_encoder
-from midipipe.models.hier import FrozenLM, HierClassifier, load_hier, weights_sha256
-from midipipe.training import torch_threads
+from midipipe.tokens import remi
 
 log = logging.getLogger(__name__)
 

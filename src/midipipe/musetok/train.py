@@ -8,16 +8,23 @@ plus `beta` times the residual-VQ commitment loss.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from midipipe.core.device import seed_everything
+from midipipe.core.params import TrainParams
+from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import decoder_sample
-from midipipe.musetok.model import MuseTok
+from midipipe.musetok.model import MuseTok, MuseTokConfig
 from midipipe.musetok.vocab import EVENT_TO_ID, PAD_ID, PITCHES
+from midipipe.tokens.shards import tokens_by_split
+from midipipe.training.fit import Fit, fit
 
 # id -> pitch for Note_Pitch tokens (-1 elsewhere), so transposition is one gather
 _PITCH_OF = np.full(PAD_ID + 1, -1, dtype=np.int64)
@@ -170,3 +177,66 @@ def evaluate(
         metrics[f"code_usage_l{level}"] = int((counts[level] > 0).sum()) / size
         metrics[f"code_perplexity_l{level}"] = float(math.exp(-(nz * nz.log()).sum()))
     return metrics
+
+
+@dataclass
+class MuseTokRun:
+    """What stage 03 reports: flat metrics and the per-epoch history for the curves."""
+
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    title: str = "MuseTok training"
+
+
+def train_musetok(
+    p: MuseTokTrainParams,
+    tp: TrainParams,
+    tokens_dir: str | Path,
+    manifest: str | Path,
+    out_dir: str | Path,
+    resume_dir: str | Path = "checkpoints/musetok",
+) -> MuseTokRun:
+    """Train MuseTok on the train split (or evaluate `p.checkpoint`) and save it to `out_dir`."""
+    data = tokens_by_split(tokens_dir, manifest)
+    train = [(ids, bars) for _, ids, bars in data["train"] if bars]
+    valid = [(ids, bars) for _, ids, bars in data["valid"] if bars] or train[:32]
+
+    if p.checkpoint:  # a pretrained tokenizer: evaluate it and store it as safetensors
+        model = checkpoint.load(p.checkpoint)
+        model.eval()
+        with torch.inference_mode():
+            valid_metrics = evaluate(model, valid, p, tp.batch_size)
+        checkpoint.save(model, out_dir)
+        return MuseTokRun(
+            {"source": "pretrained", "lr": tp.lr, **valid_metrics},
+            [{"epoch": 0, **valid_metrics}],
+            "MuseTok (pretrained, not trained here)",
+        )
+
+    seed_everything(tp.seed)
+    model = MuseTok(dataclasses.replace(getattr(MuseTokConfig, p.size)(), dec_seqlen=p.dec_seqlen))
+    n_pieces = min(len(train), p.max_pieces or len(train))
+    job = Fit(
+        model=model,
+        train_batches=lambda epoch, rng: train_batches(train, p, tp.batch_size, epoch, rng),
+        steps_per_epoch=-(-n_pieces // tp.batch_size),
+        loss=lambda m, batch: loss(m, batch, p.beta),
+        evaluate=lambda m: evaluate(m, valid, p, tp.batch_size),
+    )
+    fit(
+        job,
+        tp,
+        resume_dir,
+        save_best=lambda m: checkpoint.save(m, out_dir),
+        fingerprint={"musetok": dataclasses.asdict(p), "pieces": len(train)},
+    )
+    best = min(job.history, key=lambda h: h["valid_loss"])
+    metrics = {
+        "source": "trained",
+        "lr": tp.lr,
+        "train_pieces": len(train),
+        "valid_pieces": len(valid),
+        "best_epoch": best["epoch"],
+        **{k: v for k, v in best.items() if k != "epoch"},
+    }
+    return MuseTokRun(metrics, job.history)

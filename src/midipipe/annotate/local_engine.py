@@ -1,0 +1,109 @@
+"""Stage 10's local engine: a process pool parses songs, this process encodes and writes.
+
+See `annotator` for the flow, the output folder and the resume protocol."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Set
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from midipipe.annotate.annotator import (
+    AnnotateParams,
+    Annotator,
+    Job,
+    PartStore,
+    PhaseClock,
+    Prepared,
+    Report,
+    job_of,
+    open_rows,
+    source_identity,
+)
+from midipipe.data.pool import Failure, default_workers, robust_map
+
+log = logging.getLogger(__name__)
+
+
+def _jobs(
+    rows: Iterable[dict], done: Set[str], p: AnnotateParams, report: Report, clock: PhaseClock
+) -> Iterator[Job]:
+    """Jobs for the rows not done (nor queued) yet; a source that raises ends the stream,
+    recorded."""
+    it = iter(islice(rows, p.limit) if p.limit is not None else rows)
+    queued: set[str] = set()
+    while True:
+        try:
+            with clock("read"):
+                row = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # network cut, truncated file: keep what is done, resume later
+            report.stream_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "the stream stopped after %d rows: %s (rerun to resume)",
+                report.rows_read,
+                report.stream_error,
+            )
+            return
+        job = job_of(row, p.meta_columns)
+        report.rows_read += 1
+        if job.key in done or job.key in queued:
+            report.skipped_done += 1
+            continue
+        queued.add(job.key)
+        yield job
+
+
+def annotate_local(
+    p: AnnotateParams,
+    out_dir: str | Path,
+    rows: Iterable[dict] | None = None,
+    progress: bool = True,
+) -> Report:
+    """Annotate the configured rows (or `rows`) into `out_dir` in local worker processes,
+    resuming what is there."""
+    start = time.perf_counter()
+    annotator = Annotator(p)
+    store = PartStore(out_dir, {"source": source_identity(p), **annotator.fingerprint()})
+    report = Report(
+        "local",
+        annotator.estimator,
+        default_workers(p.workers),
+        projection_songs=p.projection_songs,
+    )
+    source = open_rows(p, store.done) if rows is None else rows
+    jobs = _jobs(source, store.done, p, report, annotator.clock)
+    chunk: list[tuple[Job, Prepared | Failure]] = []
+    chunk_bars = 0
+
+    def commit() -> None:
+        nonlocal chunk, chunk_bars
+        results = annotator.finish(chunk)
+        with annotator.clock("write"):
+            songs, bars = store.commit(results, annotator.estimator)
+        report.songs_new += songs
+        report.bars_new += bars
+        chunk, chunk_bars = [], 0
+
+    total = p.limit if p.limit is not None and not store.resumed else None
+    with tqdm(total=total, desc=f"annotate {p.name}", unit="song", disable=not progress) as bar:
+        for job, out in robust_map(annotator.work(), jobs, p.workers, p.timeout_s):
+            chunk.append((job, out))
+            chunk_bars += out.n_bars if isinstance(out, Prepared) else 0
+            if len(chunk) >= p.songs_per_part or chunk_bars >= p.part_bars:
+                commit()
+            bar.update()
+        if chunk:
+            commit()
+    with annotator.clock("write"):
+        report.totals = store.finalize(
+            {"complete": report.stream_error is None, "stream_error": report.stream_error}
+        )
+    report.seconds = dict(annotator.clock.seconds)
+    report.wall_s = time.perf_counter() - start
+    return report

@@ -1,0 +1,5 @@
+"""`python -m midipipe.cli ...`"""
+
+from midipipe.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Safe MIDI loading with symusic, and the basic stats the manifest keeps."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import symusic
+
+from midipipe.core.errors import BadMidi
+
+
+def piece_id(data: bytes) -> str:
+    """md5 hex of the file's bytes: GigaMIDI's own key, so annotations join on it."""
+    return hashlib.md5(data).hexdigest()
+
+
+def load_score(src: bytes | str | Path, max_notes: int | None = None) -> symusic.Score:
+    """Parse MIDI bytes or a path in tick time; every failure becomes a readable BadMidi."""
+    data = src if isinstance(src, bytes) else Path(src).read_bytes()
+    if not data:
+        raise BadMidi("empty file (0 bytes)")
+    if not data.startswith(b"MThd"):
+        raise BadMidi("not a MIDI file (no MThd header)")
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as exc:  # symusic raises plain RuntimeError/ValueError with the parser's text
+        raise BadMidi(f"cannot parse MIDI: {type(exc).__name__}: {exc}") from exc
+    n_notes = score.note_num()
+    if n_notes == 0:
+        raise BadMidi("no notes")
+    if max_notes is not None and n_notes > max_notes:
+        raise BadMidi(f"too many notes: {n_notes} > max_notes {max_notes}")
+    return score
+
+
+@dataclass
+class Stats:
+    n_notes: int
+    n_bars: int
+    duration_s: float
+    n_tracks: int
+
+
+def count_bars(score: symusic.Score) -> int:
+    """Bars up to the last note end, following every time-signature change."""
+    end = score.end()
+    signatures = sorted(score.time_signatures, key=lambda ts: ts.time) or []
+    if not signatures or signatures[0].time > 0:
+        signatures = [symusic.TimeSignature(0, 4, 4), *signatures]
+    bars = 0
+    for i, ts in enumerate(signatures):
+        seg_end = signatures[i + 1].time if i + 1 < len(signatures) else end
+        if ts.time >= end:
+            break
+        bar_ticks = max(1, score.ticks_per_quarter * 4 * ts.numerator // ts.denominator)
+        seg_len = min(seg_end, end) - ts.time
+        bars += -(-seg_len // bar_ticks)  # ceil: a partial last bar counts
+    return int(bars)
+
+
+def stats(score: symusic.Score) -> Stats:
+    return Stats(
+        n_notes=int(score.note_num()),
+        n_bars=count_bars(score),
+        duration_s=float(score.to("second").end()),
+        n_tracks=len(score.tracks),
+    )

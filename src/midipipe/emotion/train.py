@@ -1,0 +1,208 @@
+"""Stage 07: labelled bars + per-bar latents -> models/emotion/, metrics/emotion.json, the k-fold
+table and valence/arousal curves of a few pieces.
+
+Train and valid pieces are the k-fold pool (piece-grouped) and what the final MLP is fitted on;
+test pieces are scored once at the end. Without any labelled bar the model is the rule-based
+estimate (hand-set weights, not learned), and the metrics say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from midipipe.core.errors import BadMidi
+from midipipe.core.io import atomic_path, write_json
+from midipipe.core.params import TrainParams
+from midipipe.core.reports import write_metrics
+from midipipe.emotion import EmotionParams, plot_curves, predict_file, rules_config
+from midipipe.emotion import regressor as mlp
+from midipipe.emotion.evaluate import baselines, cross_validate, score, scoring_mask, summarize
+from midipipe.emotion.targets import Bars, collect, read_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmotionPaths:
+    """Where stage 07 reads and writes (the DAG's paths by default)."""
+
+    manifest: str = "data/manifest.parquet"
+    bar_va: str = "data/labels/bar_va.parquet"
+    tokens: str = "data/tokens/musetok"
+    midi: str = "data/midi"
+    latents: str = "data/latents"
+    musetok: str = "models/musetok"
+    out: Path = Path("models/emotion")
+    metrics: str = "metrics/emotion.json"
+    kfold_csv: str = "metrics/emotion_kfold.csv"
+    curves_csv: str = "metrics/emotion_curves.csv"
+    curves_png: str = "metrics/emotion_curves.png"
+
+
+TABLE_COLUMNS = ["fold", "label", "estimator", "input", "bars", "pieces"] + [
+    f"{m}_{a}" for m in ("ccc", "r", "rmse", "sign_acc") for a in ("valence", "arousal")
+]
+
+
+def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_curves(io: EmotionPaths, rows: list[dict], title: str) -> None:
+    write_csv(io.curves_csv, rows, ["piece", "bar", "estimator", "valence", "arousal"])
+    plot_curves(rows, io.curves_png, title)
+
+
+def rules_only(io: EmotionPaths, p: EmotionParams, reason: str, labelled_pieces: int = 0) -> None:
+    log.warning("%s: the model is the rule-based estimate, hand-set, not learned", reason)
+    io.out.mkdir(parents=True, exist_ok=True)
+    write_json(io.out / "config.json", rules_config(p.rules))
+    write_metrics(
+        io.metrics,
+        {
+            "estimator": "rules",
+            "learned": False,
+            "labelled_pieces": labelled_pieces,
+            "labelled_bars": 0,
+            "note": reason,
+        },
+    )
+    write_csv(io.kfold_csv, [], TABLE_COLUMNS)
+    manifest = pq.read_table(io.manifest, columns=["piece_id", "path"]).to_pylist()
+    rows, shown = [], 0
+    for r in sorted(manifest, key=lambda r: r["piece_id"]):
+        if shown == p.examples:
+            break
+        try:
+            bars = predict_file(Path(io.midi) / r["path"], io.out)
+        except (BadMidi, ValueError) as exc:
+            log.info("no example curve for %s: %s", r["path"], exc)
+            continue
+        rows += [{"piece": r["piece_id"][:8], **b} for b in bars]
+        shown += 1
+    write_curves(io, rows, "rule-based estimate (not learned); no labelled data")
+
+
+def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> None:
+    split = np.array(bars.splits)
+    pool, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
+    compare = list(mlp.INPUTS) if p.compare_inputs else [p.mlp.input]
+    names = {p.mlp.input, *compare}
+    latents, codebook = mlp.bar_inputs(
+        {mlp.latent_of(n) for n in names} - {None},
+        bars.piece_ids,
+        bars.tokens,
+        io.latents,
+        io.musetok,
+        tp.device,
+    )
+    inputs = {n: mlp.assemble(n, latents, bars.cues) for n in names}
+    estimator = mlp.estimator_of(p.mlp.input)
+    table = cross_validate(bars, pool, inputs, codebook, p.mlp, tp, compare, p.folds, tp.seed)
+    means, flat = summarize(table)
+
+    x = inputs[p.mlp.input]
+    fit_rows = bars.trainable(pool)
+    model = mlp.fit_mlp(
+        mlp.config_for(p.mlp, x, codebook),
+        x,
+        bars.targets,
+        bars.weights,
+        bars.offsets,
+        fit_rows,
+        tp,
+        p.mlp.loss,
+    )
+    facts = {
+        "input": p.mlp.input,
+        "cue_window": p.rules.window,
+        "loss": p.mlp.loss,
+        "learned": True,
+        "lr": tp.lr,
+        "train_pieces": len(pool),
+        "train_bars": len(fit_rows),
+    }
+    mlp.save(model, io.out, facts)
+
+    mask, eval_targets = scoring_mask(bars)
+    test_rows: list[dict] = []
+    if mask[bars.rows(test)].any():
+        pred = mlp.predict(model, x, bars.offsets, bars.rows(test))
+        test_rows = score(
+            bars, test, baselines(bars, pool, test) + [(estimator, p.mlp.input, pred)]
+        )
+    _, test_flat = summarize(test_rows, "test")
+    test_flat.pop("test_best_input", None)
+    write_metrics(
+        io.metrics,
+        {
+            "estimator": estimator,
+            **facts,
+            "labelled_pieces": len(bars.piece_ids),
+            "labelled_bars": int((bars.weights > 0).sum()),
+            "rated_bars": int(bars.rated.sum()),
+            "eval_targets": eval_targets,
+            "folds": len({r["fold"] for r in table}),
+            **flat,
+            **test_flat,
+        },
+    )
+    write_csv(
+        io.kfold_csv, table + means + [{"fold": "test", **r} for r in test_rows], TABLE_COLUMNS
+    )
+    if "kfold_best_input" in flat:
+        log.info("k-fold: best MLP input %s", flat["kfold_best_input"])
+
+    rated_test = [k for k in test if mask[bars.rows([k])].any()]
+    examples = (rated_test or list(pool))[: p.examples]
+    rows = []
+    for k in examples:
+        span = bars.rows([k])
+        va = {
+            "listeners": bars.targets[span],
+            "rules": bars.rules[span],
+            estimator: mlp.predict(model, x, bars.offsets, span),
+        }
+        for estimator, values in va.items():
+            rows += [
+                {
+                    "piece": bars.piece_ids[k][:8],
+                    "bar": b,
+                    "estimator": estimator,
+                    "valence": float(v),
+                    "arousal": float(a),
+                }
+                for b, (v, a) in enumerate(values)
+                if estimator != "listeners" or mask[span[b]]
+            ]
+    write_curves(io, rows, "test pieces" if rated_test else "training pieces (no rated test piece)")
+
+
+def train_emotion(p: EmotionParams, tp: TrainParams, io: EmotionPaths | None = None) -> None:
+    """Stage 07: fit and score the MLP on the labelled bars, or serve the rules and say why."""
+    io = io or EmotionPaths()
+    pieces = read_labels(io.manifest, io.bar_va, p.targets)
+    bars = collect(pieces, io.tokens, io.midi, p.targets, p.rules) if pieces else None
+    shutil.rmtree(io.out, ignore_errors=True)
+    if bars is None:
+        rules_only(
+            io,
+            p,
+            "no labelled data configured (no listener bar labels and no piece labels "
+            "in data.sources)",
+        )
+    elif not (bars.weights > 0).any():
+        reason = f"{len(pieces)} labelled pieces, but none with MuseTok tokens and io.midi"
+        rules_only(io, p, reason, len(pieces))
+    else:
+        learned(io, p, tp, bars)

@@ -1,0 +1,379 @@
+"""A composer-conditioned decoder-only transformer over REMI tokens.
+
+Pre-norm blocks with rotary position embeddings, `F.scaled_dot_product_attention`, and a
+token embedding tied to the output head, logits scaled by d_model**-0.5. Since the final
+norm makes a vector's length about sqrt(d_model), a token's logit can be at most about its
+embedding's norm: embeddings start at std d_model**-0.25 (norm d_model**0.25, 3.4 at
+d_model 128), so the model can be confident from the first steps, while a token's logit for
+itself starts at only d_model**0.25 and the first loss is still about ln(vocab). At std
+d_model**-0.5 (norm 1) the model spent its whole CPU budget growing them: after 360 steps it
+gave BOS -> Bar 0.48 where the data says 1, its valid loss was 1.67 instead of 1.53, and
+its music sat nearer chance for the composer classifier (README). At std 1 it would start by
+predicting its input token with logit sqrt(d_model) (loss ~12). A learned composer embedding,
+times `composer_scale`, is added to every token embedding; id 0 is the unconditional row that
+composer dropout trains, which is what classifier-free guidance contrasts against.
+
+Each token attends to at most `context` tokens (itself included). Training windows are
+`context` long, so this only matters when generating past the context: the KV cache then
+keeps a sliding window of keys, which is exact for rotary embeddings because they only see
+relative offsets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from midipipe.core.io import atomic_path, write_json
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def check_heads(d_model: int, n_head: int) -> None:
+    """Rotary embeddings rotate pairs, so each head needs an even width."""
+    if d_model % n_head or (d_model // n_head) % 2:
+        raise ValueError(
+            f"d_model ({d_model}) must split into n_head ({n_head}) "
+            "heads of even size (rotary embeddings rotate pairs)"
+        )
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 526  # len(tokenizer.vocab); stages pass the real one
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 192
+    d_ff: int = 768
+    context: int = 512  # the most tokens one token attends to (training window length)
+    n_composers: int = 2  # composer ids, 0 (unconditional) and OTHER included
+    composer_scale: float = 0.25
+    dropout: float = 0.1
+    grad_checkpointing: bool = False
+    pad_id: int = 0
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        check_heads(self.d_model, self.n_head)
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(
+                f"pad_id {self.pad_id} outside the vocabulary (0..{self.vocab_size - 1})"
+            )
+        if self.n_composers < 1:
+            raise ValueError(
+                f"n_composers must be >= 1 (id 0 is unconditional), got {self.n_composers}"
+            )
+        if self.context < 1:
+            raise ValueError(f"context must be >= 1, got {self.context}")
+
+    @classmethod
+    def gpu_profile(cls, **overrides: Any) -> GPTConfig:
+        """8 layers x 8 heads, d_model 512, FF 2048, 8192-token context (one GPU)."""
+        return cls(
+            **{
+                "n_layer": 8,
+                "n_head": 8,
+                "d_model": 512,
+                "d_ff": 2048,
+                "context": 8192,
+                **overrides,
+            }
+        )
+
+    @classmethod
+    def cpu_default(cls, **overrides: Any) -> GPTConfig:
+        """About 2M parameters and a 512-token context: trains in minutes on 2 CPU cores."""
+        return cls(
+            **{"n_layer": 4, "n_head": 4, "d_model": 192, "d_ff": 768, "context": 512, **overrides}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown GPTConfig keys {unknown} (known: {', '.join(sorted(names))})"
+            )
+        return cls(**data)
+
+
+# -- rotary position embeddings -------------------------------------------------------------
+
+
+def rope_angles(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of position x frequency, [T, head_dim / 2], for absolute `positions`."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (i, i + head_dim/2) of x [B, H, T, head_dim] by their angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+# -- KV cache --------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys (after rotation) and values per layer for incremental decoding.
+
+    Preallocated buffers; when one is full its last `context - 1` entries move to a new one,
+    so appending a token copies no past keys most of the time.
+    """
+
+    def __init__(self, n_layer: int, context: int) -> None:
+        self.context = context
+        self.k: list[Tensor | None] = [None] * n_layer
+        self.v: list[Tensor | None] = [None] * n_layer
+        self.start = 0  # first live entry in the buffers
+        self.length = 0  # live entries from `start`
+        self.pos = 0  # absolute position of the next token
+        self._lo = self._keep = 0
+
+    def n_past(self) -> int:
+        """Past keys the next tokens may attend to."""
+        return min(self.length, self.context - 1)
+
+    def begin(self, t: int) -> None:
+        """Before a forward of `t` tokens: drop keys out of the window, make room for `t`."""
+        keep = self.n_past()
+        lo = self.start + self.length - keep
+        if self.k[0] is not None and lo + keep + t > self.k[0].shape[2]:
+            for bufs in (self.k, self.v):
+                for i, buf in enumerate(bufs):
+                    new = buf.new_empty(
+                        *buf.shape[:2], max(2 * self.context, keep + t), buf.shape[3]
+                    )
+                    new[:, :, :keep] = buf[:, :, lo : lo + keep]
+                    bufs[i] = new
+            lo = 0
+        self._lo, self._keep = lo, keep
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append one layer's new keys/values; return the past window plus the new ones."""
+        lo, end = self._lo, self._lo + self._keep + k.shape[2]
+        if self.k[layer] is None:
+            cap = max(2 * self.context, end)
+            self.k[layer] = k.new_empty(*k.shape[:2], cap, k.shape[3])
+            self.v[layer] = v.new_empty(*v.shape[:2], cap, v.shape[3])
+        self.k[layer][:, :, lo + self._keep : end] = k
+        self.v[layer][:, :, lo + self._keep : end] = v
+        return self.k[layer][:, :, lo:end], self.v[layer][:, :, lo:end]
+
+    def advance(self, t: int) -> None:
+        """After all layers appended `t` tokens."""
+        self.start, self.length = self._lo, self._keep + t
+        self.pos += t
+
+
+# -- blocks ----------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        causal: bool,
+        cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = (
+            z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+            for z in self.qkv(x).split(d, dim=2)
+        )
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        causal: bool,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok = nn.Embedding(config.vocab_size, config.d_model)  # also the output head
+        self.composer = nn.Embedding(config.n_composers, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, bias=False)
+        self.apply(lambda m: self._init(m, config.d_model**-0.25))
+        for name, p in self.named_parameters():  # GPT-2: residual outputs shrink with depth
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module, embedding_std: float) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=embedding_std)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer, self.config.context)
+
+    def _attention_mask(
+        self, t: int, n_past: int, device: torch.device
+    ) -> tuple[Tensor | None, bool]:
+        """(mask, is_causal): causal over the past window, no token seeing more than `context`."""
+        window = self.config.context
+        if n_past == 0 and t <= window:
+            return None, t > 1
+        if t == 1:  # one new token sees its whole (already trimmed) past
+            return None, False
+        q = torch.arange(n_past, n_past + t, device=device)[:, None]
+        k = torch.arange(n_past + t, device=device)[None, :]
+        return (k <= q) & (k > q - window), False
+
+    def forward(
+        self,
+        ids: Tensor,
+        composer: Tensor | int,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        last_only: bool = False,
+    ) -> tuple[Tensor, KVCache | None]:
+        """Logits [B, T, vocab] for ids [B, T] under composer ids [B] (or one int for all).
+
+        With a `cache`, ids continue the tokens it holds and the cache is updated in place;
+        without one, `start_pos` is the absolute position of ids[:, 0]. `last_only` computes
+        the logits of the last position only ([B, 1, vocab]), all that sampling needs.
+        """
+        b, t = ids.shape
+        if isinstance(composer, int):
+            composer = torch.full((b,), composer, dtype=torch.long, device=ids.device)
+        pos0 = cache.pos if cache is not None else start_pos
+        n_past = cache.n_past() if cache is not None else 0
+        cos, sin = rope_angles(
+            torch.arange(pos0, pos0 + t, device=ids.device),
+            self.config.d_model // self.config.n_head,
+            self.config.rope_base,
+        )
+        mask, causal = self._attention_mask(t, n_past, ids.device)
+        if cache is not None:
+            cache.begin(t)
+        x = self.tok(ids) + self.config.composer_scale * self.composer(composer)[:, None, :]
+        x = self.drop(x)
+        ckpt = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            if ckpt:
+                x = checkpoint(block, x, cos, sin, mask, causal, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, causal, cache, i)
+        if cache is not None:
+            cache.advance(t)
+        if last_only:
+            x = x[:, -1:]
+        logits = F.linear(self.ln_f(x), self.tok.weight) * self.config.d_model**-0.5
+        return logits, cache
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def check_vocab(model: GPT, tokenizer) -> None:
+    """A checkpoint trained on another tokenizer would sample nonsense: refuse it."""
+    n, pad = len(tokenizer.vocab), tokenizer.pad_token_id
+    if model.config.vocab_size != n:
+        raise ValueError(
+            f"checkpoint vocabulary {model.config.vocab_size} tokens, tokenizer {n}: "
+            "the model was trained with another tokenize.remi config"
+        )
+    if model.config.pad_id != pad:
+        raise ValueError(f"checkpoint pad id {model.config.pad_id}, tokenizer {pad}")
+
+
+def save_model(model: GPT, folder: str | Path) -> None:
+    """model.safetensors + config.json, each written atomically."""
+    folder = Path(folder)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp)
+        )
+    write_json(folder / CONFIG, model.config.to_dict())
+
+
+def load_model(folder: str | Path, tokenizer=None, device: str | torch.device = "cpu") -> GPT:
+    """The model saved by `save_model`, in eval mode; checked against `tokenizer` if given."""
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder / name} missing: not a GPT checkpoint folder")
+    model = GPT(GPTConfig.from_dict(json.loads((folder / CONFIG).read_text())))
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    if tokenizer is not None:
+        check_vocab(model, tokenizer)
+    return model.to(device).eval()

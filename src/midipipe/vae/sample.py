@@ -1,0 +1,281 @@
+"""Sampling the label-conditioned VAE and evaluating it (stage 13), and the one-file entry
+point behind `midipipe generate --model vae`.
+
+A piece is decoded from z drawn from its composer's prior component; the REMI grammar of
+`sampling` masks every step, so the output always decodes. Pieces of all composers are
+decoded together as one batch with a KV cache per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import symusic
+import torch
+from tqdm import tqdm
+
+from midipipe.core.device import resolve_device
+from midipipe.core.errors import ParamError
+from midipipe.core.params import TrainParams
+from midipipe.data.composers import composer_id_of
+from midipipe.data.organize import slug
+from midipipe.evaluation import conditioning as cond
+from midipipe.evaluation import generated as ev
+from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
+from midipipe.generator.corpus import load_corpus, read_table
+from midipipe.generator.generate import real_excerpts, sampling_threads
+from midipipe.generator.gpt import check_vocab
+from midipipe.generator.sampling import RemiGrammar, SampleConfig, choose, finish_row, to_midi
+from midipipe.tokens import remi
+from midipipe.vae.model import LabelVAE, load_vae
+from midipipe.vae.train import eval_windows, posteriors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateVAEParams:
+    """params.yaml `generate_vae:` (stage 13)."""
+
+    pieces_per_composer: int = 4
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_tokens: int = 0  # new tokens per piece (0 = the model's window)
+    seed: int = 1234
+    real_chunks_per_piece: int = 4  # real excerpts per piece for the classifier and references
+    latent_windows_per_piece: int = 4  # held-out windows per piece for the latent plot
+    device: str = "auto"
+    classifier: cond.GRUParams = field(default_factory=cond.GRUParams)  # the GRU judge
+    classifier_train: dict = field(default_factory=dict)  # overrides of `train:` for the GRU
+
+    def __post_init__(self) -> None:
+        if self.pieces_per_composer < 1:
+            raise ParamError(
+                f"generate_vae.pieces_per_composer: must be >= 1, got {self.pieces_per_composer}"
+            )
+        if self.max_tokens < 0 or self.real_chunks_per_piece < 1:
+            raise ParamError("generate_vae.max_tokens must be >= 0 and real_chunks_per_piece >= 1")
+        try:
+            self.sample_config(0)
+        except ValueError as exc:
+            raise ParamError(f"generate_vae: {exc}") from None
+
+    def sample_config(self, seed: int, max_tokens: int = 1) -> SampleConfig:
+        return SampleConfig(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            guidance=1.0,
+            max_tokens=self.max_tokens or max_tokens,
+            seed=seed,
+        )
+
+
+# -- sampling --------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def sample(
+    model: LabelVAE, tokenizer, labels: Sequence[int], cfg: SampleConfig
+) -> list[tuple[list[int], dict]]:
+    """One piece per label, all decoded as one batch: z from the label's prior component,
+    then grammar-masked temperature/top-p decoding until EOS or `cfg.max_tokens`. Piece i
+    draws from its own generator seeded `cfg.seed + i`. Returns (ids, stats) per piece."""
+    check_vocab(model, tokenizer)
+    n_labels = model.config.n_labels
+    if any(not 0 <= y < n_labels for y in labels):
+        raise ValueError(f"label ids must be in 0..{n_labels - 1}, got {list(labels)}")
+    if cfg.max_tokens > model.config.window:
+        raise ValueError(
+            f"max_tokens {cfg.max_tokens} is longer than the model's window {model.config.window}"
+        )
+    device = next(model.parameters()).device
+    n = len(labels)
+    gens = [torch.Generator().manual_seed(cfg.seed + i) for i in range(n)]
+    y = torch.tensor(list(labels), dtype=torch.long, device=device)
+    z = torch.stack([model.sample_prior(y[i : i + 1], g)[0] for i, g in enumerate(gens)])
+    memory = model.memory(z, y)
+    base = RemiGrammar(tokenizer)
+    grammars = [base.fresh() for _ in labels]
+    seqs: list[list[int]] = [[] for _ in labels]
+    repairs, masked, ended = [0] * n, [0.0] * n, [False] * n
+    cache = model.new_cache()
+    feed = torch.zeros(n, 0, dtype=torch.long, device=device)
+    t0 = time.perf_counter()
+    for step in range(cfg.max_tokens):
+        logits = model.decode(feed, memory, y, cache)[:, -1].float().cpu()
+        live = [b for b in range(n) if not ended[b]]
+        allowed = torch.stack([grammars[b].allowed() for b in live])
+        rows = logits[live]
+        hit = allowed.gather(1, rows.argmax(1, keepdim=True))[:, 0]
+        lost = (torch.softmax(rows, -1) * ~allowed).sum(1)
+        picks = choose(rows, allowed, cfg, [[] for _ in live], [gens[b] for b in live])
+        nxt = [tokenizer.pad_token_id] * n
+        for k, (b, token) in enumerate(zip(live, picks, strict=True)):
+            repairs[b] += int(not hit[k])
+            masked[b] += float(lost[k])
+            if token == base.eos:
+                ended[b] = True
+                continue
+            grammars[b].step(token)
+            seqs[b].append(token)
+            nxt[b] = token
+        if all(ended) or step == cfg.max_tokens - 1:
+            break
+        feed = torch.tensor(nxt, device=device)[:, None]
+    elapsed = time.perf_counter() - t0
+    bos = tokenizer.vocab["BOS_None"]
+    return [
+        finish_row(
+            base, [bos, *seqs[b]], len(seqs[b]) + ended[b], repairs[b], masked[b], elapsed, False
+        )
+        for b in range(n)
+    ]
+
+
+def load(model_dir: str | Path, device: str = "auto") -> tuple[LabelVAE, object, dict]:
+    """(model, tokenizer, composer table) of a trained VAE folder, checked against each other."""
+    model_dir = Path(model_dir)
+    tokenizer_json = model_dir / TOKENIZER_FILE
+    if not tokenizer_json.exists():
+        raise FileNotFoundError(f"{tokenizer_json} missing: not a trained VAE folder")
+    tokenizer = remi.load_tokenizer(tokenizer_json)
+    table = read_table(model_dir / COMPOSERS_FILE)
+    model = load_vae(model_dir, resolve_device(device))
+    try:
+        check_vocab(model, tokenizer)
+    except ValueError as exc:
+        raise ValueError(f"{model_dir}: {exc}") from None
+    if model.config.n_labels != table["n_ids"]:
+        raise ValueError(
+            f"{model_dir}: the model has {model.config.n_labels} labels, "
+            f"{COMPOSERS_FILE} {table['n_ids']}"
+        )
+    return model, tokenizer, table
+
+
+def generate_file(
+    model_dir: str | Path,
+    composer: str,
+    out: str | Path,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    seed: int = 0,
+    max_tokens: int = 0,
+    device: str = "auto",
+) -> dict:
+    """One piece for `composer` (a name from the folder's composers.json, case-insensitive,
+    or 'any' for pieces of no known composer) as a MIDI file plus its ids as JSON; returns a
+    summary. An unknown name fails with the known ones before any weights load."""
+    table = read_table(Path(model_dir) / COMPOSERS_FILE)
+    name, cid = composer_id_of(table, composer)
+    model, tokenizer, _ = load(model_dir, device)
+    cfg = SampleConfig(
+        temperature=temperature,
+        top_p=top_p,
+        guidance=1.0,
+        max_tokens=max_tokens or model.config.window,
+        seed=seed,
+    )
+    with sampling_threads(next(model.parameters()).device):
+        ((ids, stats),) = sample(model, tokenizer, [cid], cfg)
+    path = to_midi(tokenizer, ids, out)
+    return {
+        "out": str(path),
+        "tokens_json": str(path.with_suffix(".json")),
+        "model": "vae",
+        "composer": name,
+        "composer_id": cid,
+        "seed": seed,
+        "notes": int(symusic.Score(str(path)).note_num()),
+        **stats,
+    }
+
+
+# -- stage 13 --------------------------------------------------------------------------------
+
+
+def evaluate_vae(
+    gp: GenerateVAEParams,
+    tp: TrainParams,
+    model_dir: str | Path = "models/vae",
+    tokens_dir: str | Path = "data/tokens/remi",
+    manifest: str | Path = "data/manifest.parquet",
+    out_dir: str | Path = "outputs/generated_vae",
+    confusion_png: str | Path | None = "metrics/vae_confusion.png",
+    latent_png: str | Path | None = "metrics/vae_latent.png",
+    classifier: cond.GRUClassifier | None = None,
+) -> tuple[dict, cond.GRUClassifier | None]:
+    """Sample every frequent composer into `out_dir` (old takes removed), then run the
+    conditioning suite and the latent-space check on held-out windows. `tp` trains the GRU
+    judge, unless a trained `classifier` is passed (the ablation runner reuses one)."""
+    model, tokenizer, table = load(model_dir, gp.device)
+    composers = [(c["name"], c["id"]) for c in table["composers"]]
+    window = model.config.window
+    cfg = gp.sample_config(gp.seed, window)
+    if cfg.max_tokens > window:
+        raise ParamError(
+            f"generate_vae.max_tokens: {cfg.max_tokens} is longer than the model's window {window}"
+        )
+    jobs = [(name, cid, k) for name, cid in composers for k in range(gp.pieces_per_composer)]
+    shutil.rmtree(out_dir, ignore_errors=True)  # no stale takes from a larger earlier run
+    generated: list[ev.Piece] = []
+    stats_all = []
+    t0 = time.perf_counter()
+    with sampling_threads(next(model.parameters()).device):
+        taken = sample(model, tokenizer, [cid for _, cid, _ in jobs], cfg) if jobs else []
+    log.info("sampled %d pieces in %.1f s", len(taken), time.perf_counter() - t0)
+    for (name, cid, k), (ids, stats) in tqdm(
+        list(zip(jobs, taken, strict=True)), desc="write MIDI", unit="piece"
+    ):
+        to_midi(tokenizer, ids, Path(out_dir) / f"{slug(name)}_{k}.mid")
+        generated.append(ev.Piece(ids, cid, None, stats))
+        stats_all.append(stats)
+
+    real = load_corpus(tokens_dir, manifest, table)
+    held_out = real["test"] if real["test"].pieces else real["valid"]
+    n = gp.real_chunks_per_piece
+    metrics, classifier = cond.conditioning(
+        tokenizer,
+        generated,
+        real_excerpts(real["train"], cfg.max_tokens, n),
+        real_excerpts(real["valid"], cfg.max_tokens, n),
+        real_excerpts(held_out, cfg.max_tokens, n),
+        composers,
+        gp.classifier,
+        tp,
+        confusion_png,
+        classifier,
+    )
+    ids = {cid for _, cid in composers}
+    items = [
+        (w, c) for w, c in eval_windows(held_out, window, gp.latent_windows_per_piece) if c in ids
+    ]
+    z = posteriors(model, [w for w, _ in items])
+    latent = cond.latent_space(
+        z,
+        [c for _, c in items],
+        {cid: name for name, cid in composers},
+        latent_png,
+        model.prior_mean.detach().cpu().numpy(),
+    )
+    tokens = [s["tokens"] for s in stats_all]
+    return {
+        "pieces_per_composer": gp.pieces_per_composer,
+        "max_tokens": cfg.max_tokens,
+        "temperature": gp.temperature,
+        "top_p": gp.top_p,
+        "tokens_mean": float(np.mean(tokens)) if tokens else 0.0,
+        "bars_mean": float(np.mean([s["bars"] for s in stats_all])) if stats_all else 0.0,
+        "repairs_per_piece": float(np.mean([s["repairs"] for s in stats_all]))
+        if stats_all
+        else 0.0,
+        "empty_pieces": sum(1 for p in generated if not p.ids),
+        **metrics,
+        **latent,
+    }, classifier
