@@ -8,7 +8,6 @@ into place at the end.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -24,6 +23,7 @@ from midipipe.data import splits
 from midipipe.data.midi import load_score, piece_id, stats
 from midipipe.data.pool import Failure, robust_map
 from midipipe.data.sources import iter_source
+from midipipe.data.sources.names import slug
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,6 @@ BAR_VA_SCHEMA = pa.schema(
         ("n_raters", pa.int32()),
     ]
 )
-
-
-def slug(name: str) -> str:
-    """A folder name from a composer or source name: lowercase, no path characters."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
 
 
 def _stats_of(path: str) -> dict:
@@ -149,7 +144,7 @@ def _collect(sources, midi_dir: Path, o) -> tuple[list[dict], list[dict], dict]:
                 duplicates += 1
                 continue
             seen.add(pid)
-            rel = f"{slug(piece.composer or piece.source)}/{pid}.mid"
+            rel = f"{slug(piece.composer or piece.source) or 'unknown'}/{pid}.mid"
             (midi_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (midi_dir / rel).write_bytes(data)
             song_id = f"{piece.source}:{piece.song_id}"

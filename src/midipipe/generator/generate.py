@@ -14,7 +14,7 @@ from tqdm import tqdm
 from midipipe.core.device import resolve_device, torch_threads
 from midipipe.core.errors import ParamError
 from midipipe.data import composers as C
-from midipipe.data.organize import slug
+from midipipe.data.sources.names import slug
 from midipipe.evaluation import generated as ev
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import Corpus, load_corpus, read_table

@@ -24,7 +24,7 @@ from midipipe.core.device import resolve_device
 from midipipe.core.errors import ParamError
 from midipipe.core.params import TrainParams
 from midipipe.data.composers import composer_id_of
-from midipipe.data.organize import slug
+from midipipe.data.sources.names import slug
 from midipipe.evaluation import conditioning as cond
 from midipipe.evaluation import generated as ev
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
