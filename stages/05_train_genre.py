@@ -6,6 +6,7 @@ from midipipe.core.reports import write_curves, write_metrics
 from midipipe.evaluation.confusion import write_confusion
 from midipipe.genre.params import GenreParams
 from midipipe.genre.phrase_train import train_phrase
+from midipipe.training import distributed
 
 
 def main() -> None:
@@ -21,6 +22,8 @@ def main() -> None:
         "data/midi",
         "data/latents",
     )
+    if not distributed.is_main():  # under torchrun the main process alone writes
+        return
     write_metrics("metrics/genre_phrase.json", {"lr": tp.lr, **r.metrics})
     write_curves(
         r.job.history,

@@ -3,6 +3,7 @@
 from midipipe.core import params
 from midipipe.core.logs import run_main
 from midipipe.core.reports import write_curves, write_metrics
+from midipipe.training import distributed
 from midipipe.vae.train import VAEParams, train
 
 
@@ -18,6 +19,8 @@ def main() -> None:
         "models/vae",
         "checkpoints/vae",
     )
+    if not distributed.is_main():  # under torchrun the main process alone writes
+        return
     write_metrics("metrics/vae.json", {"lr": tp.lr, **metrics})
     write_curves(
         job.history,

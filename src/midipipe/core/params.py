@@ -58,6 +58,14 @@ class TrainParams:
     seed: int = 1234
     device: str = "auto"
     precision: str = "auto"
+    checkpoint_every: int = 0  # steps between checkpoints (0 = at each epoch's end only)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise ParamError(
+                f"train.checkpoint_every: must be >= 0 (0 = per epoch only), "
+                f"got {self.checkpoint_every!r}"
+            )
 
 
 @dataclass

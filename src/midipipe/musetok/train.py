@@ -24,6 +24,7 @@ from midipipe.musetok.encode import decoder_sample
 from midipipe.musetok.model import MuseTok, MuseTokConfig
 from midipipe.musetok.vocab import EVENT_TO_ID, PAD_ID, PITCHES
 from midipipe.tokens.shards import tokens_by_split
+from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
 # id -> pitch for Note_Pitch tokens (-1 elsewhere), so transposition is one gather
@@ -206,7 +207,8 @@ def train_musetok(
         model.eval()
         with torch.inference_mode():
             valid_metrics = evaluate(model, valid, p, tp.batch_size)
-        checkpoint.save(model, out_dir)
+        if ddp.is_main():  # under torchrun the main process alone writes
+            checkpoint.save(model, out_dir)
         return MuseTokRun(
             {"source": "pretrained", "lr": tp.lr, **valid_metrics},
             [{"epoch": 0, **valid_metrics}],
