@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from midipipe.cli.configs import add_configs_parser
 from midipipe.cli.generate import add_generate_parser
 from midipipe.core import params as P
 from midipipe.core.io import atomic_path
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model folder (default: models/genre_phrase or models/genre_hier)",
     )
     gen.set_defaults(func=cmd_genre)
+
+    add_configs_parser(sub)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)
