@@ -75,8 +75,8 @@ def child(resume_dir: str, out: str, device: str, precision: str, pause: float) 
         checkpoint_every=CHECKPOINT_EVERY,
     )
     fit(job, tp, resume_dir, save_best, {"check": 1})
-    where = next(model.parameters()).device
-    print("device", json.dumps({"rank": ddp.rank(), "device": str(where)}), flush=True)
+    where = {"rank": ddp.rank(), "device": str(next(model.parameters()).device)}
+    Path(f"{out}.rank{ddp.rank()}.json").write_text(json.dumps(where))  # read by two_processes
     if ddp.is_main():
         print("history", json.dumps([round(r["train_mse"], 6) for r in job.history]), flush=True)
 
@@ -169,7 +169,7 @@ def two_processes(tmp: Path, device: str) -> dict:
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun failed ({proc.returncode}):\n{log[-4000:]}")
-    ranks = sorted(_lines(log, "device"), key=lambda r: r["rank"])
+    ranks = [json.loads(p.read_text()) for p in sorted(tmp.glob(f"{out.name}.rank*.json"))]
     return {
         "backend": "nccl" if device.startswith("cuda") else "gloo",
         "ranks": {str(r["rank"]): r["device"] for r in ranks},
