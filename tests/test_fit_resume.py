@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from midipipe.training import checkpoint
@@ -24,7 +25,7 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tmp_path):
 def test_a_kill_between_the_renames_keeps_the_previous_unit(tmp_path):
     """`ckpt.old` alone (the kill came after the old unit moved away) is still found."""
     w = {"w": torch.ones(2)}
-    checkpoint.write(tmp_path, w, {"x": torch.zeros(1)}, {"step": 1})
+    checkpoint.write(tmp_path, w, {"x": torch.zeros(1)}, {"step": np.int64(1)})
     (tmp_path / checkpoint.CURRENT).rename(tmp_path / checkpoint.OLD)
     (tmp_path / checkpoint.TMP).mkdir()  # a half-written next unit is never read
     saved = checkpoint.read(tmp_path)

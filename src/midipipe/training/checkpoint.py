@@ -56,6 +56,13 @@ def set_global_rngs(tensors: dict, plain: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def _scalar(value):
+    """NumPy and torch scalars in metrics and logs, as the Python numbers JSON holds."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in a checkpoint's meta.json")
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -83,7 +90,7 @@ def write(
     elif previous is not None and (previous / BEST).exists():
         shutil.copyfile(previous / BEST, tmp / BEST)
     torch.save(state, tmp / STATE)
-    (tmp / META).write_text(json.dumps(meta))
+    (tmp / META).write_text(json.dumps(meta, default=_scalar))
     for f in (WEIGHTS, BEST, STATE, META):
         if (tmp / f).exists():
             _fsync(tmp / f)
