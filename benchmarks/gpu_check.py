@@ -211,8 +211,11 @@ def check_sampling(sizes: Sizes, device: torch.device) -> dict:
         for guidance, kind in ((1.0, "unguided"), (3.0, "guided")):
             out[f"{label}_{kind}_tok_s"] = run(rows, guidance)
     if device.type == "cuda":  # what adopting core.device.inference_mode would give
-        with inference_mode(device):
-            out["batch_guided_bf16_tok_s"] = run(sizes.sample_rows, 3.0)
+        try:
+            with inference_mode(device):
+                out["batch_guided_bf16_tok_s"] = run(sizes.sample_rows, 3.0)
+        except Exception as exc:  # the fp32 figures above stand on their own
+            out["batch_guided_bf16_tok_s"] = f"{type(exc).__name__}: {exc}"[:500]
     out["batch_over_one_guided"] = round(out["batch_guided_tok_s"] / out["one_guided_tok_s"], 2)
     out["plan_tok_s"] = "10-20"
     return out
