@@ -3,13 +3,16 @@
 from midipipe.core import params
 from midipipe.core.logs import run_main
 from midipipe.core.reports import write_curves, write_metrics
-from midipipe.musetok.train import MuseTokTrainParams, train_musetok
+from midipipe.musetok.train import PROFILES, MuseTokTrainParams, train_musetok
+from midipipe.training import distributed
 
 
 def main() -> None:
-    p = params.build(MuseTokTrainParams, params.section("params.yaml", "musetok"), "musetok")
+    p = params.profiled(MuseTokTrainParams, "params.yaml", "musetok", PROFILES)
     tp = params.merged_train(params.load(), p.train)
     run = train_musetok(p, tp, "data/tokens/musetok", "data/manifest.parquet", "models/musetok")
+    if not distributed.is_main():  # under torchrun the main process alone writes
+        return
     write_metrics("metrics/musetok.json", run.metrics)
     write_curves(
         run.history,

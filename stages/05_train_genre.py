@@ -4,12 +4,13 @@ from midipipe.core import params
 from midipipe.core.logs import run_main
 from midipipe.core.reports import write_curves, write_metrics
 from midipipe.evaluation.confusion import write_confusion
-from midipipe.genre.params import GenreParams
+from midipipe.genre.params import PROFILES, GenreParams
 from midipipe.genre.phrase_train import train_phrase
+from midipipe.training import distributed
 
 
 def main() -> None:
-    p = params.build(GenreParams, params.section("params.yaml", "genre"), "genre")
+    p = params.profiled(GenreParams, "params.yaml", "genre", PROFILES)
     tp = params.merged_train(params.load(), p.train)
     r = train_phrase(
         p,
@@ -21,6 +22,8 @@ def main() -> None:
         "data/midi",
         "data/latents",
     )
+    if not distributed.is_main():  # under torchrun the main process alone writes
+        return
     write_metrics("metrics/genre_phrase.json", {"lr": tp.lr, **r.metrics})
     write_curves(
         r.job.history,

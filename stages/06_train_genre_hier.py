@@ -10,6 +10,7 @@ from midipipe.core.logs import run_main
 from midipipe.core.reports import write_curves, write_metrics
 from midipipe.genre.hier_train import resolve_lm, train_hier
 from midipipe.genre.params import GenreHierParams
+from midipipe.training import distributed
 
 
 def main() -> None:
@@ -26,6 +27,8 @@ def main() -> None:
         midi_dir="data/midi",
         latents_dir="data/latents",
     )
+    if not distributed.is_main():  # under torchrun the main process alone writes
+        return
     write_metrics("metrics/genre_hier.json", {"lr": tp.lr, **r.metrics})
     if r.job is None:  # skipped: an empty curve, so the declared plot exists
         with atomic_path("metrics/genre_hier_curve.csv") as tmp:

@@ -6,12 +6,12 @@ Also runs data-parallel: `torchrun --nproc_per_node 2 stages/08_train_generator.
 from midipipe.core import params
 from midipipe.core.logs import run_main
 from midipipe.core.reports import write_curves, write_metrics
-from midipipe.generator.train import GeneratorParams, train
+from midipipe.generator.train import PROFILES, GeneratorParams, train
 from midipipe.training import distributed
 
 
 def main() -> None:
-    p = params.build(GeneratorParams, params.section("params.yaml", "generator"), "generator")
+    p = params.profiled(GeneratorParams, "params.yaml", "generator", PROFILES)
     tp = params.merged_train(params.load(), p.train)
     job, metrics = train(
         p,

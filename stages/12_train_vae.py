@@ -3,11 +3,12 @@
 from midipipe.core import params
 from midipipe.core.logs import run_main
 from midipipe.core.reports import write_curves, write_metrics
-from midipipe.vae.train import VAEParams, train
+from midipipe.training import distributed
+from midipipe.vae.train import PROFILES, VAEParams, train
 
 
 def main() -> None:
-    p = params.build(VAEParams, params.section("params.yaml", "vae"), "vae")
+    p = params.profiled(VAEParams, "params.yaml", "vae", PROFILES)
     tp = params.merged_train(params.load(), p.train)
     job, metrics = train(
         p,
@@ -18,6 +19,8 @@ def main() -> None:
         "models/vae",
         "checkpoints/vae",
     )
+    if not distributed.is_main():  # under torchrun the main process alone writes
+        return
     write_metrics("metrics/vae.json", {"lr": tp.lr, **metrics})
     write_curves(
         job.history,

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from midipipe.cli.configs import resolved
 from tests.conftest import build_midi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,14 +164,18 @@ def learning_rates(project: Path) -> dict[str, float]:
 
 def test_exp_run_metrics_diff_and_plots(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
+    profiled = resolved(str(project / "params.yaml"))  # null keys: the profile's values
     before = learning_rates(project)
     out = run(project, "dvc", "exp", "run", "-S", "train.lr=1e-4", "-S", "composers.min_pieces=5")
     assert "Ran experiment" in out or "Experiment" in out
     after = learning_rates(project)
     for name, section in TRAINED.items():  # train.lr moved every model, by its own scale
         own = params[section].get("train") or params[section].get("classifier_train") or {}
+        scale = own.get("lr_scale", 1.0)
+        if scale is None:
+            scale = profiled[section]["train"]["lr"] / params["train"]["lr"]
         assert after[name] != before[name], name
-        assert after[name] == pytest.approx(1e-4 * own.get("lr_scale", 1.0)), name
+        assert after[name] == pytest.approx(1e-4 * scale), name
     run(project, "dvc", "exp", "run", "-S", "generator.train.lr=0.002")
     alone = learning_rates(project)
     assert alone["generator"] == pytest.approx(0.002)

@@ -150,8 +150,8 @@ def test_train_stage_writes_the_contracts(project):
 
 
 def test_params_are_checked_by_key():
-    with pytest.raises(ParamError, match="generator.size"):
-        tr.GeneratorParams(size="huge")
+    with pytest.raises(ParamError, match="generator.context"):
+        tr.GeneratorParams(context=4)
     with pytest.raises(ParamError, match="generator.grad_accum"):
         tr.GeneratorParams(grad_accum=0)
     with pytest.raises(ParamError, match="generator.model.vocab_size"):

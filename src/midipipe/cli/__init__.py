@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from midipipe.cli.configs import add_configs_parser
 from midipipe.cli.generate import add_generate_parser
 from midipipe.core import params as P
 from midipipe.core.io import atomic_path
@@ -109,13 +110,16 @@ def cmd_latents(args) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from midipipe.core.device import inference_mode, resolve_device
     from midipipe.musetok import checkpoint
     from midipipe.musetok.encode import encode_pieces
     from midipipe.musetok.events import encode_midi
 
     ids, bar_starts = encode_midi(Path(args.file))
-    model = checkpoint.load(args.checkpoint).eval()
-    (out,) = list(encode_pieces(model, [(ids, bar_starts)], batch_size=args.batch_size))
+    device = resolve_device(args.device)
+    model = checkpoint.load(args.checkpoint).to(device).eval()
+    with inference_mode(device, args.precision):
+        (out,) = list(encode_pieces(model, [(ids, bar_starts)], batch_size=args.batch_size))
     tensors = {
         "codes": torch.from_numpy(out.codes),
         "latents": torch.from_numpy(out.latents),
@@ -139,7 +143,7 @@ def cmd_emotion(args) -> None:
 
     from midipipe.emotion import plot_curves, predict_file
 
-    rows = predict_file(args.file, args.model_dir, args.musetok_dir)
+    rows = predict_file(args.file, args.model_dir, args.musetok_dir, args.device)
     for r in rows:
         print(
             f"bar {r['bar']:4d}  t={r['start_s']:8.2f}s  valence {r['valence']:+.3f}  "
@@ -163,10 +167,20 @@ def cmd_genre(args) -> None:
         top_k=args.top_k,
         threshold=args.threshold,
         model_dir=args.model_dir,
+        device=args.device,
     )
     print(json.dumps(out))
     if "error" in out:
         sys.exit(1)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present) | cpu | cuda | cuda:N; CUDA runs bf16 autocast with TF32 "
+        "(default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lat.add_argument("--out", required=True, help="output .safetensors")
     lat.add_argument("--batch-size", type=int, default=256, help="bars per forward pass")
+    add_device_argument(lat)
+    lat.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto: bf16 autocast on CUDA, fp32 on CPU (default: %(default)s)",
+    )
     lat.set_defaults(func=cmd_latents)
 
     emo = sub.add_parser("emotion", help="per-bar valence and arousal of one MIDI file")
@@ -206,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     emo.add_argument("--plot", help="draw the curves to this PNG")
     emo.add_argument("--model-dir", default="models/emotion")
     emo.add_argument("--musetok-dir", default="models/musetok")
+    add_device_argument(emo)
     emo.set_defaults(func=cmd_emotion)
 
     add_generate_parser(sub)
@@ -226,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model folder (default: models/genre_phrase or models/genre_hier)",
     )
+    add_device_argument(gen)
     gen.set_defaults(func=cmd_genre)
+
+    add_configs_parser(sub)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 
+import numpy as np
 import torch
 
 
@@ -31,6 +32,27 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def enable_tf32(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA: fp32 range at tensor-core speed."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def inference_mode(device: torch.device, precision: str = "auto"):
+    """Everything a forward pass without gradients wants: `torch.inference_mode`, TF32 and
+    autocast to bf16 (fp16 where bf16 is missing) on CUDA; plain fp32 on CPU unless
+    `precision` asks otherwise."""
+    enable_tf32(device)
+    dtype = autocast_dtype(precision, device)
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        yield
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Torch's intra-op thread count set to `n` inside, the caller's restored after."""
@@ -44,4 +66,5 @@ def torch_threads(n: int):
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

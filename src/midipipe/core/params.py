@@ -58,6 +58,14 @@ class TrainParams:
     seed: int = 1234
     device: str = "auto"
     precision: str = "auto"
+    checkpoint_every: int = 0  # steps between checkpoints (0 = at each epoch's end only)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise ParamError(
+                f"train.checkpoint_every: must be >= 0 (0 = per epoch only), "
+                f"got {self.checkpoint_every!r}"
+            )
 
 
 @dataclass
@@ -153,6 +161,42 @@ def section(path: str | Path, name: str) -> dict:
     """A raw section, for stages whose params are defined next to their module."""
     raw = yaml.safe_load(Path(path).read_text()) or {}
     return raw.get(name) or {}
+
+
+PROFILES = ("cpu", "gpu")
+
+
+def profile(path: str | Path = "params.yaml") -> str:
+    """The top-level `profile:` of params.yaml (cpu when absent)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    name = raw.get("profile") or "cpu"
+    if name not in PROFILES:
+        raise ParamError(f"profile: must be one of {', '.join(PROFILES)}, got {name!r}")
+    return name
+
+
+def with_profile(raw: dict | None, table: dict, where: str) -> dict:
+    """A section with every key its profile `table` holds and the section leaves null (or
+    out) taken from the table; nested mappings (`model:`, `train:`) likewise, key by key."""
+    out = dict(raw or {})
+    for key, value in table.items():
+        mine, dotted = out.get(key), f"{where}.{key}"
+        if isinstance(value, dict):
+            if mine is not None and not isinstance(mine, dict):
+                raise ParamError(f"{dotted}: expected a mapping, got {mine!r}")
+            out[key] = with_profile(mine, value, dotted)
+        elif mine is None:
+            out[key] = value
+    return out
+
+
+def profiled(
+    cls: type, path: str | Path, name: str, tables: dict[str, dict], which: str | None = None
+):
+    """Section `name` of params.yaml as dataclass `cls`, its null keys filled from
+    `tables[profile]` (the active profile unless `which` names one)."""
+    table = tables[which or profile(path)]
+    return build(cls, with_profile(section(path, name), table, name), name)
 
 
 def merged_train(params: Params, overrides: dict | None, section: str = "train") -> TrainParams:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from midipipe.core.device import resolve_device
 from midipipe.core.io import atomic_path
 from midipipe.core.params import build
 from midipipe.data.midi import load_score
@@ -55,10 +56,12 @@ def predict_file(
     path: str | Path,
     model_dir: str | Path = "models/emotion",
     musetok_dir: str | Path = "models/musetok",
+    device: str = "auto",
 ) -> list[dict]:
     """Per-bar `{bar, start_s, valence, arousal, estimator}` of one MIDI file, with the model in
-    `model_dir` (the rule estimate when it holds none). Bars are MuseTok's: the first time
-    signature's length, from the bar of the first note; start_s is the bar's start in seconds."""
+    `model_dir` (the rule estimate when it holds none), run on `device` (auto | cpu | cuda).
+    Bars are MuseTok's: the first time signature's length, from the bar of the first note;
+    start_s is the bar's start in seconds."""
     data = Path(path).read_bytes()
     score = load_score(data)
     config_path = Path(model_dir) / "config.json"
@@ -81,7 +84,7 @@ def predict_file(
         grid = bar_grid(score, len(bar_starts))
         latents = {}
         if regressor.latent_of(name) is not None:
-            latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
+            latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)], device)
         cues = (
             bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
         )
@@ -92,7 +95,7 @@ def predict_file(
                 f"model in {model_dir} was trained on width {model.cfg.width}: use the MuseTok "
                 "model it was trained with"
             )
-        va = regressor.predict(model, x, np.array([0, len(x)]))
+        va = regressor.predict(model.to(resolve_device(device)), x, np.array([0, len(x)]))
     start_s = seconds_at(score, grid.starts())
     return [
         {

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from midipipe.core.device import resolve_device, seed_everything
+from midipipe.core.device import inference_mode, resolve_device, seed_everything
 from midipipe.core.io import atomic_path
 from midipipe.core.params import TrainParams
 from midipipe.emotion.rules import FEATURES
@@ -239,7 +239,6 @@ def fit_mlp(
     return model.cpu().eval()
 
 
-@torch.inference_mode()
 def predict(
     model: EmotionMLP,
     x: np.ndarray,
@@ -253,9 +252,10 @@ def predict(
     rows_t = torch.arange(len(xt)) if rows is None else torch.as_tensor(rows)
     device = next(model.parameters()).device
     out = []
-    for batch in rows_t.split(batch_size):
-        xb, valid = _gather(xt, win[batch])
-        out.append(model(xb.to(device), valid.to(device)).float().cpu())
+    with inference_mode(device):
+        for batch in rows_t.split(batch_size):
+            xb, valid = _gather(xt, win[batch])
+            out.append(model(xb.to(device), valid.to(device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)
 
 
@@ -298,8 +298,10 @@ def encode_inputs(
     batch_size: int = 256,
 ) -> tuple[dict[str, np.ndarray], int]:
     """All three inputs of every bar of `tokens` (pieces concatenated), and the codebook size."""
-    model = checkpoint.load(musetok_dir).to(resolve_device(device)).eval()
-    parts = [inputs_of(out) for out in encode_pieces(model, tokens, batch_size)]
+    on = resolve_device(device)
+    model = checkpoint.load(musetok_dir).to(on).eval()
+    with inference_mode(on):
+        parts = [inputs_of(out) for out in encode_pieces(model, tokens, batch_size)]
     flat = {k: np.concatenate([p[k] for p in parts]) for k in LATENTS}
     return flat, model.config.codebook_size
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from midipipe.core.device import inference_mode
 from midipipe.core.io import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
@@ -177,17 +178,20 @@ class FrozenLM:
         self.d_model = int(model.config.hidden_size)
         self.context = int(getattr(model.config, "n_positions", 1024))
 
-    @torch.inference_mode()
     def _hidden_states(self, ids: Tensor, keep: Tensor) -> Tensor:
         if self.kind == "generator":
             self.model(ids, 0)  # composer 0: the unconditional stream
             return self._hidden
         return self.model(input_ids=ids, attention_mask=keep.long()).last_hidden_state
 
-    @torch.inference_mode()
     def embed(self, chunks: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
         """[len(chunks), d_model] float32: each chunk's mean last hidden state. Chunks longer
-        than the LM's context are cut (callers cut and count them first)."""
+        than the LM's context are cut (callers cut and count them first). On CUDA the LM
+        runs under bf16 autocast with TF32 (`core.device.inference_mode`)."""
+        with inference_mode(self.device):
+            return self._embed(chunks, batch_size)
+
+    def _embed(self, chunks: list[np.ndarray], batch_size: int) -> np.ndarray:
         out = np.zeros((len(chunks), self.d_model), dtype=np.float32)
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i]))  # little padding
         for lo in range(0, len(order), batch_size):

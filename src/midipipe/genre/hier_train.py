@@ -39,6 +39,7 @@ from midipipe.genre.params import GenreHierParams
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, chunks
 from midipipe.tokens import remi
 from midipipe.tokens.shards import tokens_by_split
+from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger(__name__)
@@ -268,8 +269,9 @@ def train_hier(
         "vocab_sha": vocab.sha,
         "lm": {"path": str(lm_dir), "kind": lm.kind, "sha256": weights_sha256(lm_dir)},
     }
-    save_hier(model, out_dir, meta)
-    shutil.copyfile(tokenizer_json, Path(out_dir) / TOKENIZER_FILE)
+    if ddp.is_main():  # under torchrun the main process alone writes
+        save_hier(model, out_dir, meta)
+        shutil.copyfile(tokenizer_json, Path(out_dir) / TOKENIZER_FILE)
 
     probs = hier_probs(model, test.x)
     n_chunks = sum(s.n_chunks for s in sets.values())

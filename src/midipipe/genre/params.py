@@ -11,12 +11,26 @@ from midipipe.core.errors import ParamError
 from midipipe.genre.encoder import EncoderConfig
 
 LABELS = ("period", "genre", "source", "composer")  # manifest columns a phrase label can be
-SIZES = ("cpu_default", "gpu_profile")
+ARCHITECTURE = ("n_layer", "n_head", "d_model", "d_ff")
+
+# The `genre:` keys each `profile:` sets (params.yaml leaves them null). cpu: ~0.15M
+# parameters, 8 epochs (4 at 5e-4 stay near the majority class). gpu: DistilBERT's shape at
+# half width (6 x 512, 8 heads, FF 2048), lr 5e-4 (train.lr x 0.5).
+PROFILES: dict[str, dict] = {
+    name: {
+        "model": {k: getattr(cfg, k) for k in ARCHITECTURE},
+        "train": {"epochs": epochs, "batch_size": batch, "lr_scale": scale},
+    }
+    for name, cfg, epochs, batch, scale in (
+        ("cpu", EncoderConfig.cpu_default(), 8, 32, 1.0),
+        ("gpu", EncoderConfig.gpu_profile(), 20, 64, 0.5),
+    )
+}
 
 
 @dataclass
 class GenreParams:
-    """params.yaml `genre:` (stage 05, phrase classifier)."""
+    """params.yaml `genre:` (stage 05, phrase classifier), null keys from `PROFILES`."""
 
     label: str = "period"  # period | genre (first of `genres`) | source | composer
     bars_per_phrase: int = 4
@@ -25,8 +39,8 @@ class GenreParams:
     min_class_pieces: int = 5  # a label with fewer train pieces is dropped (counted)
     transpose: int = 6  # random shift of Pitch tokens by up to this many semitones (0 = off)
     patience: int = 3  # epochs without a better valid macro-F1 before stopping (0 = never)
-    size: str = "cpu_default"  # EncoderConfig profile: cpu_default | gpu_profile
-    model: dict[str, Any] = field(default_factory=dict)  # EncoderConfig overrides (n_layer...)
+    # EncoderConfig keys (n_layer, ...); built directly (not from params.yaml), the cpu profile's
+    model: dict[str, Any] = field(default_factory=lambda: dict(PROFILES["cpu"]["model"]))
     eval_batch_size: int = 64
     train: dict[str, Any] = field(default_factory=dict)  # overrides of `train:`
 
@@ -39,7 +53,6 @@ class GenreParams:
             (self.min_class_pieces >= 1, "min_class_pieces", ">= 1"),
             (0 <= self.transpose <= 24, "transpose", "in [0, 24]"),
             (self.patience >= 0, "patience", ">= 0 (0 = never stop early)"),
-            (self.size in SIZES, "size", f"one of {', '.join(SIZES)}"),
             (self.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
         ]
         params.require(self, "genre", checks)

@@ -152,7 +152,7 @@ class PhraseResult:
 
 
 def _build_encoder(p: GenreParams, vocab: Vocab, n_classes: int) -> Encoder:
-    cfg = getattr(EncoderConfig, p.size)(
+    cfg = EncoderConfig(
         **{
             **p.model,
             "vocab_size": vocab.size,
@@ -290,7 +290,6 @@ def train_phrase(
         "epochs_run": len(history),
         "best_valid_macro_f1": best["valid_macro_f1"],
         "params": model.n_params(),
-        "size": p.size,
         "train_phrases_per_s": round(len(train.seqs) * len(history) / train_s, 1)
         if train_s > 0
         else 0.0,

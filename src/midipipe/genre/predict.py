@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from midipipe.core.device import torch_threads
+from midipipe.core.device import inference_mode, resolve_device, torch_threads
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
 from midipipe.genre.encoder import Encoder, load_encoder
@@ -59,6 +59,7 @@ class Predictor:
     model: Encoder | HierClassifier
     lm: FrozenLM | None = None
     threads: int = 1  # torch threads while predicting: `prediction_threads`
+    device: torch.device = torch.device("cpu")
 
     def names(self) -> list[str]:
         return self.meta["classes"] if self.kind == "phrase" else self.meta["tags"]
@@ -81,7 +82,7 @@ class Predictor:
             ids, bars = self.read(path)
         except BadMidi as exc:
             return {**out, "error": str(exc)}
-        with torch_threads(self.threads), torch.inference_mode():
+        with torch_threads(self.threads), inference_mode(self.device):
             if self.kind == "phrase":
                 probs, extra = self._phrase(ids, bars)
             else:
@@ -146,9 +147,11 @@ class Predictor:
 def load_predictor(
     model: str = "phrase", model_dir: str | Path | None = None, device: str = "cpu"
 ) -> Predictor:
-    """Load and check a model folder (default: models/genre_phrase or models/genre_hier)."""
+    """Load and check a model folder (default: models/genre_phrase or models/genre_hier) onto
+    `device` (auto | cpu | cuda)."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    device = resolve_device(device)
     folder = Path(model_dir or MODEL_DIRS[model])
     if model == "phrase":
         net, meta = load_encoder(folder, device)
@@ -179,10 +182,10 @@ def load_predictor(
         n_params += sum(p.numel() for p in lm.model.parameters())
     threads = prediction_threads(n_params)
     log.debug("%s genre model: %d parameters, %d torch threads", model, n_params, threads)
-    return Predictor(model, folder, tokenizer, vocab, meta, net, lm, threads)
+    return Predictor(model, folder, tokenizer, vocab, meta, net, lm, threads, device)
 
 
-_LOADED: dict[tuple[str, str], Predictor] = {}
+_LOADED: dict[tuple[str, str, str], Predictor] = {}
 
 
 def predict(
@@ -191,10 +194,11 @@ def predict(
     top_k: int = 3,
     threshold: float | None = None,
     model_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Genre probabilities of one MIDI file (JSON-able). `threshold` None: the one tuned on
     valid (hierarchical model), 0.5 (phrase model). Loaded folders are kept for later calls."""
-    key = (model, str(Path(model_dir or MODEL_DIRS.get(model, "")).resolve()))
+    key = (model, str(Path(model_dir or MODEL_DIRS.get(model, "")).resolve()), device)
     if key not in _LOADED:
-        _LOADED[key] = load_predictor(model, model_dir)
+        _LOADED[key] = load_predictor(model, model_dir, device)
     return _LOADED[key].predict(path, top_k, threshold)

@@ -20,7 +20,7 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
-from midipipe.core.device import resolve_device
+from midipipe.core.device import inference_mode, resolve_device
 from midipipe.core.errors import ParamError
 from midipipe.core.io import atomic_path, write_rows
 from midipipe.musetok import checkpoint
@@ -118,6 +118,7 @@ class LatentParams:
     batch_size: int = 256  # bars per forward pass, filled across pieces
     pieces_per_part: int = 2048
     device: str = "auto"
+    precision: str = "auto"  # auto = bf16 autocast (+ TF32) on CUDA, fp32 on CPU | fp32 | bf16
 
 
 def extract_latents(
@@ -130,12 +131,13 @@ def extract_latents(
         raise ParamError(
             f"latents.representation must be one of {REPRESENTATIONS}, got {p.representation!r}"
         )
-    model = checkpoint.load(model_dir).to(resolve_device(p.device)).eval()
+    device = resolve_device(p.device)
+    model = checkpoint.load(model_dir).to(device).eval()
     shutil.rmtree(out_dir, ignore_errors=True)
     writer = LatentWriter(out_dir, p.pieces_per_part, metadata={"representation": p.representation})
     stats = {"pieces": 0, "skipped_no_bars": 0, "bars": 0, "bars_truncated": 0}
     parts = sorted(Path(tokens_dir).glob("part-*.parquet"))
-    with torch.inference_mode(), tqdm(desc="latents", unit="piece") as bar:
+    with inference_mode(device, p.precision), tqdm(desc="latents", unit="piece") as bar:
         for part in parts:  # one token part in memory at a time
             rows = pq.read_table(part).to_pylist()
             stats["skipped_no_bars"] += sum(not r["bar_starts"] for r in rows)

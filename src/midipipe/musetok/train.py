@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from midipipe.core import params
 from midipipe.core.device import seed_everything
 from midipipe.core.params import TrainParams
 from midipipe.musetok import checkpoint
@@ -24,6 +25,7 @@ from midipipe.musetok.encode import decoder_sample
 from midipipe.musetok.model import MuseTok, MuseTokConfig
 from midipipe.musetok.vocab import EVENT_TO_ID, PAD_ID, PITCHES
 from midipipe.tokens.shards import tokens_by_split
+from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
 # id -> pitch for Note_Pitch tokens (-1 elsewhere), so transposition is one gather
@@ -33,9 +35,38 @@ for _p in PITCHES:
 _ID_OF_PITCH = {p: EVENT_TO_ID[f"Note_Pitch_{p}"] for p in PITCHES}
 
 
+# The `musetok:` keys each `profile:` sets (params.yaml leaves them null). cpu: a few-hundred-
+# k-parameter model, 6 epochs of ~25 s on 2 cores (3 leave the first RVQ levels collapsed).
+# gpu: the reference's config/tokenization.yaml (12 + 12 layers x 512, 16 levels x 2048
+# codes, 16-bar segments, 1280-token decoder window, lr 1e-4 = train.lr x 0.1 down to 5e-6,
+# clip 0.5).
+PROFILES: dict[str, dict] = {
+    "cpu": {
+        "size": "cpu_default",
+        "dec_seqlen": 256,
+        "max_bars": 8,
+        "train": {"batch_size": 16, "epochs": 6, "grad_clip": 0.5, "lr_scale": 1.0},
+    },
+    "gpu": {
+        "size": "official",
+        "dec_seqlen": 1280,
+        "max_bars": 16,
+        "train": {
+            "batch_size": 16,
+            "epochs": 30,
+            "grad_clip": 0.5,
+            "lr_scale": 0.1,
+            "min_lr": 5e-6,
+        },
+    },
+}
+SIZES = ("cpu_default", "small", "large", "official")
+
+
 @dataclass
 class MuseTokTrainParams:
-    """`musetok:` section of params.yaml (training keys override `train:`)."""
+    """`musetok:` section of params.yaml (training keys override `train:`), its null keys
+    filled by the profile (`PROFILES`)."""
 
     checkpoint: str | None = None  # a pretrained model (dir or official model.pt) instead
     size: str = "cpu_default"  # cpu_default | small | large | official
@@ -45,6 +76,19 @@ class MuseTokTrainParams:
     augment: bool = True  # pitch transposition by -6..+6, as the reference
     max_pieces: int = 0  # cap on training pieces per epoch (0 = all)
     train: dict | None = None  # overrides of the shared `train:` defaults
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.size in SIZES, "size", f"one of {', '.join(SIZES)}"),
+            (self.dec_seqlen >= 8, "dec_seqlen", ">= 8"),
+            (self.max_bars >= 1, "max_bars", ">= 1"),
+        ]
+        params.require(self, "musetok", checks)
+
+
+def model_config(p: MuseTokTrainParams) -> MuseTokConfig:
+    """The architecture stage 03 trains: a named size with the decoder window of `p`."""
+    return dataclasses.replace(getattr(MuseTokConfig, p.size)(), dec_seqlen=p.dec_seqlen)
 
 
 def transpose(ids: np.ndarray, shift: int) -> np.ndarray:
@@ -206,7 +250,8 @@ def train_musetok(
         model.eval()
         with torch.inference_mode():
             valid_metrics = evaluate(model, valid, p, tp.batch_size)
-        checkpoint.save(model, out_dir)
+        if ddp.is_main():  # under torchrun the main process alone writes
+            checkpoint.save(model, out_dir)
         return MuseTokRun(
             {"source": "pretrained", "lr": tp.lr, **valid_metrics},
             [{"epoch": 0, **valid_metrics}],
@@ -214,7 +259,7 @@ def train_musetok(
         )
 
     seed_everything(tp.seed)
-    model = MuseTok(dataclasses.replace(getattr(MuseTokConfig, p.size)(), dec_seqlen=p.dec_seqlen))
+    model = MuseTok(model_config(p))
     n_pieces = min(len(train), p.max_pieces or len(train))
     job = Fit(
         model=model,

@@ -33,20 +33,29 @@ def is_main() -> bool:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """This process's GPU (by LOCAL_RANK) when several share a machine; CPU stays CPU."""
+    """This process's GPU (by LOCAL_RANK) when several share a machine, made the current
+    CUDA device so that NCCL's collectives and every unqualified `cuda` tensor land on it,
+    not all on GPU 0; CPU stays CPU."""
     if device.type == "cuda" and world_size() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     return device
 
 
 @contextlib.contextmanager
 def process_group(device: torch.device) -> Iterator[None]:
     """A process group for the length of a training run when torchrun started several
-    processes (gloo on CPU, nccl on CUDA); nothing otherwise."""
+    processes (gloo on CPU, nccl on CUDA); nothing otherwise. `device` comes from
+    `local_device`; NCCL is bound to it (`device_id`) so its communicator is made eagerly
+    on the right GPU."""
     if world_size() <= 1 or dist.is_initialized():
         yield
         return
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = local_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     try:
         yield
     finally:

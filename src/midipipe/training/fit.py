@@ -1,21 +1,22 @@
 """One training loop for every model: AdamW, warm-up + cosine, clipping, autocast, exact resume.
 
 A model section of params.yaml gives a `TrainParams` (shared `train` defaults plus its
-overrides). The loop saves, every epoch, the weights as safetensors and the optimizer,
-scheduler, step and RNG state as a torch file loaded back with `weights_only=True`, in a
-resume folder outside DVC's outputs (DVC deletes those before a stage runs), so an
-interrupted run (a crash or Ctrl+C) continues where it stopped and ends with the same
-weights as an uninterrupted one.
+overrides). Every `checkpoint_every` steps and at every epoch's end the loop writes a
+checkpoint (`training.checkpoint`: weights, optimizer, scheduler, GradScaler, step, the data
+position within the epoch and every RNG, as one atomic unit) in a resume folder outside
+DVC's outputs (DVC deletes those before a stage runs), so a run killed at any instant
+continues where its last checkpoint stood and ends with the same weights as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from midipipe.core.device import autocast_dtype, resolve_device, seed_everything
-from midipipe.core.io import atomic_path
+from midipipe.core.device import autocast_dtype, enable_tf32, resolve_device, seed_everything
 from midipipe.core.params import TrainParams
+from midipipe.training import checkpoint
 from midipipe.training import distributed as ddp
 
 log = logging.getLogger(__name__)
@@ -121,45 +122,6 @@ def accumulate(
     return loss_sum, logs, sum(weights)
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-
-
-def _save_resume(
-    out: Path,
-    model: nn.Module,
-    opt,
-    sched,
-    epoch: int,
-    step: int,
-    rng: torch.Generator,
-    history: list[dict],
-    best: float | None,
-    fingerprint: str,
-) -> None:
-    _save_weights(model, out / "model.safetensors")
-    state = {
-        "fingerprint": fingerprint,
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "rng": rng.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": json.dumps(random.getstate()),
-        "history": json.dumps(history),
-        "best": best if best is not None else float("nan"),
-    }
-    with atomic_path(out / "state.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def _python_rng(state: str):
-    version, internal, gauss = json.loads(state)
-    return version, tuple(internal), gauss
-
-
 def fit(
     job: Fit,
     tp: TrainParams,
@@ -173,12 +135,32 @@ def fit(
     At the end the model holds the weights of its best epoch on `job.best_key`, and
     `save_best` is called with it. Under `torchrun` the processes train one
     DistributedDataParallel model, each on its share of every step's micro-batches; the
-    main one validates, keeps the resume state and calls `save_best` (resume is exact in
-    a single process; with several, dropout draws after a resume differ).
+    main one validates, writes the checkpoints and calls `save_best` (resume is exact in
+    a single process; with several, the other processes' dropout draws after a resume
+    differ).
     """
     device = ddp.local_device(resolve_device(tp.device))
     with ddp.process_group(device):
         return _fit(job, tp, Path(resume_dir), save_best, fingerprint, device)
+
+
+def _fingerprint(tp: TrainParams, extra: dict | None) -> str:
+    """Params and data a checkpoint is only valid for (not how often it is written)."""
+    train = {k: v for k, v in dataclasses.asdict(tp).items() if k != "checkpoint_every"}
+    return json.dumps({"train": train, **(extra or {})}, sort_keys=True, default=str)
+
+
+@dataclass
+class _Progress:
+    """Where training stands: what a checkpoint holds besides weights and optimizer."""
+
+    epoch: int = 0  # the epoch under way (or next)
+    position: int = 0  # step groups of it already consumed
+    step: int = 0
+    best: float | None = None
+    sums: dict[str, float] = field(default_factory=dict)  # this epoch's train logs so far
+    n: int = 0
+    size: float = 0.0
 
 
 def _fit(
@@ -189,14 +171,10 @@ def _fit(
     fingerprint: dict | None,
     device: torch.device,
 ) -> Fit:
-    key = json.dumps(
-        {"train": dataclasses.asdict(tp), **(fingerprint or {})}, sort_keys=True, default=str
-    )
+    key = _fingerprint(tp, fingerprint)
     main, world = ddp.is_main(), ddp.world_size()
     amp = autocast_dtype(tp.precision, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
     model = job.model.to(device)
     net = model
     if world > 1:
@@ -210,43 +188,74 @@ def _fit(
     scaler = torch.amp.GradScaler(enabled=amp is torch.float16)
     rng = torch.Generator().manual_seed(tp.seed)  # the same batches in every process
     seed_everything(tp.seed + ddp.rank())  # different dropout in each
-    start_epoch, step, best = 0, 0, None
+    at = _Progress()
+    epoch_rng = rng.get_state()  # the batch order's state when the current epoch began
 
-    state = (
-        torch.load(out / "state.pt", map_location="cpu", weights_only=True)
-        if (out / "state.pt").exists()
-        else None
-    )
-    if state is not None and state["fingerprint"] != key:
-        log.info("ignoring resume state in %s: params or data changed", out)
-        state = None
-    if state is not None:
-        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+    saved = checkpoint.read(out)
+    if saved is not None and saved.meta["fingerprint"] != key:
+        log.info("ignoring the checkpoint in %s: params or data changed", out)
+        saved = None
+    resume_rngs = None
+    if saved is not None:
+        state = saved.state()
+        model.load_state_dict(load_file(str(saved.folder / checkpoint.WEIGHTS), device=str(device)))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        rng.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(_python_rng(state["python_rng"]))
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        job.history = json.loads(state["history"])
-        best = None if math.isnan(state["best"]) else state["best"]
-        log.info("resuming from epoch %d (step %d)", start_epoch, step)
+        scaler.load_state_dict(state["scaler"])
+        at = _Progress(**saved.meta["progress"])
+        job.history = saved.meta["history"]
+        epoch_rng = state["epoch_rng"]
+        resume_rngs = state
+        log.info(
+            "resuming at epoch %d, step %d (%d into the epoch)", at.epoch + 1, at.step, at.position
+        )
+
+    def save(best_weights: dict | None = None) -> None:
+        tensors, plain = checkpoint.global_rngs()
+        state = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng.get_state(),
+            "epoch_rng": epoch_rng,
+            **tensors,
+        }
+        meta = {
+            "fingerprint": key,
+            "progress": dataclasses.asdict(at),
+            "history": job.history,
+            **plain,
+        }
+        checkpoint.write(out, checkpoint.weights(model), state, meta, best_weights)
 
     better = (lambda a, b: a < b) if job.best_mode == "min" else (lambda a, b: a > b)
-    epoch = start_epoch
     try:
-        for epoch in range(start_epoch, tp.epochs):
+        for epoch in range(at.epoch, tp.epochs):
             model.train()
-            t0, sums, n, size = time.perf_counter(), {}, 0, 0.0
+            t0 = time.perf_counter()
+            if resume_rngs is None:
+                epoch_rng = rng.get_state()
+            else:  # the same batches as the interrupted run: replay its order, skip what it did
+                rng.set_state(epoch_rng)
+            groups = step_groups(job.train_batches(epoch, rng), job.grad_accum * world)
+            if resume_rngs is not None:
+                for _ in itertools.islice(groups, at.position):
+                    pass
+                rng.set_state(resume_rngs["rng"])
+                if main:  # other processes keep their own dropout seeds
+                    checkpoint.set_global_rngs(resume_rngs, saved.meta)
+                resume_rngs = None
             bar = tqdm(
-                step_groups(job.train_batches(epoch, rng), job.grad_accum * world),
+                groups,
                 total=steps_per_epoch,
+                initial=at.position,
                 desc=f"epoch {epoch + 1}/{tp.epochs}",
                 unit="step",
                 leave=False,
                 disable=not main,
             )
             for group in bar:
+                at.position += 1
                 if len(group) < world:  # a short last step would leave a process idle
                     continue
                 opt.zero_grad(set_to_none=True)
@@ -256,12 +265,14 @@ def _fit(
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                step += 1
-                n += 1
-                size += weight
+                at.step += 1
+                at.n += 1
+                at.size += weight
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    at.sums[k] = at.sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{loss:.3f}")
+                if main and tp.checkpoint_every and at.step % tp.checkpoint_every == 0:
+                    save()
             model.eval()
             valid = None
             if main:
@@ -270,32 +281,34 @@ def _fit(
             valid = ddp.from_main(valid)
             row = {
                 "epoch": epoch + 1,
-                "step": step,
+                "step": at.step,
                 "lr": sched.get_last_lr()[0],
-                **{f"train_{k}": v / max(1, n) for k, v in sums.items()},
-                **({"train_size": size} if job.micro_weight else {}),
+                **{f"train_{k}": v / max(1, at.n) for k, v in at.sums.items()},
+                **({"train_size": at.size} if job.micro_weight else {}),
                 **valid,
                 "epoch_s": round(time.perf_counter() - t0, 2),
             }
             job.history.append(row)
             if main:
                 log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
-            if best is None or better(valid[job.best_key], best):
-                best = valid[job.best_key]
-                if main:
-                    _save_weights(model, out / "best.safetensors")
+            improved = at.best is None or better(valid[job.best_key], at.best)
+            if improved:
+                at.best = valid[job.best_key]
+            at = _Progress(epoch=epoch + 1, step=at.step, best=at.best)
+            epoch_rng = rng.get_state()
             if main:
-                _save_resume(out, model, opt, sched, epoch, step, rng, job.history, best, key)
+                save(checkpoint.weights(model) if improved else None)
     except KeyboardInterrupt:
         log.warning(
-            "interrupted in epoch %d: the last finished epoch is saved in %s; run again to resume",
-            epoch + 1,
+            "interrupted in epoch %d: the last checkpoint is in %s; run again to resume",
+            at.epoch + 1,
             out,
         )
         raise SystemExit(130) from None
     if main:
-        if (out / "best.safetensors").exists():
-            model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
+        last = checkpoint.found(out)
+        if last is not None and (last / checkpoint.BEST).exists():
+            model.load_state_dict(load_file(str(last / checkpoint.BEST), device=str(device)))
         save_best(model)
         shutil.rmtree(out, ignore_errors=True)
     return job
