@@ -13,6 +13,7 @@ from midipipe.core.params import TrainParams
 from midipipe.generator import windows as gd
 from midipipe.generator.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
 from midipipe.generator.sampling import (
+    GrammarState,
     RemiGrammar,
     Request,
     SampleConfig,
@@ -344,21 +345,22 @@ def test_a_batch_samples_what_each_row_would_alone(tokenizer):
 
 def test_grammar_rules(tokenizer):
     g, v = RemiGrammar(tokenizer), tokenizer.vocab
+    state = GrammarState(g, 1, torch.device("cpu"))
+
+    def step(*tokens: str) -> None:
+        for token in tokens:
+            state.step(torch.tensor([v[token]]), torch.tensor([True]))
 
     def allowed_kinds() -> set[str]:
-        return {g.kind[i] for i in g.allowed().nonzero().flatten().tolist()}
+        return {g.kind[i] for i in state.allowed()[0].nonzero().flatten().tolist()}
 
     assert allowed_kinds() == {"Bar"}
-    for token in ("Bar_None", "TimeSig_3/4", "Position_8"):
-        g.step(v[token])
-    g.step(v["Program_-1"])
+    step("Bar_None", "TimeSig_3/4", "Position_8", "Program_-1")
     assert allowed_kinds() == {"PitchDrum"}
-    for token in ("PitchDrum_40", "Velocity_63", "Duration_1.0.8", "Program_-1"):
-        g.step(v[token])
-    assert not g.allowed()[v["PitchDrum_40"]]  # no note twice at one position
-    for token in ("PitchDrum_41", "Velocity_63", "Duration_1.0.8"):
-        g.step(v[token])
-    allowed = g.allowed()
+    step("PitchDrum_40", "Velocity_63", "Duration_1.0.8", "Program_-1")
+    assert not state.allowed()[0, v["PitchDrum_40"]]  # no note twice at one position
+    step("PitchDrum_41", "Velocity_63", "Duration_1.0.8")
+    allowed = state.allowed()[0]
     assert allowed[v["EOS_None"]] and allowed[v["Bar_None"]] and not allowed[v["TimeSig_4/4"]]
     positions = {
         int(tokenizer[i].split("_")[1])

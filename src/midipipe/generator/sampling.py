@@ -12,20 +12,29 @@ after a Bar; notes only after a Position), plus the value rules of `tokens_error
 (positions move forward inside the bar's length, no pitch twice at one position and
 program). A `repair` is a step where the model's most likely token broke the grammar, or an
 unfinished note cut off the end.
+
+Everything a token step does after the model runs on tensors on the model's device, for all
+rows at once: the grammar is a table of successor masks indexed by each row's state, the
+repetition penalty a scatter of the recent pitches, top-k/p a sort. No step copies to the
+host, so on CUDA nothing waits for the GPU but the check for finished rows, every
+`SYNC_EVERY` steps. Each row's random numbers are drawn from its own generator up front, one
+per step, which is what drawing one per step would give: a row's output does not depend on
+the batch it is sampled in.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import symusic
 import torch
+from torch import Tensor
 
 from midipipe.core.io import atomic_path, write_json
 from midipipe.generator.gpt import GPT, check_vocab
@@ -33,6 +42,7 @@ from midipipe.generator.gpt import GPT, check_vocab
 log = logging.getLogger(__name__)
 
 SPECIAL = ("PAD", "BOS", "EOS", "MASK")
+SYNC_EVERY = 32  # token steps between checks for finished rows on CUDA (each one waits)
 
 
 @dataclass
@@ -78,7 +88,9 @@ class SampleConfig:
 
 
 class RemiGrammar:
-    """Which token ids may come next, given the tokens so far (fed one by one to `step`)."""
+    """The grammar as tables over the vocabulary, built once per tokenizer: a successor mask
+    per state (the kind of the last token, plus `start` and `ProgramDrum`), and what each
+    token does to a row's state (`GrammarState`)."""
 
     def __init__(self, tokenizer) -> None:
         vocab = tokenizer.vocab
@@ -89,16 +101,9 @@ class RemiGrammar:
             self.kind[i], self.value[i] = token.split("_", 1)
         self.eos = vocab["EOS_None"]
         self.bar = vocab.get("Bar_None")
-        self.pos_per_beat = tokenizer.config.max_num_pos_per_beat
-        kinds = set(self.kind) - set(SPECIAL)
-        self.masks = {k: torch.tensor([t == k for t in self.kind]) for k in kinds}
-        by_value = sorted(
-            (int(self.value[i]), i) for i in range(self.n) if self.kind[i] == "Position"
-        )
-        self.position_ids = torch.tensor([i for _, i in by_value], dtype=torch.long)
-        self.position_values = [v for v, _ in by_value]
+        self.pad = tokenizer.pad_token_id
         self.pitch_kinds = {"Pitch", "PitchDrum"}
-
+        kinds = set(self.kind) - set(SPECIAL)
         graph = {k: set(v) & kinds for k, v in tokenizer.tokens_types_graph.items() if k in kinds}
         graph["ProgramDrum"] = graph.get("Program", set()) & {"PitchDrum"}
         if "Program" in graph:
@@ -111,106 +116,262 @@ class RemiGrammar:
         # EOS where a bar could begin: after a whole note, tempo or time signature
         self.complete = {k for k, succ in graph.items() if "Bar" in succ}
         graph["start"] = {"Bar"} if "Bar" in kinds else set(kinds)
-        self.successors = {}
-        for key, succ in graph.items():
-            mask = torch.zeros(self.n, dtype=torch.bool)
-            for k in succ:
-                mask |= self.masks[k]
-            mask[self.eos] = key in self.complete
-            self.successors[key] = mask
-        self.reset()
 
-    def fresh(self) -> RemiGrammar:
-        """A grammar at the start of a piece sharing this one's tables (cheap to build)."""
-        other = copy.copy(self)
-        other.reset()
-        return other
-
-    def reset(self) -> None:
-        self.state = "start"
-        self.position = -1
-        self.bar_positions = 4 * self.pos_per_beat  # 4/4 until a TimeSig says otherwise
-        self.program = 0
-        self.played: set[tuple[int, int]] = set()  # (program, pitch id) at this position
-        self.bars = 0
-
-    def step(self, token: int) -> None:
-        kind, value = self.kind[token], self.value[token]
-        if kind in SPECIAL:
-            return
-        if kind == "Bar":
-            self.bars += 1
-            self.position, self.played = -1, set()
-        elif kind == "TimeSig":
-            self.bar_positions = int(value.split("/")[0]) * self.pos_per_beat
-        elif kind == "Position":
-            self.position, self.played = int(value), set()
-        elif kind == "Program":
-            self.program = int(value)
-        elif kind in self.pitch_kinds:
-            self.played.add((self.program, token))
-        self.state = "ProgramDrum" if kind == "Program" and self.program == -1 else kind
-
-    def allowed(self) -> torch.Tensor:
-        """Bool mask over the vocabulary."""
-        mask = self.successors[self.state].clone()
-        if mask[self.position_ids].any():
-            lo = next(
-                (i for i, v in enumerate(self.position_values) if v > self.position),
-                len(self.position_values),
-            )
-            hi = next(
-                (i for i, v in enumerate(self.position_values) if v >= self.bar_positions),
-                len(self.position_values),
-            )
-            mask[self.position_ids[:lo]] = False
-            mask[self.position_ids[hi:]] = False
-        for program, token in self.played:
-            if program == self.program:
-                mask[token] = False
-        if not mask.any():  # every pitch used at this position: drop the value rules
-            mask = self.successors[self.state].clone()
-        return mask
+        states = sorted(kinds | set(graph))
+        index = {s: i for i, s in enumerate(states)}
+        self.start = index["start"]
+        self.successors = torch.tensor(
+            [[k in graph.get(state, ()) for k in self.kind] for state in states],
+            dtype=torch.bool,
+        )
+        self.successors[:, self.eos] = torch.tensor([s in self.complete for s in states])
+        self.programs = sorted(
+            {0} | {int(v) for k, v in zip(self.kind, self.value, strict=True) if k == "Program"}
+        )
+        slot = {p: i for i, p in enumerate(self.programs)}
+        per_beat = tokenizer.config.max_num_pos_per_beat
+        self.default_bar_positions = 4 * per_beat  # 4/4 until a TimeSig says otherwise
+        self.state_of = torch.full((self.n,), -1, dtype=torch.long)  # -1: specials keep it
+        self.value_of = torch.zeros(self.n, dtype=torch.long)  # position, program slot, ...
+        self.is_ = {
+            k: torch.zeros(self.n, dtype=torch.bool)
+            for k in ("bar", "position", "timesig", "program", "pitch")
+        }
+        for i, (k, v) in enumerate(zip(self.kind, self.value, strict=True)):
+            if k in SPECIAL:
+                continue
+            self.state_of[i] = index["ProgramDrum" if k == "Program" and v == "-1" else k]
+            if k == "Bar":
+                self.is_["bar"][i] = True
+            elif k == "Position":
+                self.is_["position"][i], self.value_of[i] = True, int(v)
+            elif k == "TimeSig":
+                self.is_["timesig"][i], self.value_of[i] = True, int(v.split("/")[0]) * per_beat
+            elif k == "Program":
+                self.is_["program"][i], self.value_of[i] = True, slot[int(v)]
+            elif k in self.pitch_kinds:
+                self.is_["pitch"][i] = True
+        self.default_program = slot[0]
 
     def is_complete(self, token: int) -> bool:
         """Whether a sequence may end on `token` (a note, tempo or time signature is whole)."""
         return self.kind[token] in self.complete
 
 
+class GrammarState:
+    """Where each row of a batch stands in the grammar, as tensors on `device`: its state,
+    position, bar length, program, bar count, and the (program, pitch) pairs played at its
+    current position."""
+
+    def __init__(self, grammar: RemiGrammar, n: int, device: torch.device) -> None:
+        self.successors = grammar.successors.to(device)
+        self.state_of = grammar.state_of.to(device)
+        self.value_of = grammar.value_of.to(device)
+        self.is_ = {k: v.to(device) for k, v in grammar.is_.items()}
+        self.rows = torch.arange(n, device=device)
+        self.state = torch.full((n,), grammar.start, dtype=torch.long, device=device)
+        self.position = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.bar_positions = torch.full(
+            (n,), grammar.default_bar_positions, dtype=torch.long, device=device
+        )
+        self.program = torch.full((n,), grammar.default_program, dtype=torch.long, device=device)
+        self.bars = torch.zeros(n, dtype=torch.long, device=device)
+        self.played = torch.zeros(
+            n, len(grammar.programs), grammar.n, dtype=torch.bool, device=device
+        )
+
+    def allowed(self) -> Tensor:
+        """Bool mask [n, vocab]: the state's successors, positions forward inside the bar,
+        no pitch twice at a position and program (unless that leaves nothing)."""
+        succ = self.successors[self.state]
+        v = self.value_of[None, :]
+        forward = (v > self.position[:, None]) & (v < self.bar_positions[:, None])
+        ok = forward | ~self.is_["position"]
+        mask = succ & ok & ~self.played[self.rows, self.program]
+        return torch.where(mask.any(1, keepdim=True), mask, succ)
+
+    def step(self, tokens: Tensor, moving: Tensor) -> None:
+        """Advance the rows where `moving` by their token [n]; special tokens change nothing."""
+        move = moving & (self.state_of[tokens] >= 0)
+        value = self.value_of[tokens]
+        bar = move & self.is_["bar"][tokens]
+        position = move & self.is_["position"][tokens]
+        self.bars += bar
+        self.position = torch.where(bar, -1, torch.where(position, value, self.position))
+        self.played &= ~(bar | position)[:, None, None]
+        self.bar_positions = torch.where(
+            move & self.is_["timesig"][tokens], value, self.bar_positions
+        )
+        self.program = torch.where(move & self.is_["program"][tokens], value, self.program)
+        pitch = move & self.is_["pitch"][tokens]
+        self.played[self.rows, self.program, tokens] |= pitch
+        self.state = torch.where(move, self.state_of[tokens], self.state)
+
+
 # -- sampling --------------------------------------------------------------------------------
 
 
 def choose(
-    logits: torch.Tensor,
-    allowed: torch.Tensor,
-    cfg: SampleConfig,
-    penalized: Sequence[Sequence[int]],
-    gens: Sequence[torch.Generator],
-) -> list[int]:
-    """One token per row of float logits [B, V]: repetition penalty (on each row's
-    `penalized` ids), grammar, temperature, top-k/p, then a draw from the row's generator."""
-    logits = logits.clone()
-    if cfg.repetition_penalty != 1.0:
-        pen = torch.zeros_like(allowed)
-        for row, ids in enumerate(penalized):
-            pen[row, list(ids)] = True
+    logits: Tensor, allowed: Tensor, cfg: SampleConfig, penalized: Tensor | None, u: Tensor
+) -> Tensor:
+    """One token per row of float logits [B, V]: repetition penalty (where the bool
+    `penalized` [B, V] is set), grammar, temperature, top-k/p, then inverse-CDF draws at the
+    uniforms `u` [B] (float64)."""
+    if penalized is not None:
         rp = cfg.repetition_penalty
-        logits = torch.where(pen, torch.where(logits > 0, logits / rp, logits * rp), logits)
-    logits[~allowed] = float("-inf")
-    logits /= cfg.temperature
+        logits = torch.where(penalized, torch.where(logits > 0, logits / rp, logits * rp), logits)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    if cfg.temperature != 1.0:
+        logits = logits / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.shape[1]:
         kth = torch.topk(logits, cfg.top_k, dim=1).values[:, -1:]
-        logits[logits < kth] = float("-inf")
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=1)
     if cfg.top_p < 1.0:
         sorted_p, order = probs.sort(dim=1, descending=True)
         drop = sorted_p.cumsum(1) - sorted_p >= cfg.top_p  # keeps the first token always
         probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
     cdf = probs.double().cumsum(1)
-    u = torch.tensor([float(torch.rand(1, generator=g)) for g in gens], dtype=torch.double)
     picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     last = probs.shape[1] - 1 - (probs > 0).flip(1).int().argmax(1)  # rounding at u -> 1
-    return torch.minimum(picks, last).tolist()
+    return torch.minimum(picks, last)
+
+
+class TokenSampler:
+    """The token steps of a batch of pieces after the model: grammar, penalty, top-k/p and the
+    draw, with each row's history and stats, all on the model's device.
+
+    Rows finish on EOS (or on the Bar past `cfg.max_bars`) and are fed PAD from then on, so
+    all rows stay in step. Row i draws its uniforms from `gens[i]`, one per step it is live.
+    """
+
+    def __init__(
+        self,
+        grammar: RemiGrammar,
+        cfg: SampleConfig,
+        gens: Sequence[torch.Generator],
+        primers: Sequence[Sequence[int]],
+        bos: int,
+        device: torch.device,
+    ) -> None:
+        self.g, self.cfg, self.n = grammar, cfg, len(primers)
+        start = [[bos, *p] for p in primers]
+        self.length = len(start[0])
+        self.hist = torch.full(
+            (self.n, self.length + cfg.max_tokens), grammar.pad, dtype=torch.long, device=device
+        )
+        self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
+        self.state = GrammarState(grammar, self.n, device)
+        every = torch.ones(self.n, dtype=torch.bool, device=device)
+        for j in range(1, self.length):
+            self.state.step(self.hist[:, j], every)
+        self.u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens])
+        self.u = self.u.double().to(device)
+        self.is_pitch = self.state.is_["pitch"]
+        self.live = every.clone()
+        self.new = torch.zeros(self.n, dtype=torch.long, device=device)
+        self.repairs = torch.zeros(self.n, dtype=torch.long, device=device)
+        self.masked = torch.zeros(self.n, dtype=torch.float64, device=device)
+        self.done_at = torch.full((self.n,), -1, dtype=torch.long, device=device)
+        self.t = 0
+        self.times: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def seen(self, last: int) -> Tensor:
+        """Each row's last `last` tokens [n, <= last] (BOS and primer included)."""
+        return self.hist[:, max(0, self.length - last) : self.length]
+
+    def step(self, logits: Tensor) -> Tensor:
+        """Sample one token per row from float logits [n, V]; returns what to feed next [n]
+        (PAD for finished rows)."""
+        cfg, g, t = self.cfg, self.g, self.t
+        allowed = self.state.allowed()
+        if t < cfg.min_tokens:
+            allowed[:, g.eos] = False
+        wrong = ~allowed.gather(1, logits.argmax(1, keepdim=True))[:, 0]
+        off = torch.softmax(logits, 1).masked_fill(allowed, 0.0).sum(1)
+        penalized = None
+        if cfg.repetition_penalty != 1.0:
+            penalized = torch.zeros_like(allowed)
+            if cfg.repetition_window:
+                penalized.scatter_(1, self.seen(cfg.repetition_window), True)
+            penalized &= self.is_pitch
+        tokens = choose(logits, allowed, cfg, penalized, self.u[:, t])
+        self.repairs += wrong & self.live
+        self.masked += torch.where(self.live, off.double(), 0.0)
+        self.new += self.live
+        end = tokens == g.eos
+        if cfg.max_bars and g.bar is not None:
+            end |= (tokens == g.bar) & (self.state.bars >= cfg.max_bars)
+        end &= self.live
+        self.done_at = torch.where(end, t, self.done_at)
+        self.live = self.live & ~end
+        self.state.step(tokens, self.live)
+        fed = torch.where(self.live, tokens, g.pad)
+        self.hist[:, self.length] = fed
+        self.length += 1
+        self.t += 1
+        self.times.append(time.perf_counter() - self.t0)
+        return fed
+
+    def finished(self) -> bool:
+        """Whether every row has ended (waits for the device)."""
+        return not bool(self.live.any())
+
+    def results(self, guided: Sequence[bool]) -> list[tuple[list[int], dict]]:
+        """Each row's ids and stats (`finish_row`); row i's tokens/s over the time until it
+        finished."""
+        end = time.perf_counter() - self.t0
+        hist = self.hist[:, : self.length].tolist()
+        done_at, new = self.done_at.tolist(), self.new.tolist()
+        repairs, masked = self.repairs.tolist(), self.masked.tolist()
+        return [
+            finish_row(
+                self.g,
+                hist[i],
+                new[i],
+                repairs[i],
+                masked[i],
+                self.times[done_at[i]] if done_at[i] >= 0 else end,
+                guided[i],
+            )
+            for i in range(self.n)
+        ]
+
+
+def sync_every(device: torch.device) -> int:
+    """Steps between checks for finished rows: every step on CPU (a check costs nothing
+    there), every `SYNC_EVERY` on an accelerator (a check waits for it)."""
+    return 1 if device.type == "cpu" else SYNC_EVERY
+
+
+@contextlib.contextmanager
+def inference_precision(device: torch.device):
+    """bf16 autocast and TF32 matmuls on CUDA (the caller's TF32 settings restored after);
+    nothing on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def run_steps(
+    sampler: TokenSampler, forward: Callable[[Tensor], Tensor], feed: Tensor, device
+) -> None:
+    """Alternate `forward` (fed tokens [n, t] -> float logits [n, V] of the next one) and a
+    sampler step until every row ended or `max_tokens` steps ran."""
+    every = sync_every(device)
+    for t in range(sampler.cfg.max_tokens):
+        fed = sampler.step(forward(feed))
+        if t == sampler.cfg.max_tokens - 1 or ((t + 1) % every == 0 and sampler.finished()):
+            return
+        feed = fed[:, None]
 
 
 @dataclass
@@ -233,8 +394,8 @@ def generate(
     """REMI ids (primer included, no BOS/EOS) continuing `primer_ids` for `composer_id`, and
     stats {tokens, bars, repairs, trimmed, masked_mass, tokens_per_s, guided}.
 
-    Without the cache every step recomputes the last `context` tokens: the baseline the
-    benchmark compares against (identical output while the sequence fits the context).
+    Without the cache every step recomputes the last `context` tokens (identical output while
+    the sequence fits the context).
     """
     cfg = cfg or SampleConfig()
     request = Request(composer_id, primer_ids or (), cfg.seed)
@@ -261,78 +422,37 @@ def generate_batch(
             raise ValueError(
                 f"composer id {r.composer_id} outside 0..{model.config.n_composers - 1}"
             )
-    base = RemiGrammar(tokenizer)
-    primers = [[t for t in r.primer if base.kind[t] not in SPECIAL] for r in requests]
+    grammar = RemiGrammar(tokenizer)
+    primers = [[t for t in r.primer if grammar.kind[t] not in SPECIAL] for r in requests]
     if len({len(p) for p in primers}) > 1:
         raise ValueError("generate_batch: primers must have the same length")
-    grammars = [base.fresh() for _ in requests]
-    for g, p in zip(grammars, primers, strict=True):
-        for t in p:
-            g.step(t)
     device = next(model.parameters()).device
-    bos, pad, context = tokenizer.vocab["BOS_None"], tokenizer.pad_token_id, model.config.context
-    n = len(requests)
+    n, context = len(requests), model.config.context
     ids = [r.composer_id for r in requests]
     guided = cfg.guidance != 1.0 and any(ids)
-    pitches = base.pitch_kinds
     composers = torch.tensor(ids + [0] * n if guided else ids, device=device)
     gens = [torch.Generator().manual_seed(r.seed) for r in requests]
+    sampler = TokenSampler(grammar, cfg, gens, primers, tokenizer.vocab["BOS_None"], device)
+    cache = model.new_cache() if use_cache else None
     model.eval()
 
-    seqs = [[bos, *p] for p in primers]
-    feed, cache = [list(s) for s in seqs], model.new_cache() if use_cache else None
-    done = [False] * n
-    new, repairs, masked, elapsed = [0] * n, [0] * n, [0.0] * n, [0.0] * n
-    t0 = time.perf_counter()
-    for _ in range(cfg.max_tokens):
-        if use_cache:
-            x = torch.tensor(feed, device=device)
-            logits, _ = model(x.repeat(2, 1) if guided else x, composers, cache, last_only=True)
-        else:
-            win = [s[-context:] for s in seqs]
-            x = torch.tensor(win, device=device)
-            start = len(seqs[0]) - len(win[0])
+    def forward(feed: Tensor) -> Tensor:
+        if cache is None:  # the last `context` tokens again
+            feed = sampler.seen(context)
+        start = sampler.length - feed.shape[1]
+        with inference_precision(device):
             logits, _ = model(
-                x.repeat(2, 1) if guided else x, composers, start_pos=start, last_only=True
+                feed.repeat(2, 1) if guided else feed,
+                composers,
+                cache,
+                start_pos=start,
+                last_only=True,
             )
-        last = logits[:, -1].float().cpu()
-        z = last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
-        live = [i for i in range(n) if not done[i]]
-        allowed = torch.stack([grammars[i].allowed() for i in live])
-        for row, i in enumerate(live):
-            if new[i] < cfg.min_tokens:
-                allowed[row, grammars[i].eos] = False
-        z = z[live]
-        wrong = ~allowed.gather(1, z.argmax(1, keepdim=True))[:, 0]
-        off = torch.softmax(z, 1).masked_fill(allowed, 0.0).sum(1)
-        penalized = [
-            [t for t in seqs[i][-cfg.repetition_window :] if grammars[i].kind[t] in pitches]
-            if cfg.repetition_window
-            else []
-            for i in live
-        ]
-        tokens = choose(z, allowed, cfg, penalized, [gens[i] for i in live])
-        step = [pad] * n  # finished rows are fed PAD, so all rows stay in step
-        for row, (i, token) in enumerate(zip(live, tokens, strict=True)):
-            g = grammars[i]
-            repairs[i] += int(wrong[row])
-            masked[i] += float(off[row])
-            new[i] += 1
-            if token == g.eos or (token == g.bar and cfg.max_bars and g.bars >= cfg.max_bars):
-                done[i], elapsed[i] = True, time.perf_counter() - t0
-            else:
-                g.step(token)
-                step[i] = token
-        for s, t in zip(seqs, step, strict=True):
-            s.append(t)
-        feed = [[t] for t in step]
-        if all(done):
-            break
-    end = time.perf_counter() - t0
-    return [
-        finish_row(g, s, new[i], repairs[i], masked[i], elapsed[i] or end, bool(ids[i]) and guided)
-        for i, (g, s) in enumerate(zip(grammars, seqs, strict=True))
-    ]
+        last = logits[:, -1].float()
+        return last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
+
+    run_steps(sampler, forward, sampler.seen(sampler.length), device)
+    return sampler.results([bool(i) and guided for i in ids])
 
 
 def finish_row(
