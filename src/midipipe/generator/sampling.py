@@ -89,8 +89,9 @@ class SampleConfig:
 
 class RemiGrammar:
     """The grammar as tables over the vocabulary, built once per tokenizer: a successor mask
-    per state (the kind of the last token, plus `start` and `ProgramDrum`), and what each
-    token does to a row's state (`GrammarState`)."""
+    per state (the kind of the last token, plus `start` and `ProgramDrum`), which positions
+    may follow a position in a bar of a given length, and what each token does to a row's
+    state (`GrammarState`)."""
 
     def __init__(self, tokenizer) -> None:
         vocab = tokenizer.vocab
@@ -116,96 +117,103 @@ class RemiGrammar:
         # EOS where a bar could begin: after a whole note, tempo or time signature
         self.complete = {k for k, succ in graph.items() if "Bar" in succ}
         graph["start"] = {"Bar"} if "Bar" in kinds else set(kinds)
+        self._tables(tokenizer.config.max_num_pos_per_beat, graph)
 
-        states = sorted(kinds | set(graph))
+    def _tables(self, per_beat: int, graph: dict[str, set[str]]) -> None:
+        states = sorted(set(self.kind) - set(SPECIAL) | set(graph))
         index = {s: i for i, s in enumerate(states)}
-        self.start = index["start"]
         self.successors = torch.tensor(
             [[k in graph.get(state, ()) for k in self.kind] for state in states],
             dtype=torch.bool,
         )
         self.successors[:, self.eos] = torch.tensor([s in self.complete for s in states])
-        self.programs = sorted(
-            {0} | {int(v) for k, v in zip(self.kind, self.value, strict=True) if k == "Program"}
+        pairs = list(zip(self.kind, self.value, strict=True))
+        positions = [int(v) if k == "Position" else -1 for k, v in pairs]
+        lengths = sorted(
+            {4 * per_beat} | {int(v.split("/")[0]) * per_beat for k, v in pairs if k == "TimeSig"}
         )
-        slot = {p: i for i, p in enumerate(self.programs)}
-        per_beat = tokenizer.config.max_num_pos_per_beat
-        self.default_bar_positions = 4 * per_beat  # 4/4 until a TimeSig says otherwise
-        self.state_of = torch.full((self.n,), -1, dtype=torch.long)  # -1: specials keep it
-        self.value_of = torch.zeros(self.n, dtype=torch.long)  # position, program slot, ...
-        self.is_ = {
-            k: torch.zeros(self.n, dtype=torch.bool)
-            for k in ("bar", "position", "timesig", "program", "pitch")
-        }
-        for i, (k, v) in enumerate(zip(self.kind, self.value, strict=True)):
+        programs = sorted({0} | {int(v) for k, v in pairs if k == "Program"})
+        self.n_programs = len(programs)
+        # position_ok[position + 1, bar length index, token]: Position tokens move forward
+        # inside the bar; other tokens always pass
+        value = torch.tensor(positions)[None, None, :]
+        now = torch.arange(-1, max(positions) + 1)[:, None, None]
+        length = torch.tensor(lengths)[None, :, None]
+        self.position_ok = (value < 0) | ((value > now) & (value < length))
+        # what a token does to a row's state fields (FIELDS): set a field to a value, add
+        self.sets = torch.zeros(self.n, len(FIELDS), dtype=torch.bool)
+        self.to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
+        self.adds = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
+        self.is_pitch = torch.tensor([k in self.pitch_kinds for k in self.kind])
+        for i, (k, v) in enumerate(pairs):
             if k in SPECIAL:
                 continue
-            self.state_of[i] = index["ProgramDrum" if k == "Program" and v == "-1" else k]
+            state = index["ProgramDrum" if k == "Program" and v == "-1" else k]
+            field_values = {STATE: state}
             if k == "Bar":
-                self.is_["bar"][i] = True
+                field_values[POSITION] = -1
+                self.adds[i, BARS] = self.adds[i, EPOCH] = 1  # a new bar, nothing played
             elif k == "Position":
-                self.is_["position"][i], self.value_of[i] = True, int(v)
+                field_values[POSITION] = int(v)
+                self.adds[i, EPOCH] = 1
             elif k == "TimeSig":
-                self.is_["timesig"][i], self.value_of[i] = True, int(v.split("/")[0]) * per_beat
+                field_values[LENGTH] = lengths.index(int(v.split("/")[0]) * per_beat)
             elif k == "Program":
-                self.is_["program"][i], self.value_of[i] = True, slot[int(v)]
-            elif k in self.pitch_kinds:
-                self.is_["pitch"][i] = True
-        self.default_program = slot[0]
+                field_values[PROGRAM] = programs.index(int(v))
+            for f, x in field_values.items():
+                self.sets[i, f], self.to[i, f] = True, x
+        self.initial = torch.zeros(len(FIELDS), dtype=torch.long)
+        self.initial[STATE], self.initial[POSITION] = index["start"], -1
+        self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
+        self.initial[PROGRAM], self.initial[EPOCH] = programs.index(0), 1
 
     def is_complete(self, token: int) -> bool:
         """Whether a sequence may end on `token` (a note, tempo or time signature is whole)."""
         return self.kind[token] in self.complete
 
 
+# a row's grammar state: last token's kind (or start/ProgramDrum), position in the bar (-1:
+# none yet), bar length index, program index, bars so far, and a counter that moves with each
+# Bar or Position, so "played at this position" is "played in this epoch"
+FIELDS = STATE, POSITION, LENGTH, PROGRAM, BARS, EPOCH = range(6)
+
+
 class GrammarState:
-    """Where each row of a batch stands in the grammar, as tensors on `device`: its state,
-    position, bar length, program, bar count, and the (program, pitch) pairs played at its
-    current position."""
+    """Where each row of a batch stands in the grammar, as tensors on `device`: its fields
+    (FIELDS) [n, 6], and for each program and pitch the epoch it was last played in."""
 
     def __init__(self, grammar: RemiGrammar, n: int, device: torch.device) -> None:
-        self.successors = grammar.successors.to(device)
-        self.state_of = grammar.state_of.to(device)
-        self.value_of = grammar.value_of.to(device)
-        self.is_ = {k: v.to(device) for k, v in grammar.is_.items()}
+        for name in ("successors", "position_ok", "sets", "to", "adds", "is_pitch"):
+            setattr(self, name, getattr(grammar, name).to(device))
+        self.n_vocab = grammar.n
         self.rows = torch.arange(n, device=device)
-        self.state = torch.full((n,), grammar.start, dtype=torch.long, device=device)
-        self.position = torch.full((n,), -1, dtype=torch.long, device=device)
-        self.bar_positions = torch.full(
-            (n,), grammar.default_bar_positions, dtype=torch.long, device=device
-        )
-        self.program = torch.full((n,), grammar.default_program, dtype=torch.long, device=device)
-        self.bars = torch.zeros(n, dtype=torch.long, device=device)
+        self.fields = grammar.initial.to(device).repeat(n, 1)
+        # [row, program, token], one spare token column that non-pitch steps write to
         self.played = torch.zeros(
-            n, len(grammar.programs), grammar.n, dtype=torch.bool, device=device
+            n, grammar.n_programs, grammar.n + 1, dtype=torch.int32, device=device
         )
+
+    @property
+    def bars(self) -> Tensor:
+        return self.fields[:, BARS]
 
     def allowed(self) -> Tensor:
         """Bool mask [n, vocab]: the state's successors, positions forward inside the bar,
         no pitch twice at a position and program (unless that leaves nothing)."""
-        succ = self.successors[self.state]
-        v = self.value_of[None, :]
-        forward = (v > self.position[:, None]) & (v < self.bar_positions[:, None])
-        ok = forward | ~self.is_["position"]
-        mask = succ & ok & ~self.played[self.rows, self.program]
+        f = self.fields
+        succ = self.successors[f[:, STATE]]
+        fresh = self.played[self.rows, f[:, PROGRAM], : self.n_vocab] != f[:, EPOCH, None]
+        mask = succ & self.position_ok[f[:, POSITION] + 1, f[:, LENGTH]] & fresh
         return torch.where(mask.any(1, keepdim=True), mask, succ)
 
     def step(self, tokens: Tensor, moving: Tensor) -> None:
         """Advance the rows where `moving` by their token [n]; special tokens change nothing."""
-        move = moving & (self.state_of[tokens] >= 0)
-        value = self.value_of[tokens]
-        bar = move & self.is_["bar"][tokens]
-        position = move & self.is_["position"][tokens]
-        self.bars += bar
-        self.position = torch.where(bar, -1, torch.where(position, value, self.position))
-        self.played &= ~(bar | position)[:, None, None]
-        self.bar_positions = torch.where(
-            move & self.is_["timesig"][tokens], value, self.bar_positions
-        )
-        self.program = torch.where(move & self.is_["program"][tokens], value, self.program)
-        pitch = move & self.is_["pitch"][tokens]
-        self.played[self.rows, self.program, tokens] |= pitch
-        self.state = torch.where(move, self.state_of[tokens], self.state)
+        move = moving[:, None]
+        self.fields = torch.where(self.sets[tokens] & move, self.to[tokens], self.fields)
+        self.fields += self.adds[tokens] * move
+        column = torch.where(moving & self.is_pitch[tokens], tokens, self.n_vocab)
+        f = self.fields
+        self.played[self.rows, f[:, PROGRAM], column] = f[:, EPOCH].int()
 
 
 # -- sampling --------------------------------------------------------------------------------
@@ -267,7 +275,7 @@ class TokenSampler:
             self.state.step(self.hist[:, j], every)
         self.u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens])
         self.u = self.u.double().to(device)
-        self.is_pitch = self.state.is_["pitch"]
+        self.is_pitch = self.state.is_pitch
         self.live = every.clone()
         self.new = torch.zeros(self.n, dtype=torch.long, device=device)
         self.repairs = torch.zeros(self.n, dtype=torch.long, device=device)
@@ -281,6 +289,17 @@ class TokenSampler:
         """Each row's last `last` tokens [n, <= last] (BOS and primer included)."""
         return self.hist[:, max(0, self.length - last) : self.length]
 
+    def penalized(self) -> Tensor | None:
+        """Bool [n, V]: the pitches among each row's last `repetition_window` tokens (None
+        when the penalty is off)."""
+        cfg = self.cfg
+        if cfg.repetition_penalty == 1.0:
+            return None
+        out = torch.zeros(self.n, self.g.n, dtype=torch.bool, device=self.hist.device)
+        if cfg.repetition_window:
+            out.scatter_(1, self.seen(cfg.repetition_window), True)
+        return out & self.is_pitch
+
     def step(self, logits: Tensor) -> Tensor:
         """Sample one token per row from float logits [n, V]; returns what to feed next [n]
         (PAD for finished rows)."""
@@ -290,13 +309,7 @@ class TokenSampler:
             allowed[:, g.eos] = False
         wrong = ~allowed.gather(1, logits.argmax(1, keepdim=True))[:, 0]
         off = torch.softmax(logits, 1).masked_fill(allowed, 0.0).sum(1)
-        penalized = None
-        if cfg.repetition_penalty != 1.0:
-            penalized = torch.zeros_like(allowed)
-            if cfg.repetition_window:
-                penalized.scatter_(1, self.seen(cfg.repetition_window), True)
-            penalized &= self.is_pitch
-        tokens = choose(logits, allowed, cfg, penalized, self.u[:, t])
+        tokens = choose(logits, allowed, cfg, self.penalized(), self.u[:, t])
         self.repairs += wrong & self.live
         self.masked += torch.where(self.live, off.double(), 0.0)
         self.new += self.live
