@@ -27,6 +27,7 @@ from midipipe.data.composers import composer_id_of
 from midipipe.data.organize import slug
 from midipipe.evaluation import conditioning as cond
 from midipipe.evaluation import generated as ev
+from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import load_corpus, read_table
 from midipipe.generator.generate import real_excerpts, sampling_threads
@@ -193,7 +194,8 @@ def evaluate_vae(
     classifier: cond.GRUClassifier | None = None,
 ) -> tuple[dict, cond.GRUClassifier | None]:
     """Sample every frequent composer into `out_dir` (old takes removed), then run the
-    conditioning suite and the latent-space check on held-out windows. `tp` trains the GRU
+    conditioning suite, the latent-space check on held-out windows and `novelty_*` (the
+    longest n-gram shared with training pieces). `tp` trains the GRU
     judge, unless a trained `classifier` is passed (the ablation runner reuses one)."""
     model, tokenizer, table = load(model_dir, gp.device)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
@@ -245,6 +247,11 @@ def evaluate_vae(
         latent_png,
         model.prior_mean.detach().cpu().numpy(),
     )
+    copied = novelty(
+        [p.ids for p in generated],
+        [p.ids for p in real_excerpts(held_out, cfg.max_tokens, n)],
+        real["train"].pieces,
+    )
     tokens = [s["tokens"] for s in stats_all]
     return {
         "pieces_per_composer": gp.pieces_per_composer,
@@ -259,4 +266,5 @@ def evaluate_vae(
         "empty_pieces": sum(1 for p in generated if not p.ids),
         **metrics,
         **latent,
+        **copied,
     }, classifier
