@@ -11,7 +11,14 @@ import torch
 
 from midipipe.core.params import TrainParams
 from midipipe.generator import windows as gd
-from midipipe.generator.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
+from midipipe.generator.gpt import (
+    GPT,
+    GPTConfig,
+    check_vocab,
+    load_model,
+    rope_angles,
+    save_model,
+)
 from midipipe.generator.sampling import (
     GrammarState,
     RemiGrammar,
@@ -91,6 +98,19 @@ def test_kv_cache_matches_full_forward():
         parts.append(model(ids[:, 30:], composer, cache)[0])
     assert cache.pos == 40
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+
+
+def test_rope_table_is_the_angles_and_serves_training_after_sampling():
+    model = GPT(tiny(context=8))
+    for start, t in ((0, 8), (5, 1), (40, 3)):  # the last one grows the table
+        cos, sin = model.rope(start, t, torch.device("cpu"))
+        ref = rope_angles(torch.arange(start, start + t), 16, model.config.rope_base)
+        assert torch.equal(cos, ref[0]) and torch.equal(sin, ref[1])
+    fresh = GPT(tiny(context=8))
+    with torch.inference_mode():  # the table is first built while sampling
+        fresh(torch.ones(1, 4, dtype=torch.long), 1)
+    logits, _ = fresh(torch.ones(2, 8, dtype=torch.long), 1)
+    logits.sum().backward()  # would fail on an inference tensor
 
 
 def test_weight_tying():

@@ -267,6 +267,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=False)
+        self._rope_table: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.apply(lambda m: self._init(m, config.d_model**-0.25))
         for name, p in self.named_parameters():  # GPT-2: residual outputs shrink with depth
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
@@ -278,6 +279,21 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=embedding_std)
+
+    def rope(self, start: int, t: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos and sin at positions start .. start + t - 1, sliced from a table that doubles
+        when outgrown: a decoding step would otherwise spend a dozen tiny ops on them."""
+        cos, sin = self._rope_table.get(device, (None, None))
+        if cos is None or start + t > len(cos):
+            n = max(2 * self.config.context, 2 * (start + t))
+            with torch.inference_mode(False):  # a table made while sampling serves training
+                cos, sin = rope_angles(
+                    torch.arange(n, device=device),
+                    self.config.d_model // self.config.n_head,
+                    self.config.rope_base,
+                )
+            self._rope_table[device] = cos, sin
+        return cos[start : start + t], sin[start : start + t]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layer, self.config.context)
@@ -314,11 +330,7 @@ class GPT(nn.Module):
             composer = torch.full((b,), composer, dtype=torch.long, device=ids.device)
         pos0 = cache.pos if cache is not None else start_pos
         n_past = cache.n_past() if cache is not None else 0
-        cos, sin = rope_angles(
-            torch.arange(pos0, pos0 + t, device=ids.device),
-            self.config.d_model // self.config.n_head,
-            self.config.rope_base,
-        )
+        cos, sin = self.rope(pos0, t, ids.device)
         mask, causal = self._attention_mask(t, n_past, ids.device)
         if cache is not None:
             cache.begin(t)
