@@ -358,13 +358,14 @@ def sync_every(device: torch.device) -> int:
     return 1 if device.type == "cpu" else SYNC_EVERY
 
 
-@contextlib.contextmanager
-def inference_precision(device: torch.device):
+def inference_precision(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast and TF32 matmuls on CUDA (the caller's TF32 settings restored after);
-    nothing on CPU."""
-    if device.type != "cuda":
-        yield
-        return
+    nothing on CPU. Only around the model: the draw's float64 CDF must stay float64."""
+    return cuda_precision() if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cuda_precision():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
