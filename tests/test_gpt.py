@@ -100,6 +100,22 @@ def test_kv_cache_matches_full_forward():
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
 
+def test_decode_step_is_the_cached_forward_bit_for_bit():
+    """Past the context too (a sliding window of keys)."""
+    torch.manual_seed(0)
+    model = GPT(tiny(context=16)).eval()
+    ids = torch.randint(4, 40, (3, 40))
+    composer = torch.tensor([1, 3, 0])
+    with torch.inference_mode():
+        a, b = model.new_cache(), model.new_cache()
+        model(ids[:, :4], composer, a)
+        model(ids[:, :4], composer, b)
+        for i in range(4, 40):
+            ref, _ = model(ids[:, i : i + 1], composer, a, last_only=True)
+            assert torch.equal(model.decode_step(ids[:, i : i + 1], composer, b), ref[:, -1])
+    assert a.pos == b.pos == 40
+
+
 def test_rope_table_is_the_angles_and_serves_training_after_sampling():
     model = GPT(tiny(context=8))
     for start, t in ((0, 8), (5, 1), (40, 3)):  # the last one grows the table

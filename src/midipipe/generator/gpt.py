@@ -123,7 +123,8 @@ def rope_angles(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, 
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs (i, i + head_dim/2) of x [B, H, T, head_dim] by their angles."""
+    """Rotate channel pairs (i, i + head_dim/2) of x [..., head_dim] by their angles (cos,
+    sin [..., head_dim / 2], broadcast against x)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
@@ -204,11 +205,10 @@ class Attention(nn.Module):
         layer: int,
     ) -> Tensor:
         b, t, d = x.shape
-        q, k, v = (
-            z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
-            for z in self.qkv(x).split(d, dim=2)
-        )
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head)
+        qk = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None])  # both at once
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2]
+        v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -251,8 +251,11 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        # F.dropout, not the module: a decoding step is a chain of tiny calls, each module
+        # call adds Python overhead
+        p, train = self.drop.p, self.training
+        x = x + F.dropout(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer), p, train)
+        return x + F.dropout(self.mlp(self.ln2(x)), p, train)
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -348,6 +351,30 @@ class GPT(nn.Module):
             x = x[:, -1:]
         logits = F.linear(self.ln_f(x), self.tok.weight) * self.config.d_model**-0.5
         return logits, cache
+
+    def decode_step(self, ids: Tensor, composer: Tensor, cache: KVCache) -> Tensor:
+        """Logits [B, vocab] of the token after ids [B, 1], continuing `cache`, in eval mode:
+        what `forward(ids, composer, cache, last_only=True)` computes, bit for bit (a test
+        checks), in functional calls. On CPU a one-token step is a chain of tiny ops, and
+        the module calls around them cost as much as the ops (bench_sampling)."""
+        cfg = self.config
+        b, d, heads = ids.shape[0], cfg.d_model, cfg.n_head
+        cos, sin = self.rope(cache.pos, 1, ids.device)
+        cos, sin = cos[:, None, None], sin[:, None, None]
+        cache.begin(1)
+        x = F.embedding(ids, self.tok.weight)
+        x = x + cfg.composer_scale * F.embedding(composer, self.composer.weight)[:, None, :]
+        for i, block in enumerate(self.blocks):
+            h = F.layer_norm(x, (d,), block.ln1.weight)
+            qkv = F.linear(h, block.attn.qkv.weight).view(b, 1, 3, heads, d // heads)
+            qk = apply_rope(qkv[:, :, :2], cos, sin)
+            k, v = cache.update(i, qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
+            y = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), k, v)
+            x = x + F.linear(y.transpose(1, 2).reshape(b, 1, d), block.attn.proj.weight)
+            h = F.layer_norm(x, (d,), block.ln2.weight)
+            x = x + F.linear(F.gelu(F.linear(h, block.mlp.up.weight)), block.mlp.down.weight)
+        cache.advance(1)
+        return F.linear(F.layer_norm(x[:, -1], (d,), self.ln_f.weight), self.tok.weight) * (d**-0.5)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

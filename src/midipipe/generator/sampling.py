@@ -454,15 +454,14 @@ def generate_batch(
         if cache is None:  # the last `context` tokens again
             feed = sampler.seen(context)
         start = sampler.length - feed.shape[1]
+        feed = feed.repeat(2, 1) if guided else feed
         with inference_precision(device):
-            logits, _ = model(
-                feed.repeat(2, 1) if guided else feed,
-                composers,
-                cache,
-                start_pos=start,
-                last_only=True,
-            )
-        last = logits[:, -1].float()
+            if cache is not None and feed.shape[1] == 1:
+                last = model.decode_step(feed, composers, cache)
+            else:
+                logits, _ = model(feed, composers, cache, start_pos=start, last_only=True)
+                last = logits[:, -1]
+        last = last.float()
         return last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
 
     run_steps(sampler, forward, sampler.seen(sampler.length), device)
