@@ -104,10 +104,11 @@ def timers(path: str, model: GPT):
     for (owner, name), bucket in TIMED[path].items():
         setattr(owner, name, timed(getattr(owner, name), bucket))
     model.forward = timed(model.forward, "forward")
+    model.decode_step = timed(model.decode_step, "forward")  # the tensor path's cached step
     try:
         yield spent
     finally:
-        del model.forward
+        del model.forward, model.decode_step
         for owner, name, fn in patched:
             setattr(owner, name, fn)
 
