@@ -26,10 +26,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import baseline_sampling as old
 import torch
 import yaml
 
-from benchmarks import baseline_sampling as old
 from midipipe.generator import sampling as new
 from midipipe.generator.gpt import GPT, GPTConfig
 from midipipe.generator.sampling import Request, SampleConfig
