@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,36 @@ def _joined(parts: list[np.ndarray]) -> tuple[Hasher, np.ndarray]:
     return Hasher(np.concatenate(parts)), ends
 
 
+class Query:
+    """The n-gram hashes of some pieces for one n: sorted and unique, each one's piece, and
+    which have been seen in training. A bitmap over the hashes' top bits, about 16 slots per
+    hash, lets a training n-gram be dismissed with one lookup; only the few that pass are
+    searched for."""
+
+    def __init__(self, hashers: Sequence[Hasher], pieces: np.ndarray, n: int) -> None:
+        hashes = [h.ngrams(n) for h in hashers]
+        self.owners = np.repeat(pieces, [len(h) for h in hashes])
+        self.unique, self.where = np.unique(np.concatenate(hashes), return_inverse=True)
+        self.found = np.zeros(len(self.unique), dtype=bool)
+        bits = max(10, int(np.ceil(np.log2(16 * max(1, len(self.unique))))))
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << bits, dtype=bool)
+        self.bitmap[(self.unique >> self.shift).astype(np.intp)] = True
+
+    def look_up(self, h: np.ndarray, ends: np.ndarray, n: int) -> None:
+        """Mark the hashes among training n-gram hashes `h` (n-gram i starts at offset i of
+        a chunk whose pieces end at `ends`; those across two pieces do not count)."""
+        if not len(self.unique):
+            return
+        at = np.flatnonzero(self.bitmap[(h >> self.shift).astype(np.intp)])
+        at = at[at + n <= ends[at]]
+        if not at.size:
+            return
+        h = h[at]
+        i = np.minimum(np.searchsorted(self.unique, h), len(self.unique) - 1)
+        self.found[i[self.unique[i] == h]] = True
+
+
 def longest_shared(
     pieces: Sequence[Sequence[int]], corpus: Iterable[Sequence[int]], chunk: int = CHUNK
 ) -> list[int]:
@@ -85,30 +116,25 @@ def longest_shared(
     hi = np.array([len(p) for p in pieces], dtype=np.int64)  # none longer can exist
     hashers = [Hasher(np.asarray(p, dtype=np.int64)) for p in pieces]
     rounds = 0
+    passes = tqdm(total=int(hi.max(initial=0)).bit_length(), desc="novelty", unit="pass")
     while (open_ := np.flatnonzero(lo < hi)).size:
         mid = (lo + hi + 1) // 2
-        queries = {}  # n -> (sorted unique hashes, owner piece of each, index into unique)
-        for n in np.unique(mid[open_]):
-            owners = open_[mid[open_] == n]
-            hashes = [hashers[i].ngrams(int(n)) for i in owners]
-            who = np.repeat(owners, [len(h) for h in hashes])
-            unique, where = np.unique(np.concatenate(hashes), return_inverse=True)
-            queries[int(n)] = (unique, who, where, np.zeros(len(unique), dtype=bool))
+        queries = {}
+        for n in np.unique(mid[open_]).tolist():
+            asked = open_[mid[open_] == n]
+            queries[n] = Query([hashers[i] for i in asked], asked, n)
         for hasher, ends in chunks(corpus, chunk):
-            for n, (unique, _, _, found) in queries.items():
-                h = hasher.ngrams(n)
-                h = h[np.arange(len(h)) + n <= ends[: len(h)]]  # not across two pieces
-                if not len(unique) or not len(h):
-                    continue
-                at = np.minimum(np.searchsorted(unique, h), len(unique) - 1)
-                found[at[unique[at] == h]] = True
+            for n, query in queries.items():
+                query.look_up(hasher.ngrams(n), ends, n)
         shared = np.zeros(len(pieces), dtype=bool)
-        for _, who, where, found in queries.values():
-            shared[who[found[where]]] = True
+        for query in queries.values():
+            shared[query.owners[query.found[query.where]]] = True
         searching = lo < hi
         lo = np.where(searching & shared, mid, lo)
         hi = np.where(searching & ~shared, mid - 1, hi)
         rounds += 1
+        passes.update()
+    passes.close()
     log.info("longest shared n-grams of %d pieces in %d passes", len(pieces), rounds)
     return lo.tolist()
 
