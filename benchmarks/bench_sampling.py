@@ -1,97 +1,195 @@
-"""Sampling speed of the cpu_default GPT (random weights): KV cache, and the cost of guidance.
+"""Sampling speed of the stage-08 GPT (params.yaml's `generator.size` with its `generator.model`
+overrides and `generator.context`, random weights) with stage 09's sampling settings: the
+per-token sampler the project had before (`baseline_sampling.py`) against the tensor one, in
+the same run.
 
-Prints one JSON line. Targets: the KV cache >= 5x the tokens/s of recomputing the last
-`context` tokens at each step, over 1024 tokens; classifier-free guidance (one batch of two
-streams) <= 2x the time of unguided sampling. The no-cache run is most of the time (about a
-minute on 2 free cores); `--nocache-tokens N` measures it on the first N tokens only, which
-makes the reported speedup a lower bound (the JSON says so).
-
-`--rows N` also samples N guided pieces as the rows of one batch, as stage 09 does
-(`batch_guided_tok_s`: tokens of all rows per second). `--train` instead measures training
-tokens/s (forward, backward, AdamW) of cpu_default.
+Prints one JSON line: tokens/s of one cached stream, one guided stream, and `--rows` guided
+pieces as the rows of one batch (tokens of all rows per second), for each path, and the new
+one's ratio to the old; then where a token's time goes in each path (model forward, grammar
+mask and state, repetition penalty, top-k/p and the draw, other), from a second run with
+timers around those calls. Targets: >= 2,000 tokens/s for one stream, >= 6,000 tokens/s for
+32 guided rows. Shared cores are noisy: runs are interleaved, the best of `--repeats` counts,
+and beside wall-clock tokens/s (`*_tok_s`) the JSON gives tokens per second of the sampling
+thread's CPU time (`*_cpu_tok_s`; the split is in CPU time too), which time spent waiting for
+a busy core does not inflate. `--train` instead measures training tokens/s (forward,
+backward, AdamW).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import time
+from collections import defaultdict
+from pathlib import Path
 
+import baseline_sampling as old
 import torch
+import yaml
 
+from midipipe.generator import sampling as new
 from midipipe.generator.gpt import GPT, GPTConfig
-from midipipe.generator.sampling import Request, SampleConfig, generate, generate_batch
+from midipipe.generator.sampling import Request, SampleConfig
 from midipipe.tokens.remi import make_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 N_COMPOSERS = 12
+PATHS = {"baseline": old.generate_batch, "tensor": new.generate_batch}
+# the calls timed per path: (owner, attribute) -> bucket
+TIMED = {
+    "baseline": {
+        (old.RemiGrammar, "allowed"): "grammar",
+        (old.RemiGrammar, "step"): "grammar",
+        (old, "choose"): "sample",  # applies the penalty too (its lists are built in `other`)
+    },
+    "tensor": {
+        (new.GrammarState, "allowed"): "grammar",
+        (new.GrammarState, "step"): "grammar",
+        (new.TokenSampler, "penalized"): "penalty",
+        (new, "choose"): "sample",
+    },
+}
 
 
-def model_for(tokenizer, **overrides) -> GPT:
+def stage_params() -> tuple[dict, dict]:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return params["generator"], params["generate"]
+
+
+def stage_model(tokenizer) -> GPT:
+    gen, _ = stage_params()
     torch.manual_seed(0)
-    cfg = GPTConfig.cpu_default(
-        vocab_size=len(tokenizer.vocab), n_composers=N_COMPOSERS, **overrides
+    cfg = getattr(GPTConfig, gen.get("size", "cpu_default"))(
+        vocab_size=len(tokenizer.vocab),
+        n_composers=N_COMPOSERS,
+        pad_id=tokenizer.pad_token_id,
+        **{**gen.get("model", {}), "context": gen["context"]},
     )
     return GPT(cfg).eval()
 
 
+def sample_config(tokens: int, guidance: float, penalty: float | None) -> SampleConfig:
+    _, gp = stage_params()
+    return SampleConfig(
+        temperature=gp["temperature"],
+        top_k=gp["top_k"],
+        top_p=gp["top_p"],
+        repetition_penalty=gp["repetition_penalty"] if penalty is None else penalty,
+        guidance=guidance,
+        max_tokens=tokens,
+        min_tokens=tokens,
+    )
+
+
+@contextlib.contextmanager
+def timers(path: str, model: GPT):
+    """Wall time per bucket of the calls in TIMED[path] and of the model's forward."""
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(fn, bucket):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[bucket] += time.thread_time() - t0
+
+        return wrapper
+
+    patched = [(owner, name, getattr(owner, name)) for owner, name in TIMED[path]]
+    for (owner, name), bucket in TIMED[path].items():
+        setattr(owner, name, timed(getattr(owner, name), bucket))
+    model.forward = timed(model.forward, "forward")
+    model.decode_step = timed(model.decode_step, "forward")  # the tensor path's cached step
+    try:
+        yield spent
+    finally:
+        del model.forward, model.decode_step
+        for owner, name, fn in patched:
+            setattr(owner, name, fn)
+
+
+def tok_s(path: str, model: GPT, tokenizer, rows: int, cfg: SampleConfig) -> tuple[float, float]:
+    """Tokens (all rows) per second of wall time and per second of this thread's CPU time."""
+    requests = [Request(1 + i % (N_COMPOSERS - 1), (), i) for i in range(rows)]
+    t0, c0 = time.perf_counter(), time.thread_time()
+    out = PATHS[path](model, tokenizer, requests, cfg)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    assert all(stats["tokens"] == cfg.max_tokens for _, stats in out)
+    return rows * cfg.max_tokens / wall, rows * cfg.max_tokens / cpu
+
+
+def split(path: str, model: GPT, tokenizer, rows: int, cfg: SampleConfig) -> dict:
+    """CPU microseconds per token step by bucket, `other` being the rest of the step."""
+    requests = [Request(1 + i % (N_COMPOSERS - 1), (), i) for i in range(rows)]
+    with timers(path, model) as spent:
+        t0 = time.thread_time()
+        PATHS[path](model, tokenizer, requests, cfg)
+        total = time.thread_time() - t0
+    buckets = ("forward", "grammar", "penalty", "sample")
+    us = {b: 1e6 * spent[b] / cfg.max_tokens for b in buckets}
+    us["other"] = 1e6 * total / cfg.max_tokens - sum(us.values())
+    return {k: round(v, 1) for k, v in us.items()}
+
+
 def sampling(args: argparse.Namespace) -> dict:
     tokenizer = make_tokenizer()
-    model = model_for(tokenizer)
-
-    def run(n: int, guidance: float, use_cache: bool) -> float:
-        cfg = SampleConfig(max_tokens=n, min_tokens=n, guidance=guidance, seed=0)
-        _, stats = generate(model, tokenizer, 1, cfg=cfg, use_cache=use_cache)
-        assert stats["tokens"] == n, stats
-        return stats["tokens_per_s"]
-
-    run(16, 1.0, True)  # warm-up
-    cached = guided = 0.0
-    for _ in range(args.repeats):  # interleaved, best of each: shared cores are noisy
-        cached = max(cached, run(args.tokens, 1.0, True))
-        guided = max(guided, run(args.tokens, args.guidance, True))
+    model = stage_model(tokenizer)
+    cases = {
+        "stream": (1, 1.0),
+        "guided": (1, args.guidance),
+        f"batch{args.rows}_guided": (args.rows, args.guidance),
+    }
+    for path in PATHS:  # warm-up
+        tok_s(path, model, tokenizer, 2, sample_config(16, args.guidance, args.penalty))
+    best: dict[str, float] = defaultdict(float)
+    for _ in range(args.repeats):
+        for case, (rows, guidance) in cases.items():
+            cfg = sample_config(args.tokens, guidance, args.penalty)
+            for path in PATHS:  # interleaved, so load changes hit both paths alike
+                wall, cpu = tok_s(path, model, tokenizer, rows, cfg)
+                best[f"{path}_{case}_tok_s"] = max(best[f"{path}_{case}_tok_s"], wall)
+                best[f"{path}_{case}_cpu_tok_s"] = max(best[f"{path}_{case}_cpu_tok_s"], cpu)
+    cfg0 = sample_config(args.tokens, 1.0, args.penalty)
     out = {
         "bench": "sampling",
-        "model": "cpu_default",
+        "model": stage_params()[0].get("size", "cpu_default"),
         "params": model.n_params(),
+        "d_model": model.config.d_model,
+        "n_layer": model.config.n_layer,
         "context": model.config.context,
         "threads": torch.get_num_threads(),
         "tokens": args.tokens,
-        "cached_tok_s": cached,
-        "guided_cached_tok_s": guided,
         "guidance": args.guidance,
+        "top_k": cfg0.top_k,
+        "top_p": cfg0.top_p,
+        "repetition_penalty": cfg0.repetition_penalty,
         "repeats": args.repeats,
+        **{k: round(v, 1) for k, v in best.items()},
     }
-    if args.rows > 1:  # stage 09 samples its pieces as rows of one batch
-        cfg = SampleConfig(max_tokens=args.tokens, min_tokens=args.tokens, guidance=args.guidance)
-        requests = [Request(1 + i % (N_COMPOSERS - 1), (), i) for i in range(args.rows)]
-        t0 = time.perf_counter()
-        generate_batch(model, tokenizer, requests, cfg)
-        batched = args.rows * args.tokens / (time.perf_counter() - t0)
-        out.update(batch_rows=args.rows, batch_guided_tok_s=round(batched, 1))
-    n = min(args.nocache_tokens or args.tokens, args.tokens)
-    nocache = run(n, 1.0, False)
-    out.update(
-        nocache_tokens=n,
-        nocache_tok_s=nocache,
-        nocache_note="measured over all tokens"
-        if n == args.tokens
-        else f"measured over the first {n} tokens only, cheaper per token than over "
-        f"{args.tokens} (the recomputed window grows): cache_speedup is a lower bound",
-    )
-    speedup, cfg_cost = cached / nocache, cached / guided
-    out.update(
-        cache_speedup=round(speedup, 2),
-        cfg_cost=round(cfg_cost, 3),
-        pass_cache_speedup=speedup >= 5.0,
-        pass_cfg_cost=cfg_cost <= 2.0,
-    )
+    for case in cases:
+        for kind in ("tok_s", "cpu_tok_s"):
+            ratio = best[f"tensor_{case}_{kind}"] / best[f"baseline_{case}_{kind}"]
+            out[f"speedup_{case}" + ("_cpu" if kind == "cpu_tok_s" else "")] = round(ratio, 2)
+    for kind in ("tok_s", "cpu_tok_s"):
+        tag = "_cpu" if kind == "cpu_tok_s" else ""
+        out[f"pass_stream_2000{tag}"] = best[f"tensor_stream_{kind}"] >= 2000
+        batch = best[f"tensor_batch{args.rows}_guided_{kind}"]
+        out[f"pass_batch{args.rows}_guided_6000{tag}"] = batch >= 6000
+    for case, (rows, guidance) in cases.items():
+        cfg = sample_config(args.split_tokens, guidance, args.penalty)
+        for path in PATHS:
+            out[f"{path}_{case}_us_per_step"] = split(path, model, tokenizer, rows, cfg)
     return out
 
 
 def training(args: argparse.Namespace) -> dict:
     tokenizer = make_tokenizer()
-    model = model_for(tokenizer).train()
+    model = stage_model(tokenizer).train()
     ctx, batch = model.config.context, args.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     gen = torch.Generator().manual_seed(0)
@@ -114,7 +212,7 @@ def training(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - t0
     return {
         "bench": "train",
-        "model": "cpu_default",
+        "model": stage_params()[0].get("size", "cpu_default"),
         "params": model.n_params(),
         "threads": torch.get_num_threads(),
         "batch": f"{batch}x{ctx}",
@@ -127,23 +225,22 @@ def training(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokens", type=int, default=1024)
-    ap.add_argument(
-        "--nocache-tokens",
-        type=int,
-        default=0,
-        help="no-cache baseline on the first N tokens only (0 = all --tokens)",
-    )
+    ap.add_argument("--split-tokens", type=int, default=256, help="tokens of the timed run")
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument(
+        "--penalty",
+        type=float,
+        default=None,
+        help="repetition penalty (default: params.yaml generate.repetition_penalty)",
+    )
     ap.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch threads (1: one-token steps are too small to share)",
+        help="torch threads (1: one-token steps are too small to share; stage 09 uses 1)",
     )
-    ap.add_argument("--repeats", type=int, default=1, help="cached runs, best one counts")
-    ap.add_argument(
-        "--rows", type=int, default=32, help="also sample this many guided pieces as one batch"
-    )
+    ap.add_argument("--repeats", type=int, default=1, help="runs per case, best one counts")
+    ap.add_argument("--rows", type=int, default=32, help="guided pieces sampled as one batch")
     ap.add_argument("--train", action="store_true", help="measure training tokens/s instead")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)

@@ -250,6 +250,11 @@ def test_generate_stage_writes_decodable_midi_and_metrics(generated):
             assert {f"{tag}_{m}_oa", f"{tag}_{m}_w1", f"{tag}_{m}_mean"} <= set(metrics)
     assert all(not isinstance(v, dict | list) for v in metrics.values())  # flat for dvc
     assert (generated / "metrics" / "generation_confusion.png").stat().st_size > 1000
+    assert metrics["novelty_pieces"] == 4 and metrics["novelty_real_pieces"] > 0
+    for side in ("novelty", "novelty_real"):
+        lcs = [metrics[f"{side}_lcs_{k}"] for k in ("median", "p90", "max")]
+        assert 0 <= lcs[0] <= lcs[1] <= lcs[2] <= metrics["max_tokens"]
+    assert metrics["novelty_real_lcs_max"] > 0  # held-out pieces share bars with training
 
 
 def test_accuracy_against_chance():

@@ -11,8 +11,16 @@ import torch
 
 from midipipe.core.params import TrainParams
 from midipipe.generator import windows as gd
-from midipipe.generator.gpt import GPT, GPTConfig, check_vocab, load_model, save_model
+from midipipe.generator.gpt import (
+    GPT,
+    GPTConfig,
+    check_vocab,
+    load_model,
+    rope_angles,
+    save_model,
+)
 from midipipe.generator.sampling import (
+    GrammarState,
     RemiGrammar,
     Request,
     SampleConfig,
@@ -90,6 +98,35 @@ def test_kv_cache_matches_full_forward():
         parts.append(model(ids[:, 30:], composer, cache)[0])
     assert cache.pos == 40
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+
+
+def test_decode_step_is_the_cached_forward_bit_for_bit():
+    """Past the context too (a sliding window of keys)."""
+    torch.manual_seed(0)
+    model = GPT(tiny(context=16)).eval()
+    ids = torch.randint(4, 40, (3, 40))
+    composer = torch.tensor([1, 3, 0])
+    with torch.inference_mode():
+        a, b = model.new_cache(), model.new_cache()
+        model(ids[:, :4], composer, a)
+        model(ids[:, :4], composer, b)
+        for i in range(4, 40):
+            ref, _ = model(ids[:, i : i + 1], composer, a, last_only=True)
+            assert torch.equal(model.decode_step(ids[:, i : i + 1], composer, b), ref[:, -1])
+    assert a.pos == b.pos == 40
+
+
+def test_rope_table_is_the_angles_and_serves_training_after_sampling():
+    model = GPT(tiny(context=8))
+    for start, t in ((0, 8), (5, 1), (40, 3)):  # the last one grows the table
+        cos, sin = model.rope(start, t, torch.device("cpu"))
+        ref = rope_angles(torch.arange(start, start + t), 16, model.config.rope_base)
+        assert torch.equal(cos, ref[0]) and torch.equal(sin, ref[1])
+    fresh = GPT(tiny(context=8))
+    with torch.inference_mode():  # the table is first built while sampling
+        fresh(torch.ones(1, 4, dtype=torch.long), 1)
+    logits, _ = fresh(torch.ones(2, 8, dtype=torch.long), 1)
+    logits.sum().backward()  # would fail on an inference tensor
 
 
 def test_weight_tying():
@@ -344,21 +381,22 @@ def test_a_batch_samples_what_each_row_would_alone(tokenizer):
 
 def test_grammar_rules(tokenizer):
     g, v = RemiGrammar(tokenizer), tokenizer.vocab
+    state = GrammarState(g, 1, torch.device("cpu"))
+
+    def step(*tokens: str) -> None:
+        for token in tokens:
+            state.step(torch.tensor([v[token]]), torch.tensor([True]))
 
     def allowed_kinds() -> set[str]:
-        return {g.kind[i] for i in g.allowed().nonzero().flatten().tolist()}
+        return {g.kind[i] for i in state.allowed()[0].nonzero().flatten().tolist()}
 
     assert allowed_kinds() == {"Bar"}
-    for token in ("Bar_None", "TimeSig_3/4", "Position_8"):
-        g.step(v[token])
-    g.step(v["Program_-1"])
+    step("Bar_None", "TimeSig_3/4", "Position_8", "Program_-1")
     assert allowed_kinds() == {"PitchDrum"}
-    for token in ("PitchDrum_40", "Velocity_63", "Duration_1.0.8", "Program_-1"):
-        g.step(v[token])
-    assert not g.allowed()[v["PitchDrum_40"]]  # no note twice at one position
-    for token in ("PitchDrum_41", "Velocity_63", "Duration_1.0.8"):
-        g.step(v[token])
-    allowed = g.allowed()
+    step("PitchDrum_40", "Velocity_63", "Duration_1.0.8", "Program_-1")
+    assert not state.allowed()[0, v["PitchDrum_40"]]  # no note twice at one position
+    step("PitchDrum_41", "Velocity_63", "Duration_1.0.8")
+    allowed = state.allowed()[0]
     assert allowed[v["EOS_None"]] and allowed[v["Bar_None"]] and not allowed[v["TimeSig_4/4"]]
     positions = {
         int(tokenizer[i].split("_")[1])

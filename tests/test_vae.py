@@ -281,6 +281,8 @@ def test_generate_stage_writes_midi_and_the_suite(generated):
     assert m["cond_acc_minus_chance"] == pytest.approx(m["cond_acc"] - 0.5)
     assert -2 <= m["relative_cosine"] <= 2 and -2 <= m["relative_cosine_real_test"] <= 2
     assert m["latent_labels"] == 2 and -1 <= m["silhouette"] <= 1
+    assert m["novelty_pieces"] == 4 and m["novelty_real_pieces"] > 0
+    assert 0 <= m["novelty_lcs_median"] <= m["novelty_lcs_max"] <= m["max_tokens"]
     assert all(not isinstance(v, dict | list) for v in m.values())
     rows = (generated / "metrics" / "vae_confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 4  # the generated pieces

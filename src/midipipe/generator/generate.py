@@ -16,6 +16,7 @@ from midipipe.core.errors import ParamError
 from midipipe.data import composers as C
 from midipipe.data.sources.names import slug
 from midipipe.evaluation import generated as ev
+from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import Corpus, load_corpus, read_table
 from midipipe.generator.gpt import GPT, load_model
@@ -169,7 +170,8 @@ def evaluate_generator(
     old takes removed), then score the takes against real excerpts of the held-out pieces
     (test and valid: the test split alone lacks some frequent composers of the embedded
     corpus; neither trains the classifier, valid only picked the generator's best epoch),
-    which also give the primers."""
+    which also give the primers. `novelty_*`: the longest REMI n-gram each take (its new
+    tokens) shares with the training pieces, beside held-out excerpts as long."""
     model_dir = Path(model_dir)
     tokenizer = remi.load_tokenizer(model_dir / TOKENIZER_FILE)
     model = load_model(model_dir, tokenizer, resolve_device(gp.device))
@@ -204,9 +206,16 @@ def evaluate_generator(
         confusion_png,
         gp.seed,
     )
+    held_out_excerpts = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)
+    copied = novelty(
+        [t.ids[t.n_primer :] for t in takes],
+        [p.ids for p in held_out_excerpts],
+        real["train"].pieces,
+    )
     return {
         "pieces_per_composer": gp.pieces_per_composer,
         "max_tokens": gp.max_tokens,
         "seed_length": gp.seed_length,
         **metrics,
+        **copied,
     }

@@ -123,7 +123,8 @@ def rope_angles(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, 
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs (i, i + head_dim/2) of x [B, H, T, head_dim] by their angles."""
+    """Rotate channel pairs (i, i + head_dim/2) of x [..., head_dim] by their angles (cos,
+    sin [..., head_dim / 2], broadcast against x)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
@@ -204,11 +205,10 @@ class Attention(nn.Module):
         layer: int,
     ) -> Tensor:
         b, t, d = x.shape
-        q, k, v = (
-            z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
-            for z in self.qkv(x).split(d, dim=2)
-        )
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head)
+        qk = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None])  # both at once
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2]
+        v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -251,8 +251,11 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        # F.dropout, not the module: a decoding step is a chain of tiny calls, each module
+        # call adds Python overhead
+        p, train = self.drop.p, self.training
+        x = x + F.dropout(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer), p, train)
+        return x + F.dropout(self.mlp(self.ln2(x)), p, train)
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -267,6 +270,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=False)
+        self._rope_table: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.apply(lambda m: self._init(m, config.d_model**-0.25))
         for name, p in self.named_parameters():  # GPT-2: residual outputs shrink with depth
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
@@ -278,6 +282,21 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=embedding_std)
+
+    def rope(self, start: int, t: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos and sin at positions start .. start + t - 1, sliced from a table that doubles
+        when outgrown: a decoding step would otherwise spend a dozen tiny ops on them."""
+        cos, sin = self._rope_table.get(device, (None, None))
+        if cos is None or start + t > len(cos):
+            n = max(2 * self.config.context, 2 * (start + t))
+            with torch.inference_mode(False):  # a table made while sampling serves training
+                cos, sin = rope_angles(
+                    torch.arange(n, device=device),
+                    self.config.d_model // self.config.n_head,
+                    self.config.rope_base,
+                )
+            self._rope_table[device] = cos, sin
+        return cos[start : start + t], sin[start : start + t]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layer, self.config.context)
@@ -314,11 +333,7 @@ class GPT(nn.Module):
             composer = torch.full((b,), composer, dtype=torch.long, device=ids.device)
         pos0 = cache.pos if cache is not None else start_pos
         n_past = cache.n_past() if cache is not None else 0
-        cos, sin = rope_angles(
-            torch.arange(pos0, pos0 + t, device=ids.device),
-            self.config.d_model // self.config.n_head,
-            self.config.rope_base,
-        )
+        cos, sin = self.rope(pos0, t, ids.device)
         mask, causal = self._attention_mask(t, n_past, ids.device)
         if cache is not None:
             cache.begin(t)
@@ -336,6 +351,30 @@ class GPT(nn.Module):
             x = x[:, -1:]
         logits = F.linear(self.ln_f(x), self.tok.weight) * self.config.d_model**-0.5
         return logits, cache
+
+    def decode_step(self, ids: Tensor, composer: Tensor, cache: KVCache) -> Tensor:
+        """Logits [B, vocab] of the token after ids [B, 1], continuing `cache`, in eval mode:
+        what `forward(ids, composer, cache, last_only=True)` computes, bit for bit (a test
+        checks), in functional calls. On CPU a one-token step is a chain of tiny ops, and
+        the module calls around them cost as much as the ops (bench_sampling)."""
+        cfg = self.config
+        b, d, heads = ids.shape[0], cfg.d_model, cfg.n_head
+        cos, sin = self.rope(cache.pos, 1, ids.device)
+        cos, sin = cos[:, None, None], sin[:, None, None]
+        cache.begin(1)
+        x = F.embedding(ids, self.tok.weight)
+        x = x + cfg.composer_scale * F.embedding(composer, self.composer.weight)[:, None, :]
+        for i, block in enumerate(self.blocks):
+            h = F.layer_norm(x, (d,), block.ln1.weight)
+            qkv = F.linear(h, block.attn.qkv.weight).view(b, 1, 3, heads, d // heads)
+            qk = apply_rope(qkv[:, :, :2], cos, sin)
+            k, v = cache.update(i, qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
+            y = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), k, v)
+            x = x + F.linear(y.transpose(1, 2).reshape(b, 1, d), block.attn.proj.weight)
+            h = F.layer_norm(x, (d,), block.ln2.weight)
+            x = x + F.linear(F.gelu(F.linear(h, block.mlp.up.weight)), block.mlp.down.weight)
+        cache.advance(1)
+        return F.linear(F.layer_norm(x[:, -1], (d,), self.ln_f.weight), self.tok.weight) * (d**-0.5)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -12,20 +12,29 @@ after a Bar; notes only after a Position), plus the value rules of `tokens_error
 (positions move forward inside the bar's length, no pitch twice at one position and
 program). A `repair` is a step where the model's most likely token broke the grammar, or an
 unfinished note cut off the end.
+
+Everything a token step does after the model runs on tensors on the model's device, for all
+rows at once: the grammar is a table of successor masks indexed by each row's state, the
+repetition penalty a scatter of the recent pitches, top-k/p a sort. No step copies to the
+host, so on CUDA nothing waits for the GPU but the check for finished rows, every
+`SYNC_EVERY` steps. Each row's random numbers are drawn from its own generator up front, one
+per step, which is what drawing one per step would give: a row's output does not depend on
+the batch it is sampled in.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import symusic
 import torch
+from torch import Tensor
 
 from midipipe.core.io import atomic_path, write_json
 from midipipe.generator.gpt import GPT, check_vocab
@@ -33,6 +42,7 @@ from midipipe.generator.gpt import GPT, check_vocab
 log = logging.getLogger(__name__)
 
 SPECIAL = ("PAD", "BOS", "EOS", "MASK")
+SYNC_EVERY = 32  # token steps between checks for finished rows on CUDA (each one waits)
 
 
 @dataclass
@@ -78,7 +88,10 @@ class SampleConfig:
 
 
 class RemiGrammar:
-    """Which token ids may come next, given the tokens so far (fed one by one to `step`)."""
+    """The grammar as tables over the vocabulary, built once per tokenizer: a successor mask
+    per state (the kind of the last token, plus `start` and `ProgramDrum`), which positions
+    may follow a position in a bar of a given length, and what each token does to a row's
+    state (`GrammarState`)."""
 
     def __init__(self, tokenizer) -> None:
         vocab = tokenizer.vocab
@@ -89,16 +102,9 @@ class RemiGrammar:
             self.kind[i], self.value[i] = token.split("_", 1)
         self.eos = vocab["EOS_None"]
         self.bar = vocab.get("Bar_None")
-        self.pos_per_beat = tokenizer.config.max_num_pos_per_beat
-        kinds = set(self.kind) - set(SPECIAL)
-        self.masks = {k: torch.tensor([t == k for t in self.kind]) for k in kinds}
-        by_value = sorted(
-            (int(self.value[i]), i) for i in range(self.n) if self.kind[i] == "Position"
-        )
-        self.position_ids = torch.tensor([i for _, i in by_value], dtype=torch.long)
-        self.position_values = [v for v, _ in by_value]
+        self.pad = tokenizer.pad_token_id
         self.pitch_kinds = {"Pitch", "PitchDrum"}
-
+        kinds = set(self.kind) - set(SPECIAL)
         graph = {k: set(v) & kinds for k, v in tokenizer.tokens_types_graph.items() if k in kinds}
         graph["ProgramDrum"] = graph.get("Program", set()) & {"PitchDrum"}
         if "Program" in graph:
@@ -111,106 +117,275 @@ class RemiGrammar:
         # EOS where a bar could begin: after a whole note, tempo or time signature
         self.complete = {k for k, succ in graph.items() if "Bar" in succ}
         graph["start"] = {"Bar"} if "Bar" in kinds else set(kinds)
-        self.successors = {}
-        for key, succ in graph.items():
-            mask = torch.zeros(self.n, dtype=torch.bool)
-            for k in succ:
-                mask |= self.masks[k]
-            mask[self.eos] = key in self.complete
-            self.successors[key] = mask
-        self.reset()
+        self._tables(tokenizer.config.max_num_pos_per_beat, graph)
 
-    def fresh(self) -> RemiGrammar:
-        """A grammar at the start of a piece sharing this one's tables (cheap to build)."""
-        other = copy.copy(self)
-        other.reset()
-        return other
-
-    def reset(self) -> None:
-        self.state = "start"
-        self.position = -1
-        self.bar_positions = 4 * self.pos_per_beat  # 4/4 until a TimeSig says otherwise
-        self.program = 0
-        self.played: set[tuple[int, int]] = set()  # (program, pitch id) at this position
-        self.bars = 0
-
-    def step(self, token: int) -> None:
-        kind, value = self.kind[token], self.value[token]
-        if kind in SPECIAL:
-            return
-        if kind == "Bar":
-            self.bars += 1
-            self.position, self.played = -1, set()
-        elif kind == "TimeSig":
-            self.bar_positions = int(value.split("/")[0]) * self.pos_per_beat
-        elif kind == "Position":
-            self.position, self.played = int(value), set()
-        elif kind == "Program":
-            self.program = int(value)
-        elif kind in self.pitch_kinds:
-            self.played.add((self.program, token))
-        self.state = "ProgramDrum" if kind == "Program" and self.program == -1 else kind
-
-    def allowed(self) -> torch.Tensor:
-        """Bool mask over the vocabulary."""
-        mask = self.successors[self.state].clone()
-        if mask[self.position_ids].any():
-            lo = next(
-                (i for i, v in enumerate(self.position_values) if v > self.position),
-                len(self.position_values),
-            )
-            hi = next(
-                (i for i, v in enumerate(self.position_values) if v >= self.bar_positions),
-                len(self.position_values),
-            )
-            mask[self.position_ids[:lo]] = False
-            mask[self.position_ids[hi:]] = False
-        for program, token in self.played:
-            if program == self.program:
-                mask[token] = False
-        if not mask.any():  # every pitch used at this position: drop the value rules
-            mask = self.successors[self.state].clone()
-        return mask
+    def _tables(self, per_beat: int, graph: dict[str, set[str]]) -> None:
+        states = sorted(set(self.kind) - set(SPECIAL) | set(graph))
+        index = {s: i for i, s in enumerate(states)}
+        self.successors = torch.tensor(
+            [[k in graph.get(state, ()) for k in self.kind] for state in states],
+            dtype=torch.bool,
+        )
+        self.successors[:, self.eos] = torch.tensor([s in self.complete for s in states])
+        pairs = list(zip(self.kind, self.value, strict=True))
+        positions = [int(v) if k == "Position" else -1 for k, v in pairs]
+        lengths = sorted(
+            {4 * per_beat} | {int(v.split("/")[0]) * per_beat for k, v in pairs if k == "TimeSig"}
+        )
+        programs = sorted({0} | {int(v) for k, v in pairs if k == "Program"})
+        self.n_programs = len(programs)
+        # position_ok[position + 1, bar length index, token]: Position tokens move forward
+        # inside the bar; other tokens always pass
+        value = torch.tensor(positions)[None, None, :]
+        now = torch.arange(-1, max(positions) + 1)[:, None, None]
+        length = torch.tensor(lengths)[None, :, None]
+        self.position_ok = (value < 0) | ((value > now) & (value < length))
+        # what a token does to a row's state fields (FIELDS): set a field to a value, add
+        self.sets = torch.zeros(self.n, len(FIELDS), dtype=torch.bool)
+        self.to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
+        self.adds = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
+        self.is_pitch = torch.tensor([k in self.pitch_kinds for k in self.kind])
+        for i, (k, v) in enumerate(pairs):
+            if k in SPECIAL:
+                continue
+            state = index["ProgramDrum" if k == "Program" and v == "-1" else k]
+            field_values = {STATE: state}
+            if k == "Bar":
+                field_values[POSITION] = -1
+                self.adds[i, BARS] = self.adds[i, EPOCH] = 1  # a new bar, nothing played
+            elif k == "Position":
+                field_values[POSITION] = int(v)
+                self.adds[i, EPOCH] = 1
+            elif k == "TimeSig":
+                field_values[LENGTH] = lengths.index(int(v.split("/")[0]) * per_beat)
+            elif k == "Program":
+                field_values[PROGRAM] = programs.index(int(v))
+            for f, x in field_values.items():
+                self.sets[i, f], self.to[i, f] = True, x
+        self.initial = torch.zeros(len(FIELDS), dtype=torch.long)
+        self.initial[STATE], self.initial[POSITION] = index["start"], -1
+        self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
+        self.initial[PROGRAM], self.initial[EPOCH] = programs.index(0), 1
 
     def is_complete(self, token: int) -> bool:
         """Whether a sequence may end on `token` (a note, tempo or time signature is whole)."""
         return self.kind[token] in self.complete
 
 
+# a row's grammar state: last token's kind (or start/ProgramDrum), position in the bar (-1:
+# none yet), bar length index, program index, bars so far, and a counter that moves with each
+# Bar or Position, so "played at this position" is "played in this epoch"
+FIELDS = STATE, POSITION, LENGTH, PROGRAM, BARS, EPOCH = range(6)
+
+
+class GrammarState:
+    """Where each row of a batch stands in the grammar, as tensors on `device`: its fields
+    (FIELDS) [n, 6], and for each program and pitch the epoch it was last played in."""
+
+    def __init__(self, grammar: RemiGrammar, n: int, device: torch.device) -> None:
+        for name in ("successors", "position_ok", "sets", "to", "adds", "is_pitch"):
+            setattr(self, name, getattr(grammar, name).to(device))
+        self.n_vocab = grammar.n
+        self.rows = torch.arange(n, device=device)
+        self.fields = grammar.initial.to(device).repeat(n, 1)
+        # [row, program, token], one spare token column that non-pitch steps write to
+        self.played = torch.zeros(
+            n, grammar.n_programs, grammar.n + 1, dtype=torch.int32, device=device
+        )
+
+    @property
+    def bars(self) -> Tensor:
+        return self.fields[:, BARS]
+
+    def allowed(self) -> Tensor:
+        """Bool mask [n, vocab]: the state's successors, positions forward inside the bar,
+        no pitch twice at a position and program (unless that leaves nothing)."""
+        f = self.fields
+        succ = self.successors[f[:, STATE]]
+        fresh = self.played[self.rows, f[:, PROGRAM], : self.n_vocab] != f[:, EPOCH, None]
+        mask = succ & self.position_ok[f[:, POSITION] + 1, f[:, LENGTH]] & fresh
+        return torch.where(mask.any(1, keepdim=True), mask, succ)
+
+    def step(self, tokens: Tensor, moving: Tensor) -> None:
+        """Advance the rows where `moving` by their token [n]; special tokens change nothing."""
+        move = moving[:, None]
+        self.fields = torch.where(self.sets[tokens] & move, self.to[tokens], self.fields)
+        self.fields += self.adds[tokens] * move
+        column = torch.where(moving & self.is_pitch[tokens], tokens, self.n_vocab)
+        f = self.fields
+        self.played[self.rows, f[:, PROGRAM], column] = f[:, EPOCH].int()
+
+
 # -- sampling --------------------------------------------------------------------------------
 
 
 def choose(
-    logits: torch.Tensor,
-    allowed: torch.Tensor,
-    cfg: SampleConfig,
-    penalized: Sequence[Sequence[int]],
-    gens: Sequence[torch.Generator],
-) -> list[int]:
-    """One token per row of float logits [B, V]: repetition penalty (on each row's
-    `penalized` ids), grammar, temperature, top-k/p, then a draw from the row's generator."""
-    logits = logits.clone()
-    if cfg.repetition_penalty != 1.0:
-        pen = torch.zeros_like(allowed)
-        for row, ids in enumerate(penalized):
-            pen[row, list(ids)] = True
+    logits: Tensor, allowed: Tensor, cfg: SampleConfig, penalized: Tensor | None, u: Tensor
+) -> Tensor:
+    """One token per row of float logits [B, V]: repetition penalty (where the bool
+    `penalized` [B, V] is set), grammar, temperature, top-k/p, then inverse-CDF draws at the
+    uniforms `u` [B] (float64)."""
+    if penalized is not None:
         rp = cfg.repetition_penalty
-        logits = torch.where(pen, torch.where(logits > 0, logits / rp, logits * rp), logits)
-    logits[~allowed] = float("-inf")
-    logits /= cfg.temperature
+        logits = torch.where(penalized, torch.where(logits > 0, logits / rp, logits * rp), logits)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    if cfg.temperature != 1.0:
+        logits = logits / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.shape[1]:
         kth = torch.topk(logits, cfg.top_k, dim=1).values[:, -1:]
-        logits[logits < kth] = float("-inf")
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=1)
     if cfg.top_p < 1.0:
         sorted_p, order = probs.sort(dim=1, descending=True)
         drop = sorted_p.cumsum(1) - sorted_p >= cfg.top_p  # keeps the first token always
         probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
     cdf = probs.double().cumsum(1)
-    u = torch.tensor([float(torch.rand(1, generator=g)) for g in gens], dtype=torch.double)
     picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     last = probs.shape[1] - 1 - (probs > 0).flip(1).int().argmax(1)  # rounding at u -> 1
-    return torch.minimum(picks, last).tolist()
+    return torch.minimum(picks, last)
+
+
+class TokenSampler:
+    """The token steps of a batch of pieces after the model: grammar, penalty, top-k/p and the
+    draw, with each row's history and stats, all on the model's device.
+
+    Rows finish on EOS (or on the Bar past `cfg.max_bars`) and are fed PAD from then on, so
+    all rows stay in step. Row i draws its uniforms from `gens[i]`, one per step it is live.
+    """
+
+    def __init__(
+        self,
+        grammar: RemiGrammar,
+        cfg: SampleConfig,
+        gens: Sequence[torch.Generator],
+        primers: Sequence[Sequence[int]],
+        bos: int,
+        device: torch.device,
+    ) -> None:
+        self.g, self.cfg, self.n = grammar, cfg, len(primers)
+        start = [[bos, *p] for p in primers]
+        self.length = len(start[0])
+        self.hist = torch.full(
+            (self.n, self.length + cfg.max_tokens), grammar.pad, dtype=torch.long, device=device
+        )
+        self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
+        self.state = GrammarState(grammar, self.n, device)
+        every = torch.ones(self.n, dtype=torch.bool, device=device)
+        for j in range(1, self.length):
+            self.state.step(self.hist[:, j], every)
+        self.u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens])
+        self.u = self.u.double().to(device)
+        self.is_pitch = self.state.is_pitch
+        self.live = every.clone()
+        self.new = torch.zeros(self.n, dtype=torch.long, device=device)
+        self.repairs = torch.zeros(self.n, dtype=torch.long, device=device)
+        self.masked = torch.zeros(self.n, dtype=torch.float64, device=device)
+        self.done_at = torch.full((self.n,), -1, dtype=torch.long, device=device)
+        self.t = 0
+        self.times: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def seen(self, last: int) -> Tensor:
+        """Each row's last `last` tokens [n, <= last] (BOS and primer included)."""
+        return self.hist[:, max(0, self.length - last) : self.length]
+
+    def penalized(self) -> Tensor | None:
+        """Bool [n, V]: the pitches among each row's last `repetition_window` tokens (None
+        when the penalty is off)."""
+        cfg = self.cfg
+        if cfg.repetition_penalty == 1.0:
+            return None
+        out = torch.zeros(self.n, self.g.n, dtype=torch.bool, device=self.hist.device)
+        if cfg.repetition_window:
+            out.scatter_(1, self.seen(cfg.repetition_window), True)
+        return out & self.is_pitch
+
+    def step(self, logits: Tensor) -> Tensor:
+        """Sample one token per row from float logits [n, V]; returns what to feed next [n]
+        (PAD for finished rows)."""
+        cfg, g, t = self.cfg, self.g, self.t
+        allowed = self.state.allowed()
+        if t < cfg.min_tokens:
+            allowed[:, g.eos] = False
+        wrong = ~allowed.gather(1, logits.argmax(1, keepdim=True))[:, 0]
+        off = torch.softmax(logits, 1).masked_fill(allowed, 0.0).sum(1)
+        tokens = choose(logits, allowed, cfg, self.penalized(), self.u[:, t])
+        self.repairs += wrong & self.live
+        self.masked += torch.where(self.live, off.double(), 0.0)
+        self.new += self.live
+        end = tokens == g.eos
+        if cfg.max_bars and g.bar is not None:
+            end |= (tokens == g.bar) & (self.state.bars >= cfg.max_bars)
+        end &= self.live
+        self.done_at = torch.where(end, t, self.done_at)
+        self.live = self.live & ~end
+        self.state.step(tokens, self.live)
+        fed = torch.where(self.live, tokens, g.pad)
+        self.hist[:, self.length] = fed
+        self.length += 1
+        self.t += 1
+        self.times.append(time.perf_counter() - self.t0)
+        return fed
+
+    def finished(self) -> bool:
+        """Whether every row has ended (waits for the device)."""
+        return not bool(self.live.any())
+
+    def results(self, guided: Sequence[bool]) -> list[tuple[list[int], dict]]:
+        """Each row's ids and stats (`finish_row`); row i's tokens/s over the time until it
+        finished."""
+        end = time.perf_counter() - self.t0
+        hist = self.hist[:, : self.length].tolist()
+        done_at, new = self.done_at.tolist(), self.new.tolist()
+        repairs, masked = self.repairs.tolist(), self.masked.tolist()
+        return [
+            finish_row(
+                self.g,
+                hist[i],
+                new[i],
+                repairs[i],
+                masked[i],
+                self.times[done_at[i]] if done_at[i] >= 0 else end,
+                guided[i],
+            )
+            for i in range(self.n)
+        ]
+
+
+def sync_every(device: torch.device) -> int:
+    """Steps between checks for finished rows: every step on CPU (a check costs nothing
+    there), every `SYNC_EVERY` on an accelerator (a check waits for it)."""
+    return 1 if device.type == "cpu" else SYNC_EVERY
+
+
+def inference_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast and TF32 matmuls on CUDA (the caller's TF32 settings restored after);
+    nothing on CPU. Only around the model: the draw's float64 CDF must stay float64."""
+    return cuda_precision() if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cuda_precision():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def run_steps(
+    sampler: TokenSampler, forward: Callable[[Tensor], Tensor], feed: Tensor, device
+) -> None:
+    """Alternate `forward` (fed tokens [n, t] -> float logits [n, V] of the next one) and a
+    sampler step until every row ended or `max_tokens` steps ran."""
+    every = sync_every(device)
+    for t in range(sampler.cfg.max_tokens):
+        fed = sampler.step(forward(feed))
+        if t == sampler.cfg.max_tokens - 1 or ((t + 1) % every == 0 and sampler.finished()):
+            return
+        feed = fed[:, None]
 
 
 @dataclass
@@ -233,8 +408,8 @@ def generate(
     """REMI ids (primer included, no BOS/EOS) continuing `primer_ids` for `composer_id`, and
     stats {tokens, bars, repairs, trimmed, masked_mass, tokens_per_s, guided}.
 
-    Without the cache every step recomputes the last `context` tokens: the baseline the
-    benchmark compares against (identical output while the sequence fits the context).
+    Without the cache every step recomputes the last `context` tokens (identical output while
+    the sequence fits the context).
     """
     cfg = cfg or SampleConfig()
     request = Request(composer_id, primer_ids or (), cfg.seed)
@@ -261,78 +436,36 @@ def generate_batch(
             raise ValueError(
                 f"composer id {r.composer_id} outside 0..{model.config.n_composers - 1}"
             )
-    base = RemiGrammar(tokenizer)
-    primers = [[t for t in r.primer if base.kind[t] not in SPECIAL] for r in requests]
+    grammar = RemiGrammar(tokenizer)
+    primers = [[t for t in r.primer if grammar.kind[t] not in SPECIAL] for r in requests]
     if len({len(p) for p in primers}) > 1:
         raise ValueError("generate_batch: primers must have the same length")
-    grammars = [base.fresh() for _ in requests]
-    for g, p in zip(grammars, primers, strict=True):
-        for t in p:
-            g.step(t)
     device = next(model.parameters()).device
-    bos, pad, context = tokenizer.vocab["BOS_None"], tokenizer.pad_token_id, model.config.context
-    n = len(requests)
+    n, context = len(requests), model.config.context
     ids = [r.composer_id for r in requests]
     guided = cfg.guidance != 1.0 and any(ids)
-    pitches = base.pitch_kinds
     composers = torch.tensor(ids + [0] * n if guided else ids, device=device)
     gens = [torch.Generator().manual_seed(r.seed) for r in requests]
+    sampler = TokenSampler(grammar, cfg, gens, primers, tokenizer.vocab["BOS_None"], device)
+    cache = model.new_cache() if use_cache else None
     model.eval()
 
-    seqs = [[bos, *p] for p in primers]
-    feed, cache = [list(s) for s in seqs], model.new_cache() if use_cache else None
-    done = [False] * n
-    new, repairs, masked, elapsed = [0] * n, [0] * n, [0.0] * n, [0.0] * n
-    t0 = time.perf_counter()
-    for _ in range(cfg.max_tokens):
-        if use_cache:
-            x = torch.tensor(feed, device=device)
-            logits, _ = model(x.repeat(2, 1) if guided else x, composers, cache, last_only=True)
-        else:
-            win = [s[-context:] for s in seqs]
-            x = torch.tensor(win, device=device)
-            start = len(seqs[0]) - len(win[0])
-            logits, _ = model(
-                x.repeat(2, 1) if guided else x, composers, start_pos=start, last_only=True
-            )
-        last = logits[:, -1].float().cpu()
-        z = last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
-        live = [i for i in range(n) if not done[i]]
-        allowed = torch.stack([grammars[i].allowed() for i in live])
-        for row, i in enumerate(live):
-            if new[i] < cfg.min_tokens:
-                allowed[row, grammars[i].eos] = False
-        z = z[live]
-        wrong = ~allowed.gather(1, z.argmax(1, keepdim=True))[:, 0]
-        off = torch.softmax(z, 1).masked_fill(allowed, 0.0).sum(1)
-        penalized = [
-            [t for t in seqs[i][-cfg.repetition_window :] if grammars[i].kind[t] in pitches]
-            if cfg.repetition_window
-            else []
-            for i in live
-        ]
-        tokens = choose(z, allowed, cfg, penalized, [gens[i] for i in live])
-        step = [pad] * n  # finished rows are fed PAD, so all rows stay in step
-        for row, (i, token) in enumerate(zip(live, tokens, strict=True)):
-            g = grammars[i]
-            repairs[i] += int(wrong[row])
-            masked[i] += float(off[row])
-            new[i] += 1
-            if token == g.eos or (token == g.bar and cfg.max_bars and g.bars >= cfg.max_bars):
-                done[i], elapsed[i] = True, time.perf_counter() - t0
+    def forward(feed: Tensor) -> Tensor:
+        if cache is None:  # the last `context` tokens again
+            feed = sampler.seen(context)
+        start = sampler.length - feed.shape[1]
+        feed = feed.repeat(2, 1) if guided else feed
+        with inference_precision(device):
+            if cache is not None and feed.shape[1] == 1:
+                last = model.decode_step(feed, composers, cache)
             else:
-                g.step(token)
-                step[i] = token
-        for s, t in zip(seqs, step, strict=True):
-            s.append(t)
-        feed = [[t] for t in step]
-        if all(done):
-            break
-    end = time.perf_counter() - t0
-    return [
-        finish_row(g, s, new[i], repairs[i], masked[i], elapsed[i] or end, bool(ids[i]) and guided)
-        for i, (g, s) in enumerate(zip(grammars, seqs, strict=True))
-    ]
+                logits, _ = model(feed, composers, cache, start_pos=start, last_only=True)
+                last = logits[:, -1]
+        last = last.float()
+        return last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
+
+    run_steps(sampler, forward, sampler.seen(sampler.length), device)
+    return sampler.results([bool(i) and guided for i in ids])
 
 
 def finish_row(

@@ -27,11 +27,19 @@ from midipipe.data.composers import composer_id_of
 from midipipe.data.sources.names import slug
 from midipipe.evaluation import conditioning as cond
 from midipipe.evaluation import generated as ev
+from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import load_corpus, read_table
 from midipipe.generator.generate import real_excerpts, sampling_threads
 from midipipe.generator.gpt import check_vocab
-from midipipe.generator.sampling import RemiGrammar, SampleConfig, choose, finish_row, to_midi
+from midipipe.generator.sampling import (
+    RemiGrammar,
+    SampleConfig,
+    TokenSampler,
+    inference_precision,
+    run_steps,
+    to_midi,
+)
 from midipipe.tokens import remi
 from midipipe.vae.model import LabelVAE, load_vae
 from midipipe.vae.train import eval_windows, posteriors
@@ -100,42 +108,16 @@ def sample(
     y = torch.tensor(list(labels), dtype=torch.long, device=device)
     z = torch.stack([model.sample_prior(y[i : i + 1], g)[0] for i, g in enumerate(gens)])
     memory = model.memory(z, y)
-    base = RemiGrammar(tokenizer)
-    grammars = [base.fresh() for _ in labels]
-    seqs: list[list[int]] = [[] for _ in labels]
-    repairs, masked, ended = [0] * n, [0.0] * n, [False] * n
-    cache = model.new_cache()
-    feed = torch.zeros(n, 0, dtype=torch.long, device=device)
-    t0 = time.perf_counter()
-    for step in range(cfg.max_tokens):
-        logits = model.decode(feed, memory, y, cache)[:, -1].float().cpu()
-        live = [b for b in range(n) if not ended[b]]
-        allowed = torch.stack([grammars[b].allowed() for b in live])
-        rows = logits[live]
-        hit = allowed.gather(1, rows.argmax(1, keepdim=True))[:, 0]
-        lost = (torch.softmax(rows, -1) * ~allowed).sum(1)
-        picks = choose(rows, allowed, cfg, [[] for _ in live], [gens[b] for b in live])
-        nxt = [tokenizer.pad_token_id] * n
-        for k, (b, token) in enumerate(zip(live, picks, strict=True)):
-            repairs[b] += int(not hit[k])
-            masked[b] += float(lost[k])
-            if token == base.eos:
-                ended[b] = True
-                continue
-            grammars[b].step(token)
-            seqs[b].append(token)
-            nxt[b] = token
-        if all(ended) or step == cfg.max_tokens - 1:
-            break
-        feed = torch.tensor(nxt, device=device)[:, None]
-    elapsed = time.perf_counter() - t0
     bos = tokenizer.vocab["BOS_None"]
-    return [
-        finish_row(
-            base, [bos, *seqs[b]], len(seqs[b]) + ended[b], repairs[b], masked[b], elapsed, False
-        )
-        for b in range(n)
-    ]
+    sampler = TokenSampler(RemiGrammar(tokenizer), cfg, gens, [[] for _ in labels], bos, device)
+    cache = model.new_cache()
+
+    def forward(feed: torch.Tensor) -> torch.Tensor:
+        with inference_precision(device):
+            return model.decode(feed, memory, y, cache)[:, -1].float()
+
+    run_steps(sampler, forward, torch.zeros(n, 0, dtype=torch.long, device=device), device)
+    return sampler.results([False] * n)
 
 
 def load(model_dir: str | Path, device: str = "auto") -> tuple[LabelVAE, object, dict]:
@@ -212,7 +194,8 @@ def evaluate_vae(
     classifier: cond.GRUClassifier | None = None,
 ) -> tuple[dict, cond.GRUClassifier | None]:
     """Sample every frequent composer into `out_dir` (old takes removed), then run the
-    conditioning suite and the latent-space check on held-out windows. `tp` trains the GRU
+    conditioning suite, the latent-space check on held-out windows and `novelty_*` (the
+    longest n-gram shared with training pieces). `tp` trains the GRU
     judge, unless a trained `classifier` is passed (the ablation runner reuses one)."""
     model, tokenizer, table = load(model_dir, gp.device)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
@@ -264,6 +247,11 @@ def evaluate_vae(
         latent_png,
         model.prior_mean.detach().cpu().numpy(),
     )
+    copied = novelty(
+        [p.ids for p in generated],
+        [p.ids for p in real_excerpts(held_out, cfg.max_tokens, n)],
+        real["train"].pieces,
+    )
     tokens = [s["tokens"] for s in stats_all]
     return {
         "pieces_per_composer": gp.pieces_per_composer,
@@ -278,4 +266,5 @@ def evaluate_vae(
         "empty_pieces": sum(1 for p in generated if not p.ids),
         **metrics,
         **latent,
+        **copied,
     }, classifier
