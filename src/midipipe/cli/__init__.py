@@ -169,6 +169,14 @@ def cmd_genre(args) -> None:
         sys.exit(1)
 
 
+def cmd_demo(args) -> None:
+    from midipipe.demo import load_params
+    from midipipe.demo.app import serve  # gradio and torch: only when it runs
+
+    print(f"midipipe demo: http://{args.host}:{args.port} (Ctrl-C stops it)")
+    serve(args.models, load_params(args.params), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
     parser.add_argument(
@@ -227,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="model folder (default: models/genre_phrase or models/genre_hier)",
     )
     gen.set_defaults(func=cmd_genre)
+
+    demo = sub.add_parser("demo", help="a local web page: classify, chart and generate")
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default: %(default)s)"
+    )
+    demo.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
+    demo.add_argument(
+        "--models", default="models", help="the DAG's model folder (default: %(default)s)"
+    )
+    demo.set_defaults(func=cmd_demo)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)
