@@ -3,13 +3,9 @@ the page itself in headless Chromium over tiny models trained here through the l
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import shutil
 import socket
-import subprocess
-import sys
-import time
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -70,7 +66,13 @@ def build_models(root: Path) -> Path:
             tokens.append({"piece_id": pid, "ids": ids.tolist(), "bar_starts": bars.tolist()})
             split = "test" if k == 0 else "valid" if k == 1 else "train"
             manifest.append(
-                {"piece_id": pid, "split": split, "composer": name, "period": name, "path": f"{pid}.mid"}
+                {
+                    "piece_id": pid,
+                    "split": split,
+                    "composer": name,
+                    "period": name,
+                    "path": f"{pid}.mid",
+                }
             )
     write_rows(tokens_dir / "part-00000.parquet", tokens, TOKENS_SCHEMA)
     write_rows(root / "data" / "manifest.parquet", manifest, MANIFEST_SCHEMA)
@@ -109,3 +111,272 @@ def build_models(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     return build_models(tmp_path_factory.mktemp("demo_project"))
+
+
+@pytest.fixture(scope="module")
+def analyser(models) -> Analyser:
+    return Analyser(models, DemoParams())
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# -- analysis and bad input ------------------------------------------------------------------
+
+
+def test_analysis_uses_the_models_and_names_what_is_missing(analyser, tmp_path):
+    song = write(tmp_path / "song.mid", build_midi(n_bars=12, **STYLES["beta"]))
+    a = analyser.analyse(song, top_k=1)
+    assert a.error is None and a.facts["bars"] == 12 and a.facts["meters"] == "3/4"
+    assert a.facts["tempo (bpm)"] == "150"
+    phrase = a.genre["phrase"]
+    assert phrase["label"] == "composer" and phrase["prediction"] in ("alpha", "beta")
+    assert set(phrase["probabilities"]) == {"alpha", "beta"} and len(phrase["top_k"]) == 1
+    assert "no hier genre model" in a.genre["hier"]["error"]  # missing: said, not raised
+    assert len(a.emotion) == 12 and {r["estimator"] for r in a.emotion} == {"rules"}
+
+
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("empty.mid", b"", "empty file"),
+        ("text.mid", b"hello, not music", "not a MIDI file"),
+        ("cut.mid", build_midi()[:30], "cannot parse MIDI"),
+        ("huge.mid", build_midi(n_bars=400), "above the 0.001 MB limit"),
+    ],
+)
+def test_bad_files_get_a_reason_that_names_them(models, tmp_path, name, data, reason):
+    a = Analyser(models, DemoParams(max_upload_mb=0.001)).analyse(write(tmp_path / name, data))
+    assert a.error.startswith(name) and reason in a.error and not a.genre
+
+
+def test_too_many_notes_and_too_short_are_said_plainly(models, analyser, tmp_path):
+    dense = write(tmp_path / "dense.mid", build_midi(n_bars=40))
+    a = Analyser(models, DemoParams(max_notes=100)).analyse(dense)
+    assert "too many notes: 200 > max_notes 100" in a.error
+    short = analyser.analyse(write(tmp_path / "short.mid", build_midi(n_bars=2)))
+    assert (
+        short.error is None
+        and "too short to classify: 2 bars, 4 needed" in (short.genre["phrase"]["error"])
+    )
+
+
+def test_quadrant_of_the_mean_and_shares_per_bar():
+    rows = [{"valence": v, "arousal": a} for v, a in [(0.5, 0.5), (0.4, -0.1), (-0.2, 0.3)]]
+    name, shares = quadrant(rows)
+    assert name.startswith("Q1") and sorted(round(s, 3) for s in shares.values()) == [
+        0.0,
+        0.333,
+        0.333,
+        0.333,
+    ]
+
+
+def test_examples_are_written_and_contrast(analyser, tmp_path):
+    bright, dark = write_examples(tmp_path)
+    mean = {
+        p.name: [sum(r[k] for r in rows) / len(rows) for k in ("valence", "arousal")]
+        for p in (bright, dark)
+        for rows in [analyser.analyse(p).emotion]
+    }
+    assert mean[bright.name][0] > mean[dark.name][0] and mean[bright.name][1] > mean[dark.name][1]
+
+
+# -- audio and generation --------------------------------------------------------------------
+
+
+def read_wav(path: Path) -> tuple[int, int]:
+    with wave.open(str(path)) as f:
+        return f.getframerate(), f.getnframes()
+
+
+def test_numpy_renderer_writes_the_notes_length(tmp_path):
+    midi = write(tmp_path / "a.mid", build_midi(n_bars=4, tempo=120.0))  # 8 s
+    assert audio.render(midi, tmp_path / "a.wav", 16000, "numpy") == audio.NUMPY
+    rate, frames = read_wav(tmp_path / "a.wav")
+    assert rate == 16000 and 8.0 <= frames / rate <= 9.0
+
+
+@pytest.mark.skipif(not audio.fluidsynth_available(), reason="fluidsynth or soundfont absent")
+def test_fluidsynth_renderer(tmp_path):
+    midi = write(tmp_path / "a.mid", build_midi(n_bars=4, tempo=120.0))
+    assert audio.render(midi, tmp_path / "a.wav", 22050) == audio.FLUIDSYNTH
+    rate, frames = read_wav(tmp_path / "a.wav")
+    assert rate == 22050 and frames / rate >= 8.0
+
+
+def test_without_fluidsynth_auto_falls_back_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "soundfont", lambda: None)
+    midi = write(tmp_path / "a.mid", build_midi(n_bars=2))
+    label = audio.render(midi, tmp_path / "a.wav", 16000)
+    assert label.startswith(audio.NUMPY) and "not installed" in label
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        audio.render(midi, tmp_path / "b.wav", 16000, "fluidsynth")
+
+
+def test_composer_takes_and_refuses(models, tmp_path):
+    composer = Composer(models / "generator", 16000, renderer="numpy")
+    assert composer.composers() == ["alpha", "beta", "any"]
+    cfg = SampleConfig(max_tokens=64, min_tokens=64, seed=3)
+    take = composer.take("beta", cfg, tmp_path)
+    assert take.stats["tokens"] == 64 and take.midi.exists() and take.renderer == audio.NUMPY
+    assert symusic.Score(str(take.midi)).note_num() == take.stats["notes"]
+    assert take.stats["notes"] == 0 or read_wav(take.wav)[1] > 0
+    with pytest.raises(ValueError, match="unknown composer 'nobody'; known: alpha, beta, any"):
+        composer.take("nobody", cfg, tmp_path)
+    gone = Composer(tmp_path / "nothing", 16000)
+    assert "no generator in" in gone.missing() and gone.composers() == []
+
+
+# -- params and command line -----------------------------------------------------------------
+
+
+def test_demo_params_are_checked_by_key(tmp_path):
+    assert load_params(ROOT / "params.yaml") == DemoParams()  # the file states the defaults
+    assert load_params(tmp_path / "absent.yaml") == DemoParams()
+    with pytest.raises(ParamError, match="demo.max_upload_mb: must be > 0"):
+        DemoParams(max_upload_mb=0)
+    bad = write(tmp_path / "params.yaml", b"demo: {top_k: many}\n")
+    with pytest.raises(ParamError, match="demo.top_k: expected int"):
+        load_params(bad)
+
+
+def test_cli_demo_arguments():
+    args = build_parser().parse_args(["demo", "--port", "8000", "--models", "elsewhere"])
+    assert (args.host, args.port, args.models) == ("127.0.0.1", 8000, "elsewhere")
+
+
+# -- the page in a real browser --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    """The page on a free local port, in this process (the models are already imported)."""
+    from midipipe.demo.app import serve
+
+    port = free_port()
+    page = serve(models, DemoParams(max_upload_mb=1.0), "127.0.0.1", port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip(
+            "chromium and chromedriver are not installed (apt-get install chromium "
+            "chromium-driver; .ci/run does)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        "--window-size=1400,1700",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def text_of(driver, element_id: str, wait_for: str, timeout: float = 30) -> str:
+    """The element's text once it contains `wait_for`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        text = d.find_element(By.ID, element_id).text
+        return text if wait_for in text else False
+
+    return WebDriverWait(driver, timeout).until(ready)
+
+
+def upload(driver, path: Path) -> None:
+    """Clear the file box if it holds a file, then choose `path` in it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for clear in driver.find_elements(By.CSS_SELECTOR, "#upload button[aria-label=Clear]"):
+        clear.click()
+    box = WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]")
+    )
+    box[0].send_keys(str(path))
+
+
+def test_the_page_in_chromium(server, browser, analyser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.get(server)
+    bright = write_examples(tmp_path)[0]
+    expected = analyser.analyse(bright)
+
+    # a good file: the genre chart and the curve's figures reach the page
+    upload(browser, bright)
+    text_of(browser, "status", "Analysed")
+    chart = browser.find_element(By.ID, "genre-phrase").text
+    lines = chart.splitlines()  # the block label, the top class, then (class, "NN%") pairs
+    shown = {lines[i - 1]: lines[i] for i in range(1, len(lines)) if lines[i].endswith("%")}
+    want = expected.genre["phrase"]["probabilities"]
+    assert {k: float(v.rstrip("%")) for k, v in shown.items()} == pytest.approx(
+        {k: 100 * v for k, v in want.items()}, abs=0.51
+    )
+    valence = sum(r["valence"] for r in expected.emotion) / len(expected.emotion)
+    emotion = text_of(browser, "emotion", "Estimator: rules")
+    assert f"{len(expected.emotion)} bars; valence mean {valence:+.2f}" in emotion
+    assert browser.find_elements(By.CSS_SELECTOR, "#curves img, #roll img")
+    assert "no hier genre model" in browser.find_element(By.ID, "genre-hier-note").text
+    browser.save_screenshot(str(SCREENSHOTS / "analyse.png"))
+
+    # a corrupted file: the reason in the page, and the server still answers
+    broken = write(tmp_path / "broken.mid", b"MThd" + bytes(range(40)))
+    upload(browser, broken)
+    assert "broken.mid: cannot parse MIDI" in text_of(browser, "status", "⚠")
+    browser.save_screenshot(str(SCREENSHOTS / "analyse_error.png"))
+    upload(browser, bright)
+    text_of(browser, "status", "Analysed")
+
+    # a short generation: a MIDI file with notes and a WAV that plays
+    next(
+        t
+        for t in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+        if t.text == "Generate"
+    ).click()
+    length = browser.find_element(By.CSS_SELECTOR, "#length input[type=number]")
+    length.clear()
+    length.send_keys("128\t")
+    browser.find_element(By.ID, "generate-button").click()
+    status = text_of(browser, "gen-status", "Audio renderer")
+    assert "128 tokens" in status
+    links = {
+        Path(a.get_attribute("download")).suffix: a.get_attribute("href")
+        for a in browser.find_elements(By.CSS_SELECTOR, "#audio a[download], #midi a[download]")
+    }
+    wav, midi = tmp_path / "take.wav", tmp_path / "take.mid"
+    wav.write_bytes(urllib.request.urlopen(links[".wav"], timeout=10).read())
+    midi.write_bytes(urllib.request.urlopen(links[".mid"], timeout=10).read())
+    notes = symusic.Score(str(midi)).note_num()
+    assert f"{notes} notes" in status and notes > 0
+    rate, frames = read_wav(wav)
+    assert frames / rate > 0.5
+    browser.save_screenshot(str(SCREENSHOTS / "generate.png"))

@@ -165,21 +165,24 @@ def build_app(
     analyser = Analyser(models, params)
     composer = Composer(Path(models) / "generator", params.sample_rate, renderer)
     examples = write_examples(workdir / "examples")
-    labels, present = {}, {}
+    labels, present, missing = {}, {}, {}
     for kind, what in (("phrase", "phrase model"), ("hier", "hierarchical model")):
         model = analyser.genre_model(kind)
         present[kind] = not isinstance(model, str)
+        missing[kind] = "" if present[kind] else _status(model, error=True)
         name = model.meta.get("label", "tags") if present[kind] else "genre"
         labels[kind] = f"{name} probabilities, {what}"
 
     def analyse(path: str | None, k: int):
-        empty = (None, "", None, "", None, "", [], None)
+        def nothing(status: str) -> tuple:
+            return (status, "", None, missing["phrase"], None, missing["hier"], None, "", [], None)
+
         if not path:
-            return (_status("Upload a MIDI file or pick an example."), "", *empty)
+            return nothing(_status("Upload a MIDI file or pick an example."))
         a = analyser.analyse(path, int(k))
         if a.error:
             log.info("refused %s", a.error)
-            return (_status(a.error, error=True), "", *empty)
+            return nothing(_status(a.error, error=True))
         phrase, phrase_note = _genre_outputs(a.genre["phrase"], int(k))
         hier, hier_note = _genre_outputs(a.genre["hier"], int(k))
         curves, emotion_text, table = _emotion_outputs(a)
@@ -246,10 +249,10 @@ def build_app(
                     )
                     k = gr.Slider(1, 20, value=params.top_k, step=1, label="top-k classes shown")
                     gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
+                with gr.Column(scale=2):
                     status = gr.HTML(
                         _status("Upload a MIDI file or pick an example."), elem_id="status"
                     )
-                with gr.Column(scale=2):
                     facts = gr.Markdown(elem_id="facts")
                     with gr.Row():
                         with gr.Column():
@@ -258,12 +261,14 @@ def build_app(
                                 elem_id="genre-phrase",
                                 visible=present["phrase"],
                             )
-                            phrase_note = gr.Markdown(elem_id="genre-phrase-note")
+                            phrase_note = gr.Markdown(
+                                missing["phrase"], elem_id="genre-phrase-note"
+                            )
                         with gr.Column():
                             hier = gr.Label(
                                 label=labels["hier"], elem_id="genre-hier", visible=present["hier"]
                             )
-                            hier_note = gr.Markdown(elem_id="genre-hier-note")
+                            hier_note = gr.Markdown(missing["hier"], elem_id="genre-hier-note")
             curves = gr.Plot(label="valence and arousal", elem_id="curves")
             emotion_text = gr.Markdown(elem_id="emotion")
             roll = gr.Plot(label="piano roll", elem_id="roll")
@@ -320,7 +325,13 @@ def build_app(
                         _status(composer.missing() or "Pick a composer and press Generate."),
                         elem_id="gen-status",
                     )
-                    preview = gr.Audio(label="audio preview", type="filepath", elem_id="audio")
+                    preview = gr.Audio(
+                        label="audio preview",
+                        type="filepath",
+                        elem_id="audio",
+                        buttons=["download"],
+                        interactive=False,
+                    )
                     midi = gr.File(label="generated MIDI", elem_id="midi")
                     gen_roll = gr.Plot(label="piano roll", elem_id="gen-roll")
             go.click(

@@ -18,10 +18,11 @@ def piano_roll(score: symusic.Score, title: str = "") -> Figure:
     """Notes as bars (pitch over seconds), drums in grey."""
     seconds = score.to("second")
     fig, ax = plt.subplots(figsize=(10, 3.4))
-    lowest, highest = 127, 0
+    lowest, highest, end = 127, 0, 1e-3
     for k, track in enumerate(t for t in seconds.tracks if len(t.notes)):
         notes = track.notes.numpy()
         start, dur, pitch = notes["time"], notes["duration"], notes["pitch"]
+        end = max(end, float((start + dur).max()))
         if track.is_drum:
             color, label = "0.6", f"{track.name or 'drums'} (drums)"
         else:
@@ -38,7 +39,7 @@ def piano_roll(score: symusic.Score, title: str = "") -> Figure:
         )
     if highest >= lowest:
         ax.set_ylim(lowest - 2, highest + 2)
-    ax.set_xlim(0, max(seconds.end(), 1e-3))
+    ax.set_xlim(0, end)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("MIDI pitch")
     ax.grid(alpha=0.25)
