@@ -41,6 +41,7 @@ class Analysis:
     genre: dict[str, dict] = field(default_factory=dict)  # kind -> predict() output or {error}
     emotion: list[dict] = field(default_factory=list)  # predict_file rows
     emotion_error: str | None = None
+    emotion_note: str | None = None  # why the rule estimate stands in for the learned model
 
 
 def facts(score: symusic.Score) -> dict:
@@ -126,8 +127,9 @@ class Analyser:
             out.genre[kind] = model.predict(path, top_k or self.params.top_k)
         try:
             out.emotion = predict_file(path, self.emotion_dir, self.models / "musetok")
-            if not out.emotion:
-                out.emotion_error = "no bars to estimate"
-        except (BadMidi, OSError, ValueError, KeyError) as exc:
-            out.emotion_error = f"no valence/arousal: {exc}"
+        except (BadMidi, OSError, ValueError, KeyError) as exc:  # e.g. a meter MuseTok lacks
+            out.emotion_note = f"the learned model cannot read this file ({exc})"
+            out.emotion = predict_file(path, rules_only=True)
+        if not out.emotion:
+            out.emotion_error = "no bars to estimate"
         return out

@@ -106,6 +106,8 @@ def _emotion_outputs(a: Analysis) -> tuple[Figure | None, str, list[list]]:
         f"{sum(v) / len(v):+.2f} (range {min(v):+.2f} to {max(v):+.2f}), arousal mean "
         f"{sum(ar) / len(ar):+.2f} (range {min(ar):+.2f} to {max(ar):+.2f})."
     )
+    if a.emotion_note:
+        text = f"The rule-based estimate stands in: {a.emotion_note}. " + text
     if estimator == RULES:
         text += " The emotion quadrant is shown only for a learned model."
     else:

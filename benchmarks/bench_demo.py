@@ -1,0 +1,188 @@
+"""The web demo's latency on CPU, once the models are loaded: upload to result for a ~3-minute
+song (Analyse tab), and request to playable audio for 512 generated tokens (Generate tab).
+Target: both under 2 s.
+
+Both go through the running page over HTTP with gradio_client, as the browser does (upload,
+the handler, figures serialised, the files served back). Beside each, the same run times the
+library calls alone (`library_*`: the predictors, or the sampler), so `*_page_overhead` is
+what the page adds. Models are cpu_default-sized with random weights (latency does not depend
+on the weights): the phrase and hierarchical genre models of bench_genre, a cpu_default GPT,
+and a cpu_default MuseTok under a latents+cues emotion MLP (the learned path, the slower one).
+The song is the POP909 file nearest 180 s long that MuseTok reads. Medians of `--repeats`.
+
+Prints one JSON line.
+    python benchmarks/bench_demo.py [--repeats 5] [--tokens 512] [--renderer auto|numpy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import symusic
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_genre import random_folders  # noqa: E402
+from common import external_data  # noqa: E402
+
+from midipipe.core.io import write_json  # noqa: E402
+from midipipe.data import composers  # noqa: E402
+from midipipe.demo import DemoParams  # noqa: E402
+from midipipe.demo.analyse import Analyser  # noqa: E402
+from midipipe.emotion import regressor  # noqa: E402
+from midipipe.emotion.rules import FEATURES  # noqa: E402
+from midipipe.generator.generate import sampling_threads  # noqa: E402
+from midipipe.generator.gpt import GPT, GPTConfig, load_model, save_model  # noqa: E402
+from midipipe.generator.sampling import SampleConfig, generate  # noqa: E402
+from midipipe.musetok import checkpoint  # noqa: E402
+from midipipe.musetok.events import MuseTokReject, encode_midi  # noqa: E402
+from midipipe.musetok.model import MuseTok, MuseTokConfig  # noqa: E402
+from midipipe.tokens import remi  # noqa: E402
+
+COMPOSERS = [f"composer{i}" for i in range(10)]
+
+
+def random_models(root: Path, tokenizer) -> Path:
+    """models/{genre_phrase,genre_hier,generator,musetok,emotion} with random weights."""
+    models = root / "models"
+    phrase, hier = random_folders(root, tokenizer, "cpu_default")
+    models.mkdir()
+    phrase.rename(models / "genre_phrase")
+    hier.rename(models / "genre_hier")
+    table = composers.bucket([c for c in COMPOSERS for _ in range(3)], min_pieces=2)
+    torch.manual_seed(0)
+    cfg = GPTConfig.cpu_default(vocab_size=len(tokenizer.vocab), n_composers=table["n_ids"])
+    save_model(GPT(cfg), models / "generator")
+    write_json(models / "generator" / "composers.json", table)
+    tokenizer.save(models / "generator")
+    musetok = MuseTok(MuseTokConfig.cpu_default())
+    checkpoint.save(musetok, models / "musetok")
+    mlp = regressor.EmotionMLP(
+        regressor.MLPConfig(
+            input="latents+cues", width=musetok.config.d_latent + len(FEATURES), window=2
+        )
+    )
+    regressor.save(mlp, models / "emotion", {"cue_window": 2})
+    return models
+
+
+def three_minute_song(root: Path, target_s: float = 180.0, scan: int = 80) -> tuple[Path, float]:
+    """The POP909 song nearest `target_s` long that MuseTok reads (some have meters it lacks,
+    which the page answers with the rule estimate: the learned path is the one to time)."""
+    files = sorted(root.glob("[0-9]*/[0-9]*.mid"))[:scan]
+    if not files:
+        raise SystemExit(f"no POP909 files under {root}: set MIDIPIPE_EXTERNAL_DATA")
+    lengths = sorted((symusic.Score(str(f)).to("second").end(), f) for f in files)
+    for seconds, path in sorted(lengths, key=lambda sf: abs(sf[0] - target_s)):
+        try:
+            encode_midi(path)
+        except MuseTokReject:
+            continue
+        return path, float(seconds)
+    raise SystemExit(f"no song under {root} that MuseTok reads")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    out = fn()  # warm-up: first calls pay one-off costs
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times), 3), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--renderer", default="auto", choices=("auto", "fluidsynth", "numpy"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    from gradio_client import Client, handle_file
+
+    from midipipe.demo.app import serve
+
+    song, seconds = three_minute_song(external_data() / "pop909")
+    tokenizer = remi.make_tokenizer()
+    root = Path(tempfile.mkdtemp(prefix="bench_demo-"))
+    models = random_models(root, tokenizer)
+    params = DemoParams()
+    port = free_port()
+    page = serve(models, params, "127.0.0.1", port, args.renderer, block=False)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+
+    analyser = Analyser(models, params)
+    library_analyse, result = median_time(lambda: analyser.analyse(song), args.repeats)
+    assert result.error is None and all("error" not in g for g in result.genre.values()), result
+    page_analyse, shown = median_time(
+        lambda: client.predict(handle_file(str(song)), params.top_k, api_name="/analyse"),
+        args.repeats,
+    )
+    assert "Analysed" in shown[0], shown[0]
+
+    model = load_model(models / "generator", tokenizer)
+    cfg = SampleConfig(
+        temperature=0.9,
+        top_k=40,
+        top_p=0.95,
+        guidance=3.0,
+        max_tokens=args.tokens,
+        min_tokens=args.tokens,
+    )
+    with sampling_threads(torch.device("cpu")):
+        library_generate, (_, stats) = median_time(
+            lambda: generate(model, tokenizer, 1, [], cfg), args.repeats
+        )
+
+    def request() -> tuple:
+        out = client.predict(COMPOSERS[0], 3.0, 0.9, 40, 0.95, args.tokens, 0, api_name="/compose")
+        Path(out[2]).read_bytes()  # the WAV, downloaded as the page's player does
+        return out
+
+    page_generate, take = median_time(request, args.repeats)
+    renderer = take[0].split("Audio renderer: <b>")[1].split("</b>")[0]
+    page.close()
+    print(
+        json.dumps(
+            {
+                "bench": "demo",
+                "weights": "random (cpu_default sizes; latency does not depend on them)",
+                "song": song.name,
+                "song_s": round(seconds, 1),
+                "bars": result.facts["bars"],
+                "emotion_estimator": result.emotion[0]["estimator"],
+                "threads": torch.get_num_threads(),
+                "library_analyse_s": library_analyse,
+                "page_analyse_s": page_analyse,
+                "analyse_page_overhead": round(page_analyse / library_analyse, 2),
+                "tokens": args.tokens,
+                "page_generated_tokens": f"{args.tokens} tokens" in take[0],
+                "library_sample_s": library_generate,
+                "library_tok_s": stats["tokens_per_s"],
+                "page_generate_to_audio_s": page_generate,
+                "generate_page_overhead": round(page_generate / library_generate, 2),
+                "renderer": renderer,
+                "pass_analyse_2s": page_analyse < 2.0,
+                "pass_generate_2s": page_generate < 2.0,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
