@@ -20,8 +20,11 @@ from midipipe.data import composers
 from midipipe.data.organize import MANIFEST_SCHEMA
 from midipipe.demo import DemoParams, audio, load_params
 from midipipe.demo.analyse import Analyser, quadrant
+from midipipe.demo.app import emotion_outputs
 from midipipe.demo.compose import Composer
 from midipipe.demo.examples import write_examples
+from midipipe.emotion import regressor
+from midipipe.emotion.rules import FEATURES
 from midipipe.generator import train as gen_train
 from midipipe.generator.sampling import SampleConfig
 from midipipe.genre.params import GenreParams
@@ -380,3 +383,29 @@ def test_the_page_in_chromium(server, browser, analyser, tmp_path):
     rate, frames = read_wav(wav)
     assert frames / rate > 0.5
     browser.save_screenshot(str(SCREENSHOTS / "generate.png"))
+
+
+def emotion_model(models: Path, input_name: str) -> Path:
+    """An untrained emotion MLP folder (`regressor.save`'s layout)."""
+    width = len(FEATURES) + (64 if input_name != "cues" else 0)
+    mlp = regressor.EmotionMLP(regressor.MLPConfig(input=input_name, width=width, window=2))
+    regressor.save(mlp, models / "emotion", {"cue_window": 2})
+    return models
+
+
+def test_learned_emotion_gives_the_quadrant(tmp_path):
+    models = emotion_model(tmp_path, "cues")
+    a = Analyser(models, DemoParams()).analyse(write(tmp_path / "s.mid", build_midi(n_bars=6)))
+    assert {r["estimator"] for r in a.emotion} == {"mlp_cues"} and a.emotion_note is None
+    _, text, table = emotion_outputs(a)
+    assert "Estimator: **mlp_cues** (MLP on the rule cues (learned))" in text
+    assert "Quadrant: **Q" in text and len(table) == 6
+
+
+def test_rules_stand_in_when_the_learned_model_cannot_read(tmp_path):
+    models = emotion_model(tmp_path, "latents+cues")  # and no models/musetok
+    a = Analyser(models, DemoParams()).analyse(write(tmp_path / "s.mid", build_midi(n_bars=6)))
+    assert {r["estimator"] for r in a.emotion} == {"rules"}
+    assert "the learned model cannot read this file" in a.emotion_note
+    _, text, _ = emotion_outputs(a)
+    assert text.startswith("The rule-based estimate stands in") and "Quadrant" not in text

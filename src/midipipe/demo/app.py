@@ -92,7 +92,8 @@ def _genre_outputs(result: dict, k: int) -> tuple[dict | None, str]:
     return probs, note
 
 
-def _emotion_outputs(a: Analysis) -> tuple[Figure | None, str, list[list]]:
+def emotion_outputs(a: Analysis) -> tuple[Figure | None, str, list[list]]:
+    """The curves, the text under them (estimator, summary, quadrant) and the per-bar rows."""
     if a.emotion_error:
         return None, _status(a.emotion_error, error=True), []
     rows = a.emotion
@@ -187,7 +188,7 @@ def build_app(
             return nothing(_status(a.error, error=True))
         phrase, phrase_note = _genre_outputs(a.genre["phrase"], int(k))
         hier, hier_note = _genre_outputs(a.genre["hier"], int(k))
-        curves, emotion_text, table = _emotion_outputs(a)
+        curves, emotion_text, table = emotion_outputs(a)
         roll = piano_roll(a.score, f"{a.name}: piano roll")
         return (
             _status(f"Analysed **{a.name}**."),
