@@ -27,7 +27,8 @@ from midipipe.emotion import regressor
 from midipipe.emotion.rules import FEATURES
 from midipipe.generator import train as gen_train
 from midipipe.generator.sampling import SampleConfig
-from midipipe.genre.params import GenreParams
+from midipipe.genre.hier_train import train_hier
+from midipipe.genre.params import GenreHierParams, GenreParams
 from midipipe.genre.phrase_train import train_phrase
 from midipipe.tokens.remi import encode, make_tokenizer
 from midipipe.tokens.shards import TOKENS_SCHEMA
@@ -41,6 +42,7 @@ STYLES = {
     "alpha": dict(pitch=48, program=0, tempo=90.0),
     "beta": dict(pitch=76, program=40, numerator=3, tempo=150.0),
 }
+TAGS = {"alpha": ["calm", "piano"], "beta": ["lively", "strings"]}
 GENERATOR = {
     "context": 64,
     "max_windows": 8,
@@ -53,8 +55,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_models(root: Path) -> Path:
-    """models/genre_phrase and models/generator trained in seconds on 16 hand-built songs
-    of two composers; no hierarchical model and no emotion model (the rule estimate)."""
+    """models/genre_phrase, genre_hier and generator trained in seconds on 16 hand-built songs
+    of two composers; no emotion model (the rule estimate)."""
     tokenizer = make_tokenizer()
     tokens_dir = root / "data" / "tokens"
     tokens_dir.mkdir(parents=True)
@@ -74,6 +76,7 @@ def build_models(root: Path) -> Path:
                     "split": split,
                     "composer": name,
                     "period": name,
+                    "genres": TAGS[name],
                     "path": f"{pid}.mid",
                 }
             )
@@ -108,6 +111,17 @@ def build_models(root: Path) -> Path:
         out / "generator",
         root / "ckpt_generator",
     )
+    train_hier(
+        GenreHierParams(min_tag_pieces=2, patience=2, d_attn=16, max_chunks=2),
+        TrainParams(lr=1e-2, batch_size=4, epochs=3, device="cpu", precision="fp32"),
+        tokens_dir,
+        root / "data" / "manifest.parquet",
+        out / "genre_hier",
+        root / "ckpt_hier",
+        out / "generator",  # the project's generator as the frozen LM, as stage 06's default
+        midi_dir=root / "data" / "midi",
+        latents_dir=None,
+    )
     return out
 
 
@@ -129,7 +143,7 @@ def write(path: Path, data: bytes) -> Path:
 # -- analysis and bad input ------------------------------------------------------------------
 
 
-def test_analysis_uses_the_models_and_names_what_is_missing(analyser, tmp_path):
+def test_analysis_uses_the_models(analyser, tmp_path):
     song = write(tmp_path / "song.mid", build_midi(n_bars=12, **STYLES["beta"]))
     a = analyser.analyse(song, top_k=1)
     assert a.error is None and a.facts["bars"] == 12 and a.facts["meters"] == "3/4"
@@ -137,8 +151,21 @@ def test_analysis_uses_the_models_and_names_what_is_missing(analyser, tmp_path):
     phrase = a.genre["phrase"]
     assert phrase["label"] == "composer" and phrase["prediction"] in ("alpha", "beta")
     assert set(phrase["probabilities"]) == {"alpha", "beta"} and len(phrase["top_k"]) == 1
-    assert "no hier genre model" in a.genre["hier"]["error"]  # missing: said, not raised
+    hier = a.genre["hier"]
+    assert set(hier["probabilities"]) == {"calm", "piano", "lively", "strings"}
     assert len(a.emotion) == 12 and {r["estimator"] for r in a.emotion} == {"rules"}
+
+
+def test_a_missing_model_is_named_not_raised(models, tmp_path):
+    shutil.copytree(models / "genre_phrase", tmp_path / "genre_phrase")
+    a = Analyser(tmp_path, DemoParams())
+    assert a.genre_model("hier") == (
+        f"no hier genre model in {tmp_path / 'genre_hier'} (train it: `dvc repro train_genre_hier`)"
+    )
+    got = a.analyse(write(tmp_path / "s.mid", build_midi(n_bars=8)))
+    assert (
+        "prediction" in got.genre["phrase"] and "no hier genre model" in got.genre["hier"]["error"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -260,8 +287,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LOCAL = ("127.0.0.1", "::1", "localhost")
+
+
 @pytest.fixture(scope="module")
-def server(models):
+def outside_calls():
+    """Connections this process tries to anything but the loopback: refused and recorded."""
+    tried, connect = [], socket.socket.connect
+
+    def local_only(sock, address):
+        if isinstance(address, tuple) and address[0] not in LOCAL:
+            tried.append(address)
+            raise OSError(f"the demo test is offline: {address}")
+        return connect(sock, address)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", local_only)
+        yield tried
+
+
+@pytest.fixture(scope="module")
+def server(models, outside_calls):
     """The page on a free local port, in this process (the models are already imported)."""
     from midipipe.demo.app import serve
 
@@ -326,7 +372,7 @@ def upload(driver, path: Path) -> None:
     box[0].send_keys(str(path))
 
 
-def test_the_page_in_chromium(server, browser, analyser, tmp_path):
+def test_the_page_in_chromium(server, browser, analyser, outside_calls, tmp_path):
     from selenium.webdriver.common.by import By
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -348,7 +394,8 @@ def test_the_page_in_chromium(server, browser, analyser, tmp_path):
     emotion = text_of(browser, "emotion", "Estimator: rules")
     assert f"{len(expected.emotion)} bars; valence mean {valence:+.2f}" in emotion
     assert browser.find_elements(By.CSS_SELECTOR, "#curves img, #roll img")
-    assert "no hier genre model" in browser.find_element(By.ID, "genre-hier-note").text
+    hier = browser.find_element(By.ID, "genre-hier").text
+    assert "tag probabilities (hierarchical model)" in hier and "%" in hier
     browser.save_screenshot(str(SCREENSHOTS / "analyse.png"))
 
     # a corrupted file: the reason in the page, and the server still answers
@@ -383,6 +430,13 @@ def test_the_page_in_chromium(server, browser, analyser, tmp_path):
     rate, frames = read_wav(wav)
     assert frames / rate > 0.5
     browser.save_screenshot(str(SCREENSHOTS / "generate.png"))
+
+    # offline: the page loads nothing from elsewhere, and the server called out to no one
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded and all(u.startswith((server, "data:", "blob:")) for u in loaded), loaded
+    assert outside_calls == []
 
 
 def emotion_model(models: Path, input_name: str) -> Path:

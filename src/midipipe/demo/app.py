@@ -173,8 +173,8 @@ def build_app(
         model = analyser.genre_model(kind)
         present[kind] = not isinstance(model, str)
         missing[kind] = "" if present[kind] else _status(model, error=True)
-        name = model.meta.get("label", "tags") if present[kind] else "genre"
-        labels[kind] = f"{name} probabilities, {what}"
+        name = model.meta.get("label", "tag") if present[kind] else "genre"
+        labels[kind] = f"{'tag' if name == 'tags' else name} probabilities ({what})"
 
     def analyse(path: str | None, k: int):
         def nothing(status: str) -> tuple:
