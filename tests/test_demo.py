@@ -3,8 +3,10 @@ the page itself in headless Chromium over tiny models trained here through the l
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import time
 import urllib.request
 import wave
 from pathlib import Path
@@ -21,7 +23,7 @@ from midipipe.data.organize import MANIFEST_SCHEMA
 from midipipe.demo import DemoParams, audio, load_params
 from midipipe.demo.analyse import Analyser, quadrant
 from midipipe.demo.app import emotion_outputs
-from midipipe.demo.compose import Composer
+from midipipe.demo.compose import Composer, prune
 from midipipe.demo.examples import write_examples
 from midipipe.emotion import regressor
 from midipipe.emotion.rules import FEATURES
@@ -463,3 +465,10 @@ def test_rules_stand_in_when_the_learned_model_cannot_read(tmp_path):
     assert "the learned model cannot read this file" in a.emotion_note
     _, text, _ = emotion_outputs(a)
     assert text.startswith("The rule-based estimate stands in") and "Quadrant" not in text
+
+
+def test_old_takes_are_pruned(tmp_path):
+    old, new = write(tmp_path / "old.wav", b"x"), write(tmp_path / "new.wav", b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    prune(tmp_path, 3600)
+    assert not old.exists() and new.exists()

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from midipipe.data.midi import load_score  # noqa: E402
 from midipipe.demo import DemoParams  # noqa: E402
 from midipipe.demo.analyse import Analyser, Analysis, quadrant  # noqa: E402
-from midipipe.demo.compose import Composer  # noqa: E402
+from midipipe.demo.compose import KEEP_S, Composer  # noqa: E402
 from midipipe.demo.examples import write_examples  # noqa: E402
 from midipipe.demo.pianoroll import piano_roll  # noqa: E402
 from midipipe.emotion import RULES  # noqa: E402
@@ -233,7 +233,8 @@ def build_app(
         return text, str(take.midi), audio, roll
 
     d = GenerateOptions(composer="")
-    with gr.Blocks(title="midipipe demo") as page:
+    # Gradio's copies of uploads and results: checked hourly, deleted after an hour
+    with gr.Blocks(title="midipipe demo", delete_cache=(KEEP_S, KEEP_S)) as page:
         gr.Markdown(
             "# midipipe: symbolic-music models in the browser\n"
             f"Models from `{Path(models)}`. Analyse a MIDI file (genre, valence/arousal, piano "

@@ -19,6 +19,15 @@ from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.sampling import SampleConfig, generate, to_midi
 from midipipe.tokens import remi
 
+KEEP_S = 3600  # a served page keeps an hour of takes, not every one since it started
+
+
+def prune(folder: Path, max_age_s: float) -> None:
+    cutoff = time.time() - max_age_s
+    for path in folder.glob("*"):
+        if path.is_file() and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+
 
 @dataclass
 class Take:
@@ -61,7 +70,9 @@ class Composer:
         return self._model, self._tokenizer
 
     def take(self, composer: str, cfg: SampleConfig, out_dir: str | Path) -> Take:
-        """Sample, decode to MIDI, render audio. ValueError for a bad composer or setting."""
+        """Sample, decode to MIDI, render audio into `out_dir`, where takes older than
+        `KEEP_S` are deleted first. ValueError for a bad composer or setting."""
+        prune(Path(out_dir), KEEP_S)
         reason = self.missing()
         if reason:
             raise FileNotFoundError(reason)
