@@ -173,8 +173,9 @@ def cmd_demo(args) -> None:
     from midipipe.demo import load_params
     from midipipe.demo.app import serve  # gradio and torch: only when it runs
 
-    print(f"midipipe demo: http://{args.host}:{args.port} (Ctrl-C stops it)")
-    serve(args.models, load_params(args.params), args.host, args.port)
+    page = serve(args.models, load_params(args.params), args.host, args.port, block=False)
+    print(f"midipipe demo: serving http://{args.host}:{args.port} (Ctrl-C stops it)")
+    page.block_thread()
 
 
 def build_parser() -> argparse.ArgumentParser:
