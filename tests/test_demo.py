@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import time
 import urllib.request
 import wave
@@ -432,6 +433,17 @@ def test_the_page_in_chromium(server, browser, analyser, outside_calls, tmp_path
     rate, frames = read_wav(wav)
     assert frames / rate > 0.5
     browser.save_screenshot(str(SCREENSHOTS / "generate.png"))
+
+    # uploads: only in the page's temporary folder; above the limit, refused by the server
+    uploads = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert uploads.is_relative_to(tempfile.gettempdir()) and list(uploads.rglob("broken.mid"))
+    import httpx
+
+    big = build_midi() + bytes(2**20)  # 1 MB over the limit
+    for data, status in ((big, 413), (build_midi(), 200)):
+        files = {"files": ("song.mid", data, "audio/midi")}
+        answer = httpx.post(f"{server}gradio_api/upload", files=files, timeout=30)
+        assert answer.status_code == status, answer.text
 
     # offline: the page loads nothing from elsewhere, and the server called out to no one
     loaded = browser.execute_script(
