@@ -383,7 +383,7 @@ def test_the_page_in_chromium(server, browser, analyser, outside_calls, tmp_path
     bright = write_examples(tmp_path)[0]
     expected = analyser.analyse(bright)
 
-    # a good file: the genre chart and the curve's figures reach the page
+    # a good file: the genre chart, the curve and its per-bar values reach the page
     upload(browser, bright)
     text_of(browser, "status", "Analysed")
     chart = browser.find_element(By.ID, "genre-phrase").text
@@ -397,6 +397,12 @@ def test_the_page_in_chromium(server, browser, analyser, outside_calls, tmp_path
     emotion = text_of(browser, "emotion", "Estimator: rules")
     assert f"{len(expected.emotion)} bars; valence mean {valence:+.2f}" in emotion
     assert browser.find_elements(By.CSS_SELECTOR, "#curves img, #roll img")
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Per-bar" in b.text).click()
+    cells = text_of(browser, "bars", "arousal").splitlines()[4:]  # after the header
+    want = [
+        v for r in expected.emotion for v in (r["bar"], r["start_s"], r["valence"], r["arousal"])
+    ]
+    assert [float(c) for c in cells] == pytest.approx(want, abs=6e-4)
     hier = browser.find_element(By.ID, "genre-hier").text
     assert "tag probabilities (hierarchical model)" in hier and "%" in hier
     browser.save_screenshot(str(SCREENSHOTS / "analyse.png"))
