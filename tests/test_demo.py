@@ -12,6 +12,7 @@ import urllib.request
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import symusic
 
@@ -238,6 +239,13 @@ def test_fluidsynth_renderer(tmp_path):
     assert audio.render(midi, tmp_path / "a.wav", 22050) == audio.FLUIDSYNTH
     rate, frames = read_wav(tmp_path / "a.wav")
     assert rate == 22050 and frames / rate >= 8.0
+
+
+def test_trailing_silence_is_cut(tmp_path):
+    rate, tone = 8000, np.sin(np.arange(8000) / 5).astype(np.float32) * 0.5
+    audio.write_wav(tmp_path / "a.wav", np.concatenate([tone, np.zeros(5 * rate)]), rate)
+    audio.trim_silence(tmp_path / "a.wav", tail_s=0.5)
+    assert read_wav(tmp_path / "a.wav") == (rate, 8000 + 4000 - 1)
 
 
 def test_without_fluidsynth_auto_falls_back_and_says_so(tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ def render(midi: str | Path, wav: str | Path, sample_rate: int, renderer: str = 
             [*cmd, str(soundfont()), str(midi)], capture_output=True, timeout=TIMEOUT_S
         )
         if done.returncode == 0 and Path(wav).stat().st_size > 44:
+            trim_silence(wav)
             return FLUIDSYNTH
         log.warning("fluidsynth failed (%s): NumPy synthesis instead", done.stderr[-300:])
         why = " (FluidSynth failed)"
@@ -95,3 +96,17 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
         f.setsampwidth(2)
         f.setframerate(sample_rate)
         f.writeframes(pcm.tobytes())
+
+
+def trim_silence(path: str | Path, tail_s: float = 0.5, floor: float = 1e-3) -> None:
+    """Cut the silence after the last audible sample, keeping `tail_s`: FluidSynth renders up
+    to the file's end-of-track, which a generated piece may place long after its last note."""
+    with wave.open(str(path)) as f:
+        params, raw = f.getparams(), f.readframes(f.getnframes())
+    samples = np.frombuffer(raw, "<i2").reshape(-1, params.nchannels)
+    loud = np.flatnonzero(np.abs(samples).max(1) > floor * 32767)
+    keep = min(len(samples), (int(loud[-1]) if len(loud) else 0) + int(tail_s * params.framerate))
+    if keep < len(samples):
+        with wave.open(str(path), "wb") as f:
+            f.setparams(params)
+            f.writeframes(samples[:keep].tobytes())
