@@ -54,7 +54,7 @@ def piano_roll(score: symusic.Score, title: str = "") -> Figure:
     ax.set_ylabel("MIDI pitch")
     ax.grid(alpha=0.25)
     if legend:
-        ax.legend(handles=legend, fontsize=7, loc="upper right", ncol=2, framealpha=0.8)
+        ax.legend(handles=legend, fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
