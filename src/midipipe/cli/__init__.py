@@ -183,6 +183,15 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_demo(args) -> None:
+    from midipipe.demo import load_params
+    from midipipe.demo.app import serve  # gradio and torch: only when it runs
+
+    page = serve(args.models, load_params(args.params), args.host, args.port, block=False)
+    print(f"midipipe demo: serving http://{args.host}:{args.port} (Ctrl-C stops it)")
+    page.block_thread()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midipipe", description=__doc__)
     parser.add_argument(
@@ -252,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_genre)
 
     add_configs_parser(sub)
+
+    demo = sub.add_parser("demo", help="a local web page: classify, chart and generate")
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default: %(default)s)"
+    )
+    demo.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
+    demo.add_argument(
+        "--models", default="models", help="the DAG's model folder (default: %(default)s)"
+    )
+    demo.set_defaults(func=cmd_demo)
 
     info = sub.add_parser("info", help="versions, configured sources and the DAG's outputs")
     info.set_defaults(func=cmd_info)

@@ -57,20 +57,22 @@ def predict_file(
     model_dir: str | Path = "models/emotion",
     musetok_dir: str | Path = "models/musetok",
     device: str = "auto",
+    rules_only: bool = False,
 ) -> list[dict]:
     """Per-bar `{bar, start_s, valence, arousal, estimator}` of one MIDI file, with the model in
-    `model_dir` (the rule estimate when it holds none), run on `device` (auto | cpu | cuda).
-    Bars are MuseTok's: the first time signature's length, from the bar of the first note;
-    start_s is the bar's start in seconds."""
+    `model_dir` (the rule estimate when it holds none, or with `rules_only`), run on `device`
+    (auto | cpu | cuda). Bars are MuseTok's: the first time signature's length, from the bar of
+    the first note; start_s is the bar's start in seconds."""
     data = Path(path).read_bytes()
     score = load_score(data)
     config_path = Path(model_dir) / "config.json"
-    if config_path.exists():
+    if config_path.exists() and not rules_only:
         config = json.loads(config_path.read_text())
     else:
-        log.warning(
-            "no %s: using the rule-based estimate (hand-set weights, not learned)", config_path
-        )
+        if not rules_only:
+            log.warning(
+                "no %s: using the rule-based estimate (hand-set weights, not learned)", config_path
+            )
         config = rules_config(RuleParams())
     if config["estimator"] == RULES:
         grid = bar_grid(score)
