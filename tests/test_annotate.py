@@ -431,9 +431,7 @@ def test_streaming_branch_and_rows_missing_columns(corpus, models, tmp_path, mon
     assert songs[other]["status"] == "failed"
 
 
-def test_other_models_code_or_params_start_afresh_and_say_so(
-    corpus, models, tmp_path, monkeypatch
-):
+def test_other_models_code_or_params_start_afresh_and_say_so(corpus, models, tmp_path, monkeypatch):
     from midipipe.annotate import annotator
 
     out = tmp_path / "out"
@@ -445,12 +443,12 @@ def test_other_models_code_or_params_start_afresh_and_say_so(
     assert len(songs) == 3
     same = annotate(params(corpus, models, "mlp", limit=3), out, progress=False)
     assert same.restarted == [] and same.skipped_done == 3
-    changed = annotate(params(corpus, models, "mlp", limit=3, max_notes=10_000), out, progress=False)
+    p = params(corpus, models, "mlp", limit=3, max_notes=10_000)
+    changed = annotate(p, out, progress=False)
     assert changed.restarted == ["params.max_notes"] and changed.songs_new == 3
     assert changed.metrics()["started_afresh_because"] == "params.max_notes"
     # an edit to the code of the annotation path (rules.py, the encoder...) changes its hash
     monkeypatch.setattr(annotator, "code_version", lambda *roots: "edited")
-    p = params(corpus, models, "mlp", limit=3, max_notes=10_000)
     assert annotate(p, out, progress=False).restarted == ["code_sha256"]
     with pytest.raises(ParamError, match="exactly one of parquet"):
         params(corpus, models, hf_name="x")
@@ -494,12 +492,82 @@ def test_ray_actor_gives_the_local_rows_without_a_cluster(corpus, models, mlp_ru
     assert_rows_close(got[1], [r for r in local[1] if r["md5"] != first])
 
 
+def faulty_corpus(folder: Path) -> Path:
+    """Good songs, one bad file, one that hangs its parser and one that crashes it (through
+    the `song.FAULT_ENV` test hook, set by the caller)."""
+    rows = [row(m, i=i) for i, m in enumerate(GOOD[:5])]
+    rows.insert(1, row(GOOD[5], md5="hang-song"))
+    rows.insert(3, row(GOOD[6], md5="crash-song"))
+    rows.insert(4, row(BAD["garbage"][0], md5="garbage"))
+    path = folder / "faulty.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, row_group_size=4)
+    return path
+
+
+FAULTS = "hang-song:hang,crash-song:abort"
+
+
+def test_hang_and_crash_fail_one_song_in_both_engines_and_retry_once(models, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from midipipe.annotate.ray_engine import AnnotateActor, _results
+    from midipipe.annotate.song import FAULT_ENV
+
+    corpus = faulty_corpus(tmp_path)
+    monkeypatch.setenv(FAULT_ENV, FAULTS)
+    p = params(corpus, models, "mlp", timeout_s=1, read_batch=4)
+    local = annotate(p, tmp_path / "local", progress=False)
+    songs = {r["md5"]: r for r in output(tmp_path / "local")[0]}
+    assert songs["hang-song"]["reason"] == "timed out after 1 s"
+    assert songs["crash-song"]["reason"].startswith("worker crashed")
+    assert songs["garbage"]["reason"].startswith("BadMidi")
+    assert sum(r["status"] == "ok" for r in songs.values()) == 5
+    assert local.metrics()["failed_Timeout"] == 1 and local.metrics()["failed_WorkerCrash"] == 1
+    # the Ray actor parses in its own pool: the same failures, the same rows for the rest
+    actor = AnnotateActor(p, done=set(), context="fork")
+    store = PartStore(tmp_path / "actor", {})
+    table = pq.read_table(corpus)
+    for start in range(0, table.num_rows, 4):
+        store.commit(_results(actor(table.slice(start, 4)))[0])
+    store.finalize({})
+    got, want = output(tmp_path / "actor"), output(tmp_path / "local")
+    assert [(r["md5"], r["reason"]) for r in got[0]] == [(r["md5"], r["reason"]) for r in want[0]]
+    assert_rows_close(got[1], want[1])
+    # resume retries the transient failures once (the crash is gone, the hang is not) ...
+    monkeypatch.setenv(FAULT_ENV, "hang-song:hang")
+    again = annotate(p, tmp_path / "local", progress=False)
+    assert again.retried == 2 and again.skipped_done == 6
+    check_consistent(tmp_path / "local")
+    songs = {r["md5"]: r for r in output(tmp_path / "local")[0]}
+    assert (songs["crash-song"]["status"], songs["crash-song"]["attempts"]) == ("ok", 2)
+    assert (songs["hang-song"]["status"], songs["hang-song"]["attempts"]) == ("failed", 2)
+    assert songs["garbage"]["attempts"] == 1  # permanent: never retried
+    # ... and only once
+    third = annotate(p, tmp_path / "local", progress=False)
+    assert third.retried == 0 and third.skipped_done == 8 and third.songs_new == 0
+
+
 @pytest.mark.slow  # a local Ray cluster takes ~20 s to start and ~20 s per run on 2 cores
-def test_ray_engine_equals_local_engine(corpus, models, tmp_path):
+def test_ray_engine_equals_local_engine(corpus, models, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    from midipipe.annotate.song import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, FAULTS)  # before the cluster starts: its workers inherit it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        # a hang and a crash in the actors' spawned parse pools: recorded, the rest equal
+        faulty = faulty_corpus(tmp_path)
+        for engine in ("local", "ray"):
+            p = params(faulty, models, "mlp", timeout_s=5, engine=engine, ray_actors=1)
+            annotate(p, tmp_path / f"faulty-{engine}", progress=False)
+        (ls, lb), (rs, rb) = output(tmp_path / "faulty-local"), output(tmp_path / "faulty-ray")
+        assert [(r["md5"], r["reason"]) for r in ls] == [(r["md5"], r["reason"]) for r in rs]
+        assert {r["md5"]: r["reason"][:14] for r in rs if r["status"] == "failed"} == {
+            "hang-song": "timed out afte",
+            "crash-song": "worker crashed",
+            "garbage": "BadMidi: not a",
+        }
+        assert_rows_close(rb, lb)
         for estimator in ("rules", "mlp"):
             local = tmp_path / f"local-{estimator}"
             annotate(params(corpus, models, estimator, limit=11), local, progress=False)

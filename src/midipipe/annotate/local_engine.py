@@ -21,7 +21,7 @@ from midipipe.annotate.annotator import Annotator, PhaseClock
 from midipipe.annotate.params import AnnotateParams
 from midipipe.annotate.report import Report
 from midipipe.annotate.rows import Job, job_of, open_rows, source_identity
-from midipipe.annotate.song import Prepared
+from midipipe.annotate.song import Prepared, warm_up
 from midipipe.annotate.store import PartStore
 from midipipe.data.pool import Failure, default_workers, robust_map
 
@@ -93,7 +93,8 @@ def annotate_local(
 
     total = p.limit if p.limit is not None and not store.resumed else None
     with tqdm(total=total, desc=f"annotate {p.name}", unit="song", disable=not progress) as bar:
-        for job, out in robust_map(annotator.work(), jobs, p.workers, p.timeout_s):
+        mapped = robust_map(annotator.work(), jobs, p.workers, p.timeout_s, initializer=warm_up)
+        for job, out in mapped:
             chunk.append((job, out))
             chunk_bars += out.n_bars if isinstance(out, Prepared) else 0
             if len(chunk) >= p.songs_per_part or chunk_bars >= p.part_bars:

@@ -26,6 +26,7 @@ from midipipe.annotate.annotator import Annotator, SongResult
 from midipipe.annotate.params import AnnotateParams
 from midipipe.annotate.report import Report
 from midipipe.annotate.rows import job_of, source_files, source_identity
+from midipipe.annotate.song import warm_up
 from midipipe.annotate.store import PartStore
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class AnnotateActor:
         self.p = p
         self.annotator = Annotator(p)
         self.work = self.annotator.work()
-        self.pool = RobustPool(p.ray_workers, context=context)
+        self.pool = RobustPool(p.ray_workers, initializer=warm_up, context=context)
         self.done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
 
     def __del__(self) -> None:

@@ -14,6 +14,7 @@ that both engines isolate real crashes and hangs. Unset in normal runs, it costs
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,13 @@ class Prepared:
         return len(self.bounds) - 1
 
 
+def warm_up() -> None:
+    """Pool initializer: import what `prepare` needs before the first song's timeout runs
+    (a spawned worker on a busy machine can take seconds to import torch)."""
+    import midipipe.emotion.rules  # noqa: F401
+    import midipipe.musetok.events  # noqa: F401
+
+
 def _test_fault(key: str) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -65,6 +73,7 @@ def _test_fault(key: str) -> None:
     for item in spec.split(","):
         md5, _, kind = item.partition(":")
         if md5 == key and kind == "abort":
+            faulthandler.disable()  # a quiet crash: no traceback dump from test runners
             os.abort()
         if md5 == key and kind == "hang":
             while True:
