@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
     ap.add_argument("--batch-size", type=int, default=256, help="encoder bars per pass")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="annotate.torch_threads")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -184,8 +185,8 @@ def main() -> None:
         p = AnnotateParams(
             name="bench", parquet=str(tmp / "giga.parquet"), musetok=str(musetok),
             emotion=str(emotion), workers=args.workers, batch_size=args.batch_size,
-            device=args.device, ray_actors=1, ray_workers=max(1, (os.cpu_count() or 2) - 1),
-            ray_cpus=args.workers or 0,
+            device=args.device, torch_threads=args.threads, ray_actors=1,
+            ray_workers=max(1, (os.cpu_count() or 2) - 1), ray_cpus=args.workers or 0,
         )  # fmt: skip
         runs = {}
         if args.engine in ("local", "both"):
@@ -258,7 +259,7 @@ def main() -> None:
     out.update({
         "projection_note": "songs x this sample's mean bars per song / bars_per_s, one machine",
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": args.threads or torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "platform": platform.platform(),
     })  # fmt: skip

@@ -150,10 +150,14 @@ class Annotator:
             self._load_models()
 
     def _load_models(self) -> None:
+        import torch
+
         from midipipe.core.device import resolve_device
         from midipipe.emotion import regressor
         from midipipe.musetok import checkpoint
 
+        if self.p.torch_threads:  # intra-op threads spin against the parse workers for a core
+            torch.set_num_threads(self.p.torch_threads)
         device = resolve_device(self.p.device)
         self.mlp = regressor.load(self.p.emotion).to(device)
         if self.latent is not None:

@@ -33,6 +33,7 @@ class AnnotateParams:
     musetok: str = "models/musetok"
     emotion: str = "models/emotion"
     device: str = "auto"  # encoder and MLP device (local engine)
+    torch_threads: int = 0  # encoder/MLP threads (0 = torch's default); 1 on a busy CPU
     workers: int = 0  # parse/events processes, 0 = one per CPU core
     timeout_s: float = 60.0  # per song: a hanging parser becomes a failed song
     songs_per_part: int = 512  # songs per committed chunk: the unit of resume
