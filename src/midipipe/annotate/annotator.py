@@ -101,7 +101,7 @@ def emotion_config(folder: str | Path) -> dict:
 def _files_sha256(files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
-        digest.update(str(path).encode())
+        digest.update(f"{path.parent.name}/{path.name}".encode())  # not where the folder is
         if path.exists():
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
