@@ -237,9 +237,8 @@ def main() -> None:
             "wall_s": round(wall, 2),
             "bars_per_s": round(bars_per_s, 1),
             "songs_per_s": round(metrics["songs"] / wall, 2),
-            "encoder_bars_per_s": round(metrics["bars"] / metrics["seconds_encoder"], 1)
-            if metrics["seconds_encoder"]
-            else None,
+            "encoder_bars": metrics["encoder_bars"],
+            "encoder_bars_per_s": round(metrics["encoder_bars_per_s"], 1),
             "encoder_padded_share": round(metrics["encoder_padded_share"], 4),
             **{k: round(v, 2) for k, v in metrics.items() if k.startswith("seconds_")},
             "peak_rss_tree_mb": peak,

@@ -108,5 +108,6 @@ def annotate_local(
         )
     report.seconds = dict(annotator.clock.seconds)
     report.padded_share = annotator.pad_stats.padded_share
+    report.encoder_bars = annotator.pad_stats.bars
     report.wall_s = time.perf_counter() - start
     return report

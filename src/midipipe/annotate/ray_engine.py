@@ -47,6 +47,7 @@ RESULT_SCHEMA = pa.schema(
         ("bounds", pa.list_(pa.float64())),
         ("start_s", pa.list_(pa.float32())),
         ("meta", pa.string()),
+        ("pad_bars", pa.int64()),
         ("pad_positions", pa.int64()),
         ("pad_padding", pa.int64()),
     ]
@@ -70,6 +71,7 @@ def _row(key: str, r: SongResult | None, meta: dict) -> dict:
         "bounds": r.bounds.tolist() if ok else [],
         "start_s": r.start_s.tolist() if ok else [],
         "meta": json.dumps(meta, default=str) if r else None,
+        "pad_bars": 0,
         "pad_positions": 0,
         "pad_padding": 0,
         **{f"t_{phase}": 0.0 for phase in PHASES},
@@ -119,7 +121,7 @@ class AnnotateActor:
         todo = [job for job in jobs if job.key not in self.done]
         before = dict(self.annotator.clock.seconds)
         stats = self.annotator.pad_stats
-        pad_before = (stats.positions, stats.padding)
+        pad_before = (stats.bars, stats.positions, stats.padding)
         items = list(self.pool.map(self.work, todo, self.p.timeout_s))
         results = self.annotator.finish(items)
         spent = {k: v - before.get(k, 0.0) for k, v in self.annotator.clock.seconds.items()}
@@ -130,8 +132,9 @@ class AnnotateActor:
         ]
         if rows:  # the batch's seconds and padding ride on its first row
             rows[0].update({f"t_{phase}": spent.get(phase, 0.0) for phase in PHASES})
-            rows[0]["pad_positions"] = stats.positions - pad_before[0]
-            rows[0]["pad_padding"] = stats.padding - pad_before[1]
+            rows[0]["pad_bars"] = stats.bars - pad_before[0]
+            rows[0]["pad_positions"] = stats.positions - pad_before[1]
+            rows[0]["pad_padding"] = stats.padding - pad_before[2]
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
@@ -157,9 +160,11 @@ def _dataset(p: AnnotateParams):
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _results(batch: pa.Table) -> tuple[list[SongResult], int, dict[str, float], tuple[int, int]]:
+def _results(
+    batch: pa.Table,
+) -> tuple[list[SongResult], int, dict[str, float], tuple[int, int, int]]:
     """SongResults of one output batch, the number of skipped (done) rows, the seconds and
-    the encoder's (positions, padding)."""
+    the encoder's (bars, positions, padding)."""
     results, skipped = [], 0
     for row in batch.to_pylist():
         if row["skip"]:
@@ -167,9 +172,8 @@ def _results(batch: pa.Table) -> tuple[list[SongResult], int, dict[str, float], 
         else:
             results.append(_result(row))
     seconds = {phase: float(pc.sum(batch.column(f"t_{phase}")).as_py() or 0.0) for phase in PHASES}
-    pad = (
-        int(pc.sum(batch.column("pad_positions")).as_py() or 0),
-        int(pc.sum(batch.column("pad_padding")).as_py() or 0),
+    pad = tuple(
+        int(pc.sum(batch.column(f"pad_{k}")).as_py() or 0) for k in ("bars", "positions", "padding")
     )
     return results, skipped, seconds, pad
 
@@ -211,7 +215,7 @@ def annotate_ray(p: AnnotateParams, out_dir: str | Path, progress: bool = True) 
     )
     chunk: list[SongResult] = []
     seconds: dict[str, float] = {}
-    positions = padding = 0
+    encoded = [0, 0, 0]  # bars, positions, padding
 
     def commit() -> None:
         nonlocal chunk
@@ -229,7 +233,7 @@ def annotate_ray(p: AnnotateParams, out_dir: str | Path, progress: bool = True) 
                 report.rows_read += len(results) + skipped
                 report.skipped_done += skipped
                 report.retried += sum(r.key in store.retry for r in results)
-                positions, padding = positions + pad[0], padding + pad[1]
+                encoded = [a + b for a, b in zip(encoded, pad, strict=True)]
                 for phase, s in spent.items():
                     seconds[phase] = seconds.get(phase, 0.0) + s
                 chunk.extend(results)
@@ -252,6 +256,7 @@ def annotate_ray(p: AnnotateParams, out_dir: str | Path, progress: bool = True) 
         {"complete": report.stream_error is None, "stream_error": report.stream_error}
     )
     report.seconds = seconds
-    report.padded_share = padding / positions if positions else 0.0
+    report.encoder_bars = encoded[0]
+    report.padded_share = encoded[2] / encoded[1] if encoded[1] else 0.0
     report.wall_s = time.perf_counter() - start
     return report

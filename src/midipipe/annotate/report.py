@@ -27,6 +27,7 @@ class Report:
     stream_error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     padded_share: float = 0.0  # encoder positions that were padding
+    encoder_bars: int = 0  # bars through the encoder (not those of songs it cannot encode)
     wall_s: float = 0.0
     totals: dict[str, int] = field(default_factory=dict)
     projection_songs: int = 0
@@ -51,6 +52,10 @@ class Report:
             "bars_per_s": bars_per_s,
             "songs_per_s": self.songs_new / self.wall_s if self.wall_s else 0.0,
             "mean_bars_per_song": mean_bars,
+            "encoder_bars": self.encoder_bars,
+            "encoder_bars_per_s": self.encoder_bars / self.seconds["encoder"]
+            if self.seconds.get("encoder")
+            else 0.0,
             "encoder_padded_share": self.padded_share,
             "projection_songs": self.projection_songs,
             "projected_hours_gigamidi_v2": hours,

@@ -187,6 +187,7 @@ class PadStats:
     """Token positions the encoder ran on, and how many of them were padding (the cost of
     batching bars of different lengths)."""
 
+    bars: int = 0
     positions: int = 0
     padding: int = 0
 
@@ -262,6 +263,7 @@ def encode_pieces(
         flat = np.concatenate([tokens for _, _, tokens in batch])
         rows = rows_from_spans(flat, spans, width, cfg.pad_id)
         if stats is not None:
+            stats.bars += len(batch)
             stats.positions += rows.ids.size
             stats.padding += rows.ids.size - int(ends[-1])
         ids = torch.from_numpy(rows.ids).to(device)
