@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from midipipe.annotate.annotator import AnnotateParams
+from midipipe.annotate.params import AnnotateParams
 from midipipe.annotate.run import annotate
 from midipipe.core import params
 from midipipe.core.logs import run_main

@@ -5,7 +5,7 @@ metrics/analysis_tags.csv and analysis_pairs.csv, and the box and curve plots.""
 from pathlib import Path
 
 from midipipe.annotate.analysis import AnalyzeParams, run
-from midipipe.annotate.annotator import AnnotateParams
+from midipipe.annotate.params import AnnotateParams
 from midipipe.core import params
 from midipipe.core.logs import run_main
 

@@ -16,12 +16,13 @@ import torch
 from conftest import build_midi
 
 from midipipe.annotate import analysis
-from midipipe.annotate.annotator import INSTRUMENT_COLUMN, AnnotateParams, PartStore
+from midipipe.annotate.params import INSTRUMENT_COLUMN, AnnotateParams
 from midipipe.annotate.run import annotate
+from midipipe.annotate.store import PartStore
 from midipipe.core.errors import ParamError
 from midipipe.core.io import write_json
 from midipipe.emotion import predict_file, regressor, rules_config
-from midipipe.emotion.rules import RuleParams, bar_grid, estimate
+from midipipe.emotion.rules import RuleParams, estimate, meter_grid
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
 from midipipe.musetok.events import encode_midi
@@ -72,14 +73,39 @@ BAD = {
     "truncated": (b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01", "BadMidi: cannot parse MIDI"),
     "no-notes": (no_notes_midi(), "BadMidi: no notes"),
     "null-music": (None, "RowError: no music bytes"),
-    "high-pitch": (build_midi(n_bars=2, pitch=112), "MuseTokReject: invalid pitch value"),
 }
+REJECTED = {  # parseable, outside MuseTok's vocabulary: latent estimators fall back on them
+    "high-pitch": (build_midi(n_bars=2, pitch=112), "MuseTokReject: invalid pitch value"),
+    "seven-eight": (
+        build_midi(n_bars=5, numerator=7, denominator=8),
+        "MuseTokReject: unsupported event 'Time_Signature_7/8'",
+    ),
+}
+
+
+def meter_change_midi() -> bytes:
+    """Two bars of 4/4, then 3/4 from a tick that cuts the third 4/4 bar short."""
+    score = symusic.Score.from_midi(build_midi(n_bars=6))
+    score.time_signatures.append(symusic.TimeSignature(480 * 9, 3, 4))
+    return score.dumps_midi()
+
+
+def dense_bar_midi() -> bytes:
+    """Four bars, the second so dense that its MuseTok bar exceeds the 128-token window."""
+    score = symusic.Score.from_midi(build_midi(n_bars=4, pitch=60))
+    for k in range(64):
+        score.tracks[0].notes.append(symusic.Note(1920 + 30 * k, 30, 50 + k % 30, 90))
+    return score.dumps_midi()
+
+
+GOOD.append(meter_change_midi())
+GOOD.append(dense_bar_midi())
 
 
 def giga_rows() -> list[dict]:
     """Good songs with bad rows spread among them (stream order matters for resume)."""
     rows = [row(m, i=i) for i, m in enumerate(GOOD)]
-    for k, (name, (music, _)) in enumerate(BAD.items()):
+    for k, (name, (music, _)) in enumerate({**BAD, **REJECTED}.items()):
         rows.insert(2 * k + 1, row(music, md5=name, i=k))
     return rows
 
@@ -121,6 +147,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     for name in regressor.INPUTS:
         untrained_mlp(root / name, name)
         out[name] = root / name
+    untrained_mlp(root / "quantized" / "fallback", "cues")  # as stage 07 trains one beside it
     return out
 
 
@@ -197,32 +224,44 @@ def test_rules_rows_failures_and_metrics(rules_run):
         assert by_key[name]["status"] == "failed" and by_key[name]["reason"].startswith(reason)
         assert by_key[name]["valence_mean"] is None
     ok = [r for r in songs if r["status"] == "ok"]
-    assert len(ok) == len(GOOD) and {r["estimator"] for r in bars} == {"rules"}
-    # bars are MuseTok's, values are the rule estimate on that grid
-    music = GOOD[3]
-    _, bar_starts = encode_midi(music)
+    # the rules need no MuseTok: every parseable song is annotated, any meter, any pitch
+    assert len(ok) == len(GOOD) + len(REJECTED) and {r["estimator"] for r in bars} == {"rules"}
+    assert all(by_key[name]["status"] == "ok" for name in REJECTED)
+    # bars follow the file's time signatures; values are the rule estimate on that grid
+    music = GOOD[-2]
     score = symusic.Score.from_midi(music)
-    expected = estimate(score, bar_grid(score, len(bar_starts)), RuleParams())
-    got = [(r["valence"], r["arousal"]) for r in bars if r["md5"] == hashlib.md5(music).hexdigest()]
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+    grid = meter_grid(score)
+    expected = estimate(score, grid, RuleParams())
+    mine = [r for r in bars if r["md5"] == hashlib.md5(music).hexdigest()]
+    np.testing.assert_allclose([(r["valence"], r["arousal"]) for r in mine], expected, atol=1e-6)
+    # 4/4, 4/4, a 4/4 bar cut at the 3/4 change (tick 4320), then 3/4 bars
+    assert [(r["start_tick"], r["end_tick"]) for r in mine[:5]] == [
+        (0, 1920),
+        (1920, 3840),
+        (3840, 4320),
+        (4320, 5760),
+        (5760, 7200),
+    ]
+    assert [r["start_s"] for r in mine[:4]] == pytest.approx([0, 2, 4, 4.5])  # 120 bpm
     summary = by_key[hashlib.md5(music).hexdigest()]
-    assert summary["n_bars"] == len(bar_starts)
+    assert summary["n_bars"] == grid.n_bars == len(mine)
     assert summary["valence_mean"] == pytest.approx(expected[:, 0].mean(), abs=1e-6)
     assert summary["arousal_max"] == pytest.approx(expected[:, 1].max(), abs=1e-6)
     m = report.metrics()
-    assert m["songs"] == len(GOOD) + len(BAD) and m["songs_failed"] == len(BAD)
-    assert m["failed_BadMidi"] == 3 and m["failed_MuseTokReject"] == 1
+    assert m["songs"] == len(GOOD) + len(BAD) + len(REJECTED) and m["songs_failed"] == len(BAD)
+    assert m["failed_BadMidi"] == 3 and m["failed_RowError"] == 1 and m["songs_fallback"] == 0
     assert m["estimator"] == "rules" and m["estimator_learned"] is False
-    assert m["bars"] == len(bars) and m["bars_per_s"] > 0 and m["seconds_rules"] > 0
+    assert m["bars"] == len(bars) and m["bars_per_s"] > 0 and m["seconds_cues"] > 0
     assert m["projected_hours_gigamidi_v2"] > 0 and m["peak_rss_main_mb"] > 0
     meta = {r["md5"]: r for r in pq.read_table(folder / "meta.parquet").to_pylist()}
     assert meta[hashlib.md5(GOOD[1]).hexdigest()]["music_styles_curated"] == ["Rock"]
     assert "music" not in pq.read_schema(folder / "meta.parquet").names
 
 
-def test_mlp_batched_across_songs_equals_one_song_at_a_time(models, mlp_run):
-    _, bars = output(mlp_run)
-    assert {r["estimator"] for r in bars} == {"mlp_latents"}
+def test_mlp_batched_across_songs_equals_one_song_at_a_time(models, mlp_run, tmp_path):
+    songs, bars = output(mlp_run)
+    check_consistent(mlp_run)
+    by_key = {r["md5"]: r for r in songs}
     encoder = checkpoint.load(models["musetok"])
     mlp = regressor.load(models["mlp"])
     for music in GOOD[:3]:
@@ -231,7 +270,33 @@ def test_mlp_batched_across_songs_equals_one_song_at_a_time(models, mlp_run):
         key = hashlib.md5(music).hexdigest()
         got = [(r["valence"], r["arousal"]) for r in bars if r["md5"] == key]
         np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert by_key[key]["estimator"] == "mlp_latents" and by_key[key]["fallback"] is None
     assert np.std([r["valence"] for r in bars]) > 1e-3  # not a constant model
+    # songs MuseTok rejects get the cues model beside it, on their own meter's bars
+    for name, (music, reason) in REJECTED.items():
+        assert by_key[name]["status"] == "ok" and by_key[name]["fallback"].startswith(reason)
+        assert by_key[name]["estimator"] == "mlp_cues"
+        path = tmp_path / f"{name}.mid"
+        path.write_bytes(music)
+        expected = predict_file(path, models["mlp"] / "fallback")
+        got = [r for r in bars if r["md5"] == name]
+        assert {r["estimator"] for r in got} == {"mlp_cues"}
+        assert [(r["start_tick"], r["end_tick"]) for r in got] == [
+            (r["start_tick"], r["end_tick"]) for r in expected
+        ]
+        np.testing.assert_allclose(
+            [(r["valence"], r["arousal"]) for r in got],
+            [(r["valence"], r["arousal"]) for r in expected],
+            atol=1e-5,
+        )
+    # a bar longer than the encoder window takes the cues model, the others keep the latents
+    dense = [r for r in bars if r["md5"] == hashlib.md5(GOOD[-1]).hexdigest()]
+    assert [r["estimator"] for r in dense] == ["mlp_latents", "mlp_cues", "mlp_latents"] + [
+        "mlp_latents"
+    ] * (len(dense) - 3)
+    summary = by_key[hashlib.md5(GOOD[-1]).hexdigest()]
+    assert summary["bars_fallback"] == 1 == summary["bars_truncated"]
+    assert summary["fallback"] == "1 bars longer than the encoder window"
 
 
 @pytest.mark.parametrize("name", ["encoder_out", "codes", "cues", "latents+cues"])
@@ -243,8 +308,14 @@ def test_every_mlp_input_annotates_as_predict_file_does(corpus, models, name, tm
     report = annotate(params(corpus, {**models, "musetok": musetok}, name), folder, progress=False)
     check_consistent(folder)
     songs, bars = output(folder)
-    assert {r["estimator"] for r in bars} == {regressor.estimator_of(name)}
-    assert sum(r["status"] == "ok" for r in songs) == len(GOOD)
+    estimator = regressor.estimator_of(name)
+    dense = hashlib.md5(GOOD[-1]).hexdigest()
+    assert {r["estimator"] for r in bars if r["md5"] not in {*REJECTED, dense}} == {estimator}
+    # no fallback folder beside these models: the rule estimate stands in for MuseTok
+    expected = {"rules" if regressor.latent_of(name) else estimator}
+    assert {r["estimator"] for r in bars if r["md5"] in REJECTED} == expected
+    assert [r["estimator"] for r in bars if r["md5"] == dense][1] in expected
+    assert sum(r["status"] == "ok" for r in songs) == len(GOOD) + len(REJECTED)
     for i, music in enumerate(GOOD[:3]):
         path = tmp_path / f"{i}.mid"
         path.write_bytes(music)
@@ -255,7 +326,7 @@ def test_every_mlp_input_annotates_as_predict_file_does(corpus, models, name, tm
     assert np.std([r["valence"] for r in bars]) > 1e-3  # not a constant model
     m = report.metrics()
     assert (m["seconds_encoder"] > 0) == (name != "cues")
-    assert (m["seconds_cues"] > 0) == regressor.reads_cues(name)
+    assert m["seconds_cues"] > 0  # every estimator's bars come with their cues
 
 
 class CutStream:
@@ -307,7 +378,7 @@ def test_limit_counts_stream_rows_and_extends_on_resume(corpus, models, tmp_path
 
 
 def test_resume_does_not_decode_finished_row_groups(corpus, models):
-    from midipipe.annotate.annotator import open_rows
+    from midipipe.annotate.rows import open_rows
 
     rows = giga_rows()
     done = {r["md5"] for r in rows[:4]}  # row group 0 (rows 0-2) and one row of group 1
@@ -326,7 +397,7 @@ def test_streaming_branch_and_rows_missing_columns(corpus, models, tmp_path, mon
     def fake_load_dataset(name, config=None, **kwargs):
         calls.append((name, config, kwargs))
         part = [r for r in rows if r["split"] == kwargs["split"]]
-        return datasets.Dataset.from_list(part).to_iterable_dataset()
+        return datasets.Dataset.from_list(part).to_iterable_dataset(num_shards=min(3, len(part)))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     rows[-1]["split"] = "test"  # two splits, streamed one after the other
@@ -337,8 +408,9 @@ def test_streaming_branch_and_rows_missing_columns(corpus, models, tmp_path, mon
         hf_name="Metacreation/GigaMIDI",
         revision="abc",
         splits=["train", "test"],
+        stream_workers=2,
     )
-    annotate(p, tmp_path / "hub", progress=False)
+    annotate(p, tmp_path / "hub", progress=False)  # 3 shards read by 2 processes
     expected = {"revision": "abc", "streaming": True}
     assert calls == [
         ("Metacreation/GigaMIDI", "v2.0.0", {"split": s, **expected}) for s in ("train", "test")
@@ -359,12 +431,25 @@ def test_streaming_branch_and_rows_missing_columns(corpus, models, tmp_path, mon
     assert songs[other]["status"] == "failed"
 
 
-def test_other_models_start_afresh_and_params_are_checked(corpus, models, tmp_path):
-    annotate(params(corpus, models, limit=3), tmp_path / "out", progress=False)
-    annotate(params(corpus, models, "mlp", limit=3), tmp_path / "out", progress=False)
-    songs, bars = output(tmp_path / "out")
+def test_other_models_code_or_params_start_afresh_and_say_so(corpus, models, tmp_path, monkeypatch):
+    from midipipe.annotate import annotator
+
+    out = tmp_path / "out"
+    annotate(params(corpus, models, limit=3), out, progress=False)
+    report = annotate(params(corpus, models, "mlp", limit=3), out, progress=False)
+    assert "estimator" in report.restarted and "models_sha256" in report.restarted
+    songs, bars = output(out)
     assert {r["estimator"] for r in songs} == {"mlp_latents"} == {r["estimator"] for r in bars}
     assert len(songs) == 3
+    same = annotate(params(corpus, models, "mlp", limit=3), out, progress=False)
+    assert same.restarted == [] and same.skipped_done == 3
+    p = params(corpus, models, "mlp", limit=3, max_notes=10_000)
+    changed = annotate(p, out, progress=False)
+    assert changed.restarted == ["params.max_notes"] and changed.songs_new == 3
+    assert changed.metrics()["started_afresh_because"] == "params.max_notes"
+    # an edit to the code of the annotation path (rules.py, the encoder...) changes its hash
+    monkeypatch.setattr(annotator, "code_version", lambda *roots: "edited")
+    assert annotate(p, out, progress=False).restarted == ["code_sha256"]
     with pytest.raises(ParamError, match="exactly one of parquet"):
         params(corpus, models, hf_name="x")
     with pytest.raises(ParamError, match="engine"):
@@ -375,12 +460,13 @@ def test_part_store_drops_duplicates(tmp_path):
     from midipipe.annotate.annotator import SongResult
 
     store = PartStore(tmp_path, {"x": 1})
-    va = np.zeros((2, 2), np.float32)
-    assert store.commit([SongResult("a", None, va), SongResult("a", None, va)], "rules") == (1, 2)
-    assert store.commit([SongResult("a", None, va), SongResult("b", "BadMidi: x")], "rules") == (
-        1,
-        0,
-    )
+    va, bounds, start_s = np.zeros((2, 2), np.float32), np.arange(3.0), np.zeros(2, np.float32)
+
+    def ok(key):
+        return SongResult(key, None, "rules", va, bounds, start_s)
+
+    assert store.commit([ok("a"), ok("a")]) == (1, 2)
+    assert store.commit([ok("a"), SongResult("b", "BadMidi: x")]) == (1, 0)
     assert PartStore(tmp_path, {"x": 1}).done == {"a", "b"}
     assert PartStore(tmp_path, {"x": 2}).done == set()  # another fingerprint: afresh
 
@@ -396,9 +482,9 @@ def test_ray_actor_gives_the_local_rows_without_a_cluster(corpus, models, mlp_ru
     table = pq.read_table(corpus)
     skipped = 0
     for start in range(0, table.num_rows, 3):
-        results, n, seconds = _results(actor(table.slice(start, 3)))
+        results, n, seconds, _ = _results(actor(table.slice(start, 3)))
         skipped += n
-        store.commit(results, "mlp_latents")
+        store.commit(results)
     store.finalize({})
     assert skipped == 1 and seconds["encoder"] > 0
     local, got = output(mlp_run), output(tmp_path / "actor")
@@ -406,12 +492,82 @@ def test_ray_actor_gives_the_local_rows_without_a_cluster(corpus, models, mlp_ru
     assert_rows_close(got[1], [r for r in local[1] if r["md5"] != first])
 
 
+def faulty_corpus(folder: Path) -> Path:
+    """Good songs, one bad file, one that hangs its parser and one that crashes it (through
+    the `song.FAULT_ENV` test hook, set by the caller)."""
+    rows = [row(m, i=i) for i, m in enumerate(GOOD[:5])]
+    rows.insert(1, row(GOOD[5], md5="hang-song"))
+    rows.insert(3, row(GOOD[6], md5="crash-song"))
+    rows.insert(4, row(BAD["garbage"][0], md5="garbage"))
+    path = folder / "faulty.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, row_group_size=4)
+    return path
+
+
+FAULTS = "hang-song:hang,crash-song:abort"
+
+
+def test_hang_and_crash_fail_one_song_in_both_engines_and_retry_once(models, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from midipipe.annotate.ray_engine import AnnotateActor, _results
+    from midipipe.annotate.song import FAULT_ENV
+
+    corpus = faulty_corpus(tmp_path)
+    monkeypatch.setenv(FAULT_ENV, FAULTS)
+    p = params(corpus, models, "mlp", timeout_s=1, read_batch=4)
+    local = annotate(p, tmp_path / "local", progress=False)
+    songs = {r["md5"]: r for r in output(tmp_path / "local")[0]}
+    assert songs["hang-song"]["reason"] == "timed out after 1 s"
+    assert songs["crash-song"]["reason"].startswith("worker crashed")
+    assert songs["garbage"]["reason"].startswith("BadMidi")
+    assert sum(r["status"] == "ok" for r in songs.values()) == 5
+    assert local.metrics()["failed_Timeout"] == 1 and local.metrics()["failed_WorkerCrash"] == 1
+    # the Ray actor parses in its own pool: the same failures, the same rows for the rest
+    actor = AnnotateActor(p, done=set(), context="fork")
+    store = PartStore(tmp_path / "actor", {})
+    table = pq.read_table(corpus)
+    for start in range(0, table.num_rows, 4):
+        store.commit(_results(actor(table.slice(start, 4)))[0])
+    store.finalize({})
+    got, want = output(tmp_path / "actor"), output(tmp_path / "local")
+    assert [(r["md5"], r["reason"]) for r in got[0]] == [(r["md5"], r["reason"]) for r in want[0]]
+    assert_rows_close(got[1], want[1])
+    # resume retries the transient failures once (the crash is gone, the hang is not) ...
+    monkeypatch.setenv(FAULT_ENV, "hang-song:hang")
+    again = annotate(p, tmp_path / "local", progress=False)
+    assert again.retried == 2 and again.skipped_done == 6
+    check_consistent(tmp_path / "local")
+    songs = {r["md5"]: r for r in output(tmp_path / "local")[0]}
+    assert (songs["crash-song"]["status"], songs["crash-song"]["attempts"]) == ("ok", 2)
+    assert (songs["hang-song"]["status"], songs["hang-song"]["attempts"]) == ("failed", 2)
+    assert songs["garbage"]["attempts"] == 1  # permanent: never retried
+    # ... and only once
+    third = annotate(p, tmp_path / "local", progress=False)
+    assert third.retried == 0 and third.skipped_done == 8 and third.songs_new == 0
+
+
 @pytest.mark.slow  # a local Ray cluster takes ~20 s to start and ~20 s per run on 2 cores
-def test_ray_engine_equals_local_engine(corpus, models, tmp_path):
+def test_ray_engine_equals_local_engine(corpus, models, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    from midipipe.annotate.song import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, FAULTS)  # before the cluster starts: its workers inherit it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        # a hang and a crash in the actors' spawned parse pools: recorded, the rest equal
+        faulty = faulty_corpus(tmp_path)
+        for engine in ("local", "ray"):
+            p = params(faulty, models, "mlp", timeout_s=5, engine=engine, ray_actors=1)
+            annotate(p, tmp_path / f"faulty-{engine}", progress=False)
+        (ls, lb), (rs, rb) = output(tmp_path / "faulty-local"), output(tmp_path / "faulty-ray")
+        assert [(r["md5"], r["reason"]) for r in ls] == [(r["md5"], r["reason"]) for r in rs]
+        assert {r["md5"]: r["reason"][:14] for r in rs if r["status"] == "failed"} == {
+            "hang-song": "timed out afte",
+            "crash-song": "worker crashed",
+            "garbage": "BadMidi: not a",
+        }
+        assert_rows_close(rb, lb)
         for estimator in ("rules", "mlp"):
             local = tmp_path / f"local-{estimator}"
             annotate(params(corpus, models, estimator, limit=11), local, progress=False)
@@ -547,7 +703,8 @@ def test_analyze_run_writes_metrics_csvs_and_plots(rules_run, tmp_path):
     m = analysis.run(rules_run[0], analysis.AnalyzeParams(min_songs=2), tmp_path / "metrics")
     out = tmp_path / "metrics"
     assert json.loads((out / "analysis.json").read_text()) == pytest.approx(m, abs=1e-5)
-    assert m["songs_ok"] == len(GOOD) and m["songs_with_metadata"] == len(GOOD)
+    n_ok = len(GOOD) + len(REJECTED)
+    assert m["songs_ok"] == n_ok and m["songs_with_metadata"] == n_ok
     assert m["estimator"] == "rules" and "not learned" in m["estimator_note"]
     # pop and ballad songs carry both tags: rock alone is exclusive, too few groups to test
     assert m["curated_tags"] == 3 and "curated_valence_kruskal_p" not in m

@@ -334,6 +334,7 @@ def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, mo
     config = json.loads((tmp_path / "models" / "emotion" / "config.json").read_text())
     assert config["estimator"] == "rules" and config["learned"] is False
     assert not (tmp_path / "models" / "emotion" / "model.safetensors").exists()
+    assert not (tmp_path / "models" / "emotion" / "fallback").exists()
     curves = (tmp_path / "metrics" / "emotion_curves.csv").read_text()
     assert curves.splitlines()[0] == "piece,bar,estimator,valence,arousal"
     assert len(curves.splitlines()) == 1 + 2 * 8 and ",rules," in curves
@@ -380,6 +381,13 @@ def test_stage_mlp_on_latents_beside_cues(tmp_path, monkeypatch):
     assert "test_mlp_latents+cues_ccc_arousal" in metrics
     rows = predict_file(paths[0], tmp_path / "models" / "emotion", tmp_path / "models" / "musetok")
     assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_latents+cues"}
+    # the cues model stage 10 serves where MuseTok cannot encode, fitted beside it
+    fallback = tmp_path / "models" / "emotion" / "fallback"
+    config = json.loads((fallback / "config.json").read_text())
+    assert config["estimator"] == "mlp_cues" and config["fallback_for"] == "latents+cues"
+    rows = predict_file(paths[0], fallback, tmp_path / "no-musetok")
+    assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_cues"}
+    assert [r["end_tick"] for r in rows[:-1]] == [r["start_tick"] for r in rows[1:]]
 
 
 def test_stage_trains_on_piece_labels_when_no_bar_is_rated(tmp_path, monkeypatch):

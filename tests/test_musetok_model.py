@@ -218,8 +218,15 @@ def test_batching_across_pieces_matches_per_piece(musetok_vectors):
             )
     # full 128-token rows: the reference path; trimmed rows (the fast default) change only the
     # float summation order, which the x10 weights of this variant amplify to ~1e-5
-    for batch_size, trim, atol in ((37, False, 1e-6), (256, False, 1e-6), (256, True, 5e-5)):
-        results = list(encode_pieces(model, pieces, batch_size=batch_size, trim=trim))
+    # packing (bars bucketed by length, the default) changes the same order only
+    for batch_size, trim, pack, atol in (
+        (37, False, False, 1e-6),
+        (256, False, False, 1e-6),
+        (256, False, True, 1e-6),
+        (256, True, False, 5e-5),
+        (256, True, True, 5e-5),
+    ):
+        results = list(encode_pieces(model, pieces, batch_size, trim=trim, pack=pack))
         assert len(results) == len(pieces)
         for res, ref, (_, starts) in zip(results, per_piece, pieces, strict=True):
             assert res.codes.shape == (len(starts), 4)
@@ -443,3 +450,29 @@ def test_infer_official_config_from_shapes():
     with torch.device("meta"):
         state = MuseTok(MuseTokConfig.small()).state_dict()
     assert checkpoint.infer_config(state) == MuseTokConfig.small()
+
+
+def test_packed_encoder_equals_the_unpacked_path_with_little_padding():
+    """Bars bucketed by length give today's (input-order, trimmed) codes and latents, with
+    most of its padding gone."""
+    from midipipe.musetok.encode import PadStats
+
+    torch.manual_seed(0)
+    model = MuseTok(MuseTokConfig.cpu_default()).eval()
+    rng = np.random.default_rng(0)
+    pieces = []
+    for _ in range(12):  # bars of 2..160 tokens: some truncated, most short
+        lengths = rng.choice([2, 5, 12, 20, 31, 47, 90, 160], size=rng.integers(1, 30))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+        ids = rng.integers(3, model.config.n_token, size=int(lengths.sum())).tolist()
+        pieces.append((ids, starts))
+    before, after = PadStats(), PadStats()
+    old = list(encode_pieces(model, pieces, batch_size=16, pack=False, stats=before))
+    new = list(encode_pieces(model, pieces, batch_size=16, pack=True, stats=after))
+    assert len(new) == len(pieces)
+    for a, b, (_, starts) in zip(old, new, pieces, strict=True):
+        assert len(b.codes) == len(starts) and a.n_truncated == b.n_truncated
+        np.testing.assert_array_equal(a.codes, b.codes)
+        np.testing.assert_allclose(a.latents, b.latents, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.encoder_out, b.encoder_out, rtol=0, atol=1e-5)
+    assert after.padded_share < before.padded_share / 2

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from midipipe.annotate.annotator import INSTRUMENT_COLUMN, OK, RULES
+from midipipe.annotate.annotator import RULES
+from midipipe.annotate.params import INSTRUMENT_COLUMN
+from midipipe.annotate.store import OK
 from midipipe.core.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from midipipe.annotate.annotator import INSTRUMENT_COLUMN
+from midipipe.annotate.params import INSTRUMENT_COLUMN
 from midipipe.core.errors import BadMidi
 from midipipe.core.io import atomic_path
 from midipipe.data.midi import load_score

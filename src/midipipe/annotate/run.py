@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from midipipe.annotate.annotator import AnnotateParams, Report
+from midipipe.annotate.params import AnnotateParams
+from midipipe.annotate.report import Report
 
 
 def annotate(

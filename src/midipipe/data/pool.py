@@ -9,6 +9,7 @@ with at most `window` batches in flight, so memory stays bounded on any corpus s
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -51,28 +52,51 @@ def _failure_of(exc: BaseException, timeout: float) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}")
 
 
-def robust_map(
-    fn: Callable[[Any], Any],
-    items: Iterable[Any],
-    workers: int = 0,
-    timeout: float = 60.0,
-    batch_size: int = 8,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
-    window: int | None = None,
-) -> Iterator[tuple[Any, Any]]:
-    """Yield `(item, fn(item) or Failure)` in input order.
+class RobustPool:
+    """A long-lived pool for `map` calls over many inputs (a Ray actor keeps one for its life);
+    `context` is a multiprocessing context name ("spawn" where forking is unsafe)."""
 
-    `timeout` bounds one task; a batch that exceeds it is retried item by item, so only an
-    item that alone takes longer is recorded as timed out.
-    """
-    workers = default_workers(workers)
-    window = window or 4 * workers
-    it = iter(items)
-    with ProcessPool(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+    def __init__(
+        self,
+        workers: int = 0,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        context: str | None = None,
+    ):
+        self.workers = default_workers(workers)
+        ctx = multiprocessing.get_context(context) if context else multiprocessing
+        self.pool = ProcessPool(
+            max_workers=self.workers, initializer=initializer, initargs=initargs, context=ctx
+        )
+
+    def __enter__(self) -> RobustPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        timeout: float = 60.0,
+        batch_size: int = 8,
+        window: int | None = None,
+    ) -> Iterator[tuple[Any, Any]]:
+        """Yield `(item, fn(item) or Failure)` in input order.
+
+        `timeout` bounds one task; a batch that exceeds it is retried item by item, so only an
+        item that alone takes longer is recorded as timed out.
+        """
+        window = window or 4 * self.workers
+        it = iter(items)
 
         def submit(batch: list):
-            return pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
+            return self.pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
 
         pending: deque = deque()
         while True:
@@ -101,3 +125,18 @@ def robust_map(
                         except (FutureTimeout, ProcessExpired) as single_exc:
                             results.append(_failure_of(single_exc, timeout))
             yield from zip(batch, results, strict=True)
+
+
+def robust_map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    workers: int = 0,
+    timeout: float = 60.0,
+    batch_size: int = 8,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+    window: int | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """`RobustPool.map` on a pool that lives as long as this iteration."""
+    with RobustPool(workers, initializer, initargs) as pool:
+        yield from pool.map(fn, items, timeout, batch_size, window)

@@ -24,7 +24,14 @@ from midipipe.core.params import build
 from midipipe.data.midi import load_score
 from midipipe.emotion import regressor
 from midipipe.emotion.regressor import MLPParams
-from midipipe.emotion.rules import RuleParams, bar_features, bar_grid, estimate, seconds_at
+from midipipe.emotion.rules import (
+    RuleParams,
+    bar_features,
+    bar_grid,
+    estimate,
+    meter_grid,
+    seconds_at,
+)
 from midipipe.emotion.targets import TargetParams
 
 log = logging.getLogger(__name__)
@@ -59,10 +66,12 @@ def predict_file(
     device: str = "auto",
     rules_only: bool = False,
 ) -> list[dict]:
-    """Per-bar `{bar, start_s, valence, arousal, estimator}` of one MIDI file, with the model in
-    `model_dir` (the rule estimate when it holds none, or with `rules_only`), run on `device`
-    (auto | cpu | cuda). Bars are MuseTok's: the first time signature's length, from the bar of
-    the first note; start_s is the bar's start in seconds."""
+    """Per-bar `{bar, start_tick, end_tick, start_s, valence, arousal, estimator}` of one MIDI
+    file, with the model in `model_dir` (the rule estimate when it holds none, or with
+    `rules_only`), run on `device` (auto | cpu | cuda). Bars follow the file's time signatures
+    (`rules.meter_grid`), or are MuseTok's (the first time signature's length throughout) for a
+    model that reads MuseTok latents; both start at the bar of the first note. Ticks are the
+    file's, start_s the bar's start in seconds."""
     data = Path(path).read_bytes()
     score = load_score(data)
     config_path = Path(model_dir) / "config.json"
@@ -75,17 +84,17 @@ def predict_file(
             )
         config = rules_config(RuleParams())
     if config["estimator"] == RULES:
-        grid = bar_grid(score)
+        grid = meter_grid(score)
         va = estimate(score, grid, build(RuleParams, config["rules"], "rules"))
     else:
         from midipipe.musetok.events import encode_score
 
         model = regressor.load(model_dir)
         name = model.cfg.input
-        ids, bar_starts = encode_score(score, data)
-        grid = bar_grid(score, len(bar_starts))
-        latents = {}
+        grid, latents = meter_grid(score), {}
         if regressor.latent_of(name) is not None:
+            ids, bar_starts = encode_score(score, data)
+            grid = bar_grid(score, len(bar_starts))
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)], device)
         cues = (
             bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
@@ -98,10 +107,13 @@ def predict_file(
                 "model it was trained with"
             )
         va = regressor.predict(model.to(resolve_device(device)), x, np.array([0, len(x)]))
-    start_s = seconds_at(score, grid.starts())
+    bounds = grid.bounds()
+    start_s = seconds_at(score, bounds[:-1])
     return [
         {
             "bar": i,
+            "start_tick": int(round(bounds[i])),
+            "end_tick": int(round(bounds[i + 1])),
             "start_s": round(float(start_s[i]), 3),
             "valence": float(v),
             "arousal": float(a),

@@ -17,8 +17,10 @@ Cues (columns of `bar_features`):
 - velocity: (mean onset velocity - 80) / 30.
 Each cue is clipped to [-1, 1]; a bar without notes has density -1 and neutral (0) pitch cues.
 
-Bars are MuseTok's (`BarGrid`): the first time signature's bar length throughout, counted from
-the bar of the first note, so rule estimates line up with per-bar latents.
+Two bar grids, both in the score's own ticks and starting at the bar of the first note:
+`meter_grid` follows every time signature of the score (any meter, read by symusic), the grid
+of the rule and cue estimators; `bar_grid` is MuseTok's (the first time signature's bar length
+throughout), so cues line up with per-bar latents where an estimator reads both.
 """
 
 from __future__ import annotations
@@ -72,9 +74,68 @@ class BarGrid:
     def bar_quarters(self) -> float:
         return self.bar_ticks / self.tpq
 
+    def bounds(self) -> np.ndarray:
+        """[n_bars + 1] ticks: each bar's start, then the last bar's end."""
+        return (self.first_bar + np.arange(self.n_bars + 1)) * self.bar_ticks
+
     def starts(self) -> np.ndarray:
         """Tick of each bar's start."""
-        return (self.first_bar + np.arange(self.n_bars)) * self.bar_ticks
+        return self.bounds()[:-1]
+
+
+MAX_BARS = 100_000  # a meter grid longer than this is a broken file (ticks far apart), not music
+
+
+@dataclass(frozen=True)
+class MeterGrid:
+    """Bars that follow every time signature: a new signature starts a new bar."""
+
+    tpq: int
+    edges: np.ndarray  # [n_bars + 1] ticks (float: a bar may be a fractional tick count)
+
+    @property
+    def n_bars(self) -> int:
+        return len(self.edges) - 1
+
+    def bounds(self) -> np.ndarray:
+        return self.edges
+
+    def starts(self) -> np.ndarray:
+        return self.edges[:-1]
+
+
+def meter_grid(score: symusic.Score) -> MeterGrid:
+    """The score's bars from its time signatures (4/4 before the first; invalid ones, with a
+    zero numerator or denominator, ignored), from the bar of the first onset to the bar of the
+    last note end. Raises ValueError without notes or beyond `MAX_BARS` bars."""
+    tpq = score.ticks_per_quarter
+    notes = _notes(score)
+    if len(notes) == 0:
+        raise ValueError("no notes")
+    first = float(notes[:, 0].min())
+    end = max(float((notes[:, 0] + notes[:, 1]).max()), first + 1)
+    lengths: dict[float, float] = {0.0: 4.0 * tpq}  # tick -> bar length from there on
+    for ts in sorted(score.time_signatures, key=lambda ts: ts.time):
+        if ts.numerator > 0 and ts.denominator > 0:
+            lengths[float(ts.time)] = max(1.0, 4.0 * tpq * ts.numerator / ts.denominator)
+    times = sorted(lengths)
+    segments = []  # (start, bar length, first bar, bars, next signature) covering [first, end)
+    for k, t in enumerate(times):
+        cut = times[k + 1] if k + 1 < len(times) else math.inf
+        stop = min(cut, end)
+        if stop <= first or t >= stop:
+            continue
+        length = lengths[t]
+        lo = max(0, math.floor((first - t) / length))
+        segments.append((t, length, lo, math.ceil((stop - t) / length) - lo, cut))
+    n_bars = sum(seg[3] for seg in segments)
+    if n_bars > MAX_BARS:
+        raise ValueError(f"{n_bars} bars, more than {MAX_BARS}")
+    starts = np.concatenate(
+        [t + length * np.arange(lo, lo + n) for t, length, lo, n, _ in segments]
+    )
+    t, length, lo, n, cut = segments[-1]
+    return MeterGrid(tpq, np.append(starts, min(t + length * (lo + n), cut)))
 
 
 def _notes(score: symusic.Score, drums: bool = True) -> np.ndarray:
@@ -135,20 +196,26 @@ def _mode(histograms: np.ndarray) -> np.ndarray:
     return corr[:, :12].max(1) - corr[:, 12:].max(1)
 
 
-def bar_features(score: symusic.Score, grid: BarGrid, window: int = 2) -> np.ndarray:
+def _bar_of(ticks: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Bar index of each tick (-1 before the grid, n_bars after it)."""
+    return np.searchsorted(bounds, ticks, side="right") - 1
+
+
+def bar_features(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) -> np.ndarray:
     """[n_bars, len(FEATURES)] cues, each scaled to [-1, 1] as the module docstring says."""
     n = grid.n_bars
-    starts = grid.starts()
+    bounds = grid.bounds()
+    starts = bounds[:-1]
     qpm = tempo_at(score, starts)
     out = np.zeros((n, len(FEATURES)))
     out[:, FEATURES.index("tempo")] = (qpm - 100.0) / 50.0
 
     notes = _notes(score)
-    bar = np.floor(notes[:, 0] / grid.bar_ticks).astype(np.int64) - grid.first_bar
+    bar = _bar_of(notes[:, 0], bounds)
     keep = (bar >= 0) & (bar < n)
     notes, bar = notes[keep], bar[keep]
     onsets = np.bincount(bar, minlength=n)
-    per_second = onsets / grid.bar_quarters * qpm / 60.0
+    per_second = onsets / (np.diff(bounds) / grid.tpq) * qpm / 60.0
     density = np.log2(np.maximum(per_second, 1e-3) / 4.0) / 2.0
     out[:, FEATURES.index("density")] = np.where(onsets > 0, density, -1.0)
     velocity = np.bincount(bar, weights=notes[:, 3], minlength=n)
@@ -156,7 +223,7 @@ def bar_features(score: symusic.Score, grid: BarGrid, window: int = 2) -> np.nda
     out[:, FEATURES.index("velocity")] = (mean_velocity - 80.0) / 30.0
 
     pitched = _notes(score, drums=False)
-    pbar = np.floor(pitched[:, 0] / grid.bar_ticks).astype(np.int64) - grid.first_bar
+    pbar = _bar_of(pitched[:, 0], bounds)
     keep = (pbar >= 0) & (pbar < n)
     pitched, pbar = pitched[keep], pbar[keep]
     count = np.bincount(pbar, minlength=n)
@@ -183,5 +250,5 @@ def combine(cues: np.ndarray, p: RuleParams) -> np.ndarray:
     return np.tanh(cues @ weight_matrix(p))
 
 
-def estimate(score: symusic.Score, grid: BarGrid, p: RuleParams) -> np.ndarray:
+def estimate(score: symusic.Score, grid: BarGrid | MeterGrid, p: RuleParams) -> np.ndarray:
     return combine(bar_features(score, grid, p.window), p)

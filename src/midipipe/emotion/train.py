@@ -9,6 +9,7 @@ estimate (hand-set weights, not learned), and the metrics say so.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         "train_bars": len(fit_rows),
     }
     mlp.save(model, io.out, facts)
+    if mlp.latent_of(p.mlp.input) is not None:
+        save_fallback(io, p, tp, bars, fit_rows, facts)
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
@@ -186,6 +189,20 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
                 if estimator != "listeners" or mask[span[b]]
             ]
     write_curves(io, rows, "test pieces" if rated_test else "training pieces (no rated test piece)")
+
+
+def save_fallback(
+    io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, rows, facts: dict
+) -> None:
+    """models/emotion/fallback/: a cues-only MLP fitted on the same bars, which stage 10 serves
+    for the songs and bars MuseTok cannot encode (a meter or pitch outside its vocabulary, a
+    bar longer than the encoder window)."""
+    x = mlp.assemble(mlp.CUES, {}, bars.cues)
+    cues = dataclasses.replace(p.mlp, input=mlp.CUES)
+    model = mlp.fit_mlp(
+        mlp.config_for(cues, x), x, bars.targets, bars.weights, bars.offsets, rows, tp, cues.loss
+    )
+    mlp.save(model, io.out / "fallback", {**facts, "input": mlp.CUES, "fallback_for": p.mlp.input})
 
 
 def train_emotion(p: EmotionParams, tp: TrainParams, io: EmotionPaths | None = None) -> None:
