@@ -23,7 +23,7 @@ def main() -> None:
     out = Path("data/tokens")
     shutil.rmtree(out, ignore_errors=True)  # no stale parts from a larger earlier run
     summary = tokenize_files(items, out, p, total=len(items))
-    write_json("metrics/tokenize.json", summary.__dict__)
+    write_json("metrics/tokenize.json", summary.metrics())
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 Each worker parses a file once with symusic and produces both token streams; anything that
 goes wrong (a parser error, a hang, a crashed interpreter) becomes a rejects row with a
-readable reason, and every other file still lands.
+readable reason, and every other file still lands. Good music outside a vocabulary is kept:
+rare meters are mapped onto supported ones and MuseTok's out-of-range pitches move by octaves,
+counted in the metrics (`*_remapped_*`, `musetok_folded_notes`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -39,7 +42,7 @@ def _init_worker(remi_overrides: dict, with_musetok: bool, max_notes: int) -> No
 
 def _tokenize_one(item: tuple[str, str]) -> dict:
     """Both token streams of one file, or the reason each one failed."""
-    from midipipe.musetok.events import MuseTokReject, encode_midi
+    from midipipe.musetok.events import Fixes, MuseTokReject, encode_midi
 
     _, path = item
     data = Path(path).read_bytes()
@@ -47,14 +50,15 @@ def _tokenize_one(item: tuple[str, str]) -> dict:
         score = load_score(data, max_notes=_MAX_NOTES)
     except BadMidi as exc:
         return Failure(str(exc))
-    out: dict = {"remi": None, "musetok": None}
+    out: dict = {"remi": None, "musetok": None, "remi_remapped": Counter(), "musetok_fixes": None}
     try:
-        out["remi"] = remi.encode(_TOKENIZER, score)
+        out["remi"] = remi.encode(_TOKENIZER, score, out["remi_remapped"])
     except BadMidi as exc:
         out["remi"] = Failure(str(exc))
     if _WITH_MUSETOK:
+        out["musetok_fixes"] = fixes = Fixes()
         try:
-            out["musetok"] = encode_midi(data)
+            out["musetok"] = encode_midi(data, fixes)
         except MuseTokReject as exc:
             out["musetok"] = Failure(str(exc))
     return out
@@ -62,7 +66,7 @@ def _tokenize_one(item: tuple[str, str]) -> dict:
 
 @dataclass
 class Summary:
-    """Flat counts for metrics/tokenize.json."""
+    """Counts for metrics/tokenize.json (`metrics()` flattens them)."""
 
     files: int = 0
     remi_pieces: int = 0
@@ -72,11 +76,45 @@ class Summary:
     musetok_tokens: int = 0
     musetok_bars: int = 0
     rejects: int = 0
+    remi_remapped_pieces: int = 0  # pieces kept with some bars in a mapped meter
+    musetok_remapped_pieces: int = 0
+    musetok_folded_pieces: int = 0  # pieces with pitches moved into 21-108 by octaves
+    musetok_folded_notes: int = 0
+    musetok_snapped_notes: int = 0  # onsets moved to the nearest beat MuseTok's dictionary has
+    # bars in each mapped meter, e.g. {"13/16": 40}
+    remi_remapped_bars: Counter = field(default_factory=Counter)
+    musetok_remapped_bars: Counter = field(default_factory=Counter)
 
     def count(self, stream: str, ids: list[int], bar_starts: list[int]) -> None:
         for what, n in (("pieces", 1), ("tokens", len(ids)), ("bars", len(bar_starts))):
             key = f"{stream}_{what}"
             setattr(self, key, getattr(self, key) + n)
+
+    def count_fixes(self, remi_bars: Counter, musetok) -> None:
+        """What one kept piece needed: REMI bars per mapped meter, MuseTok's `Fixes`."""
+        if remi_bars:
+            self.remi_remapped_pieces += 1
+            self.remi_remapped_bars.update(remi_bars)
+        if musetok is not None and musetok.meter is not None:
+            self.musetok_remapped_pieces += 1
+            self.musetok_remapped_bars[musetok.meter] += musetok.bars
+        if musetok is not None and musetok.folded_notes:
+            self.musetok_folded_pieces += 1
+            self.musetok_folded_notes += musetok.folded_notes
+        if musetok is not None:
+            self.musetok_snapped_notes += musetok.snapped_notes
+
+    def metrics(self) -> dict:
+        """Flat JSON: per-meter bars as `remi_remapped_bars_13_16`, and their totals."""
+        out = {}
+        for key, value in vars(self).items():
+            if isinstance(value, Counter):
+                out[key] = sum(value.values())
+                for meter, n in sorted(value.items()):
+                    out[f"{key}_{meter.replace('/', '_')}"] = n
+            else:
+                out[key] = value
+        return out
 
 
 def tokenize_files(
@@ -112,6 +150,11 @@ def tokenize_files(
         summary.files += 1
         if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
+        else:
+            summary.count_fixes(
+                res["remi_remapped"] if not isinstance(res["remi"], Failure) else Counter(),
+                res["musetok_fixes"] if not isinstance(res["musetok"], Failure) else None,
+            )
         for stream, writer in (("remi", remi_writer), ("musetok", musetok_writer)):
             got = res[stream]
             if writer is None or got is None:
