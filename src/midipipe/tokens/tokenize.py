@@ -9,21 +9,25 @@ counted in the metrics (`*_remapped_*`, `musetok_folded_notes`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from midipipe.core.errors import BadMidi
-from midipipe.core.io import ShardWriter, write_rows
+from midipipe.core.io import ShardWriter, write_json, write_table
 from midipipe.core.params import TokenizeParams
 from midipipe.data.midi import load_score
 from midipipe.data.pool import Failure, robust_map
 from midipipe.tokens import remi
-from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA
+from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA, read_parts
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,14 @@ class Summary:
         if musetok is not None:
             self.musetok_snapped_notes += musetok.snapped_notes
 
+    @classmethod
+    def restore(cls, saved: dict) -> Summary:
+        """A summary from `vars()` of one saved at a checkpoint (its Counters as dicts)."""
+        summary = cls()
+        for key, value in saved.items():
+            setattr(summary, key, Counter(value) if isinstance(value, dict) else value)
+        return summary
+
     def metrics(self) -> dict:
         """Flat JSON: per-meter bars as `remi_remapped_bars_13_16`, and their totals."""
         out = {}
@@ -117,36 +129,85 @@ class Summary:
         return out
 
 
+PROGRESS_FILE = "progress.json"  # what a resumed run may keep: a fingerprint and a checkpoint
+
+
+def _fingerprint(items: Sequence[tuple[str, str]], params: TokenizeParams) -> str:
+    """Everything the shards depend on: the files in order and the params that shape tokens."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k not in _NO_EFFECT}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for pid, path in items:
+        digest.update(f"{pid}\t{path}\n".encode())
+    return digest.hexdigest()
+
+
+_NO_EFFECT = ("workers", "batch_size")  # how fast, not what: a resumed run may change them
+
+
+def _checkpoint(out_dir: Path, resume: bool, fingerprint: str) -> dict:
+    """The last checkpoint of an interrupted run on the same inputs, or a clean folder."""
+    progress = out_dir / PROGRESS_FILE
+    if resume and progress.is_file():
+        state = json.loads(progress.read_text())
+        # a finished run is not resumed: DVC only reruns it when code or inputs changed
+        if state.get("fingerprint") == fingerprint and not state.get("complete"):
+            for stream, n in state["parts"].items():  # parts written after the checkpoint
+                for part in sorted((out_dir / stream).glob("part-*.parquet"))[n:]:
+                    part.unlink()
+            log.info("resuming after %d files (%s)", state["done"], progress)
+            return state
+        log.info("%s is finished or from other inputs: tokenizing from scratch", progress)
+    for stream in STREAMS:
+        shutil.rmtree(out_dir / stream, ignore_errors=True)
+    (out_dir / "rejects.parquet").unlink(missing_ok=True)
+    return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "complete": False}
+
+
+STREAMS = ("remi", "musetok", ".rejects")  # token shards, and the rejects until the end
+
+
 def tokenize_files(
-    items: Iterable[tuple[str, str]],
+    items: Sequence[tuple[str, str]],
     out_dir: str | Path,
     params: TokenizeParams,
     total: int | None = None,
+    resume: bool = False,
 ) -> Summary:
     """Write `remi/part-*.parquet`, `remi/tokenizer.json`, `musetok/part-*.parquet` and
-    `rejects.parquet` under `out_dir` for `(piece_id, path)` items, streaming."""
+    `rejects.parquet` under `out_dir` for `(piece_id, path)` items, streaming.
+
+    Every `rows_per_part` files the shards are flushed and `progress.json` records how far the
+    run got; with `resume`, a run on the same items and params continues from there (no file
+    twice, none lost), anything else starts clean."""
     out_dir = Path(out_dir)
+    state = _checkpoint(out_dir, resume, _fingerprint(items, params))
     tokenizer = remi.make_tokenizer(params.remi)
     (out_dir / "remi").mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "remi")
-    summary = Summary()
-    rejects: list[dict] = []
-    remi_writer = ShardWriter(out_dir / "remi", TOKENS_SCHEMA, params.rows_per_part)
-    musetok_writer = (
-        ShardWriter(out_dir / "musetok", TOKENS_SCHEMA, params.rows_per_part)
-        if params.musetok
-        else None
-    )
+    summary = Summary.restore(state["summary"])
+    writers = {
+        stream: ShardWriter(
+            out_dir / stream,
+            REJECTS_SCHEMA if stream == ".rejects" else TOKENS_SCHEMA,
+            params.rows_per_part,
+            first_part=state["parts"].get(stream, 0),
+        )
+        for stream in STREAMS
+        if stream != "musetok" or params.musetok
+    }
+    done = state["done"]
     results = robust_map(
         _tokenize_one,
-        items,
+        items[done:],
         workers=params.workers,
         timeout=params.timeout_s,
         batch_size=params.batch_size,
         initializer=_init_worker,
         initargs=(params.remi, params.musetok, params.max_notes),
     )
-    for (pid, path), res in tqdm(results, total=total, desc="tokenize", unit="file"):
+    bar = tqdm(results, total=total, initial=done, desc="tokenize", unit="file")
+    for (pid, path), res in bar:
         summary.files += 1
         if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
@@ -155,12 +216,12 @@ def tokenize_files(
                 res["remi_remapped"] if not isinstance(res["remi"], Failure) else Counter(),
                 res["musetok_fixes"] if not isinstance(res["musetok"], Failure) else None,
             )
-        for stream, writer in (("remi", remi_writer), ("musetok", musetok_writer)):
+        for stream in ("remi", "musetok"):
             got = res[stream]
-            if writer is None or got is None:
+            if stream not in writers or got is None:
                 continue
             if isinstance(got, Failure):
-                rejects.append(
+                writers[".rejects"].add(
                     {
                         "piece_id": pid,
                         "path": str(path),
@@ -168,14 +229,32 @@ def tokenize_files(
                         "reason": got.reason,
                     }
                 )
+                summary.rejects += 1
                 log.info("reject %s (%s): %s", path, stream, got.reason)
                 continue
             ids, bar_starts = got
-            writer.add({"piece_id": pid, "ids": ids, "bar_starts": bar_starts})
+            writers[stream].add({"piece_id": pid, "ids": ids, "bar_starts": bar_starts})
             summary.count(stream, ids, bar_starts)
-    remi_writer.close()
-    if musetok_writer is not None:
-        musetok_writer.close()
-    summary.rejects = len(rejects)
-    write_rows(out_dir / "rejects.parquet", rejects, REJECTS_SCHEMA)
+        done += 1
+        if done % params.rows_per_part == 0:
+            _save_checkpoint(out_dir, state, writers, done, summary)
+    for writer in writers.values():
+        writer.close()
+    state["complete"] = True
+    _save_checkpoint(out_dir, state, writers, done, summary)
+    write_table(out_dir / "rejects.parquet", read_parts(out_dir / ".rejects"))
+    shutil.rmtree(out_dir / ".rejects")
     return summary
+
+
+def _save_checkpoint(
+    out_dir: Path, state: dict, writers: dict[str, ShardWriter], done: int, summary: Summary
+) -> None:
+    """Flush every shard, then record how far the run got (in that order: a crash between
+    the two only repeats work)."""
+    for writer in writers.values():
+        writer.flush()
+    state["done"] = done
+    state["parts"] = {s: w.first_part + len(w.parts) for s, w in writers.items()}
+    state["summary"] = vars(summary)
+    write_json(out_dir / PROGRESS_FILE, state)
