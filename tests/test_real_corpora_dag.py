@@ -85,8 +85,7 @@ def repro_on(corpus: str, data: Path, base: Path) -> Path:
     repo = clone_project(base / "repo", base / "corpus")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["sources"] = sources
-    params["genre"]["label"] = "auto"
-    params["genre"]["min_class_pieces"] = 2
+    params["genre"]["label"] = "auto"  # the default, which clone_project sets to composer
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(repo, "git", "commit", "-qam", f"data.sources: {corpus}")
     out = run(repo, "dvc", "repro")
