@@ -107,3 +107,26 @@ def test_without_a_skip_spec_nothing_to_learn_is_an_error(tmp_path):
 
 def test_skip_is_plain_data():
     assert Skip("a.json").plots == () and Skip("a.json").dirs == ()
+
+
+def test_the_phrase_stage_skips_a_one_class_corpus(tmp_path):
+    from midipipe.core.io import write_rows
+    from midipipe.core.params import TrainParams
+    from midipipe.data.organize import MANIFEST_SCHEMA
+    from midipipe.genre.params import GenreParams
+    from midipipe.genre.phrase_train import train_phrase
+    from midipipe.tokens.remi import make_tokenizer
+
+    make_tokenizer().save(tmp_path / "tokens")
+    rows = manifest([(f"s{i}", "train", "bach", None) for i in range(6)])
+    write_rows(tmp_path / "manifest.parquet", list(rows.values()), MANIFEST_SCHEMA)
+    with pytest.raises(NothingToLearn, match="'composer': {'bach': 6}"):
+        train_phrase(
+            GenreParams(),
+            TrainParams(device="cpu"),
+            tmp_path / "tokens",
+            tmp_path / "manifest.parquet",
+            tmp_path / "model",
+            tmp_path / "ckpt",
+        )
+    assert not (tmp_path / "model").exists()
