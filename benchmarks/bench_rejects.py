@@ -39,6 +39,8 @@ def main() -> None:
     out: dict = {}
     for name in args.datasets:
         files = list(find_midis(args.data / name))
+        if not files:
+            sys.exit(f"no MIDI files under {args.data / name} (set MIDIPIPE_EXTERNAL_DATA)")
         items = [(str(i), str(f)) for i, f in enumerate(files)]
         with tempfile.TemporaryDirectory() as tmp:
             summary = tokenize_files(items, tmp, TokenizeParams(workers=args.workers))
