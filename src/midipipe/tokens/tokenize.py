@@ -130,6 +130,8 @@ class Summary:
 
 
 PROGRESS_FILE = "progress.json"  # what a resumed run may keep: a fingerprint and a checkpoint
+STREAMS = ("remi", "musetok", ".rejects")  # token shards, and the rejects until the end
+_NO_EFFECT = ("workers", "batch_size")  # how fast, not what: a resumed run may change them
 
 
 def _fingerprint(items: Sequence[tuple[str, str]], params: TokenizeParams) -> str:
@@ -140,9 +142,6 @@ def _fingerprint(items: Sequence[tuple[str, str]], params: TokenizeParams) -> st
     for pid, path in items:
         digest.update(f"{pid}\t{path}\n".encode())
     return digest.hexdigest()
-
-
-_NO_EFFECT = ("workers", "batch_size")  # how fast, not what: a resumed run may change them
 
 
 def _checkpoint(out_dir: Path, resume: bool, fingerprint: str) -> dict:
@@ -162,9 +161,6 @@ def _checkpoint(out_dir: Path, resume: bool, fingerprint: str) -> dict:
         shutil.rmtree(out_dir / stream, ignore_errors=True)
     (out_dir / "rejects.parquet").unlink(missing_ok=True)
     return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "complete": False}
-
-
-STREAMS = ("remi", "musetok", ".rejects")  # token shards, and the rejects until the end
 
 
 def tokenize_files(
