@@ -24,6 +24,7 @@ REMI_METERS = set(remi.make_tokenizer().time_signatures)
         ((14, 16), (7, 8), "same"),  # same bar length
         ((10, 4), (5, 2), "same"),
         ((15, 8), (5, 8), "split"),  # three 5/8 bars per 15/8 bar
+        ((65, 4), (5, 4), "split"),  # an ASAP cadenza bar: thirteen 5/4 bars
         ((1, 16), (1, 8), "merge"),  # one 1/8 bar per two 1/16 bars
         ((13, 16), (6, 8), "nearest"),  # no whole number of eighths: nearest length
     ],

@@ -4,9 +4,9 @@ A token vocabulary holds a fixed set of time signatures; real music (ASAP's Chop
 Ravel) has bars in 10/4, 13/16 or 14/16. Rejecting the whole piece loses good music, so each
 unsupported meter is replaced by a supported one, first rule that applies:
 1. `same`: the same bar length (14/16 -> 7/8, 10/4 -> 5/2): bar lines do not move;
-2. `split`: 2-4 equal supported bars per bar (15/8 -> three 5/8; 20/8 -> two 5/4): the real
+2. `split`: 2-16 equal supported bars per bar (15/8 -> three 5/8; 20/8 -> two 5/4): the real
    bar lines stay, with extra ones between them;
-3. `merge`: one supported bar per 2-4 bars (POP909's 1/4 -> 2/4): every k-th bar line stays;
+3. `merge`: one supported bar per 2-16 bars (POP909's 1/4 -> 2/4): every k-th bar line stays;
 4. `nearest`: the supported meter nearest in bar length (13/16 -> 6/8): bar lines drift until
    the next time signature, as in miditok when it drops an unknown meter.
 Ties go to the denominator nearest the original's, then to the shorter bar.
@@ -22,7 +22,7 @@ from fractions import Fraction
 import symusic
 
 Meter = tuple[int, int]
-MAX_SPLIT = 4
+MAX_SPLIT = 16  # a cadenza bar in 65/4 is thirteen 5/4 bars
 
 
 def _length(meter: Meter) -> Fraction:
