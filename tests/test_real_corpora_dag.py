@@ -1,6 +1,6 @@
 """`dvc repro` end to end on small subsets of the real corpora, with only `data.sources` changed
 (and the tiny model params of test_dvc_workflow): a stage with nothing to learn says so in its
-metrics and the DAG goes on. Slow: one corpus took 5 min (Nottingham, alone) to 14 min (EMOPIA,
+metrics and the DAG goes on. Slow: one corpus took 3 min (Nottingham, alone) to 14 min (EMOPIA,
 beside other jobs) on the shared 2 cores."""
 
 from __future__ import annotations
