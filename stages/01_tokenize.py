@@ -1,6 +1,5 @@
 """Stage 01: manifest + data/midi -> REMI and MuseTok token shards, tokenizer.json, rejects."""
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,10 +19,9 @@ def main() -> None:
         (r["piece_id"], str(inside(root, r["path"], "data/manifest.parquet:path")))
         for r in manifest
     ]
-    out = Path("data/tokens")
-    shutil.rmtree(out, ignore_errors=True)  # no stale parts from a larger earlier run
-    summary = tokenize_files(items, out, p, total=len(items))
-    write_json("metrics/tokenize.json", summary.__dict__)
+    # an interrupted run resumes (dvc.yaml: persist); anything else starts clean
+    summary = tokenize_files(items, "data/tokens", p, total=len(items), resume=True)
+    write_json("metrics/tokenize.json", summary.metrics())
 
 
 if __name__ == "__main__":

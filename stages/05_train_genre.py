@@ -2,7 +2,7 @@
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
-from midipipe.core.reports import write_curves, write_metrics
+from midipipe.core.reports import Skip, write_curves, write_metrics
 from midipipe.evaluation.confusion import write_confusion
 from midipipe.genre.params import PROFILES, GenreParams
 from midipipe.genre.phrase_train import train_phrase
@@ -43,5 +43,15 @@ def main() -> None:
     )
 
 
+SKIP = Skip(
+    "metrics/genre_phrase.json",
+    (
+        "metrics/genre_phrase_curve.csv",
+        "metrics/genre_phrase_confusion.csv",
+        "metrics/genre_phrase_confusion.png",
+    ),
+    ("models/genre_phrase",),
+)
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, SKIP)

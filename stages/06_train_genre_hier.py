@@ -7,7 +7,7 @@ metrics and the model folder, and exits 0.
 from midipipe.core import params
 from midipipe.core.io import atomic_path
 from midipipe.core.logs import run_main
-from midipipe.core.reports import write_curves, write_metrics
+from midipipe.core.reports import Skip, write_curves, write_metrics
 from midipipe.genre.hier_train import resolve_lm, train_hier
 from midipipe.genre.params import GenreHierParams
 from midipipe.training import distributed
@@ -43,5 +43,8 @@ def main() -> None:
     )
 
 
-if __name__ == "__main__":
-    run_main(main)
+if __name__ == "__main__":  # NothingToLearn deeper in (no train or held-out pieces): skip too
+    run_main(
+        main,
+        Skip("metrics/genre_hier.json", ("metrics/genre_hier_curve.csv",), ("models/genre_hier",)),
+    )

@@ -4,7 +4,7 @@ silhouette), the GRU's confusion matrices and the latent PCA plot."""
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
-from midipipe.core.reports import write_metrics
+from midipipe.core.reports import Skip, write_metrics
 from midipipe.vae.sample import GenerateVAEParams, evaluate_vae
 
 
@@ -26,5 +26,11 @@ def main() -> None:
     write_metrics("metrics/vae_generation.json", {"lr": tp.lr, **metrics})
 
 
+SKIP = Skip(
+    "metrics/vae_generation.json",
+    ("metrics/vae_confusion.csv", "metrics/vae_confusion.png", "metrics/vae_latent.png"),
+    ("outputs/generated_vae",),
+)
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, SKIP)

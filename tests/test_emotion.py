@@ -330,6 +330,7 @@ def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, mo
     metrics = _run_stage(tmp_path, monkeypatch)
     assert metrics["estimator"] == "rules" and metrics["labelled_bars"] == 0
     assert metrics["learned"] is False
+    assert metrics["status"] == "skipped" and "no labelled data" in metrics["reason"]
     assert "no labelled data configured" in caplog.text
     config = json.loads((tmp_path / "models" / "emotion" / "config.json").read_text())
     assert config["estimator"] == "rules" and config["learned"] is False

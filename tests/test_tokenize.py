@@ -73,9 +73,10 @@ def test_bad_inputs_become_rejects_and_good_ones_land(corpus, tmp_path):
     assert remi_rejects["truncated.mid"].startswith("cannot parse MIDI")
     # the tokenizer config is saved beside the shards and reloads
     assert len(remi.load_tokenizer(out / "remi" / "tokenizer.json")) > 100
-    # musetok refuses the 7/8 and meter-change pieces' unsupported meters, with a reason
+    # musetok maps the 7/8 and meter-change pieces' meters (counted) instead of refusing them
     musetok_rejects = {names[r["piece_id"]] for r in rejects if r["stage"] == "tokenize/musetok"}
-    assert {"zero.mid", "dense.mid"} <= musetok_rejects
+    assert musetok_rejects == set(remi_rejects)
+    assert summary.musetok_remapped_pieces == 2
 
 
 def test_odd_meters_tokenize_with_their_time_signatures(corpus, tmp_path):
@@ -117,3 +118,39 @@ def test_miditok_test_files(external_data, tmp_path):
     assert summary.remi_pieces + len(remi_rejected) == len(paths)
     assert summary.remi_pieces >= 4
     assert all(r["reason"] for r in rejects)
+
+
+def test_an_interrupted_run_resumes_without_duplicates(corpus, tmp_path, monkeypatch, caplog):
+    from midipipe.tokens import tokenize
+
+    corpus = [item for item in corpus if not item[1].endswith("dense.mid")]  # 6 files, fast
+    params = TokenizeParams(workers=1, rows_per_part=2, musetok=True)
+    clean = tokenize_files(corpus, tmp_path / "clean", params)
+    real_save, calls = tokenize._save_checkpoint, []
+
+    def crash_after_two(*args):
+        real_save(*args)
+        calls.append(1)
+        if len(calls) == 2:  # killed after 4 of 6 files were checkpointed
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenize, "_save_checkpoint", crash_after_two)
+    out = tmp_path / "tokens"
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_files(corpus, out, params, resume=True)
+    monkeypatch.setattr(tokenize, "_save_checkpoint", real_save)
+    with caplog.at_level("INFO"):
+        resumed = tokenize_files(corpus, out, params, resume=True)
+    assert "resuming after 4 files" in caplog.text
+    assert resumed.metrics() == clean.metrics()
+    for stream in ("remi", "musetok"):
+        got = read_parts(out / stream).column("piece_id").to_pylist()
+        assert got == read_parts(tmp_path / "clean" / stream).column("piece_id").to_pylist()
+        assert len(got) == len(set(got))
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert rejects == pq.read_table(tmp_path / "clean" / "rejects.parquet").to_pylist()
+    # a finished run is never resumed: a rerun (code changed, say) starts clean
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        tokenize_files(corpus, out, params, resume=True)
+    assert "resuming" not in caplog.text

@@ -59,7 +59,7 @@ def cmd_tokenize(args) -> None:
     files = _expand(args.paths)
     items = [(piece_id(f.read_bytes()), str(f)) for f in files]
     summary = tokenize_files(items, args.out, p, total=len(items))
-    print(json.dumps(summary.__dict__))
+    print(json.dumps(summary.metrics()))
 
 
 def cmd_info(args) -> None:

@@ -11,3 +11,9 @@ class SourceError(ValueError):
 
 class BadMidi(ValueError):
     """A file that cannot be used; the message is the reason recorded in rejects."""
+
+
+class NothingToLearn(Exception):
+    """A stage whose corpus gives it nothing to learn or score (no label, one class, too few
+    pieces, an empty or one-class split); str() is the reason. `run_main` then writes
+    `status: skipped` and the reason as the stage's metrics and exits 0."""

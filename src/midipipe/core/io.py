@@ -71,10 +71,13 @@ class ShardWriter:
     leaves only complete parts behind.
     """
 
-    def __init__(self, folder: str | Path, schema: pa.Schema, rows_per_part: int = 2048):
+    def __init__(
+        self, folder: str | Path, schema: pa.Schema, rows_per_part: int = 2048, first_part: int = 0
+    ):
         self.folder = Path(folder)
         self.schema = schema
         self.rows_per_part = rows_per_part
+        self.first_part = first_part  # parts already there (a resumed run appends after them)
         self.rows: list[dict] = []
         self.parts: list[Path] = []
         self.n_rows = 0
@@ -89,7 +92,7 @@ class ShardWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        path = self.folder / f"part-{len(self.parts):05d}.parquet"
+        path = self.folder / f"part-{self.first_part + len(self.parts):05d}.parquet"
         columns = [_column([r[f.name] for r in self.rows], f.type) for f in self.schema]
         write_table(path, pa.Table.from_arrays(columns, schema=self.schema))
         self.parts.append(path)
@@ -97,7 +100,7 @@ class ShardWriter:
 
     def close(self) -> list[Path]:
         self.flush()
-        if not self.parts:  # an empty corpus still gets one (empty) part, so readers need no case
+        if not self.parts and not self.first_part:  # an empty corpus still gets one empty part
             path = self.folder / "part-00000.parquet"
             write_rows(path, [], self.schema)
             self.parts.append(path)

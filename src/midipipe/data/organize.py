@@ -85,7 +85,16 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".organize-", dir=data_dir))
     try:
-        rows, bar_rows, counts = _collect(sources, tmp / "midi", o)
+        rows, bar_rows, counts = _collect(sources, tmp / "midi")
+        chosen, conflicts = splits.assign_songs(
+            [(r["song_id"], r.pop("official_split")) for r in rows],
+            o.seed,
+            o.valid_frac,
+            o.test_frac,
+        )
+        for row, split in zip(rows, chosen, strict=True):
+            row["split"] = split
+        counts["split_conflicting_songs"] = len(conflicts)
         results = robust_map(
             _stats_of,
             [str(tmp / "midi" / r["path"]) for r in rows],
@@ -126,7 +135,7 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     return summary
 
 
-def _collect(sources, midi_dir: Path, o) -> tuple[list[dict], list[dict], dict]:
+def _collect(sources, midi_dir: Path) -> tuple[list[dict], list[dict], dict]:
     rows: list[dict] = []
     bar_rows: list[dict] = []
     seen: set[str] = set()
@@ -155,8 +164,7 @@ def _collect(sources, midi_dir: Path, o) -> tuple[list[dict], list[dict], dict]:
                     "path": rel,
                     "original": piece.name,
                     "song_id": song_id,
-                    "split": piece.split
-                    or splits.assign(song_id, o.seed, o.valid_frac, o.test_frac),
+                    "official_split": piece.split,
                     "composer": piece.composer,
                     "genres": list(piece.genres),
                     "period": piece.period,

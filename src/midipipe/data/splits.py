@@ -5,12 +5,19 @@ A song's split is drawn from a keyed hash of its `song_id` alone, so:
 - adding files never moves an existing song (stability), unlike re-shuffled quotas;
 - each label's songs are split in the configured proportions in expectation
   (stratification by independence: the draw cannot depend on the label).
-Official splits shipped with a corpus (EMOPIA, MAESTRO) take precedence.
+Official splits shipped with a corpus (EMOPIA, MAESTRO) take precedence, song by song: a clip
+the official lists leave out follows its song's official split, and a song whose clips the
+official lists put in two splits is named in a warning and kept whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
@@ -36,3 +43,30 @@ def check_fractions(valid_frac: float, test_frac: float) -> None:
             f"organize.valid_frac={valid_frac} and organize.test_frac={test_frac} must be in [0, 1)"
             " and sum to less than 1"
         )
+
+
+def assign_songs(
+    pieces: Sequence[tuple[str, str | None]], seed: int, valid_frac: float, test_frac: float
+) -> tuple[list[str], list[str]]:
+    """The split of each `(song_id, official split or None)`, one split per song; and the songs
+    whose official splits disagree (each then goes where most of its clips are; ties go to the
+    held-out side, so that no test clip is trained on)."""
+    official: dict[str, Counter] = defaultdict(Counter)
+    for song, split in pieces:
+        if split is not None:
+            official[song][split] += 1
+    chosen: dict[str, str] = {}
+    conflicts = []
+    for song, votes in official.items():
+        chosen[song] = max(votes, key=lambda sp: (votes[sp], SPLITS.index(sp)))
+        if len(votes) > 1:
+            conflicts.append(song)
+            found = ", ".join(f"{sp} ({n} clips)" for sp, n in sorted(votes.items()))
+            log.warning(
+                "song %s has clips in several official splits: %s; all its clips go to %s",
+                song,
+                found,
+                chosen[song],
+            )
+    out = [chosen.get(song) or assign(song, seed, valid_frac, test_frac) for song, _ in pieces]
+    return out, sorted(conflicts)

@@ -71,6 +71,8 @@ def rules_only(io: EmotionPaths, p: EmotionParams, reason: str, labelled_pieces:
     write_metrics(
         io.metrics,
         {
+            "status": "skipped",  # nothing learned: the hand-set rules serve as the model
+            "reason": reason,
             "estimator": "rules",
             "learned": False,
             "labelled_pieces": labelled_pieces,

@@ -10,7 +10,8 @@ from midipipe.core import params
 from midipipe.core.errors import ParamError
 from midipipe.genre.encoder import EncoderConfig
 
-LABELS = ("period", "genre", "source", "composer")  # manifest columns a phrase label can be
+# manifest columns a phrase label can be; `auto` picks one the corpus has (genre/labels.py)
+LABELS = ("auto", "composer", "genre", "emotion", "source", "period")
 ARCHITECTURE = ("n_layer", "n_head", "d_model", "d_ff")
 
 # The `genre:` keys each `profile:` sets (params.yaml leaves them null). cpu: ~0.15M
@@ -32,7 +33,7 @@ PROFILES: dict[str, dict] = {
 class GenreParams:
     """params.yaml `genre:` (stage 05, phrase classifier), null keys from `PROFILES`."""
 
-    label: str = "period"  # period | genre (first of `genres`) | source | composer
+    label: str = "auto"  # auto | composer | genre (first of `genres`) | emotion | source | period
     bars_per_phrase: int = 4
     max_len: int = 512  # tokens per phrase, [CLS] included; longer phrases are cut (counted)
     max_phrases_per_piece: int = 8  # spread over the piece (0 = all): long pieces don't rule

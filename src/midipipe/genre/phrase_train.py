@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from midipipe.core.device import resolve_device
-from midipipe.core.errors import ParamError
+from midipipe.core.errors import NothingToLearn
 from midipipe.core.params import TrainParams
 from midipipe.genre import baselines
 from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder
 from midipipe.genre.fit_hooks import EarlyStop, timed, train_seconds
-from midipipe.genre.labels import label_of, read_manifest, splits_in_use
+from midipipe.genre.labels import choose_label, label_of, read_manifest, splits_in_use
 from midipipe.genre.metrics import pool_mean, single_label_metrics
 from midipipe.genre.params import GenreParams
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, pad_batch, phrases, random_transpose
@@ -72,7 +72,7 @@ def phrase_sets(
     per_class = Counter(name for _, name, _ in cut.get("train", []))
     classes = sorted(n for n, k in per_class.items() if k >= p.min_class_pieces)
     if len(classes) < 2:
-        raise ParamError(
+        raise NothingToLearn(
             f"genre: fewer than 2 labels ({p.label}) with >= "
             f"genre.min_class_pieces={p.min_class_pieces} train pieces: "
             f"{dict(per_class)}"
@@ -179,11 +179,15 @@ def train_phrase(
     tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
     vocab = Vocab.of(remi.load_tokenizer(tokenizer_json))
     rows = read_manifest(manifest)
+    choice = choose_label(rows, p.label, p.min_class_pieces)  # NothingToLearn: skip the stage
+    p = dataclasses.replace(p, label=choice.label)
     labels = {pid: label_of(r, p.label) for pid, r in rows.items()}
     classes, sets, counts = phrase_sets(tokens_by_split(tokens_dir, manifest), labels, vocab, p)
     train, valid, test, eval_split = splits_in_use(
         sets, lambda s: len(s.seqs), "phrases", "early stopping and model choice"
     )
+    if len(set(test.piece_labels)) < 2:
+        raise NothingToLearn(f"the {eval_split} split holds one class: no classification to score")
     weights = class_weights(train.labels, len(classes))
     torch.manual_seed(tp.seed)
     model = _build_encoder(p, vocab, len(classes))
@@ -269,6 +273,7 @@ def train_phrase(
     train_s = train_seconds(history)
     metrics: dict[str, Any] = {
         "label": p.label,
+        "label_rule": choice.rule,
         "classes": ",".join(classes),
         "n_classes": len(classes),
         "eval_split": eval_split,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from os import PathLike
 from pathlib import Path
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from midipipe.musetok.vocab import EVENT_TO_ID
+from midipipe.data.meters import map_meter
+from midipipe.musetok.vocab import BEATS, EVENT_TO_ID, TIME_SIGNATURES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,33 @@ _IS_DURATION[DURATIONS] = True
 
 class MuseTokReject(ValueError):
     """A MIDI file the MuseTok conversion (or its vocabulary) cannot represent; str() says why."""
+
+
+_METERS = {tuple(int(x) for x in ts.split("/")) for ts in TIME_SIGNATURES}
+# Beats in the longest supported bar: which the dictionary has, and the nearest one it has.
+_N_BEATS = max(int(TICKS_PER_BEAT * 4 * n / d) for n, d in _METERS) // STEP + 1
+_KNOWN_BEAT = np.isin(np.arange(_N_BEATS), BEATS)
+_SNAP_BEAT = _nearest(np.array(BEATS), np.arange(_N_BEATS))
+
+
+@dataclass
+class Fixes:
+    """What the pipeline's conversion changed so that the vocabulary covers a piece (the
+    reference rejects it instead): its meter mapped to one of the 12 (`midipipe.data.meters`),
+    pitches outside 21-108 moved by octaves into the range, onsets on a beat the dictionary
+    lacks (its long bars hold only the beats seen in training) moved to the nearest it has."""
+
+    meter: str | None = None  # the original meter, "5/4", when it was mapped
+    bars: int = 0  # bars in the mapped meter
+    folded_notes: int = 0
+    snapped_notes: int = 0
+
+
+def _fold_pitches(pitch: np.ndarray) -> np.ndarray:
+    """Pitches moved by whole octaves into MIN_PITCH..MAX_PITCH (the range spans 7 octaves)."""
+    low = np.ceil((MIN_PITCH - pitch) / 12).clip(min=0).astype(np.int64)
+    high = np.ceil((pitch - MAX_PITCH) / 12).clip(min=0).astype(np.int64)
+    return pitch + 12 * low - 12 * high
 
 
 @lru_cache(maxsize=16)
@@ -203,7 +232,9 @@ def score_to_events(score: symusic.Score) -> list[str]:
     return _score_events(score, None)
 
 
-def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
+def _score_events(
+    score: symusic.Score, data: bytes | None, fixes: Fixes | None = None
+) -> list[str]:
     if not isinstance(score, symusic.core.ScoreTick):
         score = score.to("tick")
     if score.note_num() == 0:
@@ -222,6 +253,9 @@ def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
         num, den = ts.numerator, ts.denominator
     else:
         num, den = 4, 4
+    if fixes is not None and (num, den) not in _METERS:
+        fixes.meter = f"{num}/{den}"
+        num, den = map_meter((num, den), _METERS)[0]
     bar = int(TICKS_PER_BEAT * (4 * num / den))
     if bar <= 0:
         raise MuseTokReject(f"unsupported time signature {num}/{den}: bar shorter than a tick")
@@ -265,7 +299,10 @@ def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
         emit = emit[np.argsort(t[emit], kind="stable")]
         bar_idx, pos, pitch, length = bar_idx[emit], pos[emit], pitch[emit], length[emit]
     bad = (pitch < MIN_PITCH) | (pitch > MAX_PITCH)
-    if bad.any():
+    if bad.any() and fixes is not None:
+        fixes.folded_notes += int(bad.sum())
+        pitch = _fold_pitches(pitch)
+    elif bad.any():
         raise MuseTokReject(f"invalid pitch value {int(pitch[bad][0])}")
 
     # --- tokens: Bar_None, (Beat, Note_Pitch, Note_Duration) per note, Time_Signature; EOS --- #
@@ -277,20 +314,30 @@ def _score_events(score: symusic.Score, data: bytes | None) -> list[str]:
     tokens[bar_at + 3 * per_bar + 1] = f"Time_Signature_{num}/{den}"
     tokens[-1] = "EOS_None"
     note_at = 2 * bar_idx + 1 + 3 * np.arange(n)
-    tokens[note_at] = beat_tokens[pos // STEP]
+    beat = pos // STEP
+    if fixes is not None:
+        unseen = ~_KNOWN_BEAT[beat]
+        fixes.snapped_notes += int(unseen.sum())
+        beat = np.where(unseen, _SNAP_BEAT[beat], beat)
+    tokens[note_at] = beat_tokens[beat]
     tokens[note_at + 1] = _PITCH_TOKENS[pitch]
     tokens[note_at + 2] = duration_tokens[length]
+    if fixes is not None and fixes.meter is not None:
+        fixes.bars = n_bars
     return tokens.tolist()
 
 
-def midi_to_events(src: bytes | str | PathLike) -> list[str]:
-    """Parse MIDI bytes or a path with symusic and convert; any failure is a MuseTokReject."""
+def midi_to_events(src: bytes | str | PathLike, fixes: Fixes | None = None) -> list[str]:
+    """Parse MIDI bytes or a path with symusic and convert; any failure is a MuseTokReject.
+
+    With `fixes`, a meter or pitch the vocabulary lacks is mapped (and recorded there) rather
+    than rejected; without, the output is the reference's, rejections included."""
     data = bytes(src) if isinstance(src, bytes | bytearray | memoryview) else Path(src).read_bytes()
     try:
         score = symusic.Score.from_midi(data)
     except (RuntimeError, ValueError) as exc:
         raise MuseTokReject(f"cannot parse MIDI: {exc}") from exc
-    return _score_events(score, data)
+    return _score_events(score, data, fixes)
 
 
 def bar_positions(events: list[str]) -> list[int]:
@@ -308,9 +355,12 @@ def events_to_ids(events: list[str]) -> list[int]:
         ) from None
 
 
-def encode_midi(src: bytes | str | PathLike) -> tuple[list[int], list[int]]:
-    """(ids, bar_starts) of one MIDI file: bar i is `ids[bar_starts[i]:bar_starts[i + 1]]`."""
-    events = midi_to_events(src)
+def encode_midi(
+    src: bytes | str | PathLike, fixes: Fixes | None = None
+) -> tuple[list[int], list[int]]:
+    """(ids, bar_starts) of one MIDI file: bar i is `ids[bar_starts[i]:bar_starts[i + 1]]`.
+    `fixes`: as in `midi_to_events`."""
+    events = midi_to_events(src, fixes)
     return events_to_ids(events), bar_positions(events)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import symusic
 from miditok import REMI, TokenizerConfig
 
 from midipipe.core.errors import BadMidi, ParamError
+from midipipe.data.meters import map_score_meters
 from midipipe.tokens import fast_remi
 
 DEFAULTS: dict[str, Any] = {
@@ -63,13 +65,17 @@ def load_tokenizer(path: str | Path) -> REMI:
     return REMI(params=Path(path))
 
 
-def encode(tokenizer: REMI, score: symusic.Score) -> tuple[np.ndarray, np.ndarray]:
-    """REMI ids of a whole score (one stream for all programs) and where each bar starts."""
-    known = set(tokenizer.time_signatures)
-    unsupported = sorted({(ts.numerator, ts.denominator) for ts in score.time_signatures} - known)
-    if unsupported:
-        meters = ", ".join(f"{n}/{d}" for n, d in unsupported)
-        raise BadMidi(f"time signature {meters} not in tokenize.remi.time_signature_range")
+def encode(
+    tokenizer: REMI, score: symusic.Score, remapped: Counter[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """REMI ids of a whole score (one stream for all programs) and where each bar starts.
+
+    Bars in a meter outside `tokenize.remi.time_signature_range` take a supported one
+    (`midipipe.data.meters`); `remapped`, when given, counts them by original meter."""
+    if tokenizer.config.use_time_signatures:
+        score, bars = map_score_meters(score, tokenizer.time_signatures)
+        if remapped is not None:
+            remapped.update(bars)
     if fast_remi.supports(tokenizer):  # the same ids, ~6x faster (fast_remi.py)
         ids = fast_remi.encode_ids(tokenizer, score)
     else:

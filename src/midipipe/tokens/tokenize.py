@@ -2,25 +2,32 @@
 
 Each worker parses a file once with symusic and produces both token streams; anything that
 goes wrong (a parser error, a hang, a crashed interpreter) becomes a rejects row with a
-readable reason, and every other file still lands.
+readable reason, and every other file still lands. Good music outside a vocabulary is kept:
+rare meters are mapped onto supported ones and MuseTok's out-of-range pitches move by octaves,
+counted in the metrics (`*_remapped_*`, `musetok_folded_notes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from midipipe.core.errors import BadMidi
-from midipipe.core.io import ShardWriter, write_rows
+from midipipe.core.io import ShardWriter, write_json, write_table
 from midipipe.core.params import TokenizeParams
 from midipipe.data.midi import load_score
 from midipipe.data.pool import Failure, robust_map
 from midipipe.tokens import remi
-from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA
+from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA, read_parts
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,7 @@ def _init_worker(remi_overrides: dict, with_musetok: bool, max_notes: int) -> No
 
 def _tokenize_one(item: tuple[str, str]) -> dict:
     """Both token streams of one file, or the reason each one failed."""
-    from midipipe.musetok.events import MuseTokReject, encode_midi
+    from midipipe.musetok.events import Fixes, MuseTokReject, encode_midi
 
     _, path = item
     data = Path(path).read_bytes()
@@ -47,14 +54,15 @@ def _tokenize_one(item: tuple[str, str]) -> dict:
         score = load_score(data, max_notes=_MAX_NOTES)
     except BadMidi as exc:
         return Failure(str(exc))
-    out: dict = {"remi": None, "musetok": None}
+    out: dict = {"remi": None, "musetok": None, "remi_remapped": Counter(), "musetok_fixes": None}
     try:
-        out["remi"] = remi.encode(_TOKENIZER, score)
+        out["remi"] = remi.encode(_TOKENIZER, score, out["remi_remapped"])
     except BadMidi as exc:
         out["remi"] = Failure(str(exc))
     if _WITH_MUSETOK:
+        out["musetok_fixes"] = fixes = Fixes()
         try:
-            out["musetok"] = encode_midi(data)
+            out["musetok"] = encode_midi(data, fixes)
         except MuseTokReject as exc:
             out["musetok"] = Failure(str(exc))
     return out
@@ -62,7 +70,7 @@ def _tokenize_one(item: tuple[str, str]) -> dict:
 
 @dataclass
 class Summary:
-    """Flat counts for metrics/tokenize.json."""
+    """Counts for metrics/tokenize.json (`metrics()` flattens them)."""
 
     files: int = 0
     remi_pieces: int = 0
@@ -72,52 +80,144 @@ class Summary:
     musetok_tokens: int = 0
     musetok_bars: int = 0
     rejects: int = 0
+    remi_remapped_pieces: int = 0  # pieces kept with some bars in a mapped meter
+    musetok_remapped_pieces: int = 0
+    musetok_folded_pieces: int = 0  # pieces with pitches moved into 21-108 by octaves
+    musetok_folded_notes: int = 0
+    musetok_snapped_notes: int = 0  # onsets moved to the nearest beat MuseTok's dictionary has
+    # bars in each mapped meter, e.g. {"13/16": 40}
+    remi_remapped_bars: Counter = field(default_factory=Counter)
+    musetok_remapped_bars: Counter = field(default_factory=Counter)
 
     def count(self, stream: str, ids: list[int], bar_starts: list[int]) -> None:
         for what, n in (("pieces", 1), ("tokens", len(ids)), ("bars", len(bar_starts))):
             key = f"{stream}_{what}"
             setattr(self, key, getattr(self, key) + n)
 
+    def count_fixes(self, remi_bars: Counter, musetok) -> None:
+        """What one kept piece needed: REMI bars per mapped meter, MuseTok's `Fixes`."""
+        if remi_bars:
+            self.remi_remapped_pieces += 1
+            self.remi_remapped_bars.update(remi_bars)
+        if musetok is not None and musetok.meter is not None:
+            self.musetok_remapped_pieces += 1
+            self.musetok_remapped_bars[musetok.meter] += musetok.bars
+        if musetok is not None and musetok.folded_notes:
+            self.musetok_folded_pieces += 1
+            self.musetok_folded_notes += musetok.folded_notes
+        if musetok is not None:
+            self.musetok_snapped_notes += musetok.snapped_notes
+
+    @classmethod
+    def restore(cls, saved: dict) -> Summary:
+        """A summary from `vars()` of one saved at a checkpoint (its Counters as dicts)."""
+        summary = cls()
+        for key, value in saved.items():
+            setattr(summary, key, Counter(value) if isinstance(value, dict) else value)
+        return summary
+
+    def metrics(self) -> dict:
+        """Flat JSON: per-meter bars as `remi_remapped_bars_13_16`, and their totals."""
+        out = {}
+        for key, value in vars(self).items():
+            if isinstance(value, Counter):
+                out[key] = sum(value.values())
+                for meter, n in sorted(value.items()):
+                    out[f"{key}_{meter.replace('/', '_')}"] = n
+            else:
+                out[key] = value
+        return out
+
+
+PROGRESS_FILE = "progress.json"  # what a resumed run may keep: a fingerprint and a checkpoint
+STREAMS = ("remi", "musetok", ".rejects")  # token shards, and the rejects until the end
+_NO_EFFECT = ("workers", "batch_size")  # how fast, not what: a resumed run may change them
+
+
+def _fingerprint(items: Sequence[tuple[str, str]], params: TokenizeParams) -> str:
+    """Everything the shards depend on: the files in order and the params that shape tokens."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k not in _NO_EFFECT}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for pid, path in items:
+        digest.update(f"{pid}\t{path}\n".encode())
+    return digest.hexdigest()
+
+
+def _checkpoint(out_dir: Path, resume: bool, fingerprint: str) -> dict:
+    """The last checkpoint of an interrupted run on the same inputs, or a clean folder."""
+    progress = out_dir / PROGRESS_FILE
+    if resume and progress.is_file():
+        state = json.loads(progress.read_text())
+        # a finished run is not resumed: DVC only reruns it when code or inputs changed
+        if state.get("fingerprint") == fingerprint and not state.get("complete"):
+            for stream, n in state["parts"].items():  # parts written after the checkpoint
+                for part in sorted((out_dir / stream).glob("part-*.parquet"))[n:]:
+                    part.unlink()
+            log.info("resuming after %d files (%s)", state["done"], progress)
+            return state
+        log.info("%s is finished or from other inputs: tokenizing from scratch", progress)
+    for stream in STREAMS:
+        shutil.rmtree(out_dir / stream, ignore_errors=True)
+    (out_dir / "rejects.parquet").unlink(missing_ok=True)
+    return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "complete": False}
+
 
 def tokenize_files(
-    items: Iterable[tuple[str, str]],
+    items: Sequence[tuple[str, str]],
     out_dir: str | Path,
     params: TokenizeParams,
     total: int | None = None,
+    resume: bool = False,
 ) -> Summary:
     """Write `remi/part-*.parquet`, `remi/tokenizer.json`, `musetok/part-*.parquet` and
-    `rejects.parquet` under `out_dir` for `(piece_id, path)` items, streaming."""
+    `rejects.parquet` under `out_dir` for `(piece_id, path)` items, streaming.
+
+    Every `rows_per_part` files the shards are flushed and `progress.json` records how far the
+    run got; with `resume`, a run on the same items and params continues from there (no file
+    twice, none lost), anything else starts clean."""
     out_dir = Path(out_dir)
+    state = _checkpoint(out_dir, resume, _fingerprint(items, params))
     tokenizer = remi.make_tokenizer(params.remi)
     (out_dir / "remi").mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "remi")
-    summary = Summary()
-    rejects: list[dict] = []
-    remi_writer = ShardWriter(out_dir / "remi", TOKENS_SCHEMA, params.rows_per_part)
-    musetok_writer = (
-        ShardWriter(out_dir / "musetok", TOKENS_SCHEMA, params.rows_per_part)
-        if params.musetok
-        else None
-    )
+    summary = Summary.restore(state["summary"])
+    writers = {
+        stream: ShardWriter(
+            out_dir / stream,
+            REJECTS_SCHEMA if stream == ".rejects" else TOKENS_SCHEMA,
+            params.rows_per_part,
+            first_part=state["parts"].get(stream, 0),
+        )
+        for stream in STREAMS
+        if stream != "musetok" or params.musetok
+    }
+    done = state["done"]
     results = robust_map(
         _tokenize_one,
-        items,
+        items[done:],
         workers=params.workers,
         timeout=params.timeout_s,
         batch_size=params.batch_size,
         initializer=_init_worker,
         initargs=(params.remi, params.musetok, params.max_notes),
     )
-    for (pid, path), res in tqdm(results, total=total, desc="tokenize", unit="file"):
+    bar = tqdm(results, total=total, initial=done, desc="tokenize", unit="file")
+    for (pid, path), res in bar:
         summary.files += 1
         if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
-        for stream, writer in (("remi", remi_writer), ("musetok", musetok_writer)):
+        else:
+            summary.count_fixes(
+                res["remi_remapped"] if not isinstance(res["remi"], Failure) else Counter(),
+                res["musetok_fixes"] if not isinstance(res["musetok"], Failure) else None,
+            )
+        for stream in ("remi", "musetok"):
             got = res[stream]
-            if writer is None or got is None:
+            if stream not in writers or got is None:
                 continue
             if isinstance(got, Failure):
-                rejects.append(
+                writers[".rejects"].add(
                     {
                         "piece_id": pid,
                         "path": str(path),
@@ -125,14 +225,32 @@ def tokenize_files(
                         "reason": got.reason,
                     }
                 )
+                summary.rejects += 1
                 log.info("reject %s (%s): %s", path, stream, got.reason)
                 continue
             ids, bar_starts = got
-            writer.add({"piece_id": pid, "ids": ids, "bar_starts": bar_starts})
+            writers[stream].add({"piece_id": pid, "ids": ids, "bar_starts": bar_starts})
             summary.count(stream, ids, bar_starts)
-    remi_writer.close()
-    if musetok_writer is not None:
-        musetok_writer.close()
-    summary.rejects = len(rejects)
-    write_rows(out_dir / "rejects.parquet", rejects, REJECTS_SCHEMA)
+        done += 1
+        if done % params.rows_per_part == 0:
+            _save_checkpoint(out_dir, state, writers, done, summary)
+    for writer in writers.values():
+        writer.close()
+    state["complete"] = True
+    _save_checkpoint(out_dir, state, writers, done, summary)
+    write_table(out_dir / "rejects.parquet", read_parts(out_dir / ".rejects"))
+    shutil.rmtree(out_dir / ".rejects")
     return summary
+
+
+def _save_checkpoint(
+    out_dir: Path, state: dict, writers: dict[str, ShardWriter], done: int, summary: Summary
+) -> None:
+    """Flush every shard, then record how far the run got (in that order: a crash between
+    the two only repeats work)."""
+    for writer in writers.values():
+        writer.flush()
+    state["done"] = done
+    state["parts"] = {s: w.first_part + len(w.parts) for s, w in writers.items()}
+    state["summary"] = vars(summary)
+    write_json(out_dir / PROGRESS_FILE, state)

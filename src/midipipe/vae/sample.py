@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from midipipe.core.device import resolve_device
-from midipipe.core.errors import ParamError
+from midipipe.core.errors import NothingToLearn, ParamError
 from midipipe.core.params import TrainParams
 from midipipe.data.composers import composer_id_of
 from midipipe.data.sources.names import slug
@@ -199,6 +199,11 @@ def evaluate_vae(
     judge, unless a trained `classifier` is passed (the ablation runner reuses one)."""
     model, tokenizer, table = load(model_dir, gp.device)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
+    if not composers:
+        raise NothingToLearn(
+            "no frequent composer (composers.min_pieces) to condition the VAE on: nothing to "
+            "sample or score"
+        )
     window = model.config.window
     cfg = gp.sample_config(gp.seed, window)
     if cfg.max_tokens > window:

@@ -4,7 +4,9 @@ The quadrant gives the emotion ("Q1".."Q4") and the signs of valence and arousal
 ±1 for now). Clips of one song share its song_id (YouTube ids may themselves contain `_`,
 so the song id is everything between the quadrant and the clip number). When the dataset's
 split folder is there (`split/train_clip.csv`, `val_clip.csv`, `test_clip.csv`, each with a
-`clip_name` column), its split is kept ("val" -> "valid").
+`clip_name` column), its split is kept ("val" -> "valid"). Organize checks that the lists keep
+each song's clips together (`splits.assign_songs` names any song they split) and sends the
+clips they leave out to their song's split.
 """
 
 from __future__ import annotations

@@ -5,7 +5,16 @@ composer. `composer_from: csv`: `metadata_csv` lists the files (paths relative t
 must stay inside it) with a composer and optionally genres and a song id; files it does not list
 are skipped unless `include_unlisted`. `composer_from: none`: files only.
 
-Each file is its own song unless the CSV's `song_column` groups several (movements, versions).
+The CSV's columns are mapped by option, so a dataset's own metadata works as it is. ASAP's:
+
+    {kind: folder, name: asap, path: .../asap, composer_from: csv, metadata_csv: metadata.csv,
+     path_column: [midi_performance, midi_score], song_column: folder}
+
+Several path columns name files of the same row's work (a performance and its score); a file
+listed by many rows (ASAP's score, once per performance) is yielded once.
+
+Each file is its own song unless the CSV's `song_column` groups several (movements, versions,
+a work's score and performances): a song never straddles splits.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ class FolderOptions:
     path: str
     composer_from: Literal["subfolder", "csv", "none"] = "subfolder"
     metadata_csv: str | None = None  # absolute, or relative to `path`
-    path_column: str = "path"
+    path_column: str | list[str] = "path"  # several: each names a file of the row's song
     composer_column: str = "composer"
     genre_column: str | None = "genre"  # used when the CSV has it
     song_column: str | None = "song"  # used when the CSV has it
@@ -76,7 +85,6 @@ def _iter_subfolders(root: Path, options: FolderOptions, name: str) -> Iterator[
 @dataclass(frozen=True)
 class _Row:
     path: Path
-    relative: str
     composer: str | None
     genres: list[str]
     song: str | None
@@ -92,7 +100,12 @@ def _read_csv(root: Path, options: FolderOptions, param: str) -> list[_Row]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        for needed in (options.path_column, options.composer_column):
+        path_columns = (
+            [options.path_column] if isinstance(options.path_column, str) else options.path_column
+        )
+        if not path_columns:
+            raise SourceError(f"{param}.path_column: name at least one column")
+        for needed in (*path_columns, options.composer_column):
             if needed not in columns:
                 raise SourceError(
                     f"{where}: {csv_path} has no column {needed!r} (columns: {columns})"
@@ -101,22 +114,22 @@ def _read_csv(root: Path, options: FolderOptions, param: str) -> list[_Row]:
         song_col = options.song_column if options.song_column in columns else None
         rows = []
         for line, record in enumerate(reader, start=2):
-            relative = (record.get(options.path_column) or "").strip()
-            if not relative:
-                raise SourceError(f"{where}: {csv_path} line {line}: empty {options.path_column}")
-            path = inside(root, relative, f"{where} ({csv_path} line {line})")
+            relatives = [(record.get(c) or "").strip() for c in path_columns]
+            if not relatives[0]:
+                raise SourceError(f"{where}: {csv_path} line {line}: empty {path_columns[0]}")
             genres = []
             if genre_col and record.get(genre_col):
                 genres = [slug(g) for g in record[genre_col].split(options.genre_separator)]
             song = (record.get(song_col) or "").strip() if song_col else ""
-            rows.append(
+            rows.extend(  # later path columns may be empty (a performance without a score)
                 _Row(
-                    path=path,
-                    relative=relative,
+                    path=inside(root, relative, f"{where} ({csv_path} line {line})"),
                     composer=_composer(record.get(options.composer_column), options),
                     genres=[g for g in dict.fromkeys(genres) if g],
                     song=song or None,
                 )
+                for relative in relatives
+                if relative
             )
     return rows
 
@@ -125,6 +138,8 @@ def _iter_csv(root: Path, rows: list[_Row], options: FolderOptions, name: str) -
     listed: set[Path] = set()
     missing = 0
     for row in rows:
+        if row.path in listed:
+            continue
         if not row.path.is_file():
             missing += 1
             log.warning("%s: listed in the metadata CSV but not found: %s", name, row.path)

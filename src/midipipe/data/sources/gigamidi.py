@@ -12,7 +12,9 @@ Two ways in, one row -> Piece function:
     streaming by default, so nothing is downloaded in full.
 
 genres = the first non-empty of `style_columns` (curated styles first); composer = the artist
-(slugged: these are mostly bands, not surnames); song_id = md5; split: "validation" -> "valid".
+(slugged: these are mostly bands, not surnames); song_id = normalised artist + title
+(`names.work_key`), so renditions of one song share a split, else the md5;
+split: "validation" -> "valid".
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from itertools import islice
 from pathlib import Path
 
 from .base import Piece, SourceError
-from .names import slug
+from .names import slug, work_key
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ def row_to_piece(row: dict, options: GigaMidiOptions, name: str) -> Piece | None
     return Piece(
         source=name,
         name=str(md5),
-        song_id=str(md5),
+        song_id=work_key(artist, row.get("title")) or str(md5),
         data=bytes(music),
         composer=(slug(artist) or None) if isinstance(artist, str) else None,
         genres=_styles(row, options.style_columns),

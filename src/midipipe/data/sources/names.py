@@ -64,3 +64,20 @@ def normalize_composer(name: str | None) -> str | None:
     while len(words) > 1 and words[-1] in _PARTICLES:
         words.pop()
     return (slug(words[-1]) or None) if words else None
+
+
+_TITLE_EXTRAS = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # (Live), [Remastered 2011]
+_TITLE_TAIL = re.compile(r"\s+-\s+|\s+(?:feat|ft)\.?\s+")  # "Song - Radio Edit", "Song feat. X"
+_ARTIST_TAIL = re.compile(r"\s+(?:feat|ft)\.?\s+|\s+&\s+|\s*,\s*|\s+with\s+")
+
+
+def work_key(artist: str | None, title: str | None) -> str | None:
+    """A song's grouping key from artist and title, alike across renditions and file copies:
+    'The Beatles', 'Let It Be (Remastered 2009)' -> 'beatles/let-it-be'. None without both."""
+    if not artist or not title or not str(artist).strip() or not str(title).strip():
+        return None
+    name = _TITLE_TAIL.split(_TITLE_EXTRAS.sub(" ", ascii_fold(str(title))))[0]
+    who = _ARTIST_TAIL.split(ascii_fold(str(artist)))[0]
+    who = re.sub(r"^the\s+", "", who)
+    a, t = slug(who), slug(name)
+    return f"{a}/{t}" if a and t else None
