@@ -58,6 +58,7 @@ class TrainParams:
     seed: int = 1234
     device: str = "auto"
     precision: str = "auto"
+    loader_workers: int = 0  # DataLoader processes reading token shards (0 = the trainer's)
 
 
 @dataclass

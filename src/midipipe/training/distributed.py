@@ -60,3 +60,14 @@ def from_main(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_sum(value: float) -> float:
+    """`value` summed over the processes (itself in a single one)."""
+    if not dist.is_initialized():
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return float(total.item())

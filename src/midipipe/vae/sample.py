@@ -28,11 +28,12 @@ from midipipe.data.organize import slug
 from midipipe.evaluation import conditioning as cond
 from midipipe.evaluation import generated as ev
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
-from midipipe.generator.corpus import load_corpus, read_table
+from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.generate import real_excerpts, sampling_threads
 from midipipe.generator.gpt import check_vocab
 from midipipe.generator.sampling import RemiGrammar, SampleConfig, choose, finish_row, to_midi
 from midipipe.tokens import remi
+from midipipe.tokens.dataset import iter_pieces
 from midipipe.vae.model import LabelVAE, load_vae
 from midipipe.vae.train import eval_windows, posteriors
 
@@ -237,14 +238,16 @@ def evaluate_vae(
         generated.append(ev.Piece(ids, cid, None, stats))
         stats_all.append(stats)
 
-    real = load_corpus(tokens_dir, manifest, table)
-    held_out = real["test"] if real["test"].pieces else real["valid"]
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    held_out = eval_corpus(tokens_dir, manifest, table, "test")
+    held_out = held_out if held_out.pieces else valid
+    train = iter_pieces(split_pieces(tokens_dir, manifest, table, "train"))
     n = gp.real_chunks_per_piece
     metrics, classifier = cond.conditioning(
         tokenizer,
         generated,
-        real_excerpts(real["train"], cfg.max_tokens, n),
-        real_excerpts(real["valid"], cfg.max_tokens, n),
+        real_excerpts(train, cfg.max_tokens, n),
+        real_excerpts(valid, cfg.max_tokens, n),
         real_excerpts(held_out, cfg.max_tokens, n),
         composers,
         gp.classifier,
