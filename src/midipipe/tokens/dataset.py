@@ -33,6 +33,7 @@ class SplitIndex:
     part: np.ndarray  # int32, the piece's part (index into `parts`)
     row: np.ndarray  # int32, its row in that part
     length: np.ndarray  # int64, its token count
+    bars: np.ndarray  # int64, its bar count
     label: np.ndarray  # int64, its label id (0 when none was asked for)
 
     def __len__(self) -> int:
@@ -44,7 +45,12 @@ class SplitIndex:
 
     def subset(self, keep: np.ndarray) -> SplitIndex:
         return SplitIndex(
-            self.parts, self.part[keep], self.row[keep], self.length[keep], self.label[keep]
+            self.parts,
+            self.part[keep],
+            self.row[keep],
+            self.length[keep],
+            self.bars[keep],
+            self.label[keep],
         )
 
 
@@ -82,17 +88,21 @@ def split_index(
         ).astype(np.int64)
     found: list[tuple[np.ndarray, ...]] = []
     for k, path in enumerate(parts):
-        part = pq.read_table(path, columns=["piece_id", "ids"])
+        part = pq.read_table(path, columns=["piece_id", "ids", "bar_starts"])
         pos = pc.fill_null(pc.index_in(part["piece_id"], value_set=wanted), -1).to_numpy()
-        length = pc.fill_null(pc.list_value_length(part["ids"]), 0).to_numpy()
+        length, bars = (
+            pc.fill_null(pc.list_value_length(part[name]), 0).to_numpy()
+            for name in ("ids", "bar_starts")
+        )
         rows = np.flatnonzero((pos >= 0) & (length > 0))
-        found.append((np.full(len(rows), k), rows, length[rows], labels[pos[rows]]))
-    part_of, row, length, label = (np.concatenate(c) for c in zip(*found, strict=True))
+        found.append((np.full(len(rows), k), rows, length[rows], bars[rows], labels[pos[rows]]))
+    part_of, row, length, bars, label = (np.concatenate(c) for c in zip(*found, strict=True))
     return SplitIndex(
         parts,
         part_of.astype(np.int32),
         row.astype(np.int32),
         length.astype(np.int64),
+        bars.astype(np.int64),
         label.astype(np.int64),
     )
 
