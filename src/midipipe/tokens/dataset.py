@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from midipipe.data.splits import SPLITS
+
 UNIT_ROWS = 256  # pieces per unit at most: a unit is what one slot reads at a time
 
 
@@ -105,6 +107,35 @@ def split_index(
         bars.astype(np.int64),
         label.astype(np.int64),
     )
+
+
+def split_rows(
+    tokens_dir: str | Path, manifest: str | Path, split: str
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(piece_id, ids, bar_starts) of every piece of `split` (by the manifest), in part
+    order, as int32 views of one part at a time: for stages that cut each piece once into
+    small pieces of their own (phrases, chunks)."""
+    table = pq.read_table(manifest, columns=["piece_id", "split"])
+    wanted = table.filter(pc.equal(table["split"], split))["piece_id"].combine_chunks()
+    for path in sorted(Path(tokens_dir).glob("part-*.parquet")):
+        part = pq.read_table(path)
+        part = part.filter(pc.is_in(part["piece_id"], value_set=wanted))
+        ids, bars = (part[name].combine_chunks() for name in ("ids", "bar_starts"))
+        flat, offsets = ids.values.to_numpy(), ids.offsets.to_numpy()
+        bar_flat, bar_offsets = bars.values.to_numpy(), bars.offsets.to_numpy()
+        for r, pid in enumerate(part["piece_id"].to_pylist()):
+            yield (
+                pid,
+                flat[offsets[r] : offsets[r + 1]],
+                bar_flat[bar_offsets[r] : bar_offsets[r + 1]],
+            )
+
+
+def rows_by_split(
+    tokens_dir: str | Path, manifest: str | Path
+) -> dict[str, Iterator[tuple[str, np.ndarray, np.ndarray]]]:
+    """{split: `split_rows`}, each read lazily when iterated."""
+    return {s: split_rows(tokens_dir, manifest, s) for s in SPLITS}
 
 
 class PartReader:
