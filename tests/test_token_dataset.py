@@ -3,12 +3,17 @@ generator's window draws read from shards as they are from memory."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from midipipe.core.params import TrainParams
+from midipipe.generator import train as gt
 from midipipe.generator import windows as gd
+from midipipe.generator.gpt import GPT, GPTConfig
 from midipipe.tokens.dataset import (
     SampleStream,
     load_pieces,
@@ -17,6 +22,7 @@ from midipipe.tokens.dataset import (
     split_index,
 )
 from midipipe.tokens.shards import TOKENS_SCHEMA
+from midipipe.training.fit import Fit, fit
 
 N_PIECES = 40
 
@@ -121,3 +127,31 @@ def _long_share(batches) -> float:
     """Windows of the longer half of the pieces (number >= 20)."""
     firsts = torch.cat([b["targets"][:, 0] for b in batches])
     return (firsts >= 30).float().mean().item()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_stage_08_feeding_trains_and_repeats_with_loader_workers(shards, tmp_path):
+    """`generator.train.train_stream` with two DataLoader workers through `training.fit`:
+    two runs from one seed end with the same weights."""
+    index = train_index(shards)
+    tp = TrainParams(epochs=1, batch_size=4, device="cpu", precision="fp32", loader_workers=2)
+    cfg = dataclasses.replace(CFG, max_windows=24)
+    n = gd.total_windows(index.length, cfg)
+
+    def run(name: str) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, d_ff=32, context=8)
+        job = Fit(
+            model=GPT(dataclasses.replace(config, n_composers=4)),
+            train_batches=lambda epoch, rng: gt.train_stream(index, cfg, n, tp, rng),
+            steps_per_epoch=-(-n // tp.batch_size),
+            loss=gd.loss,
+            evaluate=lambda m: {"valid_loss": 0.0},
+            sharded=True,
+        )
+        fit(job, tp, tmp_path / name, save_best=lambda m: None, fingerprint={})
+        assert [h["step"] for h in job.history] == [6]
+        return job.model.state_dict()
+
+    a, b = run("a"), run("b")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -10,8 +10,9 @@ piece with equal odds, since a piece has one opening however long it is (drawn b
 the 16 Beethoven quartets of the embedded corpus had 4x the openings of 70 Bach chorales).
 For classifier-free guidance the composer id is replaced by 0 (unconditional) with
 probability `composer_dropout`; a few input tokens become PAD, so the model does not copy its
-input blindly. Every draw comes from the `torch.Generator` that `training.fit` checkpoints,
-so a resumed run sees the same batches.
+input blindly. Stage 08 draws them with `WindowSampler` from the token shards through
+`tokens.dataset.SampleStream`; every draw comes from a seed taken from the `torch.Generator`
+that `training.fit` checkpoints, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations

@@ -210,7 +210,10 @@ def slot_batches(total: int, batch_size: int, world: int, workers: int) -> list[
 
 
 class SampleStream(IterableDataset):
-    """One epoch of batches for this process (`rank` of `world`) and DataLoader worker."""
+    """One epoch of batches for this process (`rank` of `world`) and DataLoader worker: the
+    slot's units (shuffled by the epoch seed, dealt round-robin; a corpus with fewer units
+    than slots lends a unit to several), its draws, and batches shuffled within
+    `shuffle_units` units at a time."""
 
     def __init__(
         self,

@@ -101,9 +101,10 @@ def accumulate(
     job: Fit, net: nn.Module, group: Sequence, amp: torch.dtype | None, scaler
 ) -> tuple[float, dict[str, float], float]:
     """Backward of this process's share of one step's micro-batches, gradients summed as if
-    they were one batch: each micro-batch loss weighted by its share of the whole group's
-    weight (all processes see the same group), times the process count that DDP's
-    gradient average divides by. Returns (loss, weighted logs, the group's weight)."""
+    they were one batch: each micro-batch loss weighted by its share of the whole step's
+    weight (every process sees the same group, or with `job.sharded` its own, the total
+    summed over processes), times the process count that DDP's gradient average divides by.
+    Returns (loss, weighted logs, the step's weight)."""
     world, me = ddp.world_size(), ddp.rank()
     weights = [job.micro_weight(b) if job.micro_weight else 1.0 for b in group]
     total = (ddp.all_sum(sum(weights)) if job.sharded else sum(weights)) or 1.0
