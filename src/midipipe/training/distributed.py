@@ -62,12 +62,11 @@ def from_main(value):
     return box[0]
 
 
-def all_sum(value: float) -> float:
-    """`value` summed over the processes (itself in a single one)."""
+def all_sum(value: float, device: torch.device) -> float:
+    """`value` summed over the processes (itself in a single one); `device` is this
+    process's, where the collective runs (a GPU under nccl)."""
     if not dist.is_initialized():
         return value
-    total = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        total = total.cuda()
+    total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total.item())

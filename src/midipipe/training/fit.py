@@ -107,9 +107,9 @@ def accumulate(
     Returns (loss, weighted logs, the step's weight)."""
     world, me = ddp.world_size(), ddp.rank()
     weights = [job.micro_weight(b) if job.micro_weight else 1.0 for b in group]
-    total = (ddp.all_sum(sum(weights)) if job.sharded else sum(weights)) or 1.0
-    mine = list(range(len(group))) if job.sharded else list(range(me, len(group), world))
     device = next(net.parameters()).device
+    total = (ddp.all_sum(sum(weights), device) if job.sharded else sum(weights)) or 1.0
+    mine = list(range(len(group))) if job.sharded else list(range(me, len(group), world))
     loss_sum, logs = 0.0, {}
     for n, i in enumerate(mine):
         share = weights[i] / total
