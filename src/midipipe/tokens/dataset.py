@@ -1,6 +1,6 @@
 """A split's token shards streamed for training, so memory does not grow with the corpus.
 
-`split_index` keeps a few numbers per piece (its part, row, length and label), never its
+`split_index` keeps a few numbers per piece (part, row, length, bars, label), never its
 tokens. `SampleStream` is a torch IterableDataset: each epoch, every process of a torchrun job
 and every DataLoader worker in it (a slot) takes its own slice of the split's units (row
 ranges of one part), draws its samples from them as a `Sampler` plans, reads one part at a
