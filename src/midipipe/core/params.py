@@ -59,6 +59,7 @@ class TrainParams:
     device: str = "auto"
     precision: str = "auto"
     checkpoint_every: int = 0  # steps between checkpoints (0 = at each epoch's end only)
+    loader_workers: int = 0  # DataLoader processes reading token shards (0 = the trainer's)
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:

@@ -70,7 +70,7 @@ def excerpts(
     runs = [(a, min(b, a + max_tokens)) for a, b in runs if b > a]
     if len(runs) > max_count:
         runs = [runs[i] for i in np.linspace(0, len(runs) - 1, max_count).round().astype(int)]
-    return [list(ids[a:b]) for a, b in runs]
+    return [np.asarray(ids[a:b]).tolist() for a, b in runs]
 
 
 def decode(tokenizer, ids: Sequence[int]) -> symusic.Score:

@@ -2,66 +2,77 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import ParamError
 from midipipe.data import composers as C
-from midipipe.tokens.shards import tokens_by_split
+from midipipe.tokens.dataset import Piece, SplitIndex, load_pieces, split_index
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Corpus:
-    """One split's REMI pieces and each one's conditioning id."""
+    """One evaluation split's REMI pieces in memory (int32 arrays) and their conditioning ids."""
 
-    piece_ids: list[str] = field(default_factory=list)
-    pieces: list[list[int]] = field(default_factory=list)
-    bar_starts: list[list[int]] = field(default_factory=list)
+    pieces: list[np.ndarray] = field(default_factory=list)
+    bar_starts: list[np.ndarray] = field(default_factory=list)
     composers: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, pieces: Iterable[Piece]) -> Corpus:
+        out = cls()
+        for piece in pieces:
+            out.pieces.append(piece.ids)
+            out.bar_starts.append(piece.bar_starts)
+            out.composers.append(piece.label)
+        return out
+
+    def __iter__(self) -> Iterator[Piece]:
+        for ids, bars, composer in zip(self.pieces, self.bar_starts, self.composers, strict=True):
+            yield Piece(ids, bars, composer)
 
     def joined(self, other: Corpus) -> Corpus:
         return Corpus(
-            self.piece_ids + other.piece_ids,
             self.pieces + other.pieces,
             self.bar_starts + other.bar_starts,
             self.composers + other.composers,
         )
 
 
-def load_corpus(tokens_dir: str | Path, manifest: str | Path, table: dict) -> dict[str, Corpus]:
-    """{split: Corpus}; a piece's id comes from its manifest composer under `table`."""
-    rows = pq.read_table(manifest, columns=["piece_id", "composer"]).to_pylist()
-    composer_of = {r["piece_id"]: C.id_of(table, r["composer"]) for r in rows}
-    out: dict[str, Corpus] = {}
-    for split, items in tokens_by_split(tokens_dir, manifest).items():
-        corpus = out.setdefault(split, Corpus())
-        for pid, ids, bars in items:
-            if ids:
-                corpus.piece_ids.append(pid)
-                corpus.pieces.append(ids)
-                corpus.bar_starts.append(bars)
-                corpus.composers.append(composer_of[pid])
-    return out
+def split_pieces(
+    tokens_dir: str | Path, manifest: str | Path, table: dict, split: str
+) -> SplitIndex:
+    """Where the non-empty pieces of `split` lie in the shards, labelled with their manifest
+    composer's id under `table` (what the streaming dataset reads)."""
+    return split_index(tokens_dir, manifest, split, "composer", functools.partial(C.id_of, table))
+
+
+def eval_corpus(tokens_dir: str | Path, manifest: str | Path, table: dict, split: str) -> Corpus:
+    """An evaluation split (valid/test: small) in memory."""
+    return Corpus.of(load_pieces(split_pieces(tokens_dir, manifest, table, split)))
 
 
 def train_and_valid(
     tokens_dir: str | Path, manifest: str | Path, table: dict
-) -> tuple[Corpus, Corpus]:
-    """The train and valid splits; a corpus without valid pieces validates on 32 train ones."""
-    data = load_corpus(tokens_dir, manifest, table)
-    train, valid = data["train"], data["valid"]
-    if not train.pieces:
+) -> tuple[SplitIndex, Corpus]:
+    """The train split's index (streamed) and the valid split in memory; a corpus without
+    valid pieces validates on 32 train ones."""
+    train = split_pieces(tokens_dir, manifest, table, "train")
+    if not len(train):
         raise ParamError(f"no training pieces in {tokens_dir} (manifest split 'train')")
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
     if not valid.pieces:
         log.warning("no validation pieces: validating on the first 32 training pieces")
-        valid = Corpus(*(getattr(train, f.name)[:32] for f in dataclasses.fields(Corpus)))
+        valid = Corpus.of(load_pieces(train.subset(np.arange(min(32, len(train))))))
     return train, valid
 
 

@@ -4,10 +4,11 @@ against real held-out music (`evaluation`)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -18,10 +19,11 @@ from midipipe.data.sources.names import slug
 from midipipe.evaluation import generated as ev
 from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
-from midipipe.generator.corpus import Corpus, load_corpus, read_table
+from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
 from midipipe.tokens import remi
+from midipipe.tokens.dataset import Piece, TokenLists, iter_pieces
 
 
 @dataclass
@@ -80,10 +82,10 @@ def primer_of(
         return []
     ends = [b for b in bar_starts if 0 < b <= n]
     if len(ids) <= n:
-        return list(ids)
+        return np.asarray(ids).tolist()
     if ends:
-        return list(ids[: ends[-1]])
-    out = list(ids[:n])
+        return np.asarray(ids[: ends[-1]]).tolist()
+    out = np.asarray(ids[:n]).tolist()
     while out and not grammar.is_complete(out[-1]):
         out.pop()
     return out
@@ -149,12 +151,12 @@ def generate_for_composers(
     return takes
 
 
-def real_excerpts(corpus: Corpus, max_tokens: int, per_piece: int) -> list[ev.Piece]:
+def real_excerpts(pieces: Iterable[Piece], max_tokens: int, per_piece: int) -> list[ev.Piece]:
     """Whole-bar excerpts of real pieces, as long as the generated ones, for scoring."""
     return [
-        ev.Piece(x, cid)
-        for ids, bars, cid in zip(corpus.pieces, corpus.bar_starts, corpus.composers, strict=True)
-        for x in ev.excerpts(ids, bars, max_tokens, per_piece)
+        ev.Piece(x, p.label)
+        for p in pieces
+        for x in ev.excerpts(p.ids, p.bar_starts, max_tokens, per_piece)
     ]
 
 
@@ -177,8 +179,9 @@ def evaluate_generator(
     model = load_model(model_dir, tokenizer, resolve_device(gp.device))
     table = read_table(model_dir / COMPOSERS_FILE)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
-    real = load_corpus(tokens_dir, manifest, table)
-    held_out = real["test"].joined(real["valid"])
+    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(
+        eval_corpus(tokens_dir, manifest, table, "valid")
+    )
     primers = None
     if gp.seed_length:
         primers = {
@@ -200,7 +203,11 @@ def evaluate_generator(
     metrics = ev.evaluate_generation(
         tokenizer,
         [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes],
-        real_excerpts(real["train"], length, gp.real_chunks_per_piece),
+        real_excerpts(
+            iter_pieces(split_pieces(tokens_dir, manifest, table, "train")),
+            length,
+            gp.real_chunks_per_piece,
+        ),
         real_excerpts(held_out, length, gp.real_chunks_per_piece),
         composers,
         confusion_png,
@@ -210,7 +217,7 @@ def evaluate_generator(
     copied = novelty(
         [t.ids[t.n_primer :] for t in takes],
         [p.ids for p in held_out_excerpts],
-        real["train"].pieces,
+        TokenLists(split_pieces(tokens_dir, manifest, table, "train")),
     )
     return {
         "pieces_per_composer": gp.pieces_per_composer,

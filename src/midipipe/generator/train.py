@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from midipipe.core import params
 from midipipe.core.device import resolve_device
@@ -22,6 +23,7 @@ from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import GPT, GPTConfig, save_model
 from midipipe.tokens import remi
+from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, loader
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -132,6 +134,7 @@ def train(
         start_frac=p.start_frac,
         max_windows=p.max_windows,
     )
+    n_windows = gd.total_windows(train_set.length, wcfg)
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
@@ -144,20 +147,19 @@ def train(
 
     job = Fit(
         model=model,
-        train_batches=lambda epoch, rng: gd.train_batches(
-            train_set.pieces, train_set.composers, wcfg, tp.batch_size, epoch, rng
-        ),
-        steps_per_epoch=gd.steps_per_epoch(train_set.pieces, wcfg, tp.batch_size * p.grad_accum),
+        train_batches=lambda epoch, rng: train_stream(train_set, wcfg, n_windows, tp, rng),
+        steps_per_epoch=-(-n_windows // (tp.batch_size * p.grad_accum)),
+        sharded=True,
         loss=lambda m, b: gd.loss(m, b, p.label_smoothing),
         evaluate=evaluate,
         grad_accum=p.grad_accum,
         micro_weight=lambda b: float((b["targets"] != wcfg.pad_id).sum()),
     )
-    n_tokens = sum(len(x) for x in train_set.pieces)
+    n_tokens = train_set.tokens
     log.info(
         "generator: %d parameters, %d train pieces (%d tokens), %d valid, %d steps/epoch",
         model.n_params(),
-        len(train_set.pieces),
+        len(train_set),
         n_tokens,
         len(valid_set.pieces),
         job.steps_per_epoch,
@@ -169,7 +171,7 @@ def train(
         save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
         fingerprint={
             "generator": dataclasses.asdict(p),
-            "pieces": len(train_set.pieces),
+            "pieces": len(train_set),
             "tokens": n_tokens,
         },
     )
@@ -177,6 +179,22 @@ def train(
         return job, {}
     metrics = training_metrics(job, model, p, train_set, valid_set, tp)
     return job, {**metrics, **composer_gain(model, valid_set, wcfg, tp.batch_size)}
+
+
+def train_stream(
+    index: SplitIndex, cfg: gd.WindowConfig, n_windows: int, tp: TrainParams, rng
+) -> DataLoader:
+    """This process's share of one epoch's windows, streamed from the token shards."""
+    stream = SampleStream(
+        index,
+        gd.WindowSampler(cfg),
+        n_windows,
+        tp.batch_size,
+        epoch_seed(rng),
+        ddp.rank(),
+        ddp.world_size(),
+    )
+    return loader(stream, tp.loader_workers, resolve_device(tp.device))
 
 
 def composer_gain(model: GPT, valid: Corpus, cfg: gd.WindowConfig, batch_size: int) -> dict:
@@ -198,7 +216,12 @@ def composer_gain(model: GPT, valid: Corpus, cfg: gd.WindowConfig, batch_size: i
 
 
 def training_metrics(
-    job: Fit, model: GPT, p: GeneratorParams, train_set: Corpus, valid_set: Corpus, tp: TrainParams
+    job: Fit,
+    model: GPT,
+    p: GeneratorParams,
+    train_set: SplitIndex,
+    valid_set: Corpus,
+    tp: TrainParams,
 ) -> dict:
     best = min(job.history, key=lambda h: h["valid_loss"])
     train_s = sum(h["epoch_s"] - h.get("valid_s", 0.0) for h in job.history)
@@ -214,8 +237,8 @@ def training_metrics(
         "effective_batch": tp.batch_size * p.grad_accum * ddp.world_size(),
         "processes": ddp.world_size(),
         "steps_per_epoch": job.steps_per_epoch,
-        "train_pieces": len(train_set.pieces),
-        "train_corpus_tokens": sum(len(x) for x in train_set.pieces),
+        "train_pieces": len(train_set),
+        "train_corpus_tokens": train_set.tokens,
         "valid_pieces": len(valid_set.pieces),
         "train_tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else 0.0,
         "device": str(resolve_device(tp.device)),

@@ -10,8 +10,9 @@ piece with equal odds, since a piece has one opening however long it is (drawn b
 the 16 Beethoven quartets of the embedded corpus had 4x the openings of 70 Bach chorales).
 For classifier-free guidance the composer id is replaced by 0 (unconditional) with
 probability `composer_dropout`; a few input tokens become PAD, so the model does not copy its
-input blindly. Every draw comes from the `torch.Generator` that `training.fit` checkpoints,
-so a resumed run sees the same batches.
+input blindly. Stage 08 draws them with `WindowSampler` from the token shards through
+`tokens.dataset.SampleStream`; every draw comes from a seed taken from the `torch.Generator`
+that `training.fit` checkpoints, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from midipipe.generator.gpt import GPT
+from midipipe.tokens.dataset import Piece, epoch_seed
 
 
 @dataclass
@@ -55,14 +57,20 @@ class WindowConfig:
         )
 
 
-def _n_windows(n_ids: int, context: int) -> int:
-    return max(1, math.ceil((n_ids + 2) / (context + 1)))
+def window_counts(length: np.ndarray, context: int) -> np.ndarray:
+    """Windows each piece fills: BOS + ids + EOS in windows of `context + 1` tokens."""
+    return np.maximum(1, -(-(np.asarray(length, dtype=np.int64) + 2) // (context + 1)))
+
+
+def total_windows(length: np.ndarray, cfg: WindowConfig) -> int:
+    """Windows one epoch draws over pieces of these lengths."""
+    n = int(window_counts(length, cfg.context).sum())
+    return min(n, cfg.max_windows) if cfg.max_windows else n
 
 
 def epoch_windows(pieces: Sequence[Sequence[int]], cfg: WindowConfig) -> int:
     """Windows one epoch draws (what `steps_per_epoch` is computed from)."""
-    n = sum(_n_windows(len(p), cfg.context) for p in pieces)
-    return min(n, cfg.max_windows) if cfg.max_windows else n
+    return total_windows(np.array([len(p) for p in pieces]), cfg)
 
 
 def steps_per_epoch(pieces: Sequence[Sequence[int]], cfg: WindowConfig, batch_size: int) -> int:
@@ -98,6 +106,39 @@ def collate(
     }
 
 
+@dataclass
+class WindowSampler:
+    """The epoch's windows as draws over pieces (`tokens.dataset.Sampler`): a share
+    `start_frac` of them openings, any piece alike (kind 1), the rest by the windows a piece
+    fills (kind 0)."""
+
+    cfg: WindowConfig
+
+    def plan(self, length: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        counts = window_counts(length, self.cfg.context).astype(np.float64)
+        opening = rng.random(n) < self.cfg.start_frac
+        by_length = rng.choice(len(length), size=n, p=counts / counts.sum())
+        by_piece = rng.integers(len(length), size=n)
+        return np.stack([np.where(opening, by_piece, by_length), opening], axis=1)
+
+    def sample(self, piece: Piece, kind: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        cfg = self.cfg
+        start_u, drop_u = rng.random(2)
+        n_starts = len(piece.ids) + 2 - (cfg.context + 1) + 1  # valid starts of a full window
+        start = min(int(start_u * n_starts), n_starts - 1) if n_starts > 1 and not kind else 0
+        composer = 0 if drop_u < cfg.composer_dropout else piece.label
+        return window(piece.ids, start, cfg), composer
+
+    def collate(self, samples: list, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        batch = collate([w for w, _ in samples], [c for _, c in samples], self.cfg.pad_id)
+        if self.cfg.token_dropout > 0:
+            inputs = batch["inputs"]
+            inputs[torch.from_numpy(rng.random(inputs.shape) < self.cfg.token_dropout)] = (
+                self.cfg.pad_id
+            )
+        return batch
+
+
 def train_batches(
     pieces: Sequence[Sequence[int]],
     composer_ids: Sequence[int],
@@ -106,30 +147,20 @@ def train_batches(
     epoch: int,
     rng: torch.Generator,
 ) -> Iterator[dict]:
-    """Random windows in random order; all randomness from `rng` (`epoch` is only for logs)."""
+    """`WindowSampler`'s batches over pieces held in memory (the streaming path is
+    `tokens.dataset.SampleStream`); all randomness from `rng` (`epoch` is only for logs)."""
     del epoch
-    counts = np.array([_n_windows(len(p), cfg.context) for p in pieces], dtype=np.float64)
-    n = epoch_windows(pieces, cfg)
-    opening = (torch.rand(n, generator=rng) < cfg.start_frac).numpy()
-    by_length = torch.multinomial(torch.from_numpy(counts), n, replacement=True, generator=rng)
-    by_piece = torch.randint(len(pieces), (n,), generator=rng)  # a piece has one opening
-    order = np.where(opening, by_piece.numpy(), by_length.numpy())
-    for i in range(0, n, batch_size):
-        chosen, heads = order[i : i + batch_size], opening[i : i + batch_size]
-        u = torch.rand(len(chosen), 2, generator=rng)
-        windows, composers = [], []
-        for j, head, (start_u, drop_u) in zip(chosen, heads, u.tolist(), strict=True):
-            piece = pieces[j]
-            n_starts = len(piece) + 2 - (cfg.context + 1) + 1  # valid starts of a full window
-            start = min(int(start_u * n_starts), n_starts - 1) if n_starts > 1 and not head else 0
-            windows.append(window(piece, start, cfg))
-            composers.append(0 if drop_u < cfg.composer_dropout else int(composer_ids[j]))
-        batch = collate(windows, composers, cfg.pad_id)
-        if cfg.token_dropout > 0:
-            inputs = batch["inputs"]
-            drop = torch.rand(inputs.shape, generator=rng) < cfg.token_dropout
-            inputs[drop] = cfg.pad_id
-        yield batch
+    sampler = WindowSampler(cfg)
+    np_rng = np.random.default_rng(epoch_seed(rng))
+    draws = sampler.plan(np.array([len(p) for p in pieces]), epoch_windows(pieces, cfg), np_rng)
+    for i in range(0, len(draws), batch_size):
+        samples = [
+            sampler.sample(
+                Piece(np.asarray(pieces[j]), np.zeros(0), int(composer_ids[j])), k, np_rng
+            )
+            for j, k in draws[i : i + batch_size].tolist()
+        ]
+        yield sampler.collate(samples, np_rng)
 
 
 def loss(

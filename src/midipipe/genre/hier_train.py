@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from midipipe.genre.metrics import multilabel_metrics, tune_threshold
 from midipipe.genre.params import GenreHierParams
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, chunks
 from midipipe.tokens import remi
-from midipipe.tokens.shards import tokens_by_split
+from midipipe.tokens.dataset import rows_by_split
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -67,7 +67,7 @@ def resolve_lm(hp: GenreHierParams, default: str | Path = "models/generator") ->
 
 
 def embed_pieces(
-    lm: FrozenLM, items: list[tuple], vocab: Vocab, hp: GenreHierParams, max_tokens: int
+    lm: FrozenLM, items: Iterable[tuple], vocab: Vocab, hp: GenreHierParams, max_tokens: int
 ) -> tuple[list[str], list[np.ndarray], int, int]:
     """(piece ids, per-piece chunk embeddings, chunks, truncated chunks); pieces without a
     non-empty bar are left out."""
@@ -154,12 +154,12 @@ def train_hier(
     max_tokens = min(hp.max_tokens or lm.context, lm.context)
     rows = read_manifest(manifest)
     tags = tags if tags is not None else {pid: list(r["genres"] or []) for pid, r in rows.items()}
-    by_split = tokens_by_split(tokens_dir, manifest)
+    by_split = rows_by_split(tokens_dir, manifest)
 
     t0 = time.perf_counter()
     sets: dict[str, ChunkSet] = {}
     for split, items in by_split.items():
-        items = [it for it in items if tags.get(it[0])]
+        items = (it for it in items if tags.get(it[0]))
         ids, xs, n, trunc = embed_pieces(lm, items, vocab, hp, max_tokens)
         sets[split] = ChunkSet(ids, xs, None, n, trunc)
     embed_s = time.perf_counter() - t0

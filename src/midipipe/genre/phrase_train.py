@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from midipipe.genre.metrics import pool_mean, single_label_metrics
 from midipipe.genre.params import GenreParams
 from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, pad_batch, phrases, random_transpose
 from midipipe.tokens import remi
-from midipipe.tokens.shards import tokens_by_split
+from midipipe.tokens.dataset import rows_by_split
 from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class PhraseSet:
 
 
 def phrase_sets(
-    rows: dict[str, list[tuple]], labels: dict[str, str | None], vocab: Vocab, p: GenreParams
+    rows: dict[str, Iterable[tuple]], labels: dict[str, str | None], vocab: Vocab, p: GenreParams
 ) -> tuple[list[str], dict[str, PhraseSet], dict[str, int]]:
     """Classes (labels with >= min_class_pieces train pieces that have a phrase), one
     PhraseSet per split, and the counts of pieces left out and why."""
@@ -182,7 +182,7 @@ def train_phrase(
     choice = choose_label(rows, p.label, p.min_class_pieces)  # NothingToLearn: skip the stage
     p = dataclasses.replace(p, label=choice.label)
     labels = {pid: label_of(r, p.label) for pid, r in rows.items()}
-    classes, sets, counts = phrase_sets(tokens_by_split(tokens_dir, manifest), labels, vocab, p)
+    classes, sets, counts = phrase_sets(rows_by_split(tokens_dir, manifest), labels, vocab, p)
     train, valid, test, eval_split = splits_in_use(
         sets, lambda s: len(s.seqs), "phrases", "early stopping and model choice"
     )

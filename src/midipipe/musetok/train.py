@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from midipipe.core import params
-from midipipe.core.device import seed_everything
+from midipipe.core.device import resolve_device, seed_everything
 from midipipe.core.params import TrainParams
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import decoder_sample
 from midipipe.musetok.model import MuseTok, MuseTokConfig
 from midipipe.musetok.vocab import EVENT_TO_ID, PAD_ID, PITCHES
-from midipipe.tokens.shards import tokens_by_split
+from midipipe.tokens.dataset import (
+    Piece,
+    SampleStream,
+    SplitIndex,
+    epoch_seed,
+    load_pieces,
+    loader,
+    split_index,
+)
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -157,6 +166,28 @@ def sample(
     )
 
 
+@dataclass
+class SegmentSampler:
+    """Each piece once per epoch in a random order, as a segment from a random start bar
+    (`tokens.dataset.Sampler`); an epoch that asks for more pieces repeats the order."""
+
+    p: MuseTokTrainParams
+
+    def plan(self, length: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        rounds = -(-n // len(length))
+        order = np.concatenate([rng.permutation(len(length)) for _ in range(rounds)])
+        return np.stack([order[:n], np.zeros(n, dtype=np.int64)], axis=1)
+
+    def sample(self, piece: Piece, kind: int, rng: np.random.Generator):
+        del kind
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return sample(piece.ids, piece.bar_starts.tolist(), self.p, generator)
+
+    def collate(self, samples: list, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        del rng
+        return collate(samples)
+
+
 def train_batches(
     pieces: list[tuple[list[int], list[int]]],
     p: MuseTokTrainParams,
@@ -164,11 +195,40 @@ def train_batches(
     epoch: int,
     rng: torch.Generator,
 ) -> Iterator[dict]:
-    order = torch.randperm(len(pieces), generator=rng).tolist()
-    if p.max_pieces:
-        order = order[: p.max_pieces]
-    for i in range(0, len(order), batch_size):
-        yield collate([sample(*pieces[j], p, rng) for j in order[i : i + batch_size]])
+    """`SegmentSampler`'s batches over pieces held in memory (the streaming path is
+    `tokens.dataset.SampleStream`); `epoch` is only for logs."""
+    del epoch
+    sampler = SegmentSampler(p)
+    np_rng = np.random.default_rng(epoch_seed(rng))
+    n = min(len(pieces), p.max_pieces or len(pieces))
+    draws = sampler.plan(np.ones(len(pieces), dtype=np.int64), n, np_rng)[:, 0].tolist()
+    for i in range(0, n, batch_size):
+        chunk = [
+            Piece(np.asarray(pieces[j][0]), np.asarray(pieces[j][1]), 0)
+            for j in draws[i : i + batch_size]
+        ]
+        yield collate([sampler.sample(piece, 0, np_rng) for piece in chunk])
+
+
+def stream_batches(
+    index: SplitIndex, p: MuseTokTrainParams, tp: TrainParams, n_pieces: int
+) -> Callable[[int, torch.Generator], DataLoader]:
+    """(epoch, rng) -> this process's batches of the epoch, streamed from the token shards."""
+
+    def batches(epoch: int, rng: torch.Generator) -> DataLoader:
+        del epoch
+        stream = SampleStream(
+            index,
+            SegmentSampler(p),
+            n_pieces,
+            tp.batch_size,
+            epoch_seed(rng),
+            ddp.rank(),
+            ddp.world_size(),
+        )
+        return loader(stream, tp.loader_workers, resolve_device(tp.device))
+
+    return batches
 
 
 def loss(model: MuseTok, batch: dict, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -241,9 +301,13 @@ def train_musetok(
     resume_dir: str | Path = "checkpoints/musetok",
 ) -> MuseTokRun:
     """Train MuseTok on the train split (or evaluate `p.checkpoint`) and save it to `out_dir`."""
-    data = tokens_by_split(tokens_dir, manifest)
-    train = [(ids, bars) for _, ids, bars in data["train"] if bars]
-    valid = [(ids, bars) for _, ids, bars in data["valid"] if bars] or train[:32]
+    train = split_index(tokens_dir, manifest, "train")
+    train = train.subset(train.bars > 0)
+    valid_index = split_index(tokens_dir, manifest, "valid")
+    valid_index = valid_index.subset(valid_index.bars > 0)
+    if not len(valid_index):
+        valid_index = train.subset(np.arange(min(32, len(train))))
+    valid = [(piece.ids, piece.bar_starts.tolist()) for piece in load_pieces(valid_index)]
 
     if p.checkpoint:  # a pretrained tokenizer: evaluate it and store it as safetensors
         model = checkpoint.load(p.checkpoint)
@@ -263,8 +327,9 @@ def train_musetok(
     n_pieces = min(len(train), p.max_pieces or len(train))
     job = Fit(
         model=model,
-        train_batches=lambda epoch, rng: train_batches(train, p, tp.batch_size, epoch, rng),
+        train_batches=stream_batches(train, p, tp, n_pieces),
         steps_per_epoch=-(-n_pieces // tp.batch_size),
+        sharded=True,
         loss=lambda m, batch: loss(m, batch, p.beta),
         evaluate=lambda m: evaluate(m, valid, p, tp.batch_size),
     )

@@ -69,3 +69,13 @@ def from_main(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_sum(value: float, device: torch.device) -> float:
+    """`value` summed over the processes (itself in a single one); `device` is this
+    process's, where the collective runs (a GPU under nccl)."""
+    if not dist.is_initialized():
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())

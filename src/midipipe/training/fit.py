@@ -81,6 +81,9 @@ class Fit:
     # a micro-batch's share of its step (e.g. its target tokens; None = equal shares), so
     # an accumulated step is the same as one big batch; epoch rows sum it as `train_size`
     micro_weight: Callable[[object], float] | None = None
+    # `train_batches` yields this process's own micro-batches (a per-rank data shard, the
+    # same count in every process) rather than every process's, of which each takes a share
+    sharded: bool = False
 
 
 def step_groups(batches: Iterable, size: int) -> Iterator[list]:
@@ -99,27 +102,38 @@ def accumulate(
     job: Fit, net: nn.Module, group: Sequence, amp: torch.dtype | None, scaler
 ) -> tuple[float, dict[str, float], float]:
     """Backward of this process's share of one step's micro-batches, gradients summed as if
-    they were one batch: each micro-batch loss weighted by its share of the whole group's
-    weight (all processes see the same group), times the process count that DDP's
-    gradient average divides by. Returns (loss, weighted logs, the group's weight)."""
+    they were one batch: each micro-batch loss weighted by its share of the whole step's
+    weight (every process sees the same group, or with `job.sharded` its own, the total
+    summed over processes), times the process count that DDP's gradient average divides by.
+    Returns (loss, weighted logs, the step's weight)."""
     world, me = ddp.world_size(), ddp.rank()
     weights = [job.micro_weight(b) if job.micro_weight else 1.0 for b in group]
-    total = sum(weights) or 1.0
-    mine = list(range(me, len(group), world))
+    device = next(net.parameters()).device
+    total = (ddp.all_sum(sum(weights), device) if job.sharded else sum(weights)) or 1.0
+    mine = list(range(len(group))) if job.sharded else list(range(me, len(group), world))
     loss_sum, logs = 0.0, {}
     for n, i in enumerate(mine):
         share = weights[i] / total
         sync = n == len(mine) - 1 or not isinstance(net, DistributedDataParallel)
-        device_type = next(net.parameters()).device.type
-        autocast = torch.autocast(device_type, dtype=amp) if amp else contextlib.nullcontext()
+        autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
         with contextlib.nullcontext() if sync else net.no_sync():
             with autocast:
-                loss, micro_logs = job.loss(net, group[i])
+                loss, micro_logs = job.loss(net, to_device(group[i], device))
             scaler.scale(loss * share * world).backward()
         loss_sum += loss.item() * share * world
         for k, v in micro_logs.items():
             logs[k] = logs.get(k, 0.0) + v * share * world
-    return loss_sum, logs, sum(weights)
+    return loss_sum, logs, total if job.sharded else sum(weights)
+
+
+def to_device(batch, device: torch.device):
+    """A dict batch's tensors on `device`, copied without blocking (from pinned memory)."""
+    if not isinstance(batch, dict):
+        return batch
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def fit(
@@ -237,7 +251,9 @@ def _fit(
                 epoch_rng = rng.get_state()
             else:  # the same batches as the interrupted run: replay its order, skip what it did
                 rng.set_state(epoch_rng)
-            groups = step_groups(job.train_batches(epoch, rng), job.grad_accum * world)
+            groups = step_groups(
+                job.train_batches(epoch, rng), job.grad_accum * (1 if job.sharded else world)
+            )
             if resume_rngs is not None:
                 for _ in itertools.islice(groups, at.position):
                     pass
@@ -256,7 +272,7 @@ def _fit(
             )
             for group in bar:
                 at.position += 1
-                if len(group) < world:  # a short last step would leave a process idle
+                if len(group) < world and not job.sharded:  # a process would sit idle
                     continue
                 opt.zero_grad(set_to_none=True)
                 loss, logs, weight = accumulate(job, net, group, amp, scaler)

@@ -29,7 +29,7 @@ from midipipe.evaluation import conditioning as cond
 from midipipe.evaluation import generated as ev
 from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
-from midipipe.generator.corpus import load_corpus, read_table
+from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.generate import real_excerpts, sampling_threads
 from midipipe.generator.gpt import check_vocab
 from midipipe.generator.sampling import (
@@ -41,6 +41,7 @@ from midipipe.generator.sampling import (
     to_midi,
 )
 from midipipe.tokens import remi
+from midipipe.tokens.dataset import TokenLists, iter_pieces
 from midipipe.vae.model import LabelVAE, load_vae
 from midipipe.vae.train import eval_windows, posteriors
 
@@ -225,14 +226,16 @@ def evaluate_vae(
         generated.append(ev.Piece(ids, cid, None, stats))
         stats_all.append(stats)
 
-    real = load_corpus(tokens_dir, manifest, table)
-    held_out = real["test"] if real["test"].pieces else real["valid"]
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    held_out = eval_corpus(tokens_dir, manifest, table, "test")
+    held_out = held_out if held_out.pieces else valid
+    train = iter_pieces(split_pieces(tokens_dir, manifest, table, "train"))
     n = gp.real_chunks_per_piece
     metrics, classifier = cond.conditioning(
         tokenizer,
         generated,
-        real_excerpts(real["train"], cfg.max_tokens, n),
-        real_excerpts(real["valid"], cfg.max_tokens, n),
+        real_excerpts(train, cfg.max_tokens, n),
+        real_excerpts(valid, cfg.max_tokens, n),
         real_excerpts(held_out, cfg.max_tokens, n),
         composers,
         gp.classifier,
@@ -255,7 +258,7 @@ def evaluate_vae(
     copied = novelty(
         [p.ids for p in generated],
         [p.ids for p in real_excerpts(held_out, cfg.max_tokens, n)],
-        real["train"].pieces,
+        TokenLists(split_pieces(tokens_dir, manifest, table, "train")),
     )
     tokens = [s["tokens"] for s in stats_all]
     return {

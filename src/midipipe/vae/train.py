@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,15 @@ from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.train import save_generator
 from midipipe.tokens import remi
+from midipipe.tokens.dataset import (
+    Piece,
+    SampleStream,
+    SplitIndex,
+    epoch_seed,
+    loader,
+    slot_batches,
+)
+from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 from midipipe.vae.model import LabelVAE, VAEConfig
 
@@ -134,34 +142,51 @@ def build_model(p: VAEParams, tokenizer, n_labels: int) -> LabelVAE:
 # -- windows ---------------------------------------------------------------------------------
 
 
+@dataclass
+class BarWindowSampler:
+    """Windows starting on a random bar line, about as many per piece as the piece fills
+    (`tokens.dataset.Sampler`): each piece's windows once in a random order, repeated when
+    an epoch asks for more."""
+
+    cfg: gd.WindowConfig
+
+    def plan(self, length: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        owners = np.repeat(np.arange(len(length)), -(-length // (self.cfg.context + 1)))
+        order = np.concatenate([rng.permutation(owners) for _ in range(-(-n // len(owners)))])
+        return np.stack([order[:n], np.zeros(n, dtype=np.int64)], axis=1)
+
+    def sample(self, piece: Piece, kind: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        del kind
+        bars = piece.bar_starts[piece.bar_starts < len(piece.ids)]
+        start = int(bars[min(int(rng.random() * len(bars)), len(bars) - 1)]) if len(bars) else 0
+        return gd.window(piece.ids, start + 1, self.cfg), piece.label  # +1: skip the BOS slot
+
+    def collate(self, samples: list, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        del rng
+        return stack([w for w, _ in samples], [c for _, c in samples], self.cfg.pad_id)
+
+
 def train_batches(
-    corpus: Corpus, wcfg: gd.WindowConfig, batch_size: int, max_windows: int, epoch: int, rng
-) -> Iterator[dict]:
-    """Windows starting on a random bar line, about as many per piece as the piece fills;
+    index: SplitIndex, wcfg: gd.WindowConfig, batch_size: int, n_windows: int, tp: TrainParams
+) -> Callable[[int, torch.Generator], Iterator[dict]]:
+    """(epoch, rng) -> this process's batches of the epoch, streamed from the token shards;
     `progress` (0..1 through the epoch) drives KL annealing, so a resumed run anneals alike."""
-    window = wcfg.context + 1
-    owners = np.repeat(
-        np.arange(len(corpus.pieces)), [math.ceil(len(p) / window) for p in corpus.pieces]
-    )
-    order = owners[torch.randperm(len(owners), generator=rng).numpy()]
-    if max_windows:
-        order = order[:max_windows]
-    n_batches = -(-len(order) // batch_size)
-    for b, i in enumerate(range(0, len(order), batch_size)):
-        chosen = order[i : i + batch_size]
-        u = torch.rand(len(chosen), generator=rng).tolist()
-        rows = []
-        for j, uj in zip(chosen, u, strict=True):
-            bars = [s for s in corpus.bar_starts[j] if s < len(corpus.pieces[j])] or [0]
-            start = bars[min(int(uj * len(bars)), len(bars) - 1)]
-            rows.append(gd.window(corpus.pieces[j], start + 1, wcfg))  # +1: skip the BOS slot
-        batch = stack(rows, [corpus.composers[j] for j in chosen], wcfg.pad_id)
-        batch["progress"] = (epoch + b / n_batches) if n_batches else float(epoch)
-        yield batch
+
+    def batches(epoch: int, rng: torch.Generator) -> Iterator[dict]:
+        world, rank = ddp.world_size(), ddp.rank()
+        n_batches = slot_batches(n_windows, batch_size, world, 1)[rank]
+        stream = SampleStream(
+            index, BarWindowSampler(wcfg), n_windows, batch_size, epoch_seed(rng), rank, world
+        )
+        for b, batch in enumerate(loader(stream, tp.loader_workers, resolve_device(tp.device))):
+            batch["progress"] = epoch + b / n_batches
+            yield batch
+
+    return batches
 
 
-def n_train_windows(corpus: Corpus, window: int, max_windows: int) -> int:
-    n = sum(math.ceil(len(p) / window) for p in corpus.pieces)
+def n_train_windows(index: SplitIndex, window: int, max_windows: int) -> int:
+    n = int((-(-index.length // window)).sum())
     return min(n, max_windows) if max_windows else n
 
 
@@ -293,17 +318,16 @@ def train(
 
     job = Fit(
         model=model,
-        train_batches=lambda epoch, rng: train_batches(
-            train_set, wcfg, tp.batch_size, p.max_windows, epoch, rng
-        ),
+        train_batches=train_batches(train_set, wcfg, tp.batch_size, n_windows, tp),
         steps_per_epoch=-(-n_windows // tp.batch_size),
+        sharded=True,
         loss=lambda m, b: loss(m, b, p, tp.epochs),
         evaluate=timed_evaluate,
     )
     log.info(
         "vae: %d parameters, %d train pieces, %d windows/epoch, %d valid windows",
         model.n_params(),
-        len(train_set.pieces),
+        len(train_set),
         n_windows,
         len(valid_items),
     )
@@ -314,8 +338,8 @@ def train(
         save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
         fingerprint={
             "vae": dataclasses.asdict(p),
-            "pieces": len(train_set.pieces),
-            "tokens": sum(len(x) for x in train_set.pieces),
+            "pieces": len(train_set),
+            "tokens": train_set.tokens,
         },
     )
     best = min(job.history, key=lambda h: h["valid_loss"])
@@ -336,7 +360,7 @@ def train(
         "kl_weight": p.kl_weight,
         "free_bits": p.free_bits,
         "kl_anneal_frac": p.kl_anneal_frac,
-        "train_pieces": len(train_set.pieces),
+        "train_pieces": len(train_set),
         "windows_per_epoch": n_windows,
         "valid_windows": len(valid_items),
         "train_s": round(train_s, 1),
