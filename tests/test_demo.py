@@ -77,6 +77,7 @@ def build_models(root: Path) -> Path:
             manifest.append(
                 {
                     "piece_id": pid,
+                    "song_id": f"lab:{pid}",
                     "split": split,
                     "composer": name,
                     "period": name,
