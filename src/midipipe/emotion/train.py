@@ -22,9 +22,11 @@ from midipipe.core.io import atomic_path, write_json
 from midipipe.core.params import TrainParams
 from midipipe.core.reports import write_metrics
 from midipipe.emotion import EmotionParams, plot_curves, predict_file, rules_config
+from midipipe.emotion import quadrant as quad
 from midipipe.emotion import regressor as mlp
 from midipipe.emotion.evaluate import baselines, cross_validate, score, scoring_mask, summarize
 from midipipe.emotion.targets import Bars, collect, read_labels
+from midipipe.evaluation import features as hand
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,93 @@ def rules_only(io: EmotionPaths, p: EmotionParams, reason: str, labelled_pieces:
     write_curves(io, rows, "rule-based estimate (not learned); no labelled data")
 
 
+def quadrant_split(bars: Bars, labels: np.ndarray, min_pieces: int):
+    """(train pieces, eval pieces, eval split name) of the quadrant head, or a reason it
+    cannot be trained: too few labelled train pieces, one quadrant, nothing to score."""
+    split = np.array(bars.splits)
+    train = np.flatnonzero((split == "train") & (labels >= 0))
+    test = np.flatnonzero((split == "test") & (labels >= 0))
+    eval_split, held = "test", test
+    if len(test) < min_pieces // 2:  # a few stray test clips would make a meaningless score
+        eval_split, held = "valid", np.flatnonzero((split == "valid") & (labels >= 0))
+    present = sorted({quad.QUADRANTS[q] for q in labels[train]})
+    if len(train) < min_pieces:
+        return (
+            f"{len(train)} quadrant-labelled train pieces, fewer than "
+            f"emotion.min_quadrant_pieces={min_pieces}"
+        )
+    if len(present) < 2:
+        return f"the quadrant-labelled train pieces hold one quadrant only ({present})"
+    if not len(held):
+        return "no quadrant-labelled test or valid piece to score on"
+    return train, held, eval_split
+
+
+def choice_split(bars: Bars, train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train pieces split by song (about 1/5 held out) to choose between the learned head and
+    the hand-crafted model without looking at the eval split."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    groups = [bars.groups[k] for k in train]
+    splitter = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=seed)
+    fit_idx, choose_idx = next(splitter.split(train, groups=groups))
+    return train[fit_idx], train[choose_idx]
+
+
+def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, x) -> dict:
+    """Train the 4-quadrant head and the hand-crafted model beside it, serve the one that
+    wins on a song-grouped part of train, and score both (and the majority) on the eval split."""
+    labels = quad.quadrant_of(bars.piece_targets)
+    got = quadrant_split(bars, labels, p.min_quadrant_pieces)
+    if isinstance(got, str):
+        log.info("quadrant head skipped: %s", got)
+        return {"quadrant_status": "skipped", "quadrant_reason": got}
+    train, held, eval_split = got
+    classes = list(quad.QUADRANTS)
+    feats = hand.feature_matrix(bars.paths)
+    fit_part, choose = choice_split(bars, train, tp.seed)
+    choice: dict = {"mlp": None, "handcrafted": None}
+    served, c = "mlp", hand.DEFAULT_C
+    if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
+        head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp.seed)
+        split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
+        linear, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
+        choice = {
+            "mlp": quad.accuracies(quad.predict(head, x, bars.offsets, choose), labels[choose]),
+            "handcrafted": quad.accuracies(
+                hand.fit_linear(*split_x[:2], classes, c, tp.seed).predict_proba(split_x[2]),
+                labels[choose],
+            ),
+        }
+        choice = {k: v["quadrant_accuracy"] for k, v in choice.items()}
+        served = "handcrafted" if choice["handcrafted"] > choice["mlp"] else "mlp"
+    head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp.seed)
+    linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
+    quad.save(head, io.out, {"input": p.mlp.input, "served": served})
+    linear.save(io.out, {"task": "emotion quadrant", "c": c})
+    majority = np.bincount(labels[train], minlength=len(classes)).argmax()
+    probs = {
+        "": quad.predict(head, x, bars.offsets, held),
+        "handcrafted_": linear.predict_proba(feats[held]),
+        "majority_": np.eye(len(classes))[np.full(len(held), majority)],
+    }
+    out = {
+        "quadrant_status": "done",
+        "eval_split": eval_split,
+        "quadrant_train_pieces": len(train),
+        "quadrant_eval_pieces": len(held),
+        "quadrant_served": served,
+        "quadrant_choice_mlp_accuracy": choice["mlp"],
+        "quadrant_choice_handcrafted_accuracy": choice["handcrafted"],
+        "handcrafted_c": c,
+    }
+    for prefix, pr in probs.items():
+        out.update(quad.accuracies(pr, labels[held], prefix))
+    served_probs = probs["" if served == "mlp" else "handcrafted_"]
+    out.update(quad.accuracies(served_probs, labels[held], "served_"))
+    return out
+
+
 def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> None:
     split = np.array(bars.splits)
     pool, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
@@ -133,6 +222,7 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         "train_bars": len(fit_rows),
     }
     mlp.save(model, io.out, facts)
+    quadrant = quadrant_head(io, p, tp, bars, x)
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
@@ -155,6 +245,7 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
             "folds": len({r["fold"] for r in table}),
             **flat,
             **test_flat,
+            **quadrant,
         },
     )
     write_csv(

@@ -2,7 +2,8 @@
 evaluation, so training throughput counts training only.
 
 `fit` has no early stopping, so `EarlyStop` wraps a job's batches and evaluation: once the
-best key has not improved for `patience` epochs, the remaining epochs are empty (no batches,
+best key has not improved for `patience` epochs (or the time budget is spent), the remaining
+epochs are empty (no batches,
 last metrics again) and their rows are dropped from the history.
 """
 
@@ -21,14 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class EarlyStop:
-    """Stops `job` once its best key has not improved for `patience` epochs (see module doc).
+    """Stops `job` once its best key has not improved for `patience` epochs, or once its
+    training time reaches `budget_s` (0: no budget), see module doc.
 
     Its state is the job's history, which `fit` restores on resume, so a resumed run stops
     where an uninterrupted one would.
     """
 
-    def __init__(self, job: Fit, patience: int) -> None:
-        self.job, self.patience = job, patience
+    def __init__(self, job: Fit, patience: int, budget_s: float = 0.0) -> None:
+        self.job, self.patience, self.budget_s = job, patience, budget_s
         self._batches, self._evaluate = job.train_batches, job.evaluate
         job.train_batches, job.evaluate = self.batches, self.evaluate
 
@@ -37,6 +39,8 @@ class EarlyStop:
 
     def stopped(self) -> bool:
         rows = self.rows()
+        if self.budget_s and rows and train_seconds(rows) >= self.budget_s:
+            return True
         if not self.patience or not rows:
             return False
         values = np.array([h[self.job.best_key] for h in rows])

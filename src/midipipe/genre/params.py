@@ -11,7 +11,7 @@ from midipipe.core.errors import ParamError
 from midipipe.genre.encoder import EncoderConfig
 
 LABELS = ("period", "genre", "source", "composer")  # manifest columns a phrase label can be
-SIZES = ("cpu_default", "gpu_profile")
+SIZES = ("auto", "cpu_default", "gpu_profile")
 
 
 @dataclass
@@ -21,11 +21,14 @@ class GenreParams:
     label: str = "period"  # period | genre (first of `genres`) | source | composer
     bars_per_phrase: int = 4
     max_len: int = 512  # tokens per phrase, [CLS] included; longer phrases are cut (counted)
-    max_phrases_per_piece: int = 8  # spread over the piece (0 = all): long pieces don't rule
+    max_phrases_per_piece: int = 8  # training phrases per piece, spread (0 = all); eval: all
     min_class_pieces: int = 5  # a label with fewer train pieces is dropped (counted)
     transpose: int = 6  # random shift of Pitch tokens by up to this many semitones (0 = off)
     patience: int = 3  # epochs without a better valid macro-F1 before stopping (0 = never)
-    size: str = "cpu_default"  # EncoderConfig profile: cpu_default | gpu_profile
+    size: str = (
+        "cpu_default"  # EncoderConfig profile: auto (from corpus size) | cpu_default | gpu_profile
+    )
+    budget_s: float = 0.0  # training seconds; epochs stop once spent (0 = `train.epochs` only)
     model: dict[str, Any] = field(default_factory=dict)  # EncoderConfig overrides (n_layer...)
     eval_batch_size: int = 64
     train: dict[str, Any] = field(default_factory=dict)  # overrides of `train:`
@@ -41,6 +44,7 @@ class GenreParams:
             (self.patience >= 0, "patience", ">= 0 (0 = never stop early)"),
             (self.size in SIZES, "size", f"one of {', '.join(SIZES)}"),
             (self.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
+            (self.budget_s >= 0, "budget_s", ">= 0 (0 = no time budget)"),
         ]
         params.require(self, "genre", checks)
         names = {f.name for f in dataclasses.fields(EncoderConfig)}

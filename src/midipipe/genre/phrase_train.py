@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from midipipe.core.device import resolve_device
 from midipipe.core.errors import ParamError
 from midipipe.core.params import TrainParams
+from midipipe.evaluation.features import fit_linear
 from midipipe.genre import baselines
 from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder
 from midipipe.genre.fit_hooks import EarlyStop, timed, train_seconds
@@ -64,7 +65,8 @@ def phrase_sets(
             if name is None:
                 counts["pieces_unlabelled"] += 1
                 continue
-            c = phrases(ids, bars, vocab, p.bars_per_phrase, p.max_len, p.max_phrases_per_piece)
+            cap = p.max_phrases_per_piece if split == "train" else 0  # a piece: all its phrases
+            c = phrases(ids, bars, vocab, p.bars_per_phrase, p.max_len, cap)
             if not c.seqs:
                 counts["pieces_too_short"] += 1
                 continue
@@ -151,9 +153,25 @@ class PhraseResult:
     piece_probs: np.ndarray
 
 
-def _build_encoder(p: GenreParams, vocab: Vocab, n_classes: int) -> Encoder:
-    cfg = getattr(EncoderConfig, p.size)(
+AUTO_WIDE_PHRASES = 20_000  # `size: auto` on CPU widens cpu_default (d_model 128) from here
+
+
+def size_for(p: GenreParams, n_phrases: int, device: str) -> tuple[str, dict]:
+    """The EncoderConfig profile and overrides of `genre.size`; `auto` follows the device
+    (gpu_profile on a GPU) and, on CPU, the corpus: cpu_default, twice as wide from
+    `AUTO_WIDE_PHRASES` training phrases."""
+    if p.size != "auto":
+        return p.size, {}
+    if device.startswith("cuda"):
+        return "gpu_profile", {}
+    return "cpu_default", {"d_model": 128, "d_ff": 512} if n_phrases >= AUTO_WIDE_PHRASES else {}
+
+
+def _build_encoder(p: GenreParams, vocab: Vocab, n_classes: int, n_phrases: int, device: str):
+    size, auto = size_for(p, n_phrases, device)
+    cfg = getattr(EncoderConfig, size)(
         **{
+            **auto,
             **p.model,
             "vocab_size": vocab.size,
             "n_classes": n_classes,
@@ -162,6 +180,50 @@ def _build_encoder(p: GenreParams, vocab: Vocab, n_classes: int) -> Encoder:
         }
     )
     return Encoder(cfg)
+
+
+def pool_pieces(probs: np.ndarray, s: PhraseSet) -> np.ndarray:
+    """[pieces, classes]: the mean of each piece's phrase probabilities (all its phrases)."""
+    piece = np.asarray(s.piece)
+    return np.stack([probs[piece == k].mean(0) for k in range(len(s.piece_ids))])
+
+
+def serve(
+    model: Encoder,
+    p: GenreParams,
+    feats: list[np.ndarray],
+    train: PhraseSet,
+    valid: PhraseSet,
+    test: PhraseSet,
+    classes: list[str],
+    out_dir: str | Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Which model the stage serves: the phrase model, or the hand-crafted logistic regression
+    when it has the better piece accuracy on valid (then saved beside it and scored on test)."""
+    x_train, x_test, x_valid = feats
+    linear = fit_linear(x_train, np.asarray(train.piece_labels), classes, seed=seed)
+    y_valid = np.asarray(valid.piece_labels)
+    model_valid = pool_pieces(phrase_probs(model, valid.seqs, p.eval_batch_size), valid)
+    scores = {
+        "phrase_model": float((model_valid.argmax(1) == y_valid).mean()),
+        "handcrafted": float((linear.predict_proba(x_valid).argmax(1) == y_valid).mean()),
+    }
+    served = "handcrafted" if scores["handcrafted"] > scores["phrase_model"] else "phrase_model"
+    out: dict[str, Any] = {
+        "served": served,
+        "served_choice": "valid piece accuracy "
+        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+    }
+    if served == "handcrafted":
+        log.warning("the hand-crafted model beats the phrase model on valid: serving it")
+        linear.save(out_dir, {"task": f"genre {p.label}"})
+        got = single_label_metrics(
+            np.asarray(test.piece_labels), linear.predict_proba(x_test), classes
+        )
+        out["served_piece_accuracy"] = got["accuracy"]
+        out["served_piece_macro_f1"] = got["macro_f1"]
+    return out
 
 
 def train_phrase(
@@ -186,7 +248,8 @@ def train_phrase(
     )
     weights = class_weights(train.labels, len(classes))
     torch.manual_seed(tp.seed)
-    model = _build_encoder(p, vocab, len(classes))
+    device = str(resolve_device(tp.device))
+    model = _build_encoder(p, vocab, len(classes), len(train.seqs), device)
     log.info(
         "phrase classifier: %d parameters, %d classes %s, phrases train %d / valid %d / test %d",
         model.n_params(),
@@ -225,7 +288,7 @@ def train_phrase(
         best_key="valid_macro_f1",
         best_mode="max",
     )
-    stop = EarlyStop(job, p.patience)
+    stop = EarlyStop(job, p.patience, p.budget_s)
     meta = {
         "kind": "phrase",
         "label": p.label,
@@ -256,9 +319,7 @@ def train_phrase(
 
     probs = phrase_probs(model, test.seqs, p.eval_batch_size)
     y = np.asarray(test.labels)
-    piece_probs = np.stack(
-        [probs[np.asarray(test.piece) == k].mean(0) for k in range(len(test.piece_ids))]
-    )
+    piece_probs = pool_pieces(probs, test)
     piece_y = np.asarray(test.piece_labels)
     songs = [rows[pid]["song_id"] for pid in test.piece_ids]
     song_keys, song_probs = pool_mean(songs, piece_probs)
@@ -290,20 +351,27 @@ def train_phrase(
         "epochs_run": len(history),
         "best_valid_macro_f1": best["valid_macro_f1"],
         "params": model.n_params(),
-        "size": p.size,
+        "size": size_for(p, len(train.seqs), device)[0],
+        "budget_s": p.budget_s,
         "train_phrases_per_s": round(len(train.seqs) * len(history) / train_s, 1)
         if train_s > 0
         else 0.0,
         "device": str(resolve_device(tp.device)),
     }
     inputs = baselines.inputs(
-        [train.piece_ids, test.piece_ids], baselines.midi_paths(rows, midi_dir), latents_dir
+        [train.piece_ids, test.piece_ids, valid.piece_ids],
+        baselines.midi_paths(rows, midi_dir),
+        latents_dir,
     )
     metrics.update(
         baselines.single_label_scores(
             inputs, np.asarray(train.piece_labels), np.asarray(test.piece_labels), classes, tp.seed
         )
     )
+    if "handcrafted" in inputs.x:
+        metrics.update(
+            serve(model, p, inputs.x["handcrafted"], train, valid, test, classes, out_dir, tp.seed)
+        )
     return PhraseResult(
         job,
         metrics,

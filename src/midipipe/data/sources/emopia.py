@@ -94,8 +94,20 @@ def read_splits(split_dir: Path, param: str) -> dict[str, str]:
     return splits
 
 
+def song_splits(splits: dict[str, str]) -> dict[str, str]:
+    """song id -> the official split of its listed clips, so a clip the split files leave out
+    follows its song instead of a hashed split (which could put one song on both sides)."""
+    out = {}
+    for clip, split in splits.items():
+        match = CLIP_NAME.match(clip)
+        if match:
+            out.setdefault(match.group(2), split)
+    return out
+
+
 def _iter(root: Path, splits: dict[str, str], name: str) -> Iterator[Piece]:
     skipped = 0
+    by_song = song_splits(splits)
     for path in find_midis(root):
         match = CLIP_NAME.match(path.stem)
         if not match:
@@ -111,7 +123,7 @@ def _iter(root: Path, splits: dict[str, str], name: str) -> Iterator[Piece]:
             emotion=quadrant,
             valence=valence,
             arousal=arousal,
-            split=splits.get(path.stem),
+            split=splits.get(path.stem) or by_song.get(song),
         )
     if skipped:
         log.warning(

@@ -1,0 +1,152 @@
+"""Real-data benchmark suite: every task run as a user would run the pipeline on that corpus,
+each learned model beside a majority baseline and the hand-crafted one
+(`midipipe.evaluation.features`: musical statistics into a logistic regression).
+
+Tasks:
+- `emopia`: EMOPIA 4-quadrant, binary valence and arousal, on the official val split (stages
+  00-04 + 07 on a project whose `data.sources` is the `emopia` adapter);
+- `asap`: composer on ASAP performances, grouped by work (`folder`), stage 05;
+- `vgmidi`: per-bar valence/arousal CCC, piece-grouped folds (`bench_emotion_vgmidi.py`);
+- `fourway`: the four-way source task (`genre_fourway.py`).
+
+Each project is built under `--work` (default /tmp/midipipe-bench-real) and reused by later
+runs. One JSON line per task on stdout.
+    python benchmarks/bench_real.py --tasks emopia asap [--budget-s 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, external_data  # noqa: E402
+
+from midipipe.core import params as params_mod  # noqa: E402
+from midipipe.core.params import DataParams  # noqa: E402
+from midipipe.data.organize import organize  # noqa: E402
+from midipipe.musetok.latents import LatentParams, extract_latents  # noqa: E402
+from midipipe.musetok.train import MuseTokTrainParams, train_musetok  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
+
+log = logging.getLogger("bench_real")
+TASKS = ("emopia", "asap", "vgmidi", "fourway")
+
+
+def project_params(sources: list[dict], workers: int, **split):
+    """params.yaml as a user has it, with `data.sources` naming the corpus."""
+    p = params_mod.load(ROOT / "params.yaml")
+    p.data = DataParams(sources=sources)
+    p.organize = dataclasses.replace(p.organize, workers=workers, **split)
+    p.tokenize = dataclasses.replace(p.tokenize, workers=workers)
+    return p
+
+
+def build(root: Path, sources: list[dict], workers: int, musetok: dict | None, **split) -> dict:
+    """Stages 00-01 (and 03-04 with `musetok`) into `root`, skipped where already done."""
+    data = root / "data"
+    if not (data / "tokens" / "remi" / "tokenizer.json").exists():
+        p = project_params(sources, workers, **split)
+        organize(p, data)
+        rows = pq.read_table(data / "manifest.parquet", columns=["piece_id", "path"]).to_pylist()
+        items = [(r["piece_id"], str(data / "midi" / r["path"])) for r in rows]
+        tokenize_files(items, data / "tokens", p.tokenize, total=len(items))
+    info = {"pieces": pq.read_metadata(data / "manifest.parquet").num_rows}
+    if musetok:
+        models = root / "models" / "musetok"
+        if not (models / "config.json").exists():
+            mp = params_mod.build(
+                MuseTokTrainParams, params_mod.section(ROOT / "params.yaml", "musetok"), "musetok"
+            )
+            mp = dataclasses.replace(mp, max_pieces=musetok["max_pieces"])
+            tp = params_mod.merged_train(
+                params_mod.load(ROOT / "params.yaml"), {**mp.train, "epochs": musetok["epochs"]}
+            )
+            run = train_musetok(
+                mp,
+                tp,
+                data / "tokens" / "musetok",
+                data / "manifest.parquet",
+                models,
+                root / "checkpoints" / "musetok",
+            )
+            (root / "musetok.json").write_text(json.dumps(run.metrics))
+        if not (data / "latents" / "index.parquet").exists():
+            extract_latents(LatentParams(), models, data / "tokens" / "musetok", data / "latents")
+        info["musetok"] = json.loads((root / "musetok.json").read_text())
+    return info
+
+
+def emopia_sources(data: Path) -> list[dict]:
+    return [{"kind": "emopia", "name": "emopia", "path": str(data / "emopia")}]
+
+
+def asap_sources(data: Path, root: Path) -> list[dict]:
+    """ASAP's performances by composer, each work (`folder`) one song: its renditions never
+    straddle splits."""
+    listing = root / "asap.csv"
+    root.mkdir(parents=True, exist_ok=True)
+    with (data / "asap" / "metadata.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with listing.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "composer", "song"])
+        for r in rows:
+            w.writerow([r["midi_performance"], r["composer"], r["folder"]])
+    return [
+        {
+            "kind": "folder",
+            "name": "asap",
+            "path": str(data / "asap"),
+            "composer_from": "csv",
+            "metadata_csv": str(listing),
+        }
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/midipipe-bench-real"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--musetok-epochs", type=int, default=2, help="CPU budget: params.yaml has 6")
+    ap.add_argument("--musetok-pieces", type=int, default=400, help="training pieces per epoch")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(2)
+    data = external_data()
+    musetok = {"epochs": args.musetok_epochs, "max_pieces": args.musetok_pieces}
+    for task in args.tasks:
+        t0 = time.perf_counter()
+        root = args.work / task
+        if task == "emopia":
+            info = build(root, emopia_sources(data), args.workers, musetok=musetok)
+        elif task == "asap":
+            info = build(
+                root, asap_sources(data, root), args.workers, musetok=musetok, test_frac=0.2
+            )
+        else:
+            script = (
+                ROOT
+                / "benchmarks"
+                / ("bench_emotion_vgmidi.py" if task == "vgmidi" else "genre_fourway.py")
+            )
+            subprocess.run([sys.executable, str(script)], check=True)
+            continue
+        info["build_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"bench": f"real_{task}", **info}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
