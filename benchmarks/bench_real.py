@@ -35,6 +35,10 @@ from common import ROOT, external_data  # noqa: E402
 from midipipe.core import params as params_mod  # noqa: E402
 from midipipe.core.params import DataParams  # noqa: E402
 from midipipe.data.organize import organize  # noqa: E402
+from midipipe.emotion import EmotionParams  # noqa: E402
+from midipipe.emotion.train import EmotionPaths, train_emotion  # noqa: E402
+from midipipe.genre.params import GenreParams  # noqa: E402
+from midipipe.genre.phrase_train import train_phrase  # noqa: E402
 from midipipe.musetok.latents import LatentParams, extract_latents  # noqa: E402
 from midipipe.musetok.train import MuseTokTrainParams, train_musetok  # noqa: E402
 from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
@@ -91,18 +95,20 @@ def emopia_sources(data: Path) -> list[dict]:
     return [{"kind": "emopia", "name": "emopia", "path": str(data / "emopia")}]
 
 
-def asap_sources(data: Path, root: Path) -> list[dict]:
-    """ASAP's performances by composer, each work (`folder`) one song: its renditions never
-    straddle splits."""
-    listing = root / "asap.csv"
+def asap_sources(data: Path, root: Path, files: str) -> list[dict]:
+    """ASAP by composer, each work (`folder`) one song: a work's score and renditions never
+    straddle splits. `files`: `scores` (one per work) or `performances`."""
+    listing = root / f"asap_{files}.csv"
     root.mkdir(parents=True, exist_ok=True)
     with (data / "asap" / "metadata.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
+    column = "midi_score" if files == "scores" else "midi_performance"
+    listed = {r[column]: r for r in rows}  # a score is listed once per performance
     with listing.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "composer", "song"])
-        for r in rows:
-            w.writerow([r["midi_performance"], r["composer"], r["folder"]])
+        for path, r in sorted(listed.items()):
+            w.writerow([path, r["composer"], r["folder"]])
     return [
         {
             "kind": "folder",
@@ -114,12 +120,77 @@ def asap_sources(data: Path, root: Path) -> list[dict]:
     ]
 
 
+def run_emopia(root: Path, folds: int) -> dict:
+    """Stage 07 as params.yaml sets it (one MLP input and `folds` folds: CPU budget)."""
+    p = params_mod.build(
+        EmotionParams, params_mod.section(ROOT / "params.yaml", "emotion"), "emotion"
+    )
+    p = dataclasses.replace(p, compare_inputs=False, folds=folds)
+    tp = params_mod.merged_train(params_mod.load(ROOT / "params.yaml"), p.train)
+    data, metrics = root / "data", root / "metrics"
+    io = EmotionPaths(
+        manifest=str(data / "manifest.parquet"),
+        bar_va=str(data / "labels" / "bar_va.parquet"),
+        tokens=str(data / "tokens" / "musetok"),
+        midi=str(data / "midi"),
+        latents=str(data / "latents"),
+        musetok=str(root / "models" / "musetok"),
+        out=root / "models" / "emotion",
+        metrics=str(metrics / "emotion.json"),
+        kfold_csv=str(metrics / "emotion_kfold.csv"),
+        curves_csv=str(metrics / "emotion_curves.csv"),
+        curves_png=str(metrics / "emotion_curves.png"),
+    )
+    train_emotion(p, tp, io)
+    m = json.loads((metrics / "emotion.json").read_text())
+    keys = [k for k in m if k.endswith("_accuracy") or k.startswith("quadrant_")]
+    return {
+        "input": m["input"],
+        "eval_split": m.get("eval_split"),
+        **{k: m[k] for k in keys},
+        **{k: m[k] for k in m if k.startswith("kfold_") and "ccc" in k},
+    }
+
+
+def run_asap(root: Path, budget_s: float, epochs: int) -> dict:
+    """Stage 05 with `genre.label: composer`, `budget_s` of training, and its baselines."""
+    raw = params_mod.section(ROOT / "params.yaml", "genre")
+    p = params_mod.build(GenreParams, {**raw, "label": "composer"}, "genre")
+    p = dataclasses.replace(p, budget_s=budget_s, size="auto")
+    tp = params_mod.merged_train(
+        params_mod.load(ROOT / "params.yaml"), {**p.train, "epochs": epochs}
+    )
+    data = root / "data"
+    r = train_phrase(
+        p,
+        tp,
+        data / "tokens" / "remi",
+        data / "manifest.parquet",
+        root / "models" / "genre_phrase",
+        root / "checkpoints" / "genre_phrase",
+        data / "midi",
+        data / "latents",
+    )
+    m = r.metrics
+    keys = ("n_classes", "eval_split", "pieces_train", "pieces_test", "phrases_train", "epochs_run")
+    return {
+        **{k: m[k] for k in keys},
+        "piece_accuracy": m["piece_accuracy"],
+        "piece_macro_f1": m["piece_macro_f1"],
+        **{k: v for k, v in m.items() if "baseline" in k or k.startswith("served")},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/midipipe-bench-real"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--asap-files", choices=("scores", "performances"), default="scores")
+    ap.add_argument("--folds", type=int, default=3, help="emotion regressor k-fold")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="genre.budget_s (asap)")
+    ap.add_argument("--epochs", type=int, default=30, help="asap: most epochs in the budget")
     ap.add_argument("--musetok-epochs", type=int, default=2, help="CPU budget: params.yaml has 6")
     ap.add_argument("--musetok-pieces", type=int, default=400, help="training pieces per epoch")
     args = ap.parse_args()
@@ -129,22 +200,24 @@ def main() -> None:
     musetok = {"epochs": args.musetok_epochs, "max_pieces": args.musetok_pieces}
     for task in args.tasks:
         t0 = time.perf_counter()
-        root = args.work / task
-        if task == "emopia":
-            info = build(root, emopia_sources(data), args.workers, musetok=musetok)
-        elif task == "asap":
-            info = build(
-                root, asap_sources(data, root), args.workers, musetok=musetok, test_frac=0.2
-            )
-        else:
-            script = (
-                ROOT
-                / "benchmarks"
-                / ("bench_emotion_vgmidi.py" if task == "vgmidi" else "genre_fourway.py")
-            )
-            subprocess.run([sys.executable, str(script)], check=True)
+        root = args.work / (f"asap_{args.asap_files}" if task == "asap" else task)
+        if task in ("vgmidi", "fourway"):
+            name = "bench_emotion_vgmidi.py" if task == "vgmidi" else "genre_fourway.py"
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / name)], check=True)
             continue
+        if task == "emopia":
+            info = build(root, emopia_sources(data), args.workers, musetok)
+        else:
+            sources = asap_sources(data, root, args.asap_files)
+            info = build(root, sources, args.workers, None, test_frac=0.2)
         info["build_s"] = round(time.perf_counter() - t0, 1)
+        if not args.build_only:
+            t1 = time.perf_counter()
+            if task == "emopia":
+                info.update(run_emopia(root, args.folds))
+            else:
+                info.update(run_asap(root, args.budget_s, args.epochs))
+            info["run_s"] = round(time.perf_counter() - t1, 1)
         print(json.dumps({"bench": f"real_{task}", **info}), flush=True)
 
 

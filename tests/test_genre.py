@@ -263,6 +263,36 @@ def test_early_stop_empties_epochs_after_patience():
     ]
 
 
+def test_time_budget_stops_training_once_spent():
+    from midipipe.training.fit import Fit
+
+    job = Fit(
+        model=torch.nn.Linear(1, 1),
+        train_batches=lambda e, r: iter([e]),
+        steps_per_epoch=1,
+        loss=None,
+        evaluate=lambda m: {"valid_f1": 0.5},
+        best_key="valid_f1",
+        best_mode="max",
+    )
+    EarlyStop(job, patience=0, budget_s=25.0)
+    calls = []
+    for epoch in range(5):
+        calls.append(list(job.train_batches(epoch, None)))
+        job.history.append({"epoch": epoch + 1, "epoch_s": 10.0, **job.evaluate(None)})
+    assert calls == [[0], [1], [2], [], []]  # 30 s of training spent after epoch 3
+
+
+def test_auto_size_follows_device_and_corpus():
+    from midipipe.genre.phrase_train import AUTO_WIDE_PHRASES, size_for
+
+    p = GenreParams(size="auto")
+    assert size_for(p, 100, "cpu") == ("cpu_default", {})
+    assert size_for(p, AUTO_WIDE_PHRASES, "cpu")[1]["d_model"] == 128
+    assert size_for(p, 100, "cuda:0") == ("gpu_profile", {})
+    assert size_for(GenreParams(), 10**6, "cuda") == ("cpu_default", {})
+
+
 def test_params_are_checked_by_name():
     with pytest.raises(ParamError, match="genre.label"):
         GenreParams(label="mood")
@@ -342,7 +372,11 @@ def test_phrase_model_trains_and_reports(phrase_model):
     assert m["phrases_test"] == 16 and m["truncation_rate"] == 0.0  # 16 + 17 bars per class
     assert m["accuracy"] == 1.0 and m["song_accuracy"] == 1.0  # trivially separable styles
     assert m["metadata_baseline_piece_accuracy"] == 1.0  # programs give it away, as meant
-    assert m["latent_baseline"].startswith("skipped: 16 of 16 pieces have no latents")
+    assert m["latent_baseline"].startswith("skipped: no train or no test piece has latents")
+    assert 0 <= m["handcrafted_baseline_piece_accuracy"] <= 1
+    assert m["majority_baseline_piece_accuracy"] == 0.5  # 2 + 2 test pieces
+    assert m["served"] in ("phrase_model", "handcrafted") and "valid piece" in m["served_choice"]
+    assert m["budget_s"] == 0 and m["size"] == "cpu_default"
     assert {"precision_low", "recall_high", "piece_macro_f1", "train_phrases_per_s"} <= set(m)
     json.dumps(m)  # flat and JSON-able
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()

@@ -196,9 +196,9 @@ def single_label_scores(
     classes: Sequence[str],
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Piece-level accuracy / macro-F1 of each baseline in `x` (train, test matrices)."""
+    """Piece-level accuracy / macro-F1 of each baseline in `x` (train, test matrices first)."""
     out: dict[str, Any] = {}
-    for name, (x_tr, x_te) in x.x.items():
+    for name, (x_tr, x_te, *_) in x.x.items():
         tr, te = x.rows(name, 0), x.rows(name, 1)
         probs = single_label(x_tr[tr], y_train[tr], x_te[te], len(classes), seed)
         got = single_label_metrics(y_test[te], probs, classes)

@@ -363,6 +363,8 @@ def train_phrase(
         baselines.midi_paths(rows, midi_dir),
         latents_dir,
     )
+    majority = np.bincount(train.piece_labels, minlength=len(classes)).argmax()
+    metrics["majority_baseline_piece_accuracy"] = float((piece_y == majority).mean())
     metrics.update(
         baselines.single_label_scores(
             inputs, np.asarray(train.piece_labels), np.asarray(test.piece_labels), classes, tp.seed
