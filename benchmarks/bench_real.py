@@ -188,14 +188,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--asap-files", choices=("scores", "performances"), default="scores")
-    ap.add_argument("--folds", type=int, default=3, help="emotion regressor k-fold")
+    ap.add_argument("--folds", type=int, default=0, help="emotion regressor k-fold (0: none)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="genre.budget_s (asap)")
     ap.add_argument("--epochs", type=int, default=30, help="asap: most epochs in the budget")
     ap.add_argument("--musetok-epochs", type=int, default=2, help="CPU budget: params.yaml has 6")
     ap.add_argument("--musetok-pieces", type=int, default=400, help="training pieces per epoch")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # shared cores: spare threads only spin
     data = external_data()
     musetok = {"epochs": args.musetok_epochs, "max_pieces": args.musetok_pieces}
     for task in args.tasks:

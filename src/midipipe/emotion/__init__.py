@@ -42,7 +42,7 @@ class EmotionParams:
     quadrant: QuadrantParams = field(default_factory=QuadrantParams)
     min_quadrant_pieces: int = 20  # labelled train pieces the quadrant head needs
     compare_inputs: bool = True  # k-fold the MLP on every input (`regressor.INPUTS`), name the best
-    folds: int = 5
+    folds: int = 5  # < 2: no k-fold table (the test split alone scores the regressor)
     examples: int = 3  # pieces drawn in metrics/emotion_curves.png
     train: dict | None = field(  # overrides of `train:`
         default_factory=lambda: {"batch_size": 256, "epochs": 40}
@@ -124,11 +124,12 @@ def predict_quadrants(
     info = json.loads((Path(model_dir) / "quadrant.json").read_text())
     data = Path(path).read_bytes()
     score = load_score(data)
-    if info["served"] == "handcrafted":
+    hand = mlp = None
+    if info["served"] != "mlp":
         from midipipe.evaluation.features import LinearModel, piece_features
 
-        probs = LinearModel.load(model_dir).predict_proba(piece_features(score)[None])[0]
-    else:
+        hand = LinearModel.load(model_dir).predict_proba(piece_features(score)[None])
+    if info["served"] != "handcrafted":
         from midipipe.musetok.events import encode_score
 
         name = info["input"]
@@ -142,7 +143,8 @@ def predict_quadrants(
             bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
         )
         x = regressor.assemble(name, latents, cues)
-        probs = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))[0]
+        mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
+    probs = quadrant.served_probs(info["served"], mlp, hand)[0]
     return {
         "served": info["served"],
         "probabilities": {q: float(v) for q, v in zip(quadrant.QUADRANTS, probs, strict=True)},

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 SIGNS = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])  # valence, arousal per quadrant
+SERVED = ("mlp", "handcrafted", "mlp+handcrafted")  # what stage 07 may serve (the mean: both)
 
 
 @dataclass
@@ -140,6 +141,11 @@ def predict(model: QuadrantMLP, x: np.ndarray, offsets: np.ndarray, pieces: np.n
         xb, mask = _pad(x, offsets, pieces[lo : lo + 64])
         out.append(torch.softmax(model(xb, mask), -1).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(QUADRANTS)), np.float32)
+
+
+def served_probs(served: str, mlp: np.ndarray, handcrafted: np.ndarray) -> np.ndarray:
+    """The served model's probabilities from the head's and the hand-crafted model's."""
+    return {"mlp": mlp, "handcrafted": handcrafted}.get(served, (mlp + handcrafted) / 2)
 
 
 def accuracies(probs: np.ndarray, labels: np.ndarray, prefix: str = "") -> dict[str, float]:

@@ -129,8 +129,9 @@ def choice_split(bars: Bars, train: np.ndarray, seed: int) -> tuple[np.ndarray, 
 
 
 def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, x) -> dict:
-    """Train the 4-quadrant head and the hand-crafted model beside it, serve the one that
-    wins on a song-grouped part of train, and score both (and the majority) on the eval split."""
+    """Train the 4-quadrant head and the hand-crafted model beside it, serve whichever of
+    them (or their mean) wins on a song-grouped part of train, and score all, with the
+    majority, on the eval split."""
     labels = quad.quadrant_of(bars.piece_targets)
     got = quadrant_split(bars, labels, p.min_quadrant_pieces)
     if isinstance(got, str):
@@ -140,30 +141,31 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     classes = list(quad.QUADRANTS)
     feats = hand.feature_matrix(bars.paths)
     fit_part, choose = choice_split(bars, train, tp.seed)
-    choice: dict = {"mlp": None, "handcrafted": None}
+    choice: dict[str, float] = {}
     served, c = "mlp", hand.DEFAULT_C
     if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
         head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp.seed)
         split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
-        linear, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
-        choice = {
-            "mlp": quad.accuracies(quad.predict(head, x, bars.offsets, choose), labels[choose]),
-            "handcrafted": quad.accuracies(
-                hand.fit_linear(*split_x[:2], classes, c, tp.seed).predict_proba(split_x[2]),
-                labels[choose],
-            ),
-        }
-        choice = {k: v["quadrant_accuracy"] for k, v in choice.items()}
-        served = "handcrafted" if choice["handcrafted"] > choice["mlp"] else "mlp"
+        _, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
+        linear = hand.fit_linear(*split_x[:2], classes, c, tp.seed)
+        mlp_p = quad.predict(head, x, bars.offsets, choose)
+        hand_p = linear.predict_proba(split_x[2])
+        for name in quad.SERVED:
+            probs = quad.served_probs(name, mlp_p, hand_p)
+            choice[name] = quad.accuracies(probs, labels[choose])["quadrant_accuracy"]
+        served = max(quad.SERVED, key=lambda k: choice[k])  # ties: the first, the head
     head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp.seed)
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
     quad.save(head, io.out, {"input": p.mlp.input, "served": served})
     linear.save(io.out, {"task": "emotion quadrant", "c": c})
     majority = np.bincount(labels[train], minlength=len(classes)).argmax()
+    mlp_p = quad.predict(head, x, bars.offsets, held)
+    hand_p = linear.predict_proba(feats[held])
     probs = {
-        "": quad.predict(head, x, bars.offsets, held),
-        "handcrafted_": linear.predict_proba(feats[held]),
+        "": mlp_p,
+        "handcrafted_": hand_p,
         "majority_": np.eye(len(classes))[np.full(len(held), majority)],
+        "served_": quad.served_probs(served, mlp_p, hand_p),
     }
     out = {
         "quadrant_status": "done",
@@ -171,14 +173,11 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         "quadrant_train_pieces": len(train),
         "quadrant_eval_pieces": len(held),
         "quadrant_served": served,
-        "quadrant_choice_mlp_accuracy": choice["mlp"],
-        "quadrant_choice_handcrafted_accuracy": choice["handcrafted"],
+        **{f"quadrant_choice_{k}_accuracy": v for k, v in choice.items()},
         "handcrafted_c": c,
     }
     for prefix, pr in probs.items():
         out.update(quad.accuracies(pr, labels[held], prefix))
-    served_probs = probs["" if served == "mlp" else "handcrafted_"]
-    out.update(quad.accuracies(served_probs, labels[held], "served_"))
     return out
 
 
