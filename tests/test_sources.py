@@ -229,7 +229,7 @@ def test_xmidi_labels_from_file_names(tmp_path, caplog):
 
 
 def emopia_tree(root: Path) -> Path:
-    clips = ["Q3_abc_0", "Q3_abc_1", "Q1__8v0MFBZoco_0", "Q2_a_b_c_2", "Q4_zz_0"]
+    clips = ["Q3_abc_0", "Q3_abc_1", "Q1__8v0MFBZoco_0", "Q2_a_b_c_2", "Q4_zz_0", "Q2_a_b_c_3"]
     for i, clip in enumerate(clips):
         write(root / "midis" / f"{clip}.mid", build_midi(pitch=50 + i))
     # the official files are pandas exports: an unnamed index column, then clip_name
@@ -256,8 +256,9 @@ def test_emopia_quadrants_songs_and_official_split(tmp_path):
     assert pieces["Q1__8v0MFBZoco_0"].split == "valid"
     q2 = pieces["Q2_a_b_c_2"]
     assert (q2.valence, q2.arousal, q2.split, q2.song_id) == (-1.0, 1.0, "test", "a_b_c")
-    q4 = pieces["Q4_zz_0"]
-    assert (q4.valence, q4.arousal, q4.split) == (1.0, -1.0, None)
+    q4 = pieces["Q4_zz_0"]  # in no split file, nor its song: train (not valid or test)
+    assert (q4.valence, q4.arousal, q4.split) == (1.0, -1.0, "train")
+    assert "Q2_a_b_c_3" not in pieces  # unlisted, its song in test: left out, test as published
     no_split = iter_source({"kind": "emopia", "path": str(root), "use_official_split": False}, "p")
     assert all(p.split is None for p in no_split)
 

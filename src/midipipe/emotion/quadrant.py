@@ -25,6 +25,7 @@ from torch import nn
 
 from midipipe.core.device import seed_everything
 from midipipe.core.io import atomic_path
+from midipipe.core.params import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ class QuadrantParams:
     hidden: int = 128
     dropout: float = 0.3
     epochs: int = 60
-    batch_size: int = 32  # pieces per step
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    batch_size: int = 32  # pieces per step (learning rate, weight decay: emotion's `train`)
     max_bars: int = 64  # bars per piece seen in training (a random window); all at inference
 
 
@@ -95,10 +94,11 @@ def fit(
     offsets: np.ndarray,
     pieces: np.ndarray,
     labels: np.ndarray,
-    seed: int,
+    tp: TrainParams,
 ) -> QuadrantMLP:
     """Train on `pieces` (indices into offsets) with quadrant `labels` (one per piece),
     class-balanced cross-entropy."""
+    seed = tp.seed
     seed_everything(seed)
     model = QuadrantMLP(x.shape[1], p.hidden, p.dropout)
     rows = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in pieces])
@@ -109,9 +109,9 @@ def fit(
         np.where(counts > 0, len(labels) / (len(QUADRANTS) * np.maximum(counts, 1)), 0.0),
         dtype=torch.float32,
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     steps = p.epochs * -(-len(pieces) // p.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, p.lr, total_steps=max(1, steps))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tp.lr, total_steps=max(1, steps))
     rng = np.random.default_rng(seed)
     y = torch.as_tensor(labels)
     model.train()
@@ -145,7 +145,11 @@ def predict(model: QuadrantMLP, x: np.ndarray, offsets: np.ndarray, pieces: np.n
 
 def served_probs(served: str, mlp: np.ndarray, handcrafted: np.ndarray) -> np.ndarray:
     """The served model's probabilities from the head's and the hand-crafted model's."""
-    return {"mlp": mlp, "handcrafted": handcrafted}.get(served, (mlp + handcrafted) / 2)
+    if served == "mlp":
+        return mlp
+    if served == "handcrafted":
+        return handcrafted
+    return (mlp + handcrafted) / 2
 
 
 def accuracies(probs: np.ndarray, labels: np.ndarray, prefix: str = "") -> dict[str, float]:

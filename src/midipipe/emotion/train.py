@@ -144,7 +144,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     choice: dict[str, float] = {}
     served, c = "mlp", hand.DEFAULT_C
     if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
-        head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp.seed)
+        head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp)
         split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
         _, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
         linear = hand.fit_linear(*split_x[:2], classes, c, tp.seed)
@@ -154,7 +154,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
             probs = quad.served_probs(name, mlp_p, hand_p)
             choice[name] = quad.accuracies(probs, labels[choose])["quadrant_accuracy"]
         served = max(quad.SERVED, key=lambda k: choice[k])  # ties: the first, the head
-    head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp.seed)
+    head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp)
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
     quad.save(head, io.out, {"input": p.mlp.input, "served": served})
     linear.save(io.out, {"task": "emotion quadrant", "c": c})
