@@ -153,10 +153,11 @@ def run_emopia(root: Path, folds: int) -> dict:
 
 
 def run_asap(root: Path, budget_s: float, epochs: int) -> dict:
-    """Stage 05 with `genre.label: composer`, `budget_s` of training, and its baselines."""
+    """Stage 05 with `genre.label: composer`, every phrase of every piece, `budget_s` of
+    training, beside its baselines."""
     raw = params_mod.section(ROOT / "params.yaml", "genre")
     p = params_mod.build(GenreParams, {**raw, "label": "composer"}, "genre")
-    p = dataclasses.replace(p, budget_s=budget_s, size="auto")
+    p = dataclasses.replace(p, budget_s=budget_s, size="auto", max_phrases_per_piece=0)
     tp = params_mod.merged_train(
         params_mod.load(ROOT / "params.yaml"), {**p.train, "epochs": epochs}
     )

@@ -130,8 +130,8 @@ def choice_split(bars: Bars, train: np.ndarray, seed: int) -> tuple[np.ndarray, 
 
 def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, x) -> dict:
     """Train the 4-quadrant head and the hand-crafted model beside it, serve whichever of
-    them (or their mean) wins on a song-grouped part of train, and score all, with the
-    majority, on the eval split."""
+    them (or their mean) has the best log-likelihood on a song-grouped part of train, and
+    score all, with the majority, on the eval split."""
     labels = quad.quadrant_of(bars.piece_targets)
     got = quadrant_split(bars, labels, p.min_quadrant_pieces)
     if isinstance(got, str):
@@ -152,7 +152,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         hand_p = linear.predict_proba(split_x[2])
         for name in quad.SERVED:
             probs = quad.served_probs(name, mlp_p, hand_p)
-            choice[name] = quad.accuracies(probs, labels[choose])["quadrant_accuracy"]
+            choice[name] = quad.log_likelihood(probs, labels[choose])
         served = max(quad.SERVED, key=lambda k: choice[k])  # ties: the first, the head
     head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp)
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
@@ -173,7 +173,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         "quadrant_train_pieces": len(train),
         "quadrant_eval_pieces": len(held),
         "quadrant_served": served,
-        **{f"quadrant_choice_{k}_accuracy": v for k, v in choice.items()},
+        **{f"quadrant_choice_{k}_loglik": v for k, v in choice.items()},
         "handcrafted_c": c,
     }
     for prefix, pr in probs.items():

@@ -215,6 +215,8 @@ def serve(
         "served_choice": "valid piece accuracy "
         + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
     }
+    for stale in ("handcrafted.json", "handcrafted.safetensors"):
+        (Path(out_dir) / stale).unlink(missing_ok=True)
     if served == "handcrafted":
         log.warning("the hand-crafted model beats the phrase model on valid: serving it")
         linear.save(out_dir, {"task": f"genre {p.label}"})
