@@ -200,20 +200,25 @@ def serve(
     seed: int,
 ) -> dict[str, Any]:
     """Which model the stage serves: the phrase model, or the hand-crafted logistic regression
-    when it has the better piece accuracy on valid (then saved beside it and scored on test)."""
+    when its valid pieces' mean log-likelihood is higher (steadier than accuracy on the few
+    valid pieces; then it is saved beside the phrase model and scored on test)."""
     x_train, x_test, x_valid = feats
     linear = fit_linear(x_train, np.asarray(train.piece_labels), classes, seed=seed)
     y_valid = np.asarray(valid.piece_labels)
     model_valid = pool_pieces(phrase_probs(model, valid.seqs, p.eval_batch_size), valid)
+    probs = {"phrase_model": model_valid, "handcrafted": linear.predict_proba(x_valid)}
     scores = {
-        "phrase_model": float((model_valid.argmax(1) == y_valid).mean()),
-        "handcrafted": float((linear.predict_proba(x_valid).argmax(1) == y_valid).mean()),
+        k: float(np.log(np.maximum(v[np.arange(len(y_valid)), y_valid], 1e-9)).mean())
+        for k, v in probs.items()
     }
     served = "handcrafted" if scores["handcrafted"] > scores["phrase_model"] else "phrase_model"
     out: dict[str, Any] = {
         "served": served,
-        "served_choice": "valid piece accuracy "
-        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+        "served_choice": "valid pieces' mean log-likelihood "
+        + ", ".join(
+            f"{k} {scores[k]:.3f} (accuracy {(v.argmax(1) == y_valid).mean():.3f})"
+            for k, v in probs.items()
+        ),
     }
     for stale in ("handcrafted.json", "handcrafted.safetensors"):
         (Path(out_dir) / stale).unlink(missing_ok=True)
