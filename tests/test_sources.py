@@ -727,3 +727,19 @@ def test_music21_bad_and_slow_pieces_are_skipped(tmp_path, caplog):
         (str(m21.corpus_root() / "joplin/maple_leaf_rag.mxl"), None, False, True, 0.05)
     )
     assert data is None and "took more than" in error
+
+
+def test_emopia_real_official_split_is_kept_exactly(external_data):
+    root = external_data / "emopia"
+    if not (root / "split").is_dir():
+        pytest.skip("no emopia folder in MIDIPIPE_EXTERNAL_DATA")
+    pieces = list(iter_source({"kind": "emopia", "path": str(root)}, "p"))
+    listed = {
+        split: {Path(r["clip_name"]).stem for r in csv.DictReader((root / "split" / name).open())}
+        for split, name in (("valid", "val_clip.csv"), ("train", "train_clip.csv"))
+    }
+    valid = {Path(p.name).stem for p in pieces if p.split == "valid"}
+    assert valid == listed["valid"]  # no unlisted clip joins the published val split
+    songs = {s: {p.song_id for p in pieces if p.split == s} for s in ("train", "valid")}
+    assert not songs["train"] & songs["valid"]
+    assert {Path(p.name).stem for p in pieces if p.split == "train"} >= listed["train"]
