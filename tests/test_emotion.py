@@ -477,6 +477,11 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
     assert set(got["probabilities"]) == {"Q1", "Q2", "Q3", "Q4"}
     assert sum(got["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    from midipipe.cli import main
+
+    main(["emotion", str(paths[0]), "--model-dir", str(folder), "--musetok-dir", "none"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("quadrant  Q1 ") and f"({metrics['quadrant_served']})" in line
 
 
 def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch):
