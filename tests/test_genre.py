@@ -283,6 +283,24 @@ def test_time_budget_stops_training_once_spent():
     assert calls == [[0], [1], [2], [], []]  # 30 s of training spent after epoch 3
 
 
+def test_epochs_for_budget_stay_between_one_and_the_most():
+    from midipipe.genre.fit_hooks import epochs_for_budget
+    from midipipe.training.fit import Fit
+
+    lin = torch.nn.Linear(4, 1)
+    job = Fit(
+        model=lin,
+        train_batches=lambda e, r: iter([torch.ones(8, 4)] * 10),
+        steps_per_epoch=10,
+        loss=lambda m, b: (m(b).pow(2).mean(), {}),
+        evaluate=lambda m: {},
+    )
+    before = lin.weight.detach().clone()
+    assert epochs_for_budget(job, 1e-9, 30) == 1
+    assert epochs_for_budget(job, 1e9, 30) == 30
+    assert torch.equal(lin.weight, before)  # timed on a copy
+
+
 def test_auto_size_follows_device_and_corpus():
     from midipipe.genre.phrase_train import AUTO_WIDE_PHRASES, size_for
 

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import symusic
 from safetensors.torch import load_file
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
@@ -28,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
-from midipipe.evaluation.features import feature_matrix
+from midipipe.evaluation.features import feature_matrix, fit_linear
 from midipipe.genre.metrics import multilabel_metrics, single_label_metrics, tune_threshold
 
 log = logging.getLogger(__name__)
@@ -102,23 +101,26 @@ def mean_latents(
     return out, have
 
 
+BASELINE_C = 0.5  # inverse L2 strength of every baseline's logistic regression
+
+
 def _logreg(seed: int) -> LogisticRegression:
-    return LogisticRegression(max_iter=2000, C=0.5, class_weight="balanced", random_state=seed)
+    return LogisticRegression(
+        max_iter=2000, C=BASELINE_C, class_weight="balanced", random_state=seed
+    )
 
 
 def single_label(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
 ) -> np.ndarray:
     """Class probabilities [len(x_test), n_classes] from a standardised, class-balanced
-    multinomial logistic regression (classes absent from training get probability 0)."""
-    model = make_pipeline(StandardScaler(), _logreg(seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x_train, y_train)
-    out = np.zeros((len(x_test), n_classes), dtype=np.float32)
-    if len(x_test):
-        out[:, model.classes_] = model.predict_proba(x_test)
-    return out
+    multinomial logistic regression (classes absent from training get probability 0): the
+    model `fit_linear` serves."""
+    classes = [str(k) for k in range(n_classes)]
+    model = fit_linear(x_train, y_train, classes, BASELINE_C, seed)
+    if not len(x_test):
+        return np.zeros((0, n_classes), dtype=np.float32)
+    return model.predict_proba(x_test)
 
 
 def multi_label(

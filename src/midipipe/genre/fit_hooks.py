@@ -9,6 +9,7 @@ last metrics again) and their rows are dropped from the history.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -77,3 +78,26 @@ def timed(evaluate: Callable) -> Callable:
 def train_seconds(history: list[dict]) -> float:
     """Seconds spent training: the epochs' time less their `valid_s`."""
     return sum(h["epoch_s"] - h.get("valid_s", 0.0) for h in history)
+
+
+def epochs_for_budget(job: Fit, budget_s: float, max_epochs: int, probe_steps: int = 6) -> int:
+    """Epochs that fit `budget_s` of training (1 to `max_epochs`), timed on a copy of the model
+    over a few of its training steps, so the learning-rate schedule spans the run the budget
+    allows instead of being cut short by it."""
+    model = copy.deepcopy(job.model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    times = []
+    batches = job.train_batches(0, torch.Generator().manual_seed(0))
+    for _, batch in zip(range(probe_steps), batches, strict=False):
+        t0 = time.perf_counter()
+        value, _ = job.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times[1:] or times)) if times else 0.0
+    if step_s <= 0:
+        return max_epochs
+    epochs = int(budget_s / (step_s * max(1, job.steps_per_epoch)))
+    log.info("time budget %.0f s at %.3f s/step: %d epochs", budget_s, step_s, epochs)
+    return min(max_epochs, max(1, epochs))

@@ -27,8 +27,9 @@ from midipipe.core.errors import ParamError
 from midipipe.core.params import TrainParams
 from midipipe.evaluation.features import fit_linear
 from midipipe.genre import baselines
+from midipipe.genre.baselines import BASELINE_C
 from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder
-from midipipe.genre.fit_hooks import EarlyStop, timed, train_seconds
+from midipipe.genre.fit_hooks import EarlyStop, epochs_for_budget, timed, train_seconds
 from midipipe.genre.labels import label_of, read_manifest, splits_in_use
 from midipipe.genre.metrics import pool_mean, single_label_metrics
 from midipipe.genre.params import GenreParams
@@ -203,7 +204,7 @@ def serve(
     when its valid pieces' mean log-likelihood is higher (steadier than accuracy on the few
     valid pieces; then it is saved beside the phrase model and scored on test)."""
     x_train, x_test, x_valid = feats
-    linear = fit_linear(x_train, np.asarray(train.piece_labels), classes, seed=seed)
+    linear = fit_linear(x_train, np.asarray(train.piece_labels), classes, BASELINE_C, seed)
     y_valid = np.asarray(valid.piece_labels)
     model_valid = pool_pieces(phrase_probs(model, valid.seqs, p.eval_batch_size), valid)
     probs = {"phrase_model": model_valid, "handcrafted": linear.predict_proba(x_valid)}
@@ -295,6 +296,8 @@ def train_phrase(
         best_key="valid_macro_f1",
         best_mode="max",
     )
+    if p.budget_s:
+        tp = dataclasses.replace(tp, epochs=epochs_for_budget(job, p.budget_s, tp.epochs))
     stop = EarlyStop(job, p.patience, p.budget_s)
     meta = {
         "kind": "phrase",
@@ -360,6 +363,7 @@ def train_phrase(
         "params": model.n_params(),
         "size": size_for(p, len(train.seqs), device)[0],
         "budget_s": p.budget_s,
+        "epochs_planned": tp.epochs,
         "train_phrases_per_s": round(len(train.seqs) * len(history) / train_s, 1)
         if train_s > 0
         else 0.0,
