@@ -490,3 +490,21 @@ def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch
     assert metrics["quadrant_status"] == "skipped"
     assert "quadrant-labelled train pieces" in metrics["quadrant_reason"]
     assert "quadrant_accuracy" not in metrics
+
+
+def test_quadrant_split_names_what_is_missing():
+    from types import SimpleNamespace
+
+    from midipipe.emotion.train import quadrant_split
+
+    bars = SimpleNamespace(splits=["train"] * 30 + ["valid"] * 10 + ["test"] * 2)
+    one = np.zeros(42, int)
+    assert "one quadrant only" in quadrant_split(bars, one, 20)
+    labels = np.arange(42) % 4
+    assert "fewer than emotion.min_quadrant_pieces=40" in quadrant_split(bars, labels, 40)
+    train, held, split = quadrant_split(bars, labels, 20)
+    assert split == "valid" and len(train) == 30 and len(held) == 10  # 2 stray test clips
+    bars.splits = ["train"] * 30 + ["test"] * 12
+    assert quadrant_split(bars, labels, 20)[2] == "test"
+    bars.splits = ["train"] * 42
+    assert "no quadrant-labelled test or valid piece" in quadrant_split(bars, labels, 20)
