@@ -5,7 +5,8 @@ each learned model beside a majority baseline and the hand-crafted one
 Tasks:
 - `emopia`: EMOPIA 4-quadrant, binary valence and arousal, on the official val split (stages
   00-04 + 07 on a project whose `data.sources` is the `emopia` adapter);
-- `asap`: composer on ASAP performances, grouped by work (`folder`), stage 05;
+- `asap`: composer on ASAP scores (`--asap-files performances`: the renditions), grouped by
+  work (`folder`), stage 05 trained afresh each run;
 - `vgmidi`: per-bar valence/arousal CCC, piece-grouped folds (`bench_emotion_vgmidi.py`);
 - `fourway`: the four-way source task (`genre_fourway.py`).
 
@@ -21,6 +22,7 @@ import csv
 import dataclasses
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -162,6 +164,7 @@ def run_asap(root: Path, budget_s: float, epochs: int) -> dict:
         params_mod.load(ROOT / "params.yaml"), {**p.train, "epochs": epochs}
     )
     data = root / "data"
+    shutil.rmtree(root / "checkpoints" / "genre_phrase", ignore_errors=True)  # no resume
     r = train_phrase(
         p,
         tp,
