@@ -390,7 +390,7 @@ def test_phrase_model_trains_and_reports(phrase_model):
     assert m["phrases_test"] == 16 and m["truncation_rate"] == 0.0  # 16 + 17 bars per class
     assert m["accuracy"] == 1.0 and m["song_accuracy"] == 1.0  # trivially separable styles
     assert m["metadata_baseline_piece_accuracy"] == 1.0  # programs give it away, as meant
-    assert m["latent_baseline"].startswith("skipped: no train or no test piece has latents")
+    assert m["latent_baseline"].startswith("skipped: a split has no piece with latents")
     assert 0 <= m["handcrafted_baseline_piece_accuracy"] <= 1
     assert m["majority_baseline_piece_accuracy"] == 0.5  # 2 + 2 test pieces
     assert m["served"] in ("phrase_model", "handcrafted") and "log-likelihood" in m["served_choice"]
@@ -645,6 +645,6 @@ def test_latent_baseline_reads_stage_04_latents(tmp_path):
     assert half.latent_status.startswith("done on the 11 of 22") and "latent" in half.x
     assert half.rows("latent", 1).tolist() == [True, False]
     none = inputs([["a"], ["gone"]], None, tmp_path)
-    assert none.latent_status.startswith("skipped: no train or no test") and not none.x
+    assert none.latent_status.startswith("skipped: a split has no piece") and not none.x
     probs = single_label(np.vstack([got, got]), np.array([1, 0, 1, 0]), got, n_classes=3)
     assert probs.shape == (2, 3) and probs[:, 2].sum() == 0 and probs[0].argmax() == 1

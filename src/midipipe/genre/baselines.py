@@ -181,8 +181,8 @@ def inputs(
     got = [mean_latents(latents_dir, ids) for ids in splits]
     have = [h for _, h in got]
     n, with_latents = sum(len(h) for h in have), sum(int(h.sum()) for h in have)
-    if not have[0].any() or not have[-1].any():
-        out.latent_status = f"skipped: no train or no test piece has latents in {latents_dir}"
+    if not all(h.any() for h in have):
+        out.latent_status = f"skipped: a split has no piece with latents in {latents_dir}"
     else:
         out.x["latent"] = [x for x, _ in got]
         out.have_latents = have
