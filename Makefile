@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench lint
+.PHONY: install run test test-slow bench bench-real lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,12 @@ test-slow: install
 	PATH="$(BIN):$$PATH" $(PY) -m pytest -m slow
 
 bench: install
-	@for b in benchmarks/bench_*.py; do PATH="$(BIN):$$PATH" $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do [ $$b = benchmarks/bench_real.py ] || PATH="$(BIN):$$PATH" $(PY) $$b || exit 1; done
+
+# The real-data suite (README, "Real-data benchmarks"): one JSON line per task; the corpora
+# come from MIDIPIPE_EXTERNAL_DATA (default ../shared/datasets). BENCH_REAL_ARGS="--tasks emopia"
+bench-real: install
+	PATH="$(BIN):$$PATH" $(PY) benchmarks/bench_real.py $(BENCH_REAL_ARGS)
 
 lint: install
 	$(BIN)/ruff check src stages tests benchmarks

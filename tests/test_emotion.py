@@ -15,7 +15,7 @@ from midipipe.core.errors import ParamError
 from midipipe.core.io import write_rows
 from midipipe.core.params import TrainParams, build, load, merged_train, section
 from midipipe.data.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
-from midipipe.emotion import EmotionParams, plot_curves, predict_file, regressor
+from midipipe.emotion import EmotionParams, plot_curves, predict_file, predict_quadrants, regressor
 from midipipe.emotion.evaluate import bar_metrics, piece_folds
 from midipipe.emotion.regressor import (
     MLPConfig,
@@ -436,3 +436,84 @@ def test_vgmidi_traces_join_musetok_bars(external_data):
             assert np.allclose(targets[:n], rows[:n, 1:3])
         checked[numerator] += 1
     assert checked == {4: 3, 3: 3}
+
+
+def test_quadrant_from_label_signs_and_binary_accuracies():
+    from midipipe.emotion import quadrant
+
+    targets = np.array([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5], [np.nan, 1], [0, 1]])
+    assert quadrant.quadrant_of(targets).tolist() == [0, 1, 2, 3, -1, -1]
+    probs = np.array([[0.1, 0.5, 0.1, 0.3], [0.4, 0.0, 0.0, 0.6]])  # Q2, then Q4 (Q1 + Q4 > 0.5)
+    got = quadrant.accuracies(probs, np.array([1, 0]))
+    assert got["quadrant_accuracy"] == 0.5  # Q4 for a Q1 piece is wrong...
+    assert got["valence_accuracy"] == 1.0  # ...but right on valence
+    assert got["arousal_accuracy"] == 0.5  # and wrong on arousal
+
+
+def test_quadrant_head_learns_quadrants_from_bars_and_ignores_padding():
+    from midipipe.emotion import quadrant
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(80) % 4
+    lengths = rng.integers(3, 12, size=80)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    x = rng.normal(size=(offsets[-1], 6)).astype(np.float32)
+    for k, q in enumerate(labels):  # bar features carry the quadrant's signs, noisily
+        x[offsets[k] : offsets[k + 1], :2] += 2.0 * quadrant.SIGNS[q]
+    p = quadrant.QuadrantParams(epochs=80, hidden=32, batch_size=16)
+    train, held = np.arange(60), np.arange(60, 80)
+    model = quadrant.fit(p, x, offsets, train, labels[train], TrainParams(lr=1e-3, seed=0))
+    probs = quadrant.predict(model, x, offsets, held)
+    assert probs.shape == (20, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert quadrant.accuracies(probs, labels[held])["quadrant_accuracy"] >= 0.8
+    one = quadrant.predict(model, x, offsets, held[:1])  # alone: no padding beside it
+    assert np.allclose(one, probs[:1], atol=1e-5)
+
+
+def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
+    tmp_path, monkeypatch, capsys
+):
+    paths = _project(
+        tmp_path, labelled=False, words=True, mlp={"input": "cues"}, min_quadrant_pieces=2
+    )
+    metrics = _run_stage(tmp_path, monkeypatch)
+    assert metrics["quadrant_status"] == "done" and metrics["eval_split"] == "test"
+    for prefix in ("", "handcrafted_", "majority_", "served_"):
+        for key in ("quadrant", "valence", "arousal"):
+            assert 0 <= metrics[f"{prefix}{key}_accuracy"] <= 1
+    assert metrics["quadrant_served"] in ("mlp", "handcrafted", "mlp+handcrafted")
+    folder = tmp_path / "models" / "emotion"
+    got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
+    assert set(got["probabilities"]) == {"Q1", "Q2", "Q3", "Q4"}
+    assert sum(got["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    from midipipe.cli import main
+
+    main(["emotion", str(paths[0]), "--model-dir", str(folder), "--musetok-dir", "none"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("quadrant  Q1 ") and f"({metrics['quadrant_served']})" in line
+
+
+def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch):
+    _project(tmp_path, labelled=True, words=False, mlp={"input": "cues"})
+    metrics = _run_stage(tmp_path, monkeypatch)  # listener traces, no piece quadrant
+    assert metrics["quadrant_status"] == "skipped"
+    assert "quadrant-labelled train pieces" in metrics["quadrant_reason"]
+    assert "quadrant_accuracy" not in metrics
+
+
+def test_quadrant_split_names_what_is_missing():
+    from types import SimpleNamespace
+
+    from midipipe.emotion.train import quadrant_split
+
+    bars = SimpleNamespace(splits=["train"] * 30 + ["valid"] * 10 + ["test"] * 2)
+    one = np.zeros(42, int)
+    assert "one quadrant only" in quadrant_split(bars, one, 20)
+    labels = np.arange(42) % 4
+    assert "fewer than emotion.min_quadrant_pieces=40" in quadrant_split(bars, labels, 40)
+    train, held, split = quadrant_split(bars, labels, 20)
+    assert split == "valid" and len(train) == 30 and len(held) == 10  # 2 stray test clips
+    bars.splits = ["train"] * 30 + ["test"] * 12
+    assert quadrant_split(bars, labels, 20)[2] == "test"
+    bars.splits = ["train"] * 42
+    assert "no quadrant-labelled test or valid piece" in quadrant_split(bars, labels, 20)

@@ -263,6 +263,44 @@ def test_early_stop_empties_epochs_after_patience():
     ]
 
 
+def test_time_budget_stops_training_once_spent():
+    from midipipe.training.fit import Fit
+
+    job = Fit(
+        model=torch.nn.Linear(1, 1),
+        train_batches=lambda e, r: iter([e]),
+        steps_per_epoch=1,
+        loss=None,
+        evaluate=lambda m: {"valid_f1": 0.5},
+        best_key="valid_f1",
+        best_mode="max",
+    )
+    EarlyStop(job, patience=0, budget_s=25.0)
+    calls = []
+    for epoch in range(5):
+        calls.append(list(job.train_batches(epoch, None)))
+        job.history.append({"epoch": epoch + 1, "epoch_s": 10.0, **job.evaluate(None)})
+    assert calls == [[0], [1], [2], [], []]  # 30 s of training spent after epoch 3
+
+
+def test_epochs_for_budget_stay_between_one_and_the_most():
+    from midipipe.genre.fit_hooks import epochs_for_budget
+    from midipipe.training.fit import Fit
+
+    lin = torch.nn.Linear(4, 1)
+    job = Fit(
+        model=lin,
+        train_batches=lambda e, r: iter([torch.ones(8, 4)] * 10),
+        steps_per_epoch=10,
+        loss=lambda m, b: (m(b).pow(2).mean(), {}),
+        evaluate=lambda m: {},
+    )
+    before = lin.weight.detach().clone()
+    assert epochs_for_budget(job, 1e-9, 30) == 1
+    assert epochs_for_budget(job, 1e9, 30) == 30
+    assert torch.equal(lin.weight, before)  # timed on a copy
+
+
 def test_params_are_checked_by_name():
     with pytest.raises(ParamError, match="genre.label"):
         GenreParams(label="mood")
@@ -342,7 +380,11 @@ def test_phrase_model_trains_and_reports(phrase_model):
     assert m["phrases_test"] == 16 and m["truncation_rate"] == 0.0  # 16 + 17 bars per class
     assert m["accuracy"] == 1.0 and m["song_accuracy"] == 1.0  # trivially separable styles
     assert m["metadata_baseline_piece_accuracy"] == 1.0  # programs give it away, as meant
-    assert m["latent_baseline"].startswith("skipped: 16 of 16 pieces have no latents")
+    assert m["latent_baseline"].startswith("skipped: a split has no piece with latents")
+    assert 0 <= m["handcrafted_baseline_piece_accuracy"] <= 1
+    assert m["majority_baseline_piece_accuracy"] == 0.5  # 2 + 2 test pieces
+    assert m["served"] in ("phrase_model", "handcrafted") and "log-likelihood" in m["served_choice"]
+    assert m["budget_s"] == 0 and m["size"] == "cpu_default"
     assert {"precision_low", "recall_high", "piece_macro_f1", "train_phrases_per_s"} <= set(m)
     json.dumps(m)  # flat and JSON-able
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
@@ -583,14 +625,16 @@ def test_latent_baseline_reads_stage_04_latents(tmp_path):
     for pid, x in bars.items():
         writer.add(pid, x.astype(np.float32), np.zeros((len(x), 2), int), 0)
     writer.close()
-    got, missing = mean_latents(tmp_path, ["b", "a"])
-    assert missing == 0 and np.allclose(got, [bars["b"].mean(0), bars["a"].mean(0)], atol=1e-6)
-    some, missing = mean_latents(tmp_path, ["a", "gone"])
-    assert missing == 1 and np.allclose(some, [bars["a"].mean(0), np.zeros(4)], atol=1e-6)
-    assert mean_latents(tmp_path / "none", ["a"])[1] == 1
-    one_in_21 = inputs([["a"] * 20, ["gone"]], None, tmp_path)  # 1/21 pieces <= 5% missing
-    assert one_in_21.latent_status.startswith("done (1 of 21") and "latent" in one_in_21.x
-    one_in_2 = inputs([["a"], ["gone"]], None, tmp_path)
-    assert one_in_2.latent_status.startswith("skipped: 1 of 2") and not one_in_2.x
+    got, have = mean_latents(tmp_path, ["b", "a"])
+    assert have.all() and np.allclose(got, [bars["b"].mean(0), bars["a"].mean(0)], atol=1e-6)
+    some, have = mean_latents(tmp_path, ["a", "gone"])
+    assert have.tolist() == [True, False] and np.allclose(some, [bars["a"].mean(0), np.zeros(4)])
+    assert not mean_latents(tmp_path / "none", ["a"])[1].any()
+    # the latent baseline runs on the pieces that have latents, however many lack them
+    half = inputs([["a", "gone"] * 10, ["b", "gone"]], None, tmp_path)
+    assert half.latent_status.startswith("done on the 11 of 22") and "latent" in half.x
+    assert half.rows("latent", 1).tolist() == [True, False]
+    none = inputs([["a"], ["gone"]], None, tmp_path)
+    assert none.latent_status.startswith("skipped: a split has no piece") and not none.x
     probs = single_label(np.vstack([got, got]), np.array([1, 0, 1, 0]), got, n_classes=3)
     assert probs.shape == (2, 3) and probs[:, 2].sum() == 0 and probs[0].argmax() == 1

@@ -229,7 +229,7 @@ def test_xmidi_labels_from_file_names(tmp_path, caplog):
 
 
 def emopia_tree(root: Path) -> Path:
-    clips = ["Q3_abc_0", "Q3_abc_1", "Q1__8v0MFBZoco_0", "Q2_a_b_c_2", "Q4_zz_0"]
+    clips = ["Q3_abc_0", "Q3_abc_1", "Q1__8v0MFBZoco_0", "Q2_a_b_c_2", "Q4_zz_0", "Q2_a_b_c_3"]
     for i, clip in enumerate(clips):
         write(root / "midis" / f"{clip}.mid", build_midi(pitch=50 + i))
     # the official files are pandas exports: an unnamed index column, then clip_name
@@ -256,8 +256,9 @@ def test_emopia_quadrants_songs_and_official_split(tmp_path):
     assert pieces["Q1__8v0MFBZoco_0"].split == "valid"
     q2 = pieces["Q2_a_b_c_2"]
     assert (q2.valence, q2.arousal, q2.split, q2.song_id) == (-1.0, 1.0, "test", "a_b_c")
-    q4 = pieces["Q4_zz_0"]
-    assert (q4.valence, q4.arousal, q4.split) == (1.0, -1.0, None)
+    q4 = pieces["Q4_zz_0"]  # in no split file, nor its song: train (not valid or test)
+    assert (q4.valence, q4.arousal, q4.split) == (1.0, -1.0, "train")
+    assert "Q2_a_b_c_3" not in pieces  # unlisted, its song in test: left out, test as published
     no_split = iter_source({"kind": "emopia", "path": str(root), "use_official_split": False}, "p")
     assert all(p.split is None for p in no_split)
 
@@ -727,3 +728,19 @@ def test_music21_bad_and_slow_pieces_are_skipped(tmp_path, caplog):
         (str(m21.corpus_root() / "joplin/maple_leaf_rag.mxl"), None, False, True, 0.05)
     )
     assert data is None and "took more than" in error
+
+
+def test_emopia_real_official_split_is_kept_exactly(external_data):
+    root = external_data / "emopia"
+    if not (root / "split").is_dir():
+        pytest.skip("no emopia folder in MIDIPIPE_EXTERNAL_DATA")
+    pieces = list(iter_source({"kind": "emopia", "path": str(root)}, "p"))
+    listed = {
+        split: {Path(r["clip_name"]).stem for r in csv.DictReader((root / "split" / name).open())}
+        for split, name in (("valid", "val_clip.csv"), ("train", "train_clip.csv"))
+    }
+    valid = {Path(p.name).stem for p in pieces if p.split == "valid"}
+    assert valid == listed["valid"]  # no unlisted clip joins the published val split
+    songs = {s: {p.song_id for p in pieces if p.split == s} for s in ("train", "valid")}
+    assert not songs["train"] & songs["valid"]
+    assert {Path(p.name).stem for p in pieces if p.split == "train"} >= listed["train"]

@@ -141,7 +141,7 @@ def cmd_latents(args) -> None:
 def cmd_emotion(args) -> None:
     import csv
 
-    from midipipe.emotion import plot_curves, predict_file
+    from midipipe.emotion import plot_curves, predict_file, predict_quadrants
 
     rows = predict_file(args.file, args.model_dir, args.musetok_dir, args.device)
     for r in rows:
@@ -149,6 +149,10 @@ def cmd_emotion(args) -> None:
             f"bar {r['bar']:4d}  t={r['start_s']:8.2f}s  valence {r['valence']:+.3f}  "
             f"arousal {r['arousal']:+.3f}  ({r['estimator']})"
         )
+    quadrants = predict_quadrants(args.file, args.model_dir, args.musetok_dir)
+    if quadrants is not None:
+        probs = "  ".join(f"{q} {v:.3f}" for q, v in quadrants["probabilities"].items())
+        print(f"quadrant  {probs}  ({quadrants['served']})")
     if args.csv:
         with atomic_path(args.csv) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["bar"])

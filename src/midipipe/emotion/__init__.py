@@ -23,6 +23,7 @@ from midipipe.core.io import atomic_path
 from midipipe.core.params import build
 from midipipe.data.midi import load_score
 from midipipe.emotion import regressor
+from midipipe.emotion.quadrant import QuadrantParams
 from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import (
     RuleParams,
@@ -46,8 +47,10 @@ class EmotionParams:
     targets: TargetParams = field(default_factory=TargetParams)
     rules: RuleParams = field(default_factory=RuleParams)
     mlp: MLPParams = field(default_factory=MLPParams)
+    quadrant: QuadrantParams = field(default_factory=QuadrantParams)
+    min_quadrant_pieces: int = 20  # labelled train pieces the quadrant head needs
     compare_inputs: bool = True  # k-fold the MLP on every input (`regressor.INPUTS`), name the best
-    folds: int = 5
+    folds: int = 5  # < 2: no k-fold table (the test split alone scores the regressor)
     examples: int = 3  # pieces drawn in metrics/emotion_curves.png
     train: dict | None = field(  # overrides of `train:`
         default_factory=lambda: {"batch_size": 256, "epochs": 40}
@@ -121,6 +124,48 @@ def predict_file(
         }
         for i, (v, a) in enumerate(va)
     ]
+
+
+def predict_quadrants(
+    path: str | Path,
+    model_dir: str | Path = "models/emotion",
+    musetok_dir: str | Path = "models/musetok",
+) -> dict | None:
+    """`{"served": ..., "probabilities": {Q1..Q4: p}}` of one MIDI file from the model stage 07
+    serves (the quadrant head, or the hand-crafted model when it won), or None without one."""
+    from midipipe.emotion import quadrant
+
+    head = quadrant.load(model_dir)
+    if head is None:
+        return None
+    info = json.loads((Path(model_dir) / "quadrant.json").read_text())
+    data = Path(path).read_bytes()
+    score = load_score(data)
+    hand = mlp = None
+    if info["served"] != "mlp":
+        from midipipe.evaluation.features import LinearModel, piece_features
+
+        hand = LinearModel.load(model_dir).predict_proba(piece_features(score)[None])
+    if info["served"] != "handcrafted":
+        from midipipe.musetok.events import encode_score
+
+        name = info["input"]
+        ids, bar_starts = encode_score(score, data)
+        latents = {}
+        if regressor.latent_of(name) is not None:
+            latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        grid = bar_grid(score, len(bar_starts))
+        cues = (
+            bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
+        )
+        x = regressor.assemble(name, latents, cues)
+        mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
+    probs = quadrant.served_probs(info["served"], mlp, hand)[0]
+    return {
+        "served": info["served"],
+        "probabilities": {q: float(v) for q, v in zip(quadrant.QUADRANTS, probs, strict=True)},
+    }
 
 
 def plot_curves(rows: Sequence[dict], png_path: str | Path, title: str | None = None) -> None:

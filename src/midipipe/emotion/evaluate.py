@@ -72,9 +72,10 @@ def scoring_mask(bars: Bars) -> tuple[np.ndarray, str]:
 
 
 def piece_folds(groups: list[str], k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) piece indices; one song's pieces always fall on one side."""
+    """(train, test) piece indices; one song's pieces always fall on one side (none when
+    k < 2: no k-fold table)."""
     n_groups = len(set(groups))
-    if n_groups < 2:
+    if n_groups < 2 or k < 2:
         return []
     splitter = GroupKFold(n_splits=min(k, n_groups), shuffle=True, random_state=seed)
     index = np.arange(len(groups))

@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import symusic
 
+from midipipe.evaluation.music_metrics import key_correlations
+
 FEATURES = ("mode", "tempo", "density", "register", "velocity")
 
-# Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 MODE_SCALE = 0.25
 MUSETOK_TPQ = 480  # MuseTok rescales ticks to this before it finds the first bar
 
@@ -186,13 +185,7 @@ def seconds_at(score: symusic.Score, ticks: np.ndarray) -> np.ndarray:
 
 def _mode(histograms: np.ndarray) -> np.ndarray:
     """Best major minus best minor key-profile correlation per pitch-class histogram row."""
-    profiles = np.stack(
-        [np.roll(p, k) for p in (MAJOR_PROFILE, MINOR_PROFILE) for k in range(12)]
-    )  # [24, 12]: 12 major keys, then 12 minor keys
-    profiles = (profiles - profiles.mean(1, keepdims=True)) / profiles.std(1, keepdims=True)
-    centred = histograms - histograms.mean(1, keepdims=True)
-    norm = centred.std(1, keepdims=True)
-    corr = np.divide(centred, norm, out=np.zeros_like(centred), where=norm > 0) @ profiles.T / 12
+    corr = key_correlations(histograms)
     return corr[:, :12].max(1) - corr[:, 12:].max(1)
 
 

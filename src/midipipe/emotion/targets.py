@@ -137,6 +137,7 @@ class Bars:
     cues: np.ndarray  # [bars, 5]: the rule cues (`rules.FEATURES`), also an MLP input
     rules: np.ndarray  # [bars, 2]: the rule-based estimate (not learned)
     tokens: list[tuple[list[int], list[int]]]  # MuseTok (ids, bar_starts) per piece
+    paths: list[Path] = field(default_factory=list)  # each piece's MIDI file
 
     def rows(self, pieces: np.ndarray) -> np.ndarray:
         """Bar rows of the given piece indices, in order."""
@@ -195,7 +196,7 @@ def collect(
         except (BadMidi, ValueError) as exc:
             log.warning("skipping %s: %s", row["path"], exc)
             continue
-        kept.append(row)
+        kept.append({**row, "midi": path})
         grids.append(grid)
         cues.append(bar_features(score, grid, rules.window))
     if len(kept) < len(pieces):
@@ -232,6 +233,7 @@ def collect(
         cues=all_cues,
         rules=combine(all_cues, rules),
         tokens=[tokens[r["piece_id"]] for r in kept],
+        paths=[r["midi"] for r in kept],
     )
 
 

@@ -23,9 +23,11 @@ from midipipe.core.io import atomic_path, write_json
 from midipipe.core.params import TrainParams
 from midipipe.core.reports import write_metrics
 from midipipe.emotion import EmotionParams, plot_curves, predict_file, rules_config
+from midipipe.emotion import quadrant as quad
 from midipipe.emotion import regressor as mlp
 from midipipe.emotion.evaluate import baselines, cross_validate, score, scoring_mask, summarize
 from midipipe.emotion.targets import Bars, collect, read_labels
+from midipipe.evaluation import features as hand
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,92 @@ def rules_only(io: EmotionPaths, p: EmotionParams, reason: str, labelled_pieces:
     write_curves(io, rows, "rule-based estimate (not learned); no labelled data")
 
 
+def quadrant_split(bars: Bars, labels: np.ndarray, min_pieces: int):
+    """(train pieces, eval pieces, eval split name) of the quadrant head, or a reason it
+    cannot be trained: too few labelled train pieces, one quadrant, nothing to score."""
+    split = np.array(bars.splits)
+    train = np.flatnonzero((split == "train") & (labels >= 0))
+    test = np.flatnonzero((split == "test") & (labels >= 0))
+    eval_split, held = "test", test
+    if len(test) < min_pieces // 2:  # a few stray test clips would make a meaningless score
+        eval_split, held = "valid", np.flatnonzero((split == "valid") & (labels >= 0))
+    present = sorted({quad.QUADRANTS[q] for q in labels[train]})
+    if len(train) < min_pieces:
+        return (
+            f"{len(train)} quadrant-labelled train pieces, fewer than "
+            f"emotion.min_quadrant_pieces={min_pieces}"
+        )
+    if len(present) < 2:
+        return f"the quadrant-labelled train pieces hold one quadrant only ({present})"
+    if not len(held):
+        return "no quadrant-labelled test or valid piece to score on"
+    return train, held, eval_split
+
+
+def choice_split(bars: Bars, train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train pieces split by song (about 1/5 held out) to choose between the learned head and
+    the hand-crafted model without looking at the eval split."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    groups = [bars.groups[k] for k in train]
+    splitter = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=seed)
+    fit_idx, choose_idx = next(splitter.split(train, groups=groups))
+    return train[fit_idx], train[choose_idx]
+
+
+def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, x) -> dict:
+    """Train the 4-quadrant head and the hand-crafted model beside it, serve whichever of
+    them (or their mean) has the best log-likelihood on a song-grouped part of train, and
+    score all, with the majority, on the eval split."""
+    labels = quad.quadrant_of(bars.piece_targets)
+    got = quadrant_split(bars, labels, p.min_quadrant_pieces)
+    if isinstance(got, str):
+        log.info("quadrant head skipped: %s", got)
+        return {"quadrant_status": "skipped", "quadrant_reason": got}
+    train, held, eval_split = got
+    classes = list(quad.QUADRANTS)
+    feats = hand.feature_matrix(bars.paths)
+    fit_part, choose = choice_split(bars, train, tp.seed)
+    choice: dict[str, float] = {}
+    served, c = "mlp", hand.DEFAULT_C
+    if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
+        head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp)
+        split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
+        _, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
+        linear = hand.fit_linear(*split_x[:2], classes, c, tp.seed)
+        mlp_p = quad.predict(head, x, bars.offsets, choose)
+        hand_p = linear.predict_proba(split_x[2])
+        for name in quad.SERVED:
+            probs = quad.served_probs(name, mlp_p, hand_p)
+            choice[name] = quad.log_likelihood(probs, labels[choose])
+        served = max(quad.SERVED, key=lambda k: choice[k])  # ties: the first, the head
+    head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp)
+    linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
+    quad.save(head, io.out, {"input": p.mlp.input, "served": served})
+    linear.save(io.out, {"task": "emotion quadrant", "c": c})
+    majority = np.bincount(labels[train], minlength=len(classes)).argmax()
+    mlp_p = quad.predict(head, x, bars.offsets, held)
+    hand_p = linear.predict_proba(feats[held])
+    probs = {
+        "": mlp_p,
+        "handcrafted_": hand_p,
+        "majority_": np.eye(len(classes))[np.full(len(held), majority)],
+        "served_": quad.served_probs(served, mlp_p, hand_p),
+    }
+    out = {
+        "quadrant_status": "done",
+        "eval_split": eval_split,
+        "quadrant_train_pieces": len(train),
+        "quadrant_eval_pieces": len(held),
+        "quadrant_served": served,
+        **{f"quadrant_choice_{k}_loglik": v for k, v in choice.items()},
+        "handcrafted_c": c,
+    }
+    for prefix, pr in probs.items():
+        out.update(quad.accuracies(pr, labels[held], prefix))
+    return out
+
+
 def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> None:
     split = np.array(bars.splits)
     pool, test = np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
@@ -138,6 +226,7 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
     mlp.save(model, io.out, facts)
     if mlp.latent_of(p.mlp.input) is not None:
         save_fallback(io, p, tp, bars, fit_rows, facts)
+    quadrant = quadrant_head(io, p, tp, bars, x)
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
@@ -160,6 +249,7 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
             "folds": len({r["fold"] for r in table}),
             **flat,
             **test_flat,
+            **quadrant,
         },
     )
     write_csv(

@@ -38,6 +38,9 @@ FEATURES = (
     *(f"pc_{k}" for k in range(12)),
     *(f"dur_{lo:g}_{hi:g}" for lo, hi in zip(DURATION_EDGES, DURATION_EDGES[1:], strict=False)),
 )
+# Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 INSTRUMENTS = (*(f"gm_family_{k}" for k in range(16)), "drums")  # 16 GM families of 8 programs
 
 
@@ -227,3 +230,13 @@ def instruments(score: symusic.Score) -> np.ndarray:
     for track in score.tracks:
         counts[-1 if track.is_drum else track.program // 8] += track.note_num()
     return counts / counts.sum() if counts.sum() else counts
+
+
+def key_correlations(histograms: np.ndarray) -> np.ndarray:
+    """[N, 24] Pearson correlation of each pitch-class histogram row with the 12 major, then
+    the 12 minor Krumhansl-Kessler key profiles (0 for a flat histogram)."""
+    profiles = np.stack([np.roll(p, k) for p in (MAJOR_PROFILE, MINOR_PROFILE) for k in range(12)])
+    profiles = (profiles - profiles.mean(1, keepdims=True)) / profiles.std(1, keepdims=True)
+    centred = histograms - histograms.mean(1, keepdims=True)
+    norm = centred.std(1, keepdims=True)
+    return np.divide(centred, norm, out=np.zeros_like(centred), where=norm > 0) @ profiles.T / 12

@@ -1,5 +1,6 @@
-"""Baselines the genre models are reported beside: a logistic regression on file metadata only,
-and one on mean-pooled MuseTok latents (stage 04) when they exist.
+"""Baselines the genre models are reported beside: logistic regressions on file metadata only,
+on the hand-crafted musical statistics (`evaluation.features`), and on mean-pooled MuseTok
+latents (stage 04) of the pieces that have them.
 
 The metadata baseline sees no notes, only what a file's layout gives away: track count,
 programs, drums, tempo, note density and length. Where it does as well as a model, the model
@@ -19,7 +20,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import symusic
 from safetensors.torch import load_file
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
@@ -27,6 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
+from midipipe.evaluation.features import feature_matrix, fit_linear
 from midipipe.genre.metrics import multilabel_metrics, single_label_metrics, tune_threshold
 
 log = logging.getLogger(__name__)
@@ -76,48 +77,50 @@ def metadata_matrix(paths: Sequence[str | Path]) -> np.ndarray:
     return out
 
 
-MAX_MISSING_LATENTS = 0.05  # share of pieces without latents the latent baseline tolerates
-
-
-def mean_latents(latents_dir: str | Path, piece_ids: Sequence[str]) -> tuple[np.ndarray, int]:
-    """([len(piece_ids), D] each piece's per-bar latents averaged, pieces without latents).
+def mean_latents(
+    latents_dir: str | Path, piece_ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """([len(piece_ids), D] each piece's per-bar latents averaged, [len(piece_ids)] whether
+    stage 04 encoded the piece).
 
     A piece stage 04 did not encode (MuseTok tokenization rejected it, or it has no bar) gets
-    a row of zeros, as an unreadable file does in `metadata_matrix`; callers decide how many
-    such rows they accept. No `index.parquet` in `latents_dir`: every piece is missing."""
+    a row of zeros and False. No `index.parquet` in `latents_dir`: every piece is missing."""
     folder = Path(latents_dir)
     if not (folder / "index.parquet").exists():
-        return np.zeros((len(piece_ids), 0), dtype=np.float32), len(piece_ids)
+        return np.zeros((len(piece_ids), 0), dtype=np.float32), np.zeros(len(piece_ids), bool)
     index = {r["piece_id"]: r for r in pq.read_table(folder / "index.parquet").to_pylist()}
-    have = {pid for pid in piece_ids if pid in index and index[pid]["n_bars"]}
-    names = {index[pid]["part"] for pid in have}
+    have = np.array([pid in index and bool(index[pid]["n_bars"]) for pid in piece_ids], bool)
+    names = {index[pid]["part"] for pid, ok in zip(piece_ids, have, strict=True) if ok}
     parts = {name: load_file(str(folder / name))["latents"] for name in names}
     dim = next(iter(parts.values())).shape[1] if parts else 0
     out = np.zeros((len(piece_ids), dim), dtype=np.float32)
     for i, pid in enumerate(piece_ids):
-        if pid in have:
+        if have[i]:
             r = index[pid]
             out[i] = parts[r["part"]][r["start"] : r["start"] + r["n_bars"]].float().mean(0).numpy()
-    return out, sum(pid not in have for pid in piece_ids)
+    return out, have
+
+
+BASELINE_C = 0.5  # inverse L2 strength of every baseline's logistic regression
 
 
 def _logreg(seed: int) -> LogisticRegression:
-    return LogisticRegression(max_iter=2000, C=0.5, class_weight="balanced", random_state=seed)
+    return LogisticRegression(
+        max_iter=2000, C=BASELINE_C, class_weight="balanced", random_state=seed
+    )
 
 
 def single_label(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
 ) -> np.ndarray:
     """Class probabilities [len(x_test), n_classes] from a standardised, class-balanced
-    multinomial logistic regression (classes absent from training get probability 0)."""
-    model = make_pipeline(StandardScaler(), _logreg(seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x_train, y_train)
-    out = np.zeros((len(x_test), n_classes), dtype=np.float32)
-    if len(x_test):
-        out[:, model.classes_] = model.predict_proba(x_test)
-    return out
+    multinomial logistic regression (classes absent from training get probability 0): the
+    model `fit_linear` serves."""
+    classes = [str(k) for k in range(n_classes)]
+    model = fit_linear(x_train, y_train, classes, BASELINE_C, seed)
+    if not len(x_test):
+        return np.zeros((0, n_classes), dtype=np.float32)
+    return model.predict_proba(x_test)
 
 
 def multi_label(
@@ -154,26 +157,36 @@ class Inputs:
 
     x: dict[str, list[np.ndarray]] = field(default_factory=dict)
     latent_status: str = "no latents given"
+    have_latents: list[np.ndarray] | None = None  # per split: rows with latents
+
+    def rows(self, name: str, split: int) -> np.ndarray | slice:
+        """The rows of split `split` that baseline `name` is fitted and scored on."""
+        if name == "latent" and self.have_latents is not None:
+            return self.have_latents[split]
+        return slice(None)
 
 
 def inputs(
     splits: Sequence[Sequence[str]], midi_path: Callable | None, latents_dir: str | Path | None
 ) -> Inputs:
-    """`metadata` when the MIDI files are at hand; `latent` when stage 04 encoded all but
-    `MAX_MISSING_LATENTS` of these pieces."""
+    """`metadata` and `handcrafted` when the MIDI files are at hand; `latent` on the pieces
+    stage 04 encoded (`Inputs.have_latents` marks them; the others are left out of it)."""
     out = Inputs()
     if midi_path is not None:
-        out.x["metadata"] = [metadata_matrix([midi_path(pid) for pid in ids]) for ids in splits]
+        files = [[midi_path(pid) for pid in ids] for ids in splits]
+        out.x["metadata"] = [metadata_matrix(f) for f in files]
+        out.x["handcrafted"] = [feature_matrix(f) for f in files]
     if latents_dir is None:
         return out
     got = [mean_latents(latents_dir, ids) for ids in splits]
-    n = sum(len(ids) for ids in splits)
-    missing = sum(m for _, m in got)
-    if missing > MAX_MISSING_LATENTS * n:
-        out.latent_status = f"skipped: {missing} of {n} pieces have no latents in {latents_dir}"
+    have = [h for _, h in got]
+    n, with_latents = sum(len(h) for h in have), sum(int(h.sum()) for h in have)
+    if not all(h.any() for h in have):
+        out.latent_status = f"skipped: a split has no piece with latents in {latents_dir}"
     else:
         out.x["latent"] = [x for x, _ in got]
-        out.latent_status = f"done ({missing} of {n} pieces without latents: zero rows)"
+        out.have_latents = have
+        out.latent_status = f"done on the {with_latents} of {n} pieces with latents"
     log.info("latent baseline: %s", out.latent_status)
     return out
 
@@ -185,11 +198,12 @@ def single_label_scores(
     classes: Sequence[str],
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Piece-level accuracy / macro-F1 of each baseline in `x` (train, test matrices)."""
+    """Piece-level accuracy / macro-F1 of each baseline in `x` (train, test matrices first)."""
     out: dict[str, Any] = {}
-    for name, (x_tr, x_te) in x.x.items():
-        probs = single_label(x_tr, y_train, x_te, len(classes), seed)
-        got = single_label_metrics(y_test, probs, classes)
+    for name, (x_tr, x_te, *_) in x.x.items():
+        tr, te = x.rows(name, 0), x.rows(name, 1)
+        probs = single_label(x_tr[tr], y_train[tr], x_te[te], len(classes), seed)
+        got = single_label_metrics(y_test[te], probs, classes)
         out[f"{name}_baseline_piece_accuracy"] = got.get("accuracy", 0.0)
         out[f"{name}_baseline_piece_macro_f1"] = got.get("macro_f1", 0.0)
     out["latent_baseline"] = x.latent_status
@@ -207,8 +221,9 @@ def multi_label_scores(
     the threshold tuned on valid as the model's is."""
     out: dict[str, Any] = {}
     for name, (x_tr, x_va, x_te) in x.x.items():
-        p_va, p_te = multi_label(x_tr, y_train, x_va, x_te, seed=seed)
-        got = multilabel_metrics(y_test, p_te, tune_threshold(y_valid, p_va))
+        tr, va, te = (x.rows(name, k) for k in range(3))
+        p_va, p_te = multi_label(x_tr[tr], y_train[tr], x_va[va], x_te[te], seed=seed)
+        got = multilabel_metrics(y_test[te], p_te, tune_threshold(y_valid[va], p_va))
         for key in ("micro_f1", "macro_f1", "test_acc"):
             out[f"{name}_baseline_{key}"] = got.get(key, 0.0)
     out["latent_baseline"] = x.latent_status

@@ -36,12 +36,13 @@ class GenreParams:
     label: str = "auto"  # auto | composer | genre (first of `genres`) | emotion | source | period
     bars_per_phrase: int = 4
     max_len: int = 512  # tokens per phrase, [CLS] included; longer phrases are cut (counted)
-    max_phrases_per_piece: int = 8  # spread over the piece (0 = all): long pieces don't rule
+    max_phrases_per_piece: int = 8  # training phrases per piece, spread (0 = all); eval: all
     min_class_pieces: int = 5  # a label with fewer train pieces is dropped (counted)
     transpose: int = 6  # random shift of Pitch tokens by up to this many semitones (0 = off)
     patience: int = 3  # epochs without a better valid macro-F1 before stopping (0 = never)
     # EncoderConfig keys (n_layer, ...); built directly (not from params.yaml), the cpu profile's
     model: dict[str, Any] = field(default_factory=lambda: dict(PROFILES["cpu"]["model"]))
+    budget_s: float = 0.0  # training seconds; epochs stop once spent (0 = `train.epochs` only)
     eval_batch_size: int = 64
     train: dict[str, Any] = field(default_factory=dict)  # overrides of `train:`
 
@@ -55,6 +56,7 @@ class GenreParams:
             (0 <= self.transpose <= 24, "transpose", "in [0, 24]"),
             (self.patience >= 0, "patience", ">= 0 (0 = never stop early)"),
             (self.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
+            (self.budget_s >= 0, "budget_s", ">= 0 (0 = no time budget)"),
         ]
         params.require(self, "genre", checks)
         names = {f.name for f in dataclasses.fields(EncoderConfig)}

@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from midipipe.core.device import resolve_device
 from midipipe.core.errors import NothingToLearn
 from midipipe.core.params import TrainParams
+from midipipe.evaluation.features import fit_linear
 from midipipe.genre import baselines
+from midipipe.genre.baselines import BASELINE_C
 from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder
-from midipipe.genre.fit_hooks import EarlyStop, timed, train_seconds
+from midipipe.genre.fit_hooks import EarlyStop, epochs_for_budget, timed, train_seconds
 from midipipe.genre.labels import choose_label, label_of, read_manifest, splits_in_use
 from midipipe.genre.metrics import pool_mean, single_label_metrics
 from midipipe.genre.params import GenreParams
@@ -64,7 +66,8 @@ def phrase_sets(
             if name is None:
                 counts["pieces_unlabelled"] += 1
                 continue
-            c = phrases(ids, bars, vocab, p.bars_per_phrase, p.max_len, p.max_phrases_per_piece)
+            cap = p.max_phrases_per_piece if split == "train" else 0  # a piece: all its phrases
+            c = phrases(ids, bars, vocab, p.bars_per_phrase, p.max_len, cap)
             if not c.seqs:
                 counts["pieces_too_short"] += 1
                 continue
@@ -164,6 +167,57 @@ def _build_encoder(p: GenreParams, vocab: Vocab, n_classes: int) -> Encoder:
     return Encoder(cfg)
 
 
+def pool_pieces(probs: np.ndarray, s: PhraseSet) -> np.ndarray:
+    """[pieces, classes]: the mean of each piece's phrase probabilities (all its phrases)."""
+    piece = np.asarray(s.piece)
+    return np.stack([probs[piece == k].mean(0) for k in range(len(s.piece_ids))])
+
+
+def serve(
+    model: Encoder,
+    p: GenreParams,
+    feats: list[np.ndarray],
+    train: PhraseSet,
+    valid: PhraseSet,
+    test: PhraseSet,
+    classes: list[str],
+    out_dir: str | Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Which model the stage serves: the phrase model, or the hand-crafted logistic regression
+    when its valid pieces' mean log-likelihood is higher (steadier than accuracy on the few
+    valid pieces; then it is saved beside the phrase model and scored on test)."""
+    x_train, x_test, x_valid = feats
+    linear = fit_linear(x_train, np.asarray(train.piece_labels), classes, BASELINE_C, seed)
+    y_valid = np.asarray(valid.piece_labels)
+    model_valid = pool_pieces(phrase_probs(model, valid.seqs, p.eval_batch_size), valid)
+    probs = {"phrase_model": model_valid, "handcrafted": linear.predict_proba(x_valid)}
+    scores = {
+        k: float(np.log(np.maximum(v[np.arange(len(y_valid)), y_valid], 1e-9)).mean())
+        for k, v in probs.items()
+    }
+    served = "handcrafted" if scores["handcrafted"] > scores["phrase_model"] else "phrase_model"
+    out: dict[str, Any] = {
+        "served": served,
+        "served_choice": "valid pieces' mean log-likelihood "
+        + ", ".join(
+            f"{k} {scores[k]:.3f} (accuracy {(v.argmax(1) == y_valid).mean():.3f})"
+            for k, v in probs.items()
+        ),
+    }
+    for stale in ("handcrafted.json", "handcrafted.safetensors"):
+        (Path(out_dir) / stale).unlink(missing_ok=True)
+    if served == "handcrafted":
+        log.warning("the hand-crafted model beats the phrase model on valid: serving it")
+        linear.save(out_dir, {"task": f"genre {p.label}"})
+        got = single_label_metrics(
+            np.asarray(test.piece_labels), linear.predict_proba(x_test), classes
+        )
+        out["served_piece_accuracy"] = got["accuracy"]
+        out["served_piece_macro_f1"] = got["macro_f1"]
+    return out
+
+
 def train_phrase(
     p: GenreParams,
     tp: TrainParams,
@@ -229,7 +283,9 @@ def train_phrase(
         best_key="valid_macro_f1",
         best_mode="max",
     )
-    stop = EarlyStop(job, p.patience)
+    if p.budget_s:
+        tp = dataclasses.replace(tp, epochs=epochs_for_budget(job, p.budget_s, tp.epochs))
+    stop = EarlyStop(job, p.patience, p.budget_s)
     meta = {
         "kind": "phrase",
         "label": p.label,
@@ -260,9 +316,7 @@ def train_phrase(
 
     probs = phrase_probs(model, test.seqs, p.eval_batch_size)
     y = np.asarray(test.labels)
-    piece_probs = np.stack(
-        [probs[np.asarray(test.piece) == k].mean(0) for k in range(len(test.piece_ids))]
-    )
+    piece_probs = pool_pieces(probs, test)
     piece_y = np.asarray(test.piece_labels)
     songs = [rows[pid]["song_id"] for pid in test.piece_ids]
     song_keys, song_probs = pool_mean(songs, piece_probs)
@@ -295,19 +349,29 @@ def train_phrase(
         "epochs_run": len(history),
         "best_valid_macro_f1": best["valid_macro_f1"],
         "params": model.n_params(),
+        "budget_s": p.budget_s,
+        "epochs_planned": tp.epochs,
         "train_phrases_per_s": round(len(train.seqs) * len(history) / train_s, 1)
         if train_s > 0
         else 0.0,
         "device": str(resolve_device(tp.device)),
     }
     inputs = baselines.inputs(
-        [train.piece_ids, test.piece_ids], baselines.midi_paths(rows, midi_dir), latents_dir
+        [train.piece_ids, test.piece_ids, valid.piece_ids],
+        baselines.midi_paths(rows, midi_dir),
+        latents_dir,
     )
+    majority = np.bincount(train.piece_labels, minlength=len(classes)).argmax()
+    metrics["majority_baseline_piece_accuracy"] = float((piece_y == majority).mean())
     metrics.update(
         baselines.single_label_scores(
             inputs, np.asarray(train.piece_labels), np.asarray(test.piece_labels), classes, tp.seed
         )
     )
+    if "handcrafted" in inputs.x:
+        metrics.update(
+            serve(model, p, inputs.x["handcrafted"], train, valid, test, classes, out_dir, tp.seed)
+        )
     return PhraseResult(
         job,
         metrics,

@@ -5,7 +5,8 @@ shape, the vocabulary fingerprint, for the hierarchical model the threshold tune
 and the LM it was trained on) and the `tokenizer.json` its ids mean. A file the models cannot
 read (empty, unparsable, drums only, shorter than one phrase) gets a dict with an `error`
 reason instead of a prediction; a checkpoint trained on another vocabulary, or whose LM has
-changed since, raises ValueError.
+changed since, raises ValueError. When stage 05 found the hand-crafted model better on valid,
+the folder also holds it (`handcrafted.*`) and it gives the probabilities (`served`).
 
 Prediction runs with the torch thread count `prediction_threads` picks for the model's size:
 one thread for the CPU-sized models, whose forward passes are chains of small matmuls where
@@ -27,6 +28,7 @@ import torch
 from midipipe.core.device import inference_mode, resolve_device, torch_threads
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
+from midipipe.evaluation.features import LinearModel, piece_features
 from midipipe.genre.encoder import Encoder, load_encoder
 from midipipe.genre.hier_model import FrozenLM, HierClassifier, load_hier, weights_sha256
 from midipipe.genre.hier_train import hier_probs
@@ -60,6 +62,7 @@ class Predictor:
     lm: FrozenLM | None = None
     threads: int = 1  # torch threads while predicting: `prediction_threads`
     device: torch.device = torch.device("cpu")
+    served: LinearModel | None = None  # stage 05 serves the hand-crafted model (it won on valid)
 
     def names(self) -> list[str]:
         return self.meta["classes"] if self.kind == "phrase" else self.meta["tags"]
@@ -87,6 +90,9 @@ class Predictor:
                 probs, extra = self._phrase(ids, bars)
             else:
                 probs, extra = self._hier(ids, bars)
+        if self.served is not None and probs is not None:
+            probs = self.served.predict_proba(piece_features(load_score(Path(path)))[None])[0]
+            extra = {**extra, "served": "handcrafted"}
         if probs is None:
             return {**out, **extra}
         if threshold is None:
@@ -182,7 +188,8 @@ def load_predictor(
         n_params += sum(p.numel() for p in lm.model.parameters())
     threads = prediction_threads(n_params)
     log.debug("%s genre model: %d parameters, %d torch threads", model, n_params, threads)
-    return Predictor(model, folder, tokenizer, vocab, meta, net, lm, threads, device)
+    served = LinearModel.load(folder) if (folder / "handcrafted.json").exists() else None
+    return Predictor(model, folder, tokenizer, vocab, meta, net, lm, threads, device, served)
 
 
 _LOADED: dict[tuple[str, str, str], Predictor] = {}

@@ -96,14 +96,39 @@ def read_splits(split_dir: Path, param: str) -> dict[str, str]:
     return splits
 
 
+def song_splits(splits: dict[str, str]) -> dict[str, str]:
+    """song id -> the official split of its listed clips."""
+    out = {}
+    for clip, split in splits.items():
+        match = CLIP_NAME.match(clip)
+        if match:
+            out.setdefault(match.group(2), split)
+    return out
+
+
+def unlisted_split(song: str, by_song: dict[str, str]) -> str | None:
+    """Split of a clip the split files leave out: train, unless its song is in valid or test
+    (then None: left out, so those splits stay exactly the published ones and no song
+    straddles them)."""
+    split = by_song.get(song, "train")
+    return "train" if split == "train" else None
+
+
 def _iter(root: Path, splits: dict[str, str], name: str) -> Iterator[Piece]:
-    skipped = 0
+    skipped = left_out = 0
+    by_song = song_splits(splits)
     for path in find_midis(root):
         match = CLIP_NAME.match(path.stem)
         if not match:
             skipped += 1
             continue
         quadrant, song, _clip = match.groups()
+        split = splits.get(path.stem)
+        if splits and split is None:
+            split = unlisted_split(song, by_song)
+            if split is None:
+                left_out += 1
+                continue
         valence, arousal = QUADRANTS[quadrant]
         yield Piece(
             source=name,
@@ -113,9 +138,16 @@ def _iter(root: Path, splits: dict[str, str], name: str) -> Iterator[Piece]:
             emotion=quadrant,
             valence=valence,
             arousal=arousal,
-            split=splits.get(path.stem),
+            split=split,
         )
     if skipped:
         log.warning(
             "%s: %d files skipped: names not of the form Q<1-4>_<songid>_<clip>.mid", name, skipped
+        )
+    if left_out:
+        log.info(
+            "%s: %d clips in no split file left out: their songs are in the official valid or "
+            "test split, which are kept as published",
+            name,
+            left_out,
         )

@@ -1,0 +1,193 @@
+"""The categorical head: a piece's Russell quadrant (Q1 happy, Q2 tense, Q3 sad, Q4 calm) from
+an MLP applied to every bar (the same per-bar input as the regressor: MuseTok latents and the
+rule cues), its logits averaged over the piece's bars (padding masked), trained with
+cross-entropy on the pieces' quadrant labels.
+
+A piece's quadrant is read from the signs of its own valence/arousal label (an EMOPIA
+quadrant, an emotion word, or binary labels), so any corpus with piece labels trains it.
+Binary valence (arousal) is scored from the summed probabilities of the quadrants on each side.
+
+Saved beside the regressor as `quadrant.safetensors` + `quadrant.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from midipipe.core.device import seed_everything
+from midipipe.core.io import atomic_path
+from midipipe.core.params import TrainParams
+
+log = logging.getLogger(__name__)
+
+QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
+SIGNS = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])  # valence, arousal per quadrant
+SERVED = ("mlp", "handcrafted", "mlp+handcrafted")  # what stage 07 may serve (the mean: both)
+
+
+@dataclass
+class QuadrantParams:
+    """`emotion.quadrant`: the categorical head (trained when pieces carry quadrant labels)."""
+
+    hidden: int = 128
+    dropout: float = 0.3
+    epochs: int = 60
+    batch_size: int = 32  # pieces per step (learning rate, weight decay: emotion's `train`)
+    max_bars: int = 16  # bars per piece per step in training (a random window); all at inference
+
+
+def quadrant_of(piece_targets: np.ndarray) -> np.ndarray:
+    """Quadrant index per piece from the signs of its (valence, arousal) label; -1 where
+    either is unknown or 0."""
+    v, a = piece_targets[:, 0], piece_targets[:, 1]
+    known = np.isfinite(v) & np.isfinite(a) & (v != 0) & (a != 0)
+    q = np.where(v > 0, np.where(a > 0, 0, 3), np.where(a > 0, 1, 2))
+    return np.where(known, q, -1)
+
+
+class QuadrantMLP(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+        self.net = nn.Sequential(
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, len(QUADRANTS)),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, L, width], mask [B, L] -> logits [B, 4], the mean of the bars' logits."""
+        logits = self.net((x - self.mean) / self.std)
+        m = mask.unsqueeze(-1).to(logits.dtype)
+        return (logits * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _pad(x: np.ndarray, offsets: np.ndarray, pieces: np.ndarray, spans=None):
+    """[B, L, width] floats and [B, L] mask of these pieces' bars (or `spans`' windows)."""
+    spans = spans or [(int(offsets[k]), int(offsets[k + 1])) for k in pieces]
+    length = max(1, max(hi - lo for lo, hi in spans))
+    out = np.zeros((len(spans), length, x.shape[1]), np.float32)
+    mask = np.zeros((len(spans), length), bool)
+    for i, (lo, hi) in enumerate(spans):
+        out[i, : hi - lo] = x[lo:hi]
+        mask[i, : hi - lo] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def fit(
+    p: QuadrantParams,
+    x: np.ndarray,
+    offsets: np.ndarray,
+    pieces: np.ndarray,
+    labels: np.ndarray,
+    tp: TrainParams,
+) -> QuadrantMLP:
+    """Train on `pieces` (indices into offsets) with quadrant `labels` (one per piece),
+    class-balanced cross-entropy."""
+    seed = tp.seed
+    seed_everything(seed)
+    model = QuadrantMLP(x.shape[1], p.hidden, p.dropout)
+    rows = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in pieces])
+    model.mean.copy_(torch.as_tensor(x[rows].mean(0)))
+    model.std.copy_(torch.as_tensor(x[rows].std(0)).clamp(min=1e-6))
+    counts = np.bincount(labels, minlength=len(QUADRANTS)).astype(float)
+    weight = torch.tensor(
+        np.where(counts > 0, len(labels) / (len(QUADRANTS) * np.maximum(counts, 1)), 0.0),
+        dtype=torch.float32,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    steps = p.epochs * -(-len(pieces) // p.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tp.lr, total_steps=max(1, steps))
+    rng = np.random.default_rng(seed)
+    y = torch.as_tensor(labels)
+    model.train()
+    for _ in range(p.epochs):
+        order = rng.permutation(len(pieces))
+        for lo in range(0, len(order), p.batch_size):
+            idx = order[lo : lo + p.batch_size]
+            spans = []
+            for k in pieces[idx]:
+                a, b = int(offsets[k]), int(offsets[k + 1])
+                start = a + int(rng.integers(0, max(1, b - a - p.max_bars + 1)))
+                spans.append((start, min(b, start + p.max_bars)))
+            xb, mask = _pad(x, offsets, pieces[idx], spans)
+            loss = F.cross_entropy(model(xb, mask), y[idx], weight=weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict(model: QuadrantMLP, x: np.ndarray, offsets: np.ndarray, pieces: np.ndarray):
+    """[len(pieces), 4] quadrant probabilities from all of each piece's bars."""
+    out = []
+    for lo in range(0, len(pieces), 64):
+        xb, mask = _pad(x, offsets, pieces[lo : lo + 64])
+        out.append(torch.softmax(model(xb, mask), -1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(QUADRANTS)), np.float32)
+
+
+def served_probs(served: str, mlp: np.ndarray, handcrafted: np.ndarray) -> np.ndarray:
+    """The served model's probabilities from the head's and the hand-crafted model's."""
+    if served == "mlp":
+        return mlp
+    if served == "handcrafted":
+        return handcrafted
+    return (mlp + handcrafted) / 2
+
+
+def log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean log-probability of the true quadrant: the serving choice's score (steadier than
+    accuracy on the ~150 pieces it is chosen on)."""
+    return float(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-9)).mean())
+
+
+def accuracies(probs: np.ndarray, labels: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """4-quadrant accuracy and binary valence / arousal accuracy (sides' summed probabilities)."""
+    out = {f"{prefix}quadrant_accuracy": float((probs.argmax(1) == labels).mean())}
+    for i, axis in enumerate(("valence", "arousal")):
+        positive = probs[:, SIGNS[:, i] > 0].sum(1) > 0.5
+        out[f"{prefix}{axis}_accuracy"] = float((positive == (SIGNS[labels, i] > 0)).mean())
+    return out
+
+
+def save(model: QuadrantMLP, folder: str | Path, extra: dict) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "quadrant.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    config = {
+        "width": int(model.mean.shape[0]),
+        "hidden": model.net[0].out_features,
+        "classes": list(QUADRANTS),
+        **extra,
+    }
+    with atomic_path(folder / "quadrant.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=1) + "\n")
+
+
+def load(folder: str | Path) -> QuadrantMLP | None:
+    """The saved head, or None when `folder` holds none."""
+    folder = Path(folder)
+    if not (folder / "quadrant.json").exists():
+        return None
+    config = json.loads((folder / "quadrant.json").read_text())
+    model = QuadrantMLP(config["width"], config["hidden"], 0.0)
+    model.load_state_dict(load_file(str(folder / "quadrant.safetensors")))
+    return model.eval()
