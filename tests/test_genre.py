@@ -384,7 +384,7 @@ def test_phrase_model_trains_and_reports(phrase_model):
     assert 0 <= m["handcrafted_baseline_piece_accuracy"] <= 1
     assert m["majority_baseline_piece_accuracy"] == 0.5  # 2 + 2 test pieces
     assert m["served"] in ("phrase_model", "handcrafted") and "log-likelihood" in m["served_choice"]
-    assert m["budget_s"] == 0 and m["size"] == "cpu_default"
+    assert m["budget_s"] == 0
     assert {"precision_low", "recall_high", "piece_macro_f1", "train_phrases_per_s"} <= set(m)
     json.dumps(m)  # flat and JSON-able
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
