@@ -347,6 +347,7 @@ def train_musetok(
         "train_pieces": len(train),
         "valid_pieces": len(valid),
         "best_epoch": best["epoch"],
-        **{k: v for k, v in best.items() if k != "epoch"},
+        # the history's `lr` is the schedule's at the epoch's end; `lr` here is the peak
+        **{k: v for k, v in best.items() if k not in ("epoch", "lr")},
     }
     return MuseTokRun(metrics, job.history)
