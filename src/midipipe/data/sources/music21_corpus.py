@@ -280,8 +280,9 @@ def _quiet_worker() -> None:
     logging.getLogger("music21").setLevel(logging.ERROR)
 
 
-class _PieceTimeout(Exception):
-    pass
+class _PieceTimeout(BaseException):
+    """Not an Exception: music21 catches Exception in places, which would swallow the alarm
+    and let a slow piece run on."""
 
 
 @contextlib.contextmanager
@@ -304,7 +305,7 @@ def convert_task(task: Task) -> Result:
     try:
         with _time_limit(timeout_s):
             return convert_file(path, number, voices_as_tunes, expand)
-    except Exception as error:
+    except (Exception, _PieceTimeout) as error:
         return None, None, f"{type(error).__name__}: {error}"
 
 
