@@ -39,9 +39,11 @@ from midipipe.core.params import DataParams  # noqa: E402
 from midipipe.data.organize import organize  # noqa: E402
 from midipipe.emotion import EmotionParams  # noqa: E402
 from midipipe.emotion.train import EmotionPaths, train_emotion  # noqa: E402
+from midipipe.genre.params import PROFILES as GENRE_PROFILES  # noqa: E402
 from midipipe.genre.params import GenreParams  # noqa: E402
 from midipipe.genre.phrase_train import train_phrase  # noqa: E402
 from midipipe.musetok.latents import LatentParams, extract_latents  # noqa: E402
+from midipipe.musetok.train import PROFILES as MUSETOK_PROFILES  # noqa: E402
 from midipipe.musetok.train import MuseTokTrainParams, train_musetok  # noqa: E402
 from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
 
@@ -71,8 +73,8 @@ def build(root: Path, sources: list[dict], workers: int, musetok: dict | None, *
     if musetok:
         models = root / "models" / "musetok"
         if not (models / "config.json").exists():
-            mp = params_mod.build(
-                MuseTokTrainParams, params_mod.section(ROOT / "params.yaml", "musetok"), "musetok"
+            mp = params_mod.profiled(
+                MuseTokTrainParams, ROOT / "params.yaml", "musetok", MUSETOK_PROFILES
             )
             mp = dataclasses.replace(mp, max_pieces=musetok["max_pieces"])
             tp = params_mod.merged_train(
@@ -157,9 +159,8 @@ def run_emopia(root: Path, folds: int) -> dict:
 def run_asap(root: Path, budget_s: float, epochs: int) -> dict:
     """Stage 05 with `genre.label: composer`, every phrase of every piece, `budget_s` of
     training, beside its baselines."""
-    raw = params_mod.section(ROOT / "params.yaml", "genre")
-    p = params_mod.build(GenreParams, {**raw, "label": "composer"}, "genre")
-    p = dataclasses.replace(p, budget_s=budget_s, size="auto", max_phrases_per_piece=0)
+    p = params_mod.profiled(GenreParams, ROOT / "params.yaml", "genre", GENRE_PROFILES)
+    p = dataclasses.replace(p, label="composer", budget_s=budget_s, max_phrases_per_piece=0)
     tp = params_mod.merged_train(
         params_mod.load(ROOT / "params.yaml"), {**p.train, "epochs": epochs}
     )

@@ -30,9 +30,11 @@ import baseline_sampling as old
 import torch
 import yaml
 
+from midipipe.core import params
 from midipipe.generator import sampling as new
-from midipipe.generator.gpt import GPT, GPTConfig
+from midipipe.generator.gpt import GPT
 from midipipe.generator.sampling import Request, SampleConfig
+from midipipe.generator.train import PROFILES, GeneratorParams, build_model
 from midipipe.tokens.remi import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,15 +62,10 @@ def stage_params() -> tuple[dict, dict]:
 
 
 def stage_model(tokenizer) -> GPT:
-    gen, _ = stage_params()
+    """Stage 08's GPT for the active profile (random weights: speed does not depend on them)."""
+    p = params.profiled(GeneratorParams, ROOT / "params.yaml", "generator", PROFILES)
     torch.manual_seed(0)
-    cfg = getattr(GPTConfig, gen.get("size", "cpu_default"))(
-        vocab_size=len(tokenizer.vocab),
-        n_composers=N_COMPOSERS,
-        pad_id=tokenizer.pad_token_id,
-        **{**gen.get("model", {}), "context": gen["context"]},
-    )
-    return GPT(cfg).eval()
+    return build_model(p, tokenizer, N_COMPOSERS).eval()
 
 
 def sample_config(tokens: int, guidance: float, penalty: float | None) -> SampleConfig:
@@ -157,7 +154,7 @@ def sampling(args: argparse.Namespace) -> dict:
     cfg0 = sample_config(args.tokens, 1.0, args.penalty)
     out = {
         "bench": "sampling",
-        "model": stage_params()[0].get("size", "cpu_default"),
+        "model": params.profile(ROOT / "params.yaml"),
         "params": model.n_params(),
         "d_model": model.config.d_model,
         "n_layer": model.config.n_layer,
@@ -212,7 +209,7 @@ def training(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - t0
     return {
         "bench": "train",
-        "model": stage_params()[0].get("size", "cpu_default"),
+        "model": params.profile(ROOT / "params.yaml"),
         "params": model.n_params(),
         "threads": torch.get_num_threads(),
         "batch": f"{batch}x{ctx}",

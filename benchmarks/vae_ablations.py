@@ -24,7 +24,7 @@ from common import ROOT
 from midipipe.core import params
 from midipipe.core.logs import setup_logging
 from midipipe.vae.sample import GenerateVAEParams, evaluate_vae
-from midipipe.vae.train import VAEParams, train
+from midipipe.vae.train import PROFILES, VAEParams, train
 
 ON = {"layer_norm": True}
 VARIANTS = {  # changes to params.yaml's `vae:` (whose default has LayerNorm off)
@@ -59,7 +59,11 @@ def main() -> None:
     args = ap.parse_args()
     setup_logging(logging.WARNING)
     project = args.project
-    raw = params.section(project / "params.yaml", "vae")
+    raw = params.with_profile(  # null keys: the active profile's
+        params.section(project / "params.yaml", "vae"),
+        PROFILES[params.profile(project / "params.yaml")],
+        "vae",
+    )
     gp = params.build(
         GenerateVAEParams, params.section(project / "params.yaml", "generate_vae"), "generate_vae"
     )
