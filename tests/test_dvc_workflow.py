@@ -166,22 +166,27 @@ def test_exp_run_metrics_diff_and_plots(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     profiled = resolved(str(project / "params.yaml"))  # null keys: the profile's values
     before = learning_rates(project)
-    out = run(project, "dvc", "exp", "run", "-S", "train.lr=1e-4", "-S", "composers.min_pieces=5")
+    # one experiment: train.lr moves every model by its scale; the generator's own lr, set
+    # beside it, moves the generator alone
+    out = run(
+        project,
+        "dvc", "exp", "run",
+        "-S", "train.lr=1e-4",
+        "-S", "generator.train.lr=0.002",
+        "-S", "composers.min_pieces=5",
+    )  # fmt: skip
     assert "Ran experiment" in out or "Experiment" in out
     after = learning_rates(project)
-    for name, section in TRAINED.items():  # train.lr moved every model, by its own scale
+    assert after["generator"] == pytest.approx(0.002) != before["generator"]
+    for name, section in TRAINED.items():
+        if name == "generator":
+            continue
         own = params[section].get("train") or params[section].get("classifier_train") or {}
         scale = own.get("lr_scale", 1.0)
         if scale is None:
             scale = profiled[section]["train"]["lr"] / params["train"]["lr"]
         assert after[name] != before[name], name
         assert after[name] == pytest.approx(1e-4 * scale), name
-    run(project, "dvc", "exp", "run", "-S", "generator.train.lr=0.002")
-    alone = learning_rates(project)
-    assert alone["generator"] == pytest.approx(0.002)
-    assert {k: v for k, v in alone.items() if k != "generator"} == {
-        k: v for k, v in after.items() if k != "generator"
-    }
     assert "train.lr" in run(project, "dvc", "exp", "show", "--no-pager", "--csv")
     diff = run(project, "dvc", "metrics", "diff", "--all")
     assert "metrics/tokenize.json" in diff
