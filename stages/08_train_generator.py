@@ -5,7 +5,7 @@ Also runs data-parallel: `torchrun --nproc_per_node 2 stages/08_train_generator.
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
-from midipipe.core.reports import write_curves, write_metrics
+from midipipe.core.reports import Skip, write_curves, write_metrics
 from midipipe.generator.train import PROFILES, GeneratorParams, train
 from midipipe.training import distributed
 
@@ -34,5 +34,11 @@ def main() -> None:
     )
 
 
+SKIP = Skip(
+    "metrics/generator.json",
+    ("metrics/generator_curve.csv", "metrics/generator_loss.png"),
+    ("models/generator",),
+)
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, SKIP)

@@ -3,7 +3,7 @@ against real test excerpts, conditioning accuracy) and the classifier's confusio
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
-from midipipe.core.reports import write_metrics
+from midipipe.core.reports import Skip, write_metrics
 from midipipe.generator.generate import GenerateParams, evaluate_generator
 
 
@@ -20,5 +20,9 @@ def main() -> None:
     write_metrics("metrics/generation.json", metrics)
 
 
+SKIP = Skip(
+    "metrics/generation.json", ("metrics/generation_confusion.png",), ("outputs/generated",)
+)
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, SKIP)

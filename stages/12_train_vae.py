@@ -2,7 +2,7 @@
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
-from midipipe.core.reports import write_curves, write_metrics
+from midipipe.core.reports import Skip, write_curves, write_metrics
 from midipipe.training import distributed
 from midipipe.vae.train import PROFILES, VAEParams, train
 
@@ -31,5 +31,7 @@ def main() -> None:
     )
 
 
+SKIP = Skip("metrics/vae.json", ("metrics/vae_curve.csv", "metrics/vae_loss.png"), ("models/vae",))
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, SKIP)

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from midipipe.core.errors import ParamError
+from midipipe.core.errors import NothingToLearn
 from midipipe.data import composers as C
+from midipipe.data.splits import unit_hash
 from midipipe.tokens.dataset import Piece, SplitIndex, load_pieces, split_index
 
 log = logging.getLogger(__name__)
@@ -49,31 +51,71 @@ class Corpus:
 
 
 def split_pieces(
-    tokens_dir: str | Path, manifest: str | Path, table: dict, split: str
+    tokens_dir: str | Path, manifest: str | Path | pa.Table, table: dict, split: str
 ) -> SplitIndex:
     """Where the non-empty pieces of `split` lie in the shards, labelled with their manifest
     composer's id under `table` (what the streaming dataset reads)."""
     return split_index(tokens_dir, manifest, split, "composer", functools.partial(C.id_of, table))
 
 
-def eval_corpus(tokens_dir: str | Path, manifest: str | Path, table: dict, split: str) -> Corpus:
+def eval_corpus(
+    tokens_dir: str | Path, manifest: str | Path | pa.Table, table: dict, split: str
+) -> Corpus:
     """An evaluation split (valid/test: small) in memory."""
     return Corpus.of(load_pieces(split_pieces(tokens_dir, manifest, table, split)))
 
 
+HELD_OUT_FRAC = 0.1  # of the train songs, when a corpus has no valid split
+
+
 def train_and_valid(
     tokens_dir: str | Path, manifest: str | Path, table: dict
-) -> tuple[SplitIndex, Corpus]:
-    """The train split's index (streamed) and the valid split in memory; a corpus without
-    valid pieces validates on 32 train ones."""
-    train = split_pieces(tokens_dir, manifest, table, "train")
-    if not len(train):
-        raise ParamError(f"no training pieces in {tokens_dir} (manifest split 'train')")
+) -> tuple[SplitIndex, Corpus, str]:
+    """The train split's index (streamed), the validation pieces in memory, and where those
+    came from: the `valid` split, or, in a corpus without one, whole train songs held out
+    from training (never pieces the model also trains on)."""
     valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    if valid.pieces:
+        train = split_pieces(tokens_dir, manifest, table, "train")
+        source = "valid"
+    else:
+        relabelled = _hold_out_songs(pq.read_table(manifest, columns=MANIFEST_COLUMNS))
+        train = split_pieces(tokens_dir, relabelled, table, "train")
+        valid = eval_corpus(tokens_dir, relabelled, table, "valid")
+        source = "held_out_train_songs"
+        log.warning(
+            "no validation pieces in %s: validating on %d pieces of train songs held out from"
+            " training",
+            manifest,
+            len(valid.pieces),
+        )
+    if not len(train):
+        raise NothingToLearn(f"no training pieces with tokens in {tokens_dir} (split 'train')")
     if not valid.pieces:
-        log.warning("no validation pieces: validating on the first 32 training pieces")
-        valid = Corpus.of(load_pieces(train.subset(np.arange(min(32, len(train))))))
-    return train, valid
+        raise NothingToLearn(
+            f"nothing to validate on: {manifest} has no valid split and a single train song"
+        )
+    return train, valid, source
+
+
+MANIFEST_COLUMNS = ["piece_id", "split", "song_id", "composer"]
+
+
+def _hold_out_songs(manifest: pa.Table) -> pa.Table:
+    """`manifest` with the train pieces of about HELD_OUT_FRAC of the train songs (at least
+    one song when there are two) relabelled `valid`, chosen by a keyed hash of the song."""
+    split = manifest["split"].to_pylist()
+    songs = sorted(
+        {s for s, sp in zip(manifest["song_id"].to_pylist(), split, strict=False) if sp == "train"}
+    )
+    ranked = sorted(songs, key=lambda s: unit_hash(s, 0))
+    n = min(len(songs) - 1, max(1, round(HELD_OUT_FRAC * len(songs))))
+    held = set(ranked[:n]) if n > 0 else set()
+    new = [
+        "valid" if sp == "train" and song in held else sp
+        for song, sp in zip(manifest["song_id"].to_pylist(), split, strict=True)
+    ]
+    return manifest.set_column(manifest.schema.get_field_index("split"), "split", pa.array(new))
 
 
 def read_table(path: str | Path) -> dict:

@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from midipipe.core.device import resolve_device, torch_threads
-from midipipe.core.errors import ParamError
+from midipipe.core.errors import NothingToLearn, ParamError
+from midipipe.core.reports import skipped_reason
 from midipipe.data import composers as C
 from midipipe.data.sources.names import slug
 from midipipe.evaluation import generated as ev
@@ -175,6 +176,8 @@ def evaluate_generator(
     which also give the primers. `novelty_*`: the longest REMI n-gram each take (its new
     tokens) shares with the training pieces, beside held-out excerpts as long."""
     model_dir = Path(model_dir)
+    if why := skipped_reason(model_dir):
+        raise NothingToLearn(f"the generator was not trained ({why}): nothing to sample")
     tokenizer = remi.load_tokenizer(model_dir / TOKENIZER_FILE)
     model = load_model(model_dir, tokenizer, resolve_device(gp.device))
     table = read_table(model_dir / COMPOSERS_FILE)

@@ -125,7 +125,7 @@ def train(
     tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
     tokenizer = remi.load_tokenizer(tokenizer_json)
     table = read_table(composers_json)
-    train_set, valid_set = train_and_valid(tokens_dir, manifest, table)
+    train_set, valid_set, valid_source = train_and_valid(tokens_dir, manifest, table)
     wcfg = gd.WindowConfig.for_tokenizer(
         tokenizer,
         p.context,
@@ -178,7 +178,8 @@ def train(
     if not ddp.is_main():  # the main process reports
         return job, {}
     metrics = training_metrics(job, model, p, train_set, valid_set, tp)
-    return job, {**metrics, **composer_gain(model, valid_set, wcfg, tp.batch_size)}
+    gain = composer_gain(model, valid_set, wcfg, tp.batch_size)
+    return job, {**metrics, "valid_source": valid_source, **gain}
 
 
 def train_stream(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -65,18 +66,22 @@ class Piece:
 
 def split_index(
     tokens_dir: str | Path,
-    manifest: str | Path,
+    manifest: str | Path | pa.Table,
     split: str,
     label_column: str | None = None,
     label_of: Callable[[str | None], int] | None = None,
 ) -> SplitIndex:
     """The pieces of `split` (by the manifest) with at least one token; `label_of` maps the
-    manifest's `label_column` value to the label id. Reads one part at a time."""
+    manifest's `label_column` value to the label id. Reads one part at a time. The manifest
+    is a path or a table already read (a relabelled one)."""
     parts = sorted(str(p) for p in Path(tokens_dir).glob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"no part-*.parquet in {tokens_dir}")
     columns = ["piece_id", "split"] + ([label_column] if label_column else [])
-    table = pq.read_table(manifest, columns=columns)
+    if isinstance(manifest, pa.Table):
+        table = manifest.select(columns)
+    else:
+        table = pq.read_table(manifest, columns=columns)
     table = table.filter(pc.equal(table["split"], split))
     wanted = table["piece_id"].combine_chunks()
     labels = np.zeros(len(wanted), dtype=np.int64)

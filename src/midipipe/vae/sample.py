@@ -23,6 +23,7 @@ from tqdm import tqdm
 from midipipe.core.device import resolve_device
 from midipipe.core.errors import NothingToLearn, ParamError
 from midipipe.core.params import TrainParams
+from midipipe.core.reports import skipped_reason
 from midipipe.data.composers import composer_id_of
 from midipipe.data.sources.names import slug
 from midipipe.evaluation import conditioning as cond
@@ -198,6 +199,8 @@ def evaluate_vae(
     conditioning suite, the latent-space check on held-out windows and `novelty_*` (the
     longest n-gram shared with training pieces). `tp` trains the GRU
     judge, unless a trained `classifier` is passed (the ablation runner reuses one)."""
+    if why := skipped_reason(model_dir):
+        raise NothingToLearn(f"the VAE was not trained ({why}): nothing to sample")
     model, tokenizer, table = load(model_dir, gp.device)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
     if not composers:

@@ -302,7 +302,7 @@ def train(
     tokenizer_json = Path(tokens_dir) / TOKENIZER_FILE
     tokenizer = remi.load_tokenizer(tokenizer_json)
     table = read_table(composers_json)
-    train_set, valid_set = train_and_valid(tokens_dir, manifest, table)
+    train_set, valid_set, valid_source = train_and_valid(tokens_dir, manifest, table)
     wcfg = gd.WindowConfig.for_tokenizer(tokenizer, p.window - 1)
     valid_items = eval_windows(valid_set, p.window, 4)
     if p.eval_windows:
@@ -363,6 +363,7 @@ def train(
         "train_pieces": len(train_set),
         "windows_per_epoch": n_windows,
         "valid_windows": len(valid_items),
+        "valid_source": valid_source,
         "train_s": round(train_s, 1),
         "device": str(resolve_device(tp.device)),
     }
