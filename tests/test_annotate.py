@@ -494,7 +494,7 @@ def test_ray_actor_gives_the_local_rows_without_a_cluster(corpus, models, mlp_ru
 
 def faulty_corpus(folder: Path) -> Path:
     """Good songs, one bad file, one that hangs its parser and one that crashes it (through
-    the `song.FAULT_ENV` test hook, set by the caller)."""
+    the `data.midi.FAULT_ENV` test hook, set by the caller)."""
     rows = [row(m, i=i) for i, m in enumerate(GOOD[:5])]
     rows.insert(1, row(GOOD[5], md5="hang-song"))
     rows.insert(3, row(GOOD[6], md5="crash-song"))
@@ -510,7 +510,7 @@ FAULTS = "hang-song:hang,crash-song:abort"
 def test_hang_and_crash_fail_one_song_in_both_engines_and_retry_once(models, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from midipipe.annotate.ray_engine import AnnotateActor, _results
-    from midipipe.annotate.song import FAULT_ENV
+    from midipipe.data.midi import FAULT_ENV
 
     corpus = faulty_corpus(tmp_path)
     monkeypatch.setenv(FAULT_ENV, FAULTS)
@@ -550,7 +550,7 @@ def test_hang_and_crash_fail_one_song_in_both_engines_and_retry_once(models, tmp
 def test_ray_engine_equals_local_engine(corpus, models, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from midipipe.annotate.song import FAULT_ENV
+    from midipipe.data.midi import FAULT_ENV
 
     monkeypatch.setenv(FAULT_ENV, FAULTS)  # before the cluster starts: its workers inherit it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

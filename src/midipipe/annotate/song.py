@@ -7,24 +7,19 @@ MuseTok rejects: a meter or pitch outside its vocabulary) gets the bars of its o
 signatures (`rules.meter_grid`). Either way each bar carries its start and end tick and its
 start in seconds.
 
-Test hook: `MIDIPIPE_TEST_FAULTS="<md5>:abort,<md5>:hang"` makes the worker handling that md5
-call `os.abort()` (an interpreter crash) or sleep forever (a hung parser), so tests can check
-that both engines isolate real crashes and hangs. Unset in normal runs, it costs one lookup.
+Test hook: `data.midi.FAULT_ENV`, keyed by the row's md5 (or its key when the row has no
+bytes), so tests can check that both engines isolate real crashes and hangs.
 """
 
 from __future__ import annotations
 
-import faulthandler
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from midipipe.annotate.rows import Job
-from midipipe.data.midi import load_score
-
-FAULT_ENV = "MIDIPIPE_TEST_FAULTS"
+from midipipe.data.midi import inject_test_fault, load_score
 
 
 class RowError(ValueError):
@@ -66,20 +61,6 @@ def warm_up() -> None:
     import midipipe.musetok.events  # noqa: F401
 
 
-def _test_fault(key: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        md5, _, kind = item.partition(":")
-        if md5 == key and kind == "abort":
-            faulthandler.disable()  # a quiet crash: no traceback dump from test runners
-            os.abort()
-        if md5 == key and kind == "hang":
-            while True:
-                time.sleep(3600)
-
-
 def prepare(job: Job, plan: SongPlan) -> Prepared:
     """Parse and measure one song; raises with a readable reason (BadMidi, RowError) for a song
     that cannot be annotated. MuseTok rejecting it is not an error: `rejected` says why."""
@@ -95,7 +76,7 @@ def prepare(job: Job, plan: SongPlan) -> Prepared:
 
     if job.missing:
         raise RowError(job.missing)
-    _test_fault(job.key)
+    inject_test_fault(job.key)
     t0 = time.perf_counter()
     score = load_score(job.music, max_notes=plan.max_notes)
     seconds = {"parse": time.perf_counter() - t0}

@@ -1,8 +1,17 @@
-"""Safe MIDI loading with symusic, and the basic stats the manifest keeps."""
+"""Safe MIDI loading with symusic, and the basic stats the manifest keeps.
+
+Test hook: `MIDIPIPE_TEST_FAULTS="<md5>:abort,<md5>:hang"` makes whatever process parses that
+file call `os.abort()` (an interpreter crash) or sleep forever (a hung parser), so tests and
+benchmarks can check that every stage isolates real crashes and hangs. Unset in normal runs,
+it costs one environment lookup per file.
+"""
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +19,24 @@ import symusic
 
 from midipipe.core.errors import BadMidi
 
+FAULT_ENV = "MIDIPIPE_TEST_FAULTS"
+
 
 def piece_id(data: bytes) -> str:
     """md5 hex of the file's bytes: GigaMIDI's own key, so annotations join on it."""
     return hashlib.md5(data).hexdigest()
+
+
+def inject_test_fault(key: str) -> None:
+    """Crash or hang here when FAULT_ENV names `key` (module docstring)."""
+    for item in os.environ.get(FAULT_ENV, "").split(","):
+        md5, _, kind = item.partition(":")
+        if md5 == key and kind == "abort":
+            faulthandler.disable()  # a quiet crash: no traceback dump from test runners
+            os.abort()
+        if md5 == key and kind == "hang":
+            while True:
+                time.sleep(3600)
 
 
 def load_score(src: bytes | str | Path, max_notes: int | None = None) -> symusic.Score:
@@ -21,6 +44,8 @@ def load_score(src: bytes | str | Path, max_notes: int | None = None) -> symusic
     data = src if isinstance(src, bytes) else Path(src).read_bytes()
     if not data:
         raise BadMidi("empty file (0 bytes)")
+    if os.environ.get(FAULT_ENV):
+        inject_test_fault(piece_id(data))
     if not data.startswith(b"MThd"):
         raise BadMidi("not a MIDI file (no MThd header)")
     try:
