@@ -178,6 +178,7 @@ def measure(work: Path, corpus: Path, faults: dict[str, str]) -> dict:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),  # the copy's code, as its own install would give
         FAULT_ENV: ",".join(f"{md5}:{kind}" for md5, kind in faults.items()),
     }
     files = count_files(corpus)
