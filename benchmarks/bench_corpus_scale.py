@@ -204,14 +204,14 @@ def measure(work: Path, corpus: Path, faults: dict[str, str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--workdir", type=Path, default=None, help="kept; default: a temporary one")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     data = external_data()
     if not (data / "pop909").is_dir():
         sys.exit(f"no seed corpora in {data} (set MIDIPIPE_EXTERNAL_DATA)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-corpus-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
     result: dict = {"benchmark": "corpus_scale", "cpu_count": os.cpu_count()}
     try:
         for size in sorted(args.sizes):
@@ -232,7 +232,7 @@ def main() -> None:
         )
         result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     finally:
-        if not args.keep:
+        if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
 
