@@ -7,8 +7,10 @@ import shutil
 
 import pytest
 import symusic
+import torch
 import transformers
 from remi_z.midi_encoding import MidiEncoder
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 import midipipe.genre.predict as gp
@@ -127,6 +129,13 @@ def test_a_tokenizer_for_another_vocabulary_is_refused(tmp_path, tokenizer):
     save_gpt2(small, save_tokenizer(small, remiz.token_space()) - 1)
     with pytest.raises(ValueError, match="another vocabulary"):
         FrozenLM(small, tokenizer)
+    pickled = tmp_path / "pickled"  # weights only as a pickle: never loaded
+    save_gpt2(pickled, save_tokenizer(pickled, remiz.token_space()))
+    weights = load_file(pickled / "model.safetensors")
+    (pickled / "model.safetensors").unlink()
+    torch.save(weights, pickled / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="pickled weights .* are never loaded"):
+        FrozenLM(pickled, tokenizer)
 
 
 def test_hier_model_over_a_remiz_lm_trains_and_predicts(project, remiz_lm, tmp_path):  # noqa: F811
@@ -149,3 +158,13 @@ def test_hier_model_over_a_remiz_lm_trains_and_predicts(project, remiz_lm, tmp_p
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd broken")
     assert "error" in gp.predict(bad, model="hier", model_dir=tmp_path / "genre_hier")
+
+
+def test_remiz_on_miditok_test_files(external_data):
+    files = external_data / "miditok-tests"
+    with pytest.raises(BadMidi, match="REMI-z cannot read it: OSError"):
+        remiz.segments(files / "corrupted" / "ValueError_Control168.mid", 8)
+    assert remiz.segments(files / "one_track" / "empty.mid", 8) == ([], 0)
+    texts, n_bars = remiz.segments(files / "multitrack" / "Funkytown.mid", 8)
+    assert len(texts) == -(-n_bars // 8) and n_bars > 8
+    assert {w for t in texts for w in t.split()} <= set(remiz.token_space())

@@ -173,9 +173,15 @@ class FrozenLM:
         own tokenizer's ids is fine)."""
         import transformers
 
-        model = transformers.AutoModel.from_pretrained(
-            self.folder, local_files_only=True, use_safetensors=True
-        )
+        try:
+            model = transformers.AutoModel.from_pretrained(
+                self.folder, local_files_only=True, use_safetensors=True
+            )
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"{self.folder}: no loadable safetensors weights ({exc}); pickled weights "
+                "(pytorch_model.bin) are never loaded: convert them to safetensors first"
+            ) from exc
         size = int(model.config.vocab_size)
         if size != n_vocab and not (self.remiz is not None and size > n_vocab):
             raise ValueError(
