@@ -3,6 +3,7 @@ with a REMI-z word-level tokenizer (`genre.remiz`), all offline, tiny and built 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -158,6 +159,17 @@ def test_hier_model_over_a_remiz_lm_trains_and_predicts(project, remiz_lm, tmp_p
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"MThd broken")
     assert "error" in gp.predict(bad, model="hier", model_dir=tmp_path / "genre_hier")
+    lm, model = tmp_path / "lm", tmp_path / "hier"  # the LM's tokenizer swapped after training
+    shutil.copytree(remiz_lm, lm)
+    shutil.copytree(tmp_path / "genre_hier", model)
+    config = json.loads((model / "config.json").read_text())
+    assert config["chunk_tokens"] == "remi-z"
+    config["lm"]["path"] = str(lm)
+    (model / "config.json").write_text(json.dumps(config))
+    assert gp.load_predictor("hier", model).lm.remiz is not None  # as trained: loads
+    save_tokenizer(lm, remiz.token_space()[::-1])  # same tokens, other ids
+    with pytest.raises(ValueError, match="another tokenizer"):
+        gp.load_predictor("hier", model)
 
 
 def test_remiz_on_miditok_test_files(external_data):

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from midipipe.core.device import inference_mode
 from midipipe.core.io import atomic_path, write_json
 from midipipe.genre import remiz
+from midipipe.genre.phrases import vocab_sha
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -164,6 +165,11 @@ class FrozenLM:
             self.model.ln_f.register_forward_hook(lambda _m, _i, out: self._keep(out))
         for p in self.model.parameters():
             p.requires_grad_(False)
+
+    @property
+    def tokenizer_sha(self) -> str | None:
+        """Fingerprint of the LM's own (REMI-z) tokenizer; a classifier stores it."""
+        return None if self.remiz is None else vocab_sha(self.remiz)
 
     def _keep(self, out: Tensor) -> None:
         self._hidden = out

@@ -304,7 +304,12 @@ def train_hier(
         "max_tokens": max_tokens,
         "vocab_size": vocab.size,
         "vocab_sha": vocab.sha,
-        "lm": {"path": str(lm_dir), "kind": lm.kind, "sha256": weights_sha256(lm_dir)},
+        "lm": {
+            "path": str(lm_dir),
+            "kind": lm.kind,
+            "sha256": weights_sha256(lm_dir),
+            "tokenizer_sha": lm.tokenizer_sha,
+        },
         "chunk_tokens": "remi" if lm.remiz is None else "remi-z",
     }
     if ddp.is_main():  # under torchrun the main process alone writes

@@ -186,6 +186,11 @@ def load_predictor(
                 "was trained on it: retrain stage 06 (train_genre_hier)"
             )
         lm = FrozenLM(lm_dir, tokenizer, device)
+        if lm.tokenizer_sha != meta["lm"].get("tokenizer_sha"):
+            raise ValueError(
+                f"the LM in {lm_dir} has another tokenizer than when the hierarchical genre "
+                "model was trained on it: retrain stage 06 (train_genre_hier)"
+            )
     n_params = sum(p.numel() for p in net.parameters())
     if lm is not None:
         n_params += sum(p.numel() for p in lm.model.parameters())

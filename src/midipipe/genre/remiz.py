@@ -132,7 +132,7 @@ def load_tokenizer(folder: str | Path):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # transformers raises assorted types for a foreign tokenizer
         raise ParamError(
             f"genre_hier.lm_path: cannot load the tokenizer in {folder}: {exc}"
         ) from exc
