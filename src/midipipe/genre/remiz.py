@@ -31,6 +31,7 @@ from remi_z.time_signature_utils import TimeSignatureUtil
 from remi_z.utils import read_yaml
 
 from midipipe.core.errors import BadMidi, ParamError
+from midipipe.data.midi import load_score
 from midipipe.genre.phrases import Cut, spread
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ TS_FILE = "dict_time_signature.yaml"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 MAX_DENOMINATOR_POWER = 6  # remi_z reduces time signatures to denominators <= 2**6
 MIN_TEMPO, MAX_TEMPO = 16, 256  # remi_z clamps tempi (qpm) to this range before binning
+# remi_z lists every 1/12-beat position up to the last note onset: a stray note far out costs
+# time and memory (100,000 beats: 10 s, +150 MB), so longer files are refused up front
+MAX_BEATS = 100_000
 
 
 def time_signature_table() -> dict[str, str]:
@@ -96,8 +100,13 @@ def _midi_file(src: bytes | str | Path) -> Iterator[str]:
 def segments(src: bytes | str | Path, bars_per_segment: int) -> tuple[list[str], int]:
     """(REMI-z strings of the non-empty bars in runs of `bars_per_segment`, non-empty bars).
 
-    BadMidi when remi_z cannot read the file. remi_z prints its warnings; they go to the log,
-    not to stdout (where `midipipe genre` writes its JSON)."""
+    BadMidi when symusic or remi_z cannot read the file, it has no notes or it is longer than
+    `MAX_BEATS`. remi_z prints its warnings; they go to the log, not to stdout (where
+    `midipipe genre` writes its JSON)."""
+    score = load_score(src)  # a quick check in C++ before remi_z's pure-Python reader
+    beats = score.end() / score.ticks_per_quarter
+    if beats > MAX_BEATS:
+        raise BadMidi(f"{beats:.0f} beats long: REMI-z reads at most {MAX_BEATS}")
     _time_signatures()
     printed = io.StringIO()
     try:
