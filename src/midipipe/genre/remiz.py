@@ -107,7 +107,6 @@ def segments(src: bytes | str | Path, bars_per_segment: int) -> tuple[list[str],
     beats = score.end() / score.ticks_per_quarter
     if beats > MAX_BEATS:
         raise BadMidi(f"{beats:.0f} beats long: REMI-z reads at most {MAX_BEATS}")
-    _time_signatures()
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), _midi_file(src) as path:
