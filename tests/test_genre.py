@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +27,6 @@ from midipipe.generator.gpt import GPT, GPTConfig, save_model
 from midipipe.genre.encoder import Encoder, EncoderConfig
 from midipipe.genre.fit_hooks import EarlyStop
 from midipipe.genre.hier_model import (
-    TRANSFORMERS_PIN,
     AttentionPool,
     FrozenLM,
     HierClassifier,
@@ -588,31 +585,31 @@ def test_hugging_face_gpt2_lm_from_a_local_folder(hf_gpt2, tmp_path, tokenizer, 
         FrozenLM(tiny_gpt2(tmp_path / "bad", 100), tokenizer)
 
 
+def hier_over_lm(root, hp: GenreHierParams, tmp_path, epochs: int):
+    """Stage 06 on the `project` layout in `root` with `hp.lm_path`, into tmp_path/genre_hier."""
+    return train_hier(
+        hp,
+        dataclasses.replace(TINY_TRAIN, epochs=epochs, lr=1e-2, batch_size=4),
+        root / "tokens",
+        root / "manifest.parquet",
+        tmp_path / "genre_hier",
+        tmp_path / "ckpt",
+        resolve_lm(hp),
+        midi_dir=root / "midi",
+        latents_dir=None,
+    )
+
+
 def test_hier_model_over_a_hugging_face_lm(project, hf_gpt2, tmp_path):
     hp = GenreHierParams(lm_path=str(hf_gpt2), min_tag_pieces=2, patience=2, d_attn=16)
     out = tmp_path / "genre_hier"
-    r = train_hier(
-        hp,
-        dataclasses.replace(TINY_TRAIN, epochs=3, lr=1e-2, batch_size=4),
-        project / "tokens",
-        project / "manifest.parquet",
-        out,
-        tmp_path / "ckpt",
-        resolve_lm(hp),
-        midi_dir=project / "midi",
-        latents_dir=None,
-    )
+    r = hier_over_lm(project, hp, tmp_path, epochs=3)
     assert r.metrics["status"] == "trained" and r.metrics["lm_kind"] == "hf-gpt2"
     assert r.metrics["truncation_rate"] > 0  # 8 bars exceed its 64 positions: cut, counted
     good = tmp_path / "high.mid"
     good.write_bytes(build_midi(n_bars=12, **STYLES["high"]))
     got = gp.predict(good, model="hier", model_dir=out)
     assert got["n_chunks"] == 2 and set(got["probabilities"]) == {"high", "low", "tag"}
-
-
-def test_hf_extra_pins_the_transformers_the_error_names():
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["optional-dependencies"]["hf"] == [TRANSFORMERS_PIN]
 
 
 def test_latent_baseline_reads_stage_04_latents(tmp_path):

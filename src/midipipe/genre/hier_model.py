@@ -3,9 +3,11 @@ small learned head pools the chunks of a piece with attention and scores every t
 
 The LM is either the project's generator (`models.gpt`, a folder with its `config.json` and
 `model.safetensors`) or a Hugging Face GPT-2-format folder (`config.json` with `model_type`,
-read offline with `transformers`). Either must have been trained on the same REMI vocabulary,
-since the chunks are ids of the project's tokenizer; a chunk's embedding is the mean of the
-LM's last hidden states over its tokens.
+read offline with `transformers`, safetensors weights only). A Hugging Face folder with its own
+tokenizer (the plan's `m2m_pt`) reads REMI-z chunks (`genre.remiz`), and its tokenizer must
+cover REMI-z's tokens; any other LM reads chunks of the project's REMI ids, so it must have been
+trained on that vocabulary. A chunk's embedding is the mean of the LM's last hidden states
+over its tokens.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from torch import Tensor, nn
 
 from midipipe.core.device import inference_mode
 from midipipe.core.io import atomic_path, write_json
+from midipipe.genre import remiz
+from midipipe.genre.phrases import vocab_sha
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TRANSFORMERS_PIN = "transformers==5.23.0"  # pyproject's `hf` extra: Hugging Face checkpoints only
 
 
 @dataclass
@@ -132,7 +135,10 @@ def weights_sha256(folder: str | Path) -> str:
 
 
 class FrozenLM:
-    """A pretrained decoder in eval mode that maps chunks of REMI ids to vectors."""
+    """A pretrained decoder in eval mode that maps chunks of token ids to vectors.
+
+    `remiz` is the LM folder's own tokenizer when it has one (its chunks are then REMI-z,
+    `genre.remiz`), else None (chunks of the project's REMI ids, `tokenizer`'s)."""
 
     def __init__(self, folder: str | Path, tokenizer, device: str | torch.device = "cpu"):
         self.folder = Path(folder)
@@ -141,10 +147,14 @@ class FrozenLM:
             raise FileNotFoundError(f"{cfg_path} missing: not an LM checkpoint folder")
         config = json.loads(cfg_path.read_text())
         self.device = torch.device(device)
-        n_vocab = len(tokenizer.vocab)
+        self.remiz = None
         if "model_type" in config:
             self.kind = "hf-" + config["model_type"]
-            self._load_hf(n_vocab)
+            if remiz.has_tokenizer(self.folder):
+                self.remiz = remiz.load_tokenizer(self.folder)
+                self._load_hf(len(self.remiz), "its own tokenizer")
+            else:
+                self._load_hf(len(tokenizer.vocab), "the REMI tokenizer")
         else:
             from midipipe.generator.gpt import load_model
 
@@ -156,23 +166,33 @@ class FrozenLM:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    @property
+    def tokenizer_sha(self) -> str | None:
+        """Fingerprint of the LM's own (REMI-z) tokenizer; a classifier stores it."""
+        return None if self.remiz is None else vocab_sha(self.remiz)
+
     def _keep(self, out: Tensor) -> None:
         self._hidden = out
 
-    def _load_hf(self, n_vocab: int) -> None:
+    def _load_hf(self, n_vocab: int, what: str) -> None:
+        """The model's vocabulary must be the tokenizer's: same size (a model padded past its
+        own tokenizer's ids is fine)."""
+        import transformers
+
         try:
-            import transformers
-        except ImportError as exc:
-            raise ImportError(
-                f"{self.folder} is a Hugging Face checkpoint: reading it needs "
-                f"`pip install -e '.[hf]'` ({TRANSFORMERS_PIN})"
+            model = transformers.AutoModel.from_pretrained(
+                self.folder, local_files_only=True, use_safetensors=True
+            )
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"{self.folder}: no loadable safetensors weights ({exc}); pickled weights "
+                "(pytorch_model.bin) are never loaded: convert them to safetensors first"
             ) from exc
-        model = transformers.AutoModel.from_pretrained(self.folder, local_files_only=True)
-        if model.config.vocab_size != n_vocab:
+        size = int(model.config.vocab_size)
+        if size != n_vocab and not (self.remiz is not None and size > n_vocab):
             raise ValueError(
-                f"LM vocabulary {model.config.vocab_size} tokens, REMI tokenizer "
-                f"{n_vocab}: the LM at {self.folder} was trained on another "
-                "vocabulary, so it cannot read these token ids"
+                f"LM vocabulary {size} tokens, {what} {n_vocab}: the LM at {self.folder} was "
+                "trained on another vocabulary, so it cannot read these token ids"
             )
         self.model = model.to(self.device).eval()
         self.d_model = int(model.config.hidden_size)

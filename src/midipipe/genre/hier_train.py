@@ -2,7 +2,9 @@
 
 Every piece's non-empty bars are cut into chunks, a frozen LM embeds each chunk once, and an
 attention-pooling head learns the piece's tags (multi-hot, BCE). The decision threshold is
-tuned on the valid split.
+tuned on the valid split. Chunks are the project's REMI ids (token shards), or, for an LM
+folder with its own tokenizer (the plan's `m2m_pt`), REMI-z strings read by `remi_z` from
+each piece's MIDI file (`genre.remiz`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from midipipe.core.device import resolve_device
+from midipipe.core.errors import BadMidi
 from midipipe.core.io import write_json
 from midipipe.core.params import TrainParams
-from midipipe.genre import baselines
+from midipipe.data.splits import SPLITS
+from midipipe.genre import baselines, remiz
 from midipipe.genre.fit_hooks import EarlyStop, timed
 from midipipe.genre.hier_model import (
     FrozenLM,
@@ -36,9 +40,9 @@ from midipipe.genre.hier_model import (
 from midipipe.genre.labels import read_manifest, splits_in_use
 from midipipe.genre.metrics import multilabel_metrics, tune_threshold
 from midipipe.genre.params import GenreHierParams
-from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, chunks
+from midipipe.genre.phrases import TOKENIZER_FILE, Cut, Vocab, chunks
 from midipipe.tokens import remi
-from midipipe.tokens.dataset import rows_by_split
+from midipipe.tokens.dataset import split_rows
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -66,18 +70,43 @@ def resolve_lm(hp: GenreHierParams, default: str | Path = "models/generator") ->
     return Path(default) if (Path(default) / "config.json").exists() else None
 
 
+def remi_cuts(
+    items: Iterable[tuple], vocab: Vocab, hp: GenreHierParams, max_tokens: int
+) -> Iterator[tuple[str, Cut]]:
+    """Each piece's chunks of REMI ids, from token-shard rows (piece id, ids, bar starts)."""
+    for pid, ids, bars in items:
+        yield pid, chunks(ids, bars, vocab, hp.bars_per_chunk, max_tokens, hp.max_chunks)
+
+
+def remiz_cuts(
+    lm: FrozenLM,
+    piece_ids: Iterable[str],
+    midi_path: Callable,
+    hp: GenreHierParams,
+    max_tokens: int,
+    unreadable: list[str],
+) -> Iterator[tuple[str, Cut]]:
+    """Each piece's REMI-z chunks, read from its MIDI file; a file remi_z cannot read is
+    logged and its piece id added to `unreadable`."""
+    for pid in piece_ids:
+        path = midi_path(pid)
+        try:
+            cut = remiz.chunks(lm.remiz, path, hp.bars_per_chunk, max_tokens, hp.max_chunks)
+        except BadMidi as exc:
+            log.warning("genre_hier: %s left out: %s", path, exc)
+            unreadable.append(pid)
+            continue
+        yield pid, cut
+
+
 def embed_pieces(
-    lm: FrozenLM, items: Iterable[tuple], vocab: Vocab, hp: GenreHierParams, max_tokens: int
+    lm: FrozenLM, cuts: Iterable[tuple[str, Cut]], batch_size: int
 ) -> tuple[list[str], list[np.ndarray], int, int]:
     """(piece ids, per-piece chunk embeddings, chunks, truncated chunks); pieces without a
     non-empty bar are left out."""
-    cuts = [
-        (pid, chunks(ids, bars, vocab, hp.bars_per_chunk, max_tokens, hp.max_chunks))
-        for pid, ids, bars in items
-    ]
     cuts = [(pid, c) for pid, c in cuts if c.seqs]
     flat = [s for _, c in cuts for s in c.seqs]
-    emb = lm.embed(flat, hp.embed_batch) if flat else np.zeros((0, lm.d_model), np.float32)
+    emb = lm.embed(flat, batch_size) if flat else np.zeros((0, lm.d_model), np.float32)
     bounds = np.cumsum([0] + [len(c.seqs) for _, c in cuts])
     return (
         [pid for pid, _ in cuts],
@@ -154,13 +183,21 @@ def train_hier(
     max_tokens = min(hp.max_tokens or lm.context, lm.context)
     rows = read_manifest(manifest)
     tags = tags if tags is not None else {pid: list(r["genres"] or []) for pid, r in rows.items()}
-    by_split = rows_by_split(tokens_dir, manifest)
+    midi_path = baselines.midi_paths(rows, midi_dir)  # the one way to a piece's MIDI file
+    if lm.remiz is not None and midi_path is None:
+        return skipped(out_dir, f"the LM at {lm_dir} reads REMI-z from MIDI files: no midi_dir")
 
     t0 = time.perf_counter()
     sets: dict[str, ChunkSet] = {}
-    for split, items in by_split.items():
-        items = (it for it in items if tags.get(it[0]))
-        ids, xs, n, trunc = embed_pieces(lm, items, vocab, hp, max_tokens)
+    unreadable: list[str] = []
+    for split in SPLITS:
+        if lm.remiz is None:
+            items = split_rows(tokens_dir, manifest, split)
+            cuts = remi_cuts((it for it in items if tags.get(it[0])), vocab, hp, max_tokens)
+        else:
+            pids = (p for p, r in rows.items() if r["split"] == split and tags.get(p))
+            cuts = remiz_cuts(lm, pids, midi_path, hp, max_tokens, unreadable)
+        ids, xs, n, trunc = embed_pieces(lm, cuts, hp.embed_batch)
         sets[split] = ChunkSet(ids, xs, None, n, trunc)
     embed_s = time.perf_counter() - t0
     per_tag = Counter(t for pid in sets["train"].piece_ids for t in set(tags[pid]))
@@ -267,7 +304,13 @@ def train_hier(
         "max_tokens": max_tokens,
         "vocab_size": vocab.size,
         "vocab_sha": vocab.sha,
-        "lm": {"path": str(lm_dir), "kind": lm.kind, "sha256": weights_sha256(lm_dir)},
+        "lm": {
+            "path": str(lm_dir),
+            "kind": lm.kind,
+            "sha256": weights_sha256(lm_dir),
+            "tokenizer_sha": lm.tokenizer_sha,
+        },
+        "chunk_tokens": "remi" if lm.remiz is None else "remi-z",
     }
     if ddp.is_main():  # under torchrun the main process alone writes
         save_hier(model, out_dir, meta)
@@ -281,6 +324,8 @@ def train_hier(
         "status": "trained",
         "lm": str(lm_dir),
         "lm_kind": lm.kind,
+        "chunk_tokens": meta["chunk_tokens"],
+        "unreadable_pieces": len(unreadable),
         "tags": ",".join(names),
         "n_tags": len(names),
         "eval_split": eval_split,
@@ -301,8 +346,6 @@ def train_hier(
         "device": str(device),
     }
     used = (train, valid, test)
-    inputs = baselines.inputs(
-        [s.piece_ids for s in used], baselines.midi_paths(rows, midi_dir), latents_dir
-    )
+    inputs = baselines.inputs([s.piece_ids for s in used], midi_path, latents_dir)
     metrics.update(baselines.multi_label_scores(inputs, *(s.y for s in used), seed=tp.seed))
     return HierResult(job, metrics, names, test.y, probs, test.piece_ids)

@@ -69,7 +69,9 @@ class GenreParams:
 class GenreHierParams:
     """params.yaml `genre_hier:` (stage 06, hierarchical multi-label)."""
 
-    lm_path: str | None = None  # a Hugging Face GPT-2 folder; null: the project's generator
+    # a Hugging Face GPT-2 folder (with its own tokenizer: REMI-z chunks, `genre.remiz`);
+    # null: the project's generator
+    lm_path: str | None = None
     bars_per_chunk: int = 8
     max_chunks: int = 8  # per piece, spread over it (0 = all): bounds the LM embedding cost
     max_tokens: int = 0  # per chunk; longer ones are cut (counted). 0: the LM's context

@@ -29,6 +29,7 @@ from midipipe.core.device import inference_mode, resolve_device, torch_threads
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
 from midipipe.evaluation.features import LinearModel, piece_features
+from midipipe.genre import remiz
 from midipipe.genre.encoder import Encoder, load_encoder
 from midipipe.genre.hier_model import FrozenLM, HierClassifier, load_hier, weights_sha256
 from midipipe.genre.hier_train import hier_probs
@@ -89,7 +90,7 @@ class Predictor:
             if self.kind == "phrase":
                 probs, extra = self._phrase(ids, bars)
             else:
-                probs, extra = self._hier(ids, bars)
+                probs, extra = self._hier(ids, bars, path)
         if self.served is not None and probs is not None:
             probs = self.served.predict_proba(piece_features(load_score(Path(path)))[None])[0]
             extra = {**extra, "served": "handcrafted"}
@@ -128,15 +129,17 @@ class Predictor:
             "truncated_phrases": cut.truncated,
         }
 
-    def _hier(self, ids: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray | None, dict]:
-        cut = chunks(
-            ids,
-            bars,
-            self.vocab,
-            self.meta["bars_per_chunk"],
-            self.meta["max_tokens"],
-            self.meta["max_chunks"],
-        )
+    def _hier(
+        self, ids: np.ndarray, bars: np.ndarray, path: str | Path
+    ) -> tuple[np.ndarray | None, dict]:
+        shape = (self.meta["bars_per_chunk"], self.meta["max_tokens"], self.meta["max_chunks"])
+        if self.lm.remiz is None:
+            cut = chunks(ids, bars, self.vocab, *shape)
+        else:  # the LM reads REMI-z, from the file itself
+            try:
+                cut = remiz.chunks(self.lm.remiz, path, *shape)
+            except BadMidi as exc:
+                return None, {"error": str(exc)}
         if not cut.seqs:
             return None, {"error": "too short to classify: 0 bars with notes, 1 needed"}
         x = self.lm.embed(
@@ -183,6 +186,11 @@ def load_predictor(
                 "was trained on it: retrain stage 06 (train_genre_hier)"
             )
         lm = FrozenLM(lm_dir, tokenizer, device)
+        if lm.tokenizer_sha != meta["lm"].get("tokenizer_sha"):
+            raise ValueError(
+                f"the LM in {lm_dir} has another tokenizer than when the hierarchical genre "
+                "model was trained on it: retrain stage 06 (train_genre_hier)"
+            )
     n_params = sum(p.numel() for p in net.parameters())
     if lm is not None:
         n_params += sum(p.numel() for p in lm.model.parameters())
