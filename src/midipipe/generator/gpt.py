@@ -168,12 +168,14 @@ class KVCache:
         self._lo, self._keep = lo, keep
 
     def _buffer(self, layer: int, like: Tensor, t: int) -> Tensor:
-        """The layer's buffer, made on its first use for keys like `like` [B, heads, t, hd]."""
-        if self.kv[layer] is None:
-            b, heads, _, hd = like.shape
+        """The layer's buffer, made on its first use for `t` new keys like `like` ([B, heads,
+        t, hd] or [B, 2, heads, 1, hd])."""
+        buf = self.kv[layer]
+        if buf is None:
             cap = max(2 * self.context, self._lo + self._keep + t)
-            self.kv[layer] = like.new_empty(2, b, heads, cap, hd)
-        return self.kv[layer]
+            buf = like.new_empty(2, like.shape[0], like.shape[-3], cap, like.shape[-1])
+            self.kv[layer] = buf
+        return buf
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append one layer's new keys/values; return the past window plus the new ones."""
@@ -186,10 +188,9 @@ class KVCache:
     def append(self, layer: int, kv: Tensor) -> Tensor:
         """`update` for one token, keys and values together ([B, 2, heads, 1, hd]); returns
         the window [2, B, heads, n, hd]."""
-        buf = self._buffer(layer, kv[:, 0], 1)
-        end = self._lo + self._keep + 1
-        buf[:, :, :, end - 1 : end] = kv.transpose(0, 1)
-        return buf[:, :, :, self._lo : end]
+        buf = self._buffer(layer, kv, 1)
+        buf.narrow(3, self._lo + self._keep, 1).copy_(kv.transpose(0, 1))  # narrow: fewer ops
+        return buf.narrow(3, self._lo, self._keep + 1)
 
     def advance(self, t: int) -> None:
         """After all layers appended `t` tokens."""
@@ -428,13 +429,13 @@ class GPT(nn.Module):
         x = F.embedding(ids[:, 0], self.tok.weight) + F.embedding(composer, w.composer)
         for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
             y = F.layer_norm(x, (d,), ln1) @ wqkv
-            qkv = y[:, : 3 * d] * cos  # v's factor is 1
-            qkv[:, : 2 * d].addcmul_(y[:, 3 * d :], sin)
-            k, v = cache.append(i, qkv[:, d:].view(b, 2, heads, 1, -1))
-            q = qkv[:, :d].view(b, heads, 1, -1)  # already scaled
+            qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
+            qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
+            k, v = cache.append(i, qkv.narrow(1, d, 2 * d).view(b, 2, heads, 1, -1)).unbind()
+            q = qkv.narrow(1, 0, d).view(b, heads, 1, -1)  # already scaled
             att = torch.softmax(q @ k.transpose(2, 3), -1) @ v
-            x = x + att.view(b, d) @ wo
-            x = x + F.gelu(F.layer_norm(x, (d,), ln2) @ up) @ down
+            x += att.view(b, d) @ wo
+            x += F.gelu(F.layer_norm(x, (d,), ln2) @ up) @ down
         cache.advance(1)
         return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
