@@ -117,6 +117,24 @@ def test_decode_step_is_the_cached_forward_bit_for_bit():
     assert a.pos == b.pos == 40
 
 
+def test_decode_step_reads_the_weights_its_cache_was_started_with():
+    """The rearranged weights belong to a cache: a new cache after the weights changed (a
+    training step between two sampling runs) decodes with the new ones."""
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    ids, composer = torch.randint(4, 40, (2, 6)), torch.tensor([1, 2])
+    with torch.inference_mode():
+        model.decode_step(ids[:, :1], composer, model.new_cache())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    with torch.inference_mode():
+        ref, _ = model(ids, composer)
+        cache = model.new_cache()
+        out = [model.decode_step(ids[:, i : i + 1], composer, cache) for i in range(6)]
+    torch.testing.assert_close(torch.stack(out, 1), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_rope_table_is_the_angles_and_serves_training_after_sampling():
     model = GPT(tiny(context=8))
     for start, t in ((0, 8), (5, 1), (40, 3)):  # the last one grows the table
