@@ -432,8 +432,10 @@ class GPT(nn.Module):
             qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
             qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
             k, v = cache.append(i, qkv.narrow(1, d, 2 * d).view(b, 2, heads, 1, -1)).unbind()
-            q = qkv.narrow(1, 0, d).view(b, heads, 1, -1)  # already scaled
-            att = torch.softmax(q @ k.transpose(2, 3), -1) @ v
+            # bmm on [B * heads, ...]: matmul on 4-d tensors adds a few ops of reshaping
+            k, v = k.flatten(0, 1), v.flatten(0, 1)  # views: the buffer's B and heads merge
+            q = qkv.narrow(1, 0, d).reshape(b * heads, 1, -1)  # already scaled
+            att = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
             x += att.view(b, d) @ wo
             x += F.gelu(F.layer_norm(x, (d,), ln2) @ up) @ down
         cache.advance(1)
