@@ -7,12 +7,15 @@ Prints one JSON line: tokens/s of one cached stream, one guided stream, and `--r
 pieces as the rows of one batch (tokens of all rows per second), for each path, and the new
 one's ratio to the old; then where a token's time goes in each path (model forward, grammar
 mask and state, repetition penalty, top-k/p and the draw, other), from a second run with
-timers around those calls. Targets: >= 2,000 tokens/s for one stream, >= 6,000 tokens/s for
-32 guided rows. Shared cores are noisy: runs are interleaved, the best of `--repeats` counts,
-and beside wall-clock tokens/s (`*_tok_s`) the JSON gives tokens per second of the sampling
-thread's CPU time (`*_cpu_tok_s`; the split is in CPU time too), which time spent waiting for
-a busy core does not inflate. `--train` instead measures training tokens/s (forward,
-backward, AdamW).
+timers around those calls; then `forward_us`, one cached step of the module forward (what
+the old path calls) against `GPT.decode_step` (the tensor path's) alone, at 1, 2 and
+2 x `--rows` rows with a full window of keys; and the 1-minute load average at the start and
+the end. Targets: >= 2,000 tokens/s for one stream, >= 6,000 tokens/s for 32 guided rows.
+Shared cores are noisy: runs are interleaved, the best of `--repeats` counts, and beside
+wall-clock tokens/s (`*_tok_s`) the JSON gives tokens per second of the sampling thread's CPU
+time (`*_cpu_tok_s`; the split and `forward_us` are in CPU time too), which time spent
+waiting for a busy core does not inflate. `--train` instead measures training tokens/s
+(forward, backward, AdamW).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -133,7 +137,32 @@ def split(path: str, model: GPT, tokenizer, rows: int, cfg: SampleConfig) -> dic
     return {k: round(v, 1) for k, v in us.items()}
 
 
+@torch.inference_mode()
+def forward_us(model: GPT, rows: int, repeats: int, steps: int = 64) -> dict[str, float]:
+    """CPU µs of one cached step of `rows` rows, after the window filled: the module forward
+    against `decode_step`, interleaved."""
+    ids = torch.randint(4, model.config.vocab_size, (rows, 1), generator=torch.Generator())
+    composer = torch.ones(rows, dtype=torch.long)
+    steps_of = {
+        "module": lambda cache: model(ids, composer, cache, last_only=True),
+        "decode_step": lambda cache: model.decode_step(ids, composer, cache),
+    }
+    caches = {name: model.new_cache() for name in steps_of}
+    best = dict.fromkeys(steps_of, float("inf"))
+    for name, step in steps_of.items():
+        for _ in range(model.config.context + 8):
+            step(caches[name])
+    for _ in range(repeats):
+        for name, step in steps_of.items():
+            t0 = time.thread_time()
+            for _ in range(steps):
+                step(caches[name])
+            best[name] = min(best[name], 1e6 * (time.thread_time() - t0) / steps)
+    return {k: round(v, 1) for k, v in best.items()}
+
+
 def sampling(args: argparse.Namespace) -> dict:
+    load0 = os.getloadavg()[0]
     tokenizer = make_tokenizer()
     model = stage_model(tokenizer)
     cases = {
@@ -181,6 +210,10 @@ def sampling(args: argparse.Namespace) -> dict:
         cfg = sample_config(args.split_tokens, guidance, args.penalty)
         for path in PATHS:
             out[f"{path}_{case}_us_per_step"] = split(path, model, tokenizer, rows, cfg)
+    out["forward_us"] = {
+        f"rows{rows}": forward_us(model, rows, args.repeats) for rows in (1, 2, 2 * args.rows)
+    }
+    out["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     return out
 
 

@@ -112,8 +112,27 @@ def test_decode_step_is_the_cached_forward_bit_for_bit():
         model(ids[:, :4], composer, b)
         for i in range(4, 40):
             ref, _ = model(ids[:, i : i + 1], composer, a, last_only=True)
-            assert torch.equal(model.decode_step(ids[:, i : i + 1], composer, b), ref[:, -1])
+            out = model.decode_step(ids[:, i : i + 1], composer, b)
+            torch.testing.assert_close(out, ref[:, -1], atol=1e-5, rtol=1e-5)
     assert a.pos == b.pos == 40
+
+
+def test_decode_step_reads_the_weights_its_cache_was_started_with():
+    """The rearranged weights belong to a cache: a new cache after the weights changed (a
+    training step between two sampling runs) decodes with the new ones."""
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    ids, composer = torch.randint(4, 40, (2, 6)), torch.tensor([1, 2])
+    with torch.inference_mode():
+        model.decode_step(ids[:, :1], composer, model.new_cache())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    with torch.inference_mode():
+        ref, _ = model(ids, composer)
+        cache = model.new_cache()
+        out = [model.decode_step(ids[:, i : i + 1], composer, cache) for i in range(6)]
+    torch.testing.assert_close(torch.stack(out, 1), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_rope_table_is_the_angles_and_serves_training_after_sampling():

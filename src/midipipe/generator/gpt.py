@@ -135,18 +135,21 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class KVCache:
     """Keys (after rotation) and values per layer for incremental decoding.
 
-    Preallocated buffers; when one is full its last `context - 1` entries move to a new one,
-    so appending a token copies no past keys most of the time.
+    One preallocated buffer per layer, keys and values together ([2, B, heads, capacity,
+    head_dim]: a one-token step writes both with one copy); when one is full its last
+    `context - 1` entries move to a new one, so appending a token copies no past keys most of
+    the time. `weights` holds the model's weights as `decode_step` wants them, made on its
+    first step: the weights that fill a cache are the ones that read it.
     """
 
     def __init__(self, n_layer: int, context: int) -> None:
         self.context = context
-        self.k: list[Tensor | None] = [None] * n_layer
-        self.v: list[Tensor | None] = [None] * n_layer
+        self.kv: list[Tensor | None] = [None] * n_layer
         self.start = 0  # first live entry in the buffers
         self.length = 0  # live entries from `start`
         self.pos = 0  # absolute position of the next token
         self._lo = self._keep = 0
+        self.weights: DecodeWeights | None = None
 
     def n_past(self) -> int:
         """Past keys the next tokens may attend to."""
@@ -156,32 +159,92 @@ class KVCache:
         """Before a forward of `t` tokens: drop keys out of the window, make room for `t`."""
         keep = self.n_past()
         lo = self.start + self.length - keep
-        if self.k[0] is not None and lo + keep + t > self.k[0].shape[2]:
-            for bufs in (self.k, self.v):
-                for i, buf in enumerate(bufs):
-                    new = buf.new_empty(
-                        *buf.shape[:2], max(2 * self.context, keep + t), buf.shape[3]
-                    )
-                    new[:, :, :keep] = buf[:, :, lo : lo + keep]
-                    bufs[i] = new
+        if self.kv[0] is not None and lo + keep + t > self.kv[0].shape[3]:
+            for i, buf in enumerate(self.kv):
+                new = buf.new_empty(*buf.shape[:3], max(2 * self.context, keep + t), buf.shape[4])
+                new[:, :, :, :keep] = buf[:, :, :, lo : lo + keep]
+                self.kv[i] = new
             lo = 0
         self._lo, self._keep = lo, keep
+
+    def _buffer(self, layer: int, like: Tensor, t: int) -> Tensor:
+        """The layer's buffer, made on its first use for `t` new keys like `like` ([B, heads,
+        t, hd] or [B, 2, heads, 1, hd])."""
+        buf = self.kv[layer]
+        if buf is None:
+            cap = max(2 * self.context, self._lo + self._keep + t)
+            buf = like.new_empty(2, like.shape[0], like.shape[-3], cap, like.shape[-1])
+            self.kv[layer] = buf
+        return buf
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append one layer's new keys/values; return the past window plus the new ones."""
         lo, end = self._lo, self._lo + self._keep + k.shape[2]
-        if self.k[layer] is None:
-            cap = max(2 * self.context, end)
-            self.k[layer] = k.new_empty(*k.shape[:2], cap, k.shape[3])
-            self.v[layer] = v.new_empty(*v.shape[:2], cap, v.shape[3])
-        self.k[layer][:, :, lo + self._keep : end] = k
-        self.v[layer][:, :, lo + self._keep : end] = v
-        return self.k[layer][:, :, lo:end], self.v[layer][:, :, lo:end]
+        buf = self._buffer(layer, k, k.shape[2])
+        buf[0, :, :, lo + self._keep : end] = k
+        buf[1, :, :, lo + self._keep : end] = v
+        return buf[0, :, :, lo:end], buf[1, :, :, lo:end]
+
+    def append(self, layer: int, kv: Tensor) -> Tensor:
+        """`update` for one token, keys and values together ([B, 2, heads, 1, hd]); returns
+        the window [2, B, heads, n, hd]."""
+        buf = self._buffer(layer, kv, 1)
+        buf.narrow(3, self._lo + self._keep, 1).copy_(kv.transpose(0, 1))  # narrow: fewer ops
+        return buf.narrow(3, self._lo, self._keep + 1)
 
     def advance(self, t: int) -> None:
         """After all layers appended `t` tokens."""
         self.start, self.length = self._lo, self._keep + t
         self.pos += t
+
+
+class DecodeWeights:
+    """A GPT's weights rearranged for `GPT.decode_step`, where a step of one token is a chain
+    of tiny ops and each op costs more than its arithmetic (bench_sampling): matrices
+    transposed for `x @ w`; the rotary half-swap of q and k folded into the q/k/v projection as
+    extra columns, so rotating is a multiply-add with per-position tables (which also carry the
+    attention scale of q); the composer scale and the logit scale folded into their matrices.
+    Same function as `GPT.forward`, rounded differently (a test checks the tolerance).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        cfg = model.config
+        d, heads = cfg.d_model, cfg.n_head
+        half = d // heads // 2
+        # rot(x) per head is [-x2, x1]: rows of W taken from the other half, first half negated
+        swap = torch.arange(d).view(heads, 2, half).flip(1).reshape(d)
+        sign = torch.tensor([-1.0, 1.0]).repeat_interleave(half).repeat(heads)[:, None]
+        self.model = model
+        with torch.no_grad():
+            self.composer = model.composer.weight * cfg.composer_scale
+            self.layers = []
+            for block in model.blocks:
+                wq, wk, _ = block.attn.qkv.weight.split(d)
+                sign = sign.to(wq)
+                w = torch.cat([block.attn.qkv.weight, wq[swap] * sign, wk[swap] * sign])
+                self.layers.append(
+                    (
+                        block.ln1.weight,
+                        w.t().contiguous(),
+                        block.attn.proj.weight.t().contiguous(),
+                        block.ln2.weight,
+                        block.mlp.up.weight.t().contiguous(),
+                        block.mlp.down.weight.t().contiguous(),
+                    )
+                )
+            self.head = (model.tok.weight * d**-0.5).t().contiguous()
+        self.cos = self.sin = torch.empty(0)
+
+    def angles(self, pos: int) -> tuple[Tensor, Tensor]:
+        """Rows [3d] and [2d] at `pos`: what multiplies q, k, v and the swapped q, k."""
+        if pos >= len(self.cos):
+            cfg, device = self.model.config, self.head.device
+            cos, sin = self.model.rope(0, max(2 * cfg.context, 2 * pos + 2), device)
+            cos, sin = cos.repeat(1, 2 * cfg.n_head), sin.repeat(1, 2 * cfg.n_head)
+            scale = (cfg.d_model // cfg.n_head) ** -0.5
+            self.cos = torch.cat([cos * scale, cos, torch.ones_like(cos)], 1)
+            self.sin = torch.cat([sin * scale, sin], 1)
+        return self.cos[pos], self.sin[pos]
 
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -354,27 +417,29 @@ class GPT(nn.Module):
 
     def decode_step(self, ids: Tensor, composer: Tensor, cache: KVCache) -> Tensor:
         """Logits [B, vocab] of the token after ids [B, 1], continuing `cache`, in eval mode:
-        what `forward(ids, composer, cache, last_only=True)` computes, bit for bit (a test
-        checks), in functional calls. On CPU a one-token step is a chain of tiny ops, and
-        the module calls around them cost as much as the ops (bench_sampling)."""
-        cfg = self.config
-        b, d, heads = ids.shape[0], cfg.d_model, cfg.n_head
-        cos, sin = self.rope(cache.pos, 1, ids.device)
-        cos, sin = cos[:, None, None], sin[:, None, None]
+        what `forward(ids, composer, cache, last_only=True)` computes (to float rounding, a
+        test checks), in about half the ops, on the cache's `DecodeWeights`. On CPU a one-token
+        step is a chain of tiny ops, so their number sets its time (bench_sampling)."""
+        w = cache.weights
+        if w is None:
+            w = cache.weights = DecodeWeights(self)
+        b, d, heads = ids.shape[0], self.config.d_model, self.config.n_head
+        cos, sin = w.angles(cache.pos)
         cache.begin(1)
-        x = F.embedding(ids, self.tok.weight)
-        x = x + cfg.composer_scale * F.embedding(composer, self.composer.weight)[:, None, :]
-        for i, block in enumerate(self.blocks):
-            h = F.layer_norm(x, (d,), block.ln1.weight)
-            qkv = F.linear(h, block.attn.qkv.weight).view(b, 1, 3, heads, d // heads)
-            qk = apply_rope(qkv[:, :, :2], cos, sin)
-            k, v = cache.update(i, qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
-            y = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), k, v)
-            x = x + F.linear(y.transpose(1, 2).reshape(b, 1, d), block.attn.proj.weight)
-            h = F.layer_norm(x, (d,), block.ln2.weight)
-            x = x + F.linear(F.gelu(F.linear(h, block.mlp.up.weight)), block.mlp.down.weight)
+        x = F.embedding(ids[:, 0], self.tok.weight) + F.embedding(composer, w.composer)
+        for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
+            y = F.layer_norm(x, (d,), ln1) @ wqkv
+            qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
+            qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
+            k, v = cache.append(i, qkv.narrow(1, d, 2 * d).view(b, 2, heads, 1, -1)).unbind()
+            # bmm on [B * heads, ...]: matmul on 4-d tensors adds a few ops of reshaping
+            k, v = k.flatten(0, 1), v.flatten(0, 1)  # views: the buffer's B and heads merge
+            q = qkv.narrow(1, 0, d).reshape(b * heads, 1, -1)  # already scaled
+            att = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
+            x += att.view(b, d) @ wo
+            x += F.gelu(F.layer_norm(x, (d,), ln2) @ up) @ down
         cache.advance(1)
-        return F.linear(F.layer_norm(x[:, -1], (d,), self.ln_f.weight), self.tok.weight) * (d**-0.5)
+        return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
