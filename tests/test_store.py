@@ -48,14 +48,18 @@ def test_organize_writes_a_gigamidi_store_the_manifest_indexes(lab, tmp_path):
     assert not (data / "midi").exists()
     meta = pq.ParquetFile(store.parts(corpus)[0]).metadata
     assert meta.num_row_groups == 2  # 3 rows in groups of 2: a piece is read without its shard
-    assert pq.read_schema(store.parts(corpus)[0]).remove_metadata().equals(
-        store.SCHEMA.remove_metadata()
+    assert (
+        pq.read_schema(store.parts(corpus)[0])
+        .remove_metadata()
+        .equals(store.SCHEMA.remove_metadata())
     )
     manifest = pq.read_table(data / "manifest.parquet").to_pylist()
     corpus_reader = store.Corpus(corpus, data / "manifest.parquet")
     for row in manifest:
         assert piece_id(corpus_reader.music(row["piece_id"])) == row["piece_id"]
-    in_store = {r["md5"]: r for b in store.iter_batches(corpus, store.META_COLUMNS) for r in b.to_pylist()}
+    in_store = {
+        r["md5"]: r for b in store.iter_batches(corpus, store.META_COLUMNS) for r in b.to_pylist()
+    }
     assert sorted(in_store) == sorted(r["piece_id"] for r in manifest)
     good = next(r for r in manifest if r["original"] == "bach/b1.mid")
     row = in_store[good["piece_id"]]
@@ -63,7 +67,9 @@ def test_organize_writes_a_gigamidi_store_the_manifest_indexes(lab, tmp_path):
     assert row["split"] == store.SPLITS[good["split"]] and row["total_notes"] == good["n_notes"] > 0
     rejects = pq.read_table(data / "organize_rejects.parquet").to_pylist()
     assert {r["path"]: r["reason"] for r in rejects} == {
-        "bach/broken.mid": in_store[piece_id((lab / "bach/broken.mid").read_bytes())]["parse_error"],
+        "bach/broken.mid": in_store[piece_id((lab / "bach/broken.mid").read_bytes())][
+            "parse_error"
+        ],
         "bach/empty.mid": "empty file (0 bytes)",
     }
     order = corpus_reader.in_store_order()

@@ -10,8 +10,10 @@ whole shard; this module is the one place that reads them.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -136,14 +138,14 @@ def iter_batches(
 
 
 class Reader:
-    """Bytes by `(shard, row)`: reads the row group that holds a row and keeps the last one, so
+    """Bytes by `(shard, row)`: reads the row group that holds a row and keeps the last few, so
     locations in store order read each row group once."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, groups: int = 8):
         self.folder = Path(folder)
+        self.groups = groups
         self._files: dict[str, tuple[pq.ParquetFile, list[int]]] = {}
-        self._group: tuple[str, int] | None = None
-        self._music: pa.Array | None = None
+        self._music: OrderedDict[tuple[str, int], pa.Array] = OrderedDict()
 
     def _file(self, shard: str) -> tuple[pq.ParquetFile, list[int]]:
         if shard not in self._files:
@@ -161,11 +163,15 @@ class Reader:
         handle, starts = self._file(shard)
         if not 0 <= row < starts[-1]:
             raise SourceError(f"{self.folder / shard}: no row {row} ({starts[-1]} rows)")
-        group = next(i for i in range(len(starts) - 1) if starts[i + 1] > row)
-        if self._group != (shard, group):
-            self._music = handle.read_row_group(group, columns=["music"]).column(0)
-            self._group = (shard, group)
-        return self._music[row - starts[group]].as_py()
+        group = bisect.bisect_right(starts, row) - 1
+        key = (shard, group)
+        if key in self._music:
+            self._music.move_to_end(key)
+        else:
+            if len(self._music) >= self.groups:
+                self._music.popitem(last=False)
+            self._music[key] = handle.read_row_group(group, columns=["music"]).column(0)
+        return self._music[key][row - starts[group]].as_py()
 
 
 def read_music(folder: str | Path, locations: Iterable[tuple[str, int]]) -> Iterator[bytes]:
@@ -198,6 +204,23 @@ class Corpus:
     def iter_music(self, piece_ids: Iterable[str]) -> Iterator[bytes]:
         for pid in piece_ids:
             yield self.music(pid)
+
+    def lazy(self, piece_ids: Sequence[str]) -> Sequence[bytes]:
+        """The pieces' bytes as a sequence read on access: one piece in memory at a time."""
+        return _Lazy(self, list(piece_ids))
+
+
+class _Lazy(Sequence):
+    def __init__(self, corpus: Corpus, piece_ids: list[str]):
+        self.corpus, self.piece_ids = corpus, piece_ids
+
+    def __len__(self) -> int:
+        return len(self.piece_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return _Lazy(self.corpus, self.piece_ids[i])
+        return self.corpus.music(self.piece_ids[i])
 
 
 class StoreWriter:

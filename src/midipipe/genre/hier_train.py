@@ -136,7 +136,7 @@ def train_hier(
     resume_dir: str | Path = "checkpoints/genre_hier",
     lm_dir: str | Path | None = None,
     tags: dict[str, list[str]] | None = None,
-    midi_dir: str | Path | None = "data/midi",
+    corpus_dir: str | Path | None = "data/corpus",
     latents_dir: str | Path | None = "data/latents",
 ) -> HierResult:
     """Embed chunks with the frozen LM in `lm_dir`, train the pooling head on multi-hot tags
@@ -302,7 +302,7 @@ def train_hier(
     }
     used = (train, valid, test)
     inputs = baselines.inputs(
-        [s.piece_ids for s in used], baselines.midi_paths(rows, midi_dir), latents_dir
+        [s.piece_ids for s in used], baselines.corpus_music(corpus_dir, manifest), latents_dir
     )
     metrics.update(baselines.multi_label_scores(inputs, *(s.y for s in used), seed=tp.seed))
     return HierResult(job, metrics, names, test.y, probs, test.piece_ids)

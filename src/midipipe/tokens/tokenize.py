@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +44,11 @@ def _init_worker(remi_overrides: dict, with_musetok: bool, max_notes: int) -> No
     _MAX_NOTES = max_notes
 
 
-def _tokenize_one(item: tuple[str, str]) -> dict:
-    """Both token streams of one file, or the reason each one failed."""
+def _tokenize_one(src: bytes | str) -> dict:
+    """Both token streams of one file (its bytes, or a path read here), or why each failed."""
     from midipipe.musetok.events import Fixes, MuseTokReject, encode_midi
 
-    _, path = item
-    data = Path(path).read_bytes()
+    data = src if isinstance(src, bytes) else Path(src).read_bytes()
     try:  # unreadable, empty or oversized: the same reason for both streams
         score = load_score(data, max_notes=_MAX_NOTES)
     except BadMidi as exc:
@@ -169,9 +168,13 @@ def tokenize_files(
     params: TokenizeParams,
     total: int | None = None,
     resume: bool = False,
+    music: Callable[[Sequence[tuple[str, str]]], Iterable[bytes]] | None = None,
 ) -> Summary:
     """Write `remi/part-*.parquet`, `remi/tokenizer.json`, `musetok/part-*.parquet` and
-    `rejects.parquet` under `out_dir` for `(piece_id, path)` items, streaming.
+    `rejects.parquet` under `out_dir` for `(piece_id, name)` items, streaming.
+
+    `music(items)` yields each item's bytes in order (the corpus store: the parent reads them,
+    workers get one file's bytes each); without it each name is a file path a worker reads.
 
     Every `rows_per_part` files the shards are flushed and `progress.json` records how far the
     run got; with `resume`, a run on the same items and params continues from there (no file
@@ -193,9 +196,10 @@ def tokenize_files(
         if stream != "musetok" or params.musetok
     }
     done = state["done"]
+    todo = items[done:]
     results = robust_map(
         _tokenize_one,
-        items[done:],
+        music(todo) if music is not None else (path for _, path in todo),
         workers=params.workers,
         timeout=params.timeout_s,
         batch_size=params.batch_size,
@@ -203,7 +207,7 @@ def tokenize_files(
         initargs=(params.remi, params.musetok, params.max_notes),
     )
     bar = tqdm(results, total=total, initial=done, desc="tokenize", unit="file")
-    for (pid, path), res in bar:
+    for (pid, path), (_, res) in zip(todo, bar, strict=True):
         summary.files += 1
         if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
