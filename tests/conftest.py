@@ -90,9 +90,9 @@ def write_corpus(corpus_dir: Path, pieces: list[tuple[dict, bytes]]) -> list[dic
     from midipipe.data import store
 
     writer = store.StoreWriter(corpus_dir, 0, rows_per_file=1000, rows_per_group=8)
-    out = [
-        {**meta, **dict(zip(("shard", "row"), writer.add(store.store_row(meta, data))))}
-        for meta, data in pieces
-    ]
+    out = []
+    for meta, data in pieces:
+        shard, row = writer.add(store.store_row(meta, data))
+        out.append({**meta, "shard": shard, "row": row})
     writer.close()
     return out

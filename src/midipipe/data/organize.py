@@ -86,10 +86,10 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 
-def _facts_of(item: tuple[dict, bytes]) -> dict:
-    """The manifest's facts of one file's bytes (in a pool worker), or why there are none."""
+def facts(data: bytes) -> dict:
+    """The manifest's facts of one file's bytes, or `parse_error`: why there are none."""
     try:
-        s = stats(load_score(item[1]))
+        s = stats(load_score(data))
     except BadMidi as exc:
         return {"parse_error": str(exc)}
     return {
@@ -100,6 +100,10 @@ def _facts_of(item: tuple[dict, bytes]) -> dict:
         "TPQN": s.tpqn,
         "instrument": s.instrument,
     }
+
+
+def _facts_of(item: tuple[dict, bytes]) -> dict:
+    return facts(item[1])  # in a pool worker: the item's metadata stays in the parent
 
 
 class _Rows:

@@ -26,6 +26,7 @@ from midipipe.core.io import ShardWriter, write_json, write_table
 from midipipe.core.params import TokenizeParams
 from midipipe.data.midi import load_score
 from midipipe.data.pool import Failure, robust_map
+from midipipe.data.store import Corpus
 from midipipe.tokens import remi
 from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA, read_parts
 
@@ -245,6 +246,27 @@ def tokenize_files(
     write_table(out_dir / "rejects.parquet", read_parts(out_dir / ".rejects"))
     shutil.rmtree(out_dir / ".rejects")
     return summary
+
+
+def tokenize_corpus(
+    data_dir: str | Path,
+    params: TokenizeParams,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> Summary:
+    """`tokenize_files` over the corpus store under `data_dir` (`corpus/`, `manifest.parquet`),
+    in store order so each row group is read once; tokens go to `out_dir` (`data_dir/tokens`)."""
+    data_dir = Path(data_dir)
+    corpus = Corpus(data_dir / "corpus", data_dir / "manifest.parquet")
+    items = [(pid, "{}:{}".format(*corpus.where[pid])) for pid in corpus.in_store_order()]
+    return tokenize_files(
+        items,
+        out_dir if out_dir is not None else data_dir / "tokens",
+        params,
+        total=len(items),
+        resume=resume,
+        music=lambda todo: corpus.iter_music(pid for pid, _ in todo),
+    )
 
 
 def _save_checkpoint(
