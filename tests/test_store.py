@@ -146,3 +146,42 @@ def test_a_hanging_file_becomes_a_reject_and_nothing_else_is_lost(lab, tmp_path,
     assert summary["pieces"] == 10 and summary["rejects"] == 3
     rejects = pq.read_table(tmp_path / "data" / "organize_rejects.parquet").to_pylist()
     assert {r["path"]: r["reason"] for r in rejects}["bach/hang.mid"] == "timed out after 2 s"
+
+
+def test_export_writes_composer_folders_from_the_store(lab, tmp_path):
+    import subprocess
+    import sys
+
+    from midipipe.data.export import export, file_names
+
+    data = tmp_path / "data"
+    org.organize(_params(lab), data)
+    out = tmp_path / "by_composer"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midipipe.cli",
+            "export",
+            "--by",
+            "composer",
+            str(out),
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.mid"))
+    assert len(written) == 9 and "bach/b1.mid" in written and "mozart/m2.mid" in written
+    assert (out / "bach" / "b1.mid").read_bytes() == (lab / "bach" / "b1.mid").read_bytes()
+    assert not list(out.rglob(".*"))  # no temporaries left
+    assert export(data, tmp_path / "by_split", by="split") == 9
+    assert {p.name for p in (tmp_path / "by_split").iterdir()} <= {"train", "valid", "test"}
+    rows = [{"piece_id": "a" * 32, "original": "x.mid", "composer": "../../etc"}]
+    rows.append({"piece_id": "b" * 32, "original": "x.mid", "composer": "../../etc"})
+    assert file_names(rows, "composer") == {
+        "a" * 32: "etc/x.mid",
+        "b" * 32: "etc/x-bbbbbbbb.mid",
+    }
