@@ -35,25 +35,15 @@ log = logging.getLogger(__name__)
 MANIFEST_SCHEMA = pa.schema(
     [
         ("piece_id", pa.string()),
-        ("source", pa.string()),
         ("shard", pa.string()),  # data/corpus/<shard> holds the bytes ...
         ("row", pa.int64()),  # ... at this row
-        ("original", pa.string()),  # the file's name in its source
-        ("song_id", pa.string()),
         ("split", pa.string()),
-        ("composer", pa.string()),
-        ("genres", pa.list_(pa.string())),
-        ("period", pa.string()),
-        ("emotion", pa.string()),
-        ("valence", pa.float32()),
-        ("arousal", pa.float32()),
+        *store.LABEL_FIELDS,
         ("n_notes", pa.int64()),
-        ("n_bars", pa.int64()),
-        ("duration_s", pa.float32()),
         ("n_tracks", pa.int32()),
         ("TPQN", pa.int64()),
-        ("instrument", pa.int64()),
-        ("parse_error", pa.string()),  # set: the file is kept but has no facts (a reject)
+        ("instrument", pa.int64()),  # GigaMIDI's instrument category
+        *store.FACT_FIELDS,  # parse_error set: the file is kept but has no facts (a reject)
     ]
 )
 # what organize tracks per piece while it runs, beside the manifest's columns
