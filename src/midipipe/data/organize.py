@@ -182,6 +182,8 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
         writer.abort()
         raise
     table, rewritten, conflicts = _settle(corpus, rows.table(), cache, o)
+    if not store.parts(corpus):  # no piece at all: one empty shard, so the output exists
+        write_table(corpus / store.part_name(0), store.SCHEMA.empty_table())
     table = table.select(MANIFEST_SCHEMA.names).sort_by("piece_id")
     write_table(data_dir / "manifest.parquet", table.cast(MANIFEST_SCHEMA))
     write_rows(data_dir / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
