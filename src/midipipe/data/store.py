@@ -211,6 +211,8 @@ class Corpus:
 
 
 class _Lazy(Sequence):
+    """Feature loops take sequences of files; this one reads each piece when it is reached."""
+
     def __init__(self, corpus: Corpus, piece_ids: list[str]):
         self.corpus, self.piece_ids = corpus, piece_ids
 
@@ -236,7 +238,6 @@ class StoreWriter:
         self.in_file = 0
         self._stack: contextlib.ExitStack | None = None
         self._writer: pq.ParquetWriter | None = None
-        self.written: list[str] = []
 
     def add(self, row: dict) -> tuple[str, int]:
         """Queue one row; returns the shard and row it will have."""
@@ -264,7 +265,6 @@ class StoreWriter:
             return
         self._flush_group()
         self._stack.close()  # closes the Parquet writer, then renames the file
-        self.written.append(part_name(self.next))
         self._writer = self._stack = None
         self.next += 1
         self.in_file = 0
