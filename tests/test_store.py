@@ -185,3 +185,25 @@ def test_export_writes_composer_folders_from_the_store(lab, tmp_path):
         "a" * 32: "etc/x.mid",
         "b" * 32: "etc/x-bbbbbbbb.mid",
     }
+
+
+def test_tokenize_reads_the_store_and_then_only_what_was_added(lab, tmp_path, make_midi, caplog):
+    from midipipe.core.params import TokenizeParams
+    from midipipe.tokens.shards import read_parts
+    from midipipe.tokens.tokenize import tokenize_corpus
+
+    data = tmp_path / "data"
+    org.organize(_params(lab), data)
+    params = TokenizeParams(workers=2, musetok=False, rows_per_part=4)
+    first = tokenize_corpus(data, params, resume=True)
+    assert first.files == 9 and first.remi_pieces == 7 and first.rejects == 2
+    rejects = pq.read_table(data / "tokens" / "rejects.parquet").column("path").to_pylist()
+    assert sorted(rejects) == ["lab:bach/broken.mid", "lab:bach/empty.mid"]
+    make_midi("haydn/h0.mid", folder=lab, n_bars=7, pitch=40)
+    org.organize(_params(lab), data)
+    with caplog.at_level("INFO"):
+        grown = tokenize_corpus(data, params, resume=True)
+    assert "resuming after 9 files" in caplog.text
+    assert grown.files == 10 and grown.remi_pieces == 8
+    ids = read_parts(data / "tokens" / "remi").column("piece_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 8

@@ -270,10 +270,17 @@ def tokenize_corpus(
     resume: bool = False,
 ) -> Summary:
     """`tokenize_files` over the corpus store under `data_dir` (`corpus/`, `manifest.parquet`),
-    in store order so each row group is read once; tokens go to `out_dir` (`data_dir/tokens`)."""
+    in store order so each row group is read once; tokens go to `out_dir` (`data_dir/tokens`),
+    rejects name each file as `source:original name`."""
     data_dir = Path(data_dir)
-    corpus = Corpus(data_dir / "corpus", data_dir / "manifest.parquet")
-    items = [(pid, "{}:{}".format(*corpus.where[pid])) for pid in corpus.in_store_order()]
+    manifest = data_dir / "manifest.parquet"
+    corpus = Corpus(data_dir / "corpus", manifest)
+    names = pq.read_table(manifest, columns=["piece_id", "source", "original"]).to_pydict()
+    name_of = {
+        pid: f"{source}:{original}"  # what rejects and logs show
+        for pid, source, original in zip(*names.values(), strict=True)
+    }
+    items = [(pid, name_of[pid]) for pid in corpus.in_store_order()]
     return tokenize_files(
         items,
         out_dir if out_dir is not None else data_dir / "tokens",
