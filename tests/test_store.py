@@ -142,10 +142,10 @@ REAL_FACTS = org._facts_of
 def test_a_hanging_file_becomes_a_reject_and_nothing_else_is_lost(lab, tmp_path, monkeypatch):
     (lab / "bach" / "hang.mid").write_bytes((lab / "bach" / "b0.mid").read_bytes() + b"\0")
     monkeypatch.setattr(org, "_facts_of", _hang_on_marker)
-    summary = org.organize(_params(lab, timeout_s=2), tmp_path / "data")
+    summary = org.organize(_params(lab, timeout_s=1.5), tmp_path / "data")
     assert summary["pieces"] == 10 and summary["rejects"] == 3
     rejects = pq.read_table(tmp_path / "data" / "organize_rejects.parquet").to_pylist()
-    assert {r["path"]: r["reason"] for r in rejects}["bach/hang.mid"] == "timed out after 2 s"
+    assert {r["path"]: r["reason"] for r in rejects}["bach/hang.mid"] == "timed out after 1.5 s"
 
 
 def test_export_writes_composer_folders_from_the_store(lab, tmp_path):
