@@ -263,6 +263,18 @@ def tokenize_files(
     return summary
 
 
+def _store_items(manifest: Path) -> list[tuple[str, str]]:
+    """`(piece_id, "source:original")` of every piece in store order (shard, then row)."""
+    rows = pq.read_table(manifest, columns=["piece_id", "source", "original", "shard", "row"])
+    rows = rows.sort_by([("shard", "ascending"), ("row", "ascending")]).to_pydict()
+    return [
+        (pid, f"{source}:{original}")
+        for pid, source, original in zip(
+            rows["piece_id"], rows["source"], rows["original"], strict=True
+        )
+    ]
+
+
 def tokenize_corpus(
     data_dir: str | Path,
     params: TokenizeParams,
@@ -275,12 +287,7 @@ def tokenize_corpus(
     data_dir = Path(data_dir)
     manifest = data_dir / "manifest.parquet"
     corpus = Corpus(data_dir / "corpus", manifest)
-    names = pq.read_table(manifest, columns=["piece_id", "source", "original"]).to_pydict()
-    name_of = {
-        pid: f"{source}:{original}"  # what rejects and logs show
-        for pid, source, original in zip(*names.values(), strict=True)
-    }
-    items = [(pid, name_of[pid]) for pid in corpus.in_store_order()]
+    items = _store_items(manifest)
     return tokenize_files(
         items,
         out_dir if out_dir is not None else data_dir / "tokens",
