@@ -45,12 +45,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from midipipe.annotate.gigamidi_export import SCHEMA, midi_facts
 from midipipe.annotate.params import AnnotateParams
 from midipipe.annotate.run import annotate
-from midipipe.core.errors import BadMidi
 from midipipe.core.io import write_json
-from midipipe.data.midi import load_score, piece_id
+from midipipe.data.midi import piece_id
+from midipipe.data.organize import facts
+from midipipe.data.store import SCHEMA, store_row
 from midipipe.emotion import regressor, rules_config
 from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import RuleParams
@@ -108,18 +108,10 @@ def build_parquet(files: list[Path], n_bad: int, path: Path) -> tuple[int, int]:
     rows, parseable = [], 0
     for f in files:
         data = f.read_bytes()
-        try:
-            load_score(data)
-            parseable += 1
-        except BadMidi:
-            pass
-        rows.append({
-            "split": "train", "md5": piece_id(data), "music": data, **midi_facts(data),
-            "music_styles_curated": [f.relative_to(external_data()).parts[0]],
-            "music_style_scraped": "", "music_style_audio_text_Discogs": [],
-            "music_style_audio_text_Lastfm": [], "music_style_audio_text_Tagtraum": [],
-            "title": f.stem, "artist": "",
-        })  # fmt: skip
+        got = facts(data)
+        parseable += "parse_error" not in got
+        meta = {"piece_id": piece_id(data), "split": "train", "original": f.name, **got}
+        rows.append(store_row({**meta, "genres": [f.relative_to(external_data()).parts[0]]}, data))
     for k, (key, music) in enumerate(bad_rows(files, n_bad)):
         rows.insert(k * len(rows) // max(1, n_bad), {"split": "train", "md5": key, "music": music})
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, row_group_size=64)

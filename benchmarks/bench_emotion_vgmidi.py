@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +32,7 @@ from common import external_data  # noqa: E402
 from midipipe.core.device import seed_everything  # noqa: E402
 from midipipe.core.params import DataParams, OrganizeParams, Params, TokenizeParams, merged_train
 from midipipe.data.organize import organize  # noqa: E402
+from midipipe.data.store import Corpus  # noqa: E402
 from midipipe.emotion import EmotionParams  # noqa: E402
 from midipipe.emotion.evaluate import cross_validate, summarize  # noqa: E402
 from midipipe.emotion.regressor import INPUTS, assemble, encode_inputs, latent_of  # noqa: E402
@@ -41,7 +41,7 @@ from midipipe.musetok import checkpoint  # noqa: E402
 from midipipe.musetok import train as mt  # noqa: E402
 from midipipe.musetok.model import MuseTok, MuseTokConfig  # noqa: E402
 from midipipe.tokens.shards import tokens_by_split  # noqa: E402
-from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_corpus  # noqa: E402
 from midipipe.training.fit import Fit, fit
 
 log = logging.getLogger("bench_emotion_vgmidi")
@@ -55,9 +55,7 @@ def build_data(work: Path, vgmidi: Path, workers: int) -> None:
     source = {"kind": "vgmidi", "name": "vgmidi", "path": str(vgmidi)}
     params = Params(data=DataParams(sources=[source]), organize=OrganizeParams(workers=workers))
     organize(params, work / "data")
-    manifest = pq.read_table(work / "data" / "manifest.parquet", columns=["piece_id", "path"])
-    items = [(r["piece_id"], str(work / "data" / "midi" / r["path"])) for r in manifest.to_pylist()]
-    tokenize_files(items, work / "data" / "tokens", TokenizeParams(workers=workers))
+    tokenize_corpus(work / "data", TokenizeParams(workers=workers))
 
 
 def train_musetok(work: Path, epochs: int) -> dict:
@@ -95,7 +93,8 @@ def kfold(work: Path, musetok_dir: Path, p: EmotionParams, folds: int, names: tu
     tp = merged_train(Params(), p.train)
     data = work / "data"
     pieces = read_labels(data / "manifest.parquet", data / "labels" / "bar_va.parquet", p.targets)
-    bars = collect(pieces, data / "tokens" / "musetok", data / "midi", p.targets, p.rules)
+    corpus = Corpus(data / "corpus", data / "manifest.parquet")
+    bars = collect(pieces, data / "tokens" / "musetok", corpus, p.targets, p.rules)
     latents, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
     inputs = {name: assemble(name, latents, bars.cues) for name in names}
     everything = np.arange(len(bars.piece_ids))

@@ -45,7 +45,7 @@ from midipipe.genre.phrase_train import train_phrase  # noqa: E402
 from midipipe.musetok.latents import LatentParams, extract_latents  # noqa: E402
 from midipipe.musetok.train import PROFILES as MUSETOK_PROFILES  # noqa: E402
 from midipipe.musetok.train import MuseTokTrainParams, train_musetok  # noqa: E402
-from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_corpus  # noqa: E402
 
 log = logging.getLogger("bench_real")
 TASKS = ("emopia", "asap", "vgmidi", "fourway")
@@ -66,9 +66,7 @@ def build(root: Path, sources: list[dict], workers: int, musetok: dict | None, *
     if not (data / "tokens" / "remi" / "tokenizer.json").exists():
         p = project_params(sources, workers, **split)
         organize(p, data)
-        rows = pq.read_table(data / "manifest.parquet", columns=["piece_id", "path"]).to_pylist()
-        items = [(r["piece_id"], str(data / "midi" / r["path"])) for r in rows]
-        tokenize_files(items, data / "tokens", p.tokenize, total=len(items))
+        tokenize_corpus(data, p.tokenize)
     info = {"pieces": pq.read_metadata(data / "manifest.parquet").num_rows}
     if musetok:
         models = root / "models" / "musetok"
@@ -136,7 +134,7 @@ def run_emopia(root: Path, folds: int) -> dict:
         manifest=str(data / "manifest.parquet"),
         bar_va=str(data / "labels" / "bar_va.parquet"),
         tokens=str(data / "tokens" / "musetok"),
-        midi=str(data / "midi"),
+        corpus=str(data / "corpus"),
         latents=str(data / "latents"),
         musetok=str(root / "models" / "musetok"),
         out=root / "models" / "emotion",
@@ -173,7 +171,7 @@ def run_asap(root: Path, budget_s: float, epochs: int) -> dict:
         data / "manifest.parquet",
         root / "models" / "genre_phrase",
         root / "checkpoints" / "genre_phrase",
-        data / "midi",
+        data / "corpus",
         data / "latents",
     )
     m = r.metrics

@@ -51,7 +51,7 @@ from midipipe.genre.params import GenreHierParams, GenreParams  # noqa: E402
 from midipipe.genre.phrase_train import train_phrase  # noqa: E402
 from midipipe.genre.phrases import spread  # noqa: E402
 from midipipe.tokens import remi  # noqa: E402
-from midipipe.tokens.tokenize import tokenize_files  # noqa: E402
+from midipipe.tokens.tokenize import tokenize_corpus  # noqa: E402
 
 log = logging.getLogger("genre_fourway")
 
@@ -125,9 +125,7 @@ def build_project(root: Path, data: Path, per_class: int, workers: int, musetok:
         tokenize=TokenizeParams(workers=workers, musetok=musetok),
     )
     summary = organize(params, root / "data")
-    rows = pq.read_table(root / "data" / "manifest.parquet", columns=["piece_id", "path"])
-    items = [(r["piece_id"], str(root / "data" / "midi" / r["path"])) for r in rows.to_pylist()]
-    tokens = tokenize_files(items, root / "data" / "tokens", params.tokenize, total=len(items))
+    tokens = tokenize_corpus(root / "data", params.tokenize)
     return {"organized": summary["pieces"], "rejects": tokens.rejects}
 
 
@@ -172,7 +170,7 @@ def hier_scores(
         root / f"ckpt_hier_{name}",
         lm_dir,
         tags={row["piece_id"]: [row["source"]] for row in manifest},
-        midi_dir=data / "midi",
+        corpus_dir=data / "corpus",
         latents_dir=latents,
     )
     m, key = r.metrics, f"hier_{name}"
@@ -235,7 +233,7 @@ def main() -> None:
         data / "manifest.parquet",
         root / "genre_phrase",
         root / "ckpt_phrase",
-        data / "midi",
+        data / "corpus",
         latents,
     )
     t_phrase = time.perf_counter() - t1

@@ -1,4 +1,5 @@
-"""Stage 00: every source in `data.sources` -> data/midi/, data/manifest.parquet, bar labels."""
+"""Stage 00: every source in `data.sources` -> the corpus store data/corpus/, the manifest,
+bar labels and organize's rejects."""
 
 from midipipe.core import params
 from midipipe.core.logs import run_main

@@ -19,7 +19,7 @@ def main() -> None:
         "data/manifest.parquet",
         "models/genre_phrase",
         "checkpoints/genre_phrase",
-        "data/midi",
+        "data/corpus",
         "data/latents",
     )
     if not distributed.is_main():  # under torchrun the main process alone writes

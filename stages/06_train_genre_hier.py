@@ -24,7 +24,7 @@ def main() -> None:
         "models/genre_hier",
         "checkpoints/genre_hier",
         resolve_lm(hp, "models/generator"),
-        midi_dir="data/midi",
+        corpus_dir="data/corpus",
         latents_dir="data/latents",
     )
     if not distributed.is_main():  # under torchrun the main process alone writes

@@ -82,3 +82,17 @@ def one_thread():
 def tokenizer():
     """The default REMI tokenizer (params' `tokenize.remi` defaults)."""
     return make_tokenizer()
+
+
+def write_corpus(corpus_dir: Path, pieces: list[tuple[dict, bytes]]) -> list[dict]:
+    """Put `(manifest row, MIDI bytes)` pairs in a corpus store (what organize writes) and
+    return the rows with the `shard` and `row` that locate their bytes."""
+    from midipipe.data import store
+
+    writer = store.StoreWriter(corpus_dir, 0, rows_per_file=1000, rows_per_group=8)
+    out = []
+    for meta, data in pieces:
+        shard, row = writer.add(store.store_row(meta, data))
+        out.append({**meta, "shard": shard, "row": row})
+    writer.close()
+    return out

@@ -595,40 +595,23 @@ def test_ray_engine_equals_local_engine(corpus, models, tmp_path, monkeypatch):
 # -- the embedded corpus as GigaMIDI -----------------------------------------------------------
 
 
-def test_export_manifest_to_gigamidi_schema(models, tmp_path):
-    from midipipe.annotate.gigamidi_export import export
+def test_the_corpus_store_is_gigamidi_parquet_for_annotate(models, tmp_path):
+    from midipipe.core.params import Params, build
+    from midipipe.data.organize import organize
 
-    midi = tmp_path / "midi"
-    rows = []
+    lab = tmp_path / "lab" / "bach"
+    lab.mkdir(parents=True)
     for i, music in enumerate(GOOD[:3] + [b"junk"]):
-        pid = hashlib.md5(music).hexdigest()
-        (midi / "bach").mkdir(parents=True, exist_ok=True)
-        (midi / "bach" / f"{pid}.mid").write_bytes(music)
-        rows.append(
-            {
-                "piece_id": pid,
-                "path": f"bach/{pid}.mid",
-                "original": f"bach/bwv{i}.mxl",
-                "split": ["train", "valid", "test", "train"][i],
-                "composer": "bach",
-                "genres": ["chorale"],
-                "period": "baroque",
-            }
-        )
-    rows.append({**rows[0], "piece_id": "gone", "path": "bach/gone.mid"})
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
-    (path,) = export(tmp_path / "manifest.parquet", midi, tmp_path / "giga")
-    table = pq.read_table(path).to_pylist()
-    assert [r["md5"] for r in table] == [r["piece_id"] for r in rows[:4]]
-    assert [r["split"] for r in table] == ["train", "validation", "test", "train"]
-    first = table[0]
+        (lab / f"bwv{i}.mid").write_bytes(music)
+    spec = {"kind": "folder", "name": "lab", "path": str(lab.parent), "composer_from": "subfolder"}
+    organize(build(Params, {"data": {"sources": [spec]}, "organize": {"workers": 1}}), tmp_path)
+    table = {r["md5"]: r for r in pq.read_table(tmp_path / "corpus").to_pylist()}
+    first = table[hashlib.md5(GOOD[0]).hexdigest()]
     assert first["music"] == GOOD[0] and first["artist"] == "bach" and first["title"] == "bwv0"
-    assert (
-        first["music_styles_curated"] == ["chorale"] and first["music_style_scraped"] == "baroque"
-    )
+    assert first["split"] in ("train", "validation", "test")
     assert first[INSTRUMENT_COLUMN] == 2 and first["total_notes"] > 0
-    assert table[3][INSTRUMENT_COLUMN] is None
-    p = params(tmp_path / "giga", models)  # a folder of Parquet files, as GigaMIDI ships
+    assert table[hashlib.md5(b"junk").hexdigest()][INSTRUMENT_COLUMN] is None
+    p = params(tmp_path / "corpus", models)  # a folder of Parquet files, as GigaMIDI ships
     report = annotate(p, tmp_path / "ann", progress=False)
     assert report.metrics()["songs_ok"] == 3 and report.metrics()["songs_failed"] == 1
 

@@ -36,7 +36,7 @@ from midipipe.genre.params import GenreHierParams, GenreParams
 from midipipe.genre.phrase_train import train_phrase
 from midipipe.tokens.remi import encode, make_tokenizer
 from midipipe.tokens.shards import TOKENS_SCHEMA
-from tests.conftest import build_midi
+from tests.conftest import build_midi, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "outputs" / "demo"
@@ -64,27 +64,28 @@ def build_models(root: Path) -> Path:
     tokenizer = make_tokenizer()
     tokens_dir = root / "data" / "tokens"
     tokens_dir.mkdir(parents=True)
-    (root / "data" / "midi").mkdir()
     tokenizer.save(tokens_dir)
     manifest, tokens = [], []
     for name, kw in STYLES.items():
         for k in range(8):
             pid, data = f"{name}{k:02d}", build_midi(n_bars=12, **kw)
-            (root / "data" / "midi" / f"{pid}.mid").write_bytes(data)
             ids, bars = encode(tokenizer, symusic.Score.from_midi(data))
             tokens.append({"piece_id": pid, "ids": ids.tolist(), "bar_starts": bars.tolist()})
             split = "test" if k == 0 else "valid" if k == 1 else "train"
             manifest.append(
-                {
-                    "piece_id": pid,
-                    "song_id": f"lab:{pid}",
-                    "split": split,
-                    "composer": name,
-                    "period": name,
-                    "genres": TAGS[name],
-                    "path": f"{pid}.mid",
-                }
+                (
+                    {
+                        "piece_id": pid,
+                        "song_id": f"lab:{pid}",
+                        "split": split,
+                        "composer": name,
+                        "period": name,
+                        "genres": TAGS[name],
+                    },
+                    data,
+                )
             )
+    manifest = write_corpus(root / "data" / "corpus", manifest)
     write_rows(tokens_dir / "part-00000.parquet", tokens, TOKENS_SCHEMA)
     write_rows(root / "data" / "manifest.parquet", manifest, MANIFEST_SCHEMA)
     table = composers.bucket([r["composer"] for r in manifest], min_pieces=2)
@@ -103,7 +104,7 @@ def build_models(root: Path) -> Path:
         root / "data" / "manifest.parquet",
         out / "genre_phrase",
         root / "ckpt_phrase",
-        root / "data" / "midi",
+        root / "data" / "corpus",
         root / "no_latents",
     )
     p = build(gen_train.GeneratorParams, GENERATOR, "generator")
@@ -124,7 +125,7 @@ def build_models(root: Path) -> Path:
         out / "genre_hier",
         root / "ckpt_hier",
         out / "generator",  # the project's generator as the frozen LM, as stage 06's default
-        midi_dir=root / "data" / "midi",
+        corpus_dir=root / "data" / "corpus",
         latents_dir=None,
     )
     return out

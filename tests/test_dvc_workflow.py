@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from midipipe.cli.configs import resolved
+from midipipe.data.midi import piece_id
+from midipipe.data.store import META_COLUMNS, Corpus, iter_batches
 from tests.conftest import build_midi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,11 +109,19 @@ def project(tmp_path_factory):
 
 def test_outputs_follow_the_contracts(project):
     manifest = pq.read_table(project / "data/manifest.parquet").to_pylist()
-    assert len(manifest) == 13
+    assert len(manifest) == 13 and not (project / "data/midi").exists()
+    corpus = Corpus(project / "data/corpus", project / "data/manifest.parquet")
+    stored = {
+        r["md5"]: r
+        for b in iter_batches(project / "data/corpus", META_COLUMNS)
+        for r in b.to_pylist()
+    }
+    assert len(stored) == 13
     for row in manifest:
-        assert (project / "data/midi" / row["path"]).is_file()
-        assert row["path"].startswith(f"{row['composer']}/")
+        assert piece_id(corpus.music(row["piece_id"])) == row["piece_id"]
+        assert row["original"].startswith(f"{row['composer']}/")
         assert row["split"] in {"train", "valid", "test"}
+        assert stored[row["piece_id"]]["artist"] == row["composer"]
     table = json.loads((project / "data/composers.json").read_text())
     assert [(c["name"], c["id"]) for c in table["composers"]] == [("bach", 1), ("mozart", 2)]
     assert table["other_id"] == 3
@@ -211,3 +221,18 @@ def test_remote_push_pull_into_a_second_clone(project, tmp_path):
     ):
         assert (second / rel).read_bytes() == (project / rel).read_bytes()
     assert ran(run(second, "dvc", "repro")) == set()
+
+
+def test_added_files_are_parsed_alone_and_flow_downstream(project):
+    """Sources are not DVC deps (hashing millions of files on every status would cost more than
+    it saves): after adding files, `dvc repro -f organize` parses only the new md5s."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    source = Path(params["data"]["sources"][0]["path"])
+    (source / "ives" / "new.mid").write_bytes(build_midi(n_bars=9, pitch=40))
+    before = {p.name: p.stat().st_mtime_ns for p in (project / "data/corpus").glob("part-*")}
+    run(project, "dvc", "repro", "-f", "organize")
+    metrics = json.loads((project / "metrics/organize.json").read_text())
+    assert metrics["parsed"] == 1 and metrics["reused"] == 13 and metrics["pieces"] == 14
+    after = {p.name: p.stat().st_mtime_ns for p in (project / "data/corpus").glob("part-*")}
+    assert {k: after[k] for k in before} == before and len(after) == len(before) + 1
+    assert "tokenize" in run(project, "dvc", "status")

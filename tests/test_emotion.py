@@ -33,7 +33,7 @@ from midipipe.musetok.events import encode_midi
 from midipipe.musetok.latents import LatentWriter
 from midipipe.musetok.model import MuseTok, MuseTokConfig
 from midipipe.tokens.shards import TOKENS_SCHEMA
-from tests.conftest import build_midi
+from tests.conftest import build_midi, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ["train", "train", "valid", "train", "train", "test"]
@@ -272,23 +272,21 @@ def _project(root: Path, labelled: bool, words: bool = False, **emotion) -> list
     for i in range(6):
         data = build_midi(n_bars=8, pitch=48 + 5 * i)
         pid = f"{i:032x}"
-        path = root / "data" / "midi" / "lab" / f"{pid}.mid"
+        path = root / "files" / f"{pid}.mid"  # for the CLI function; the stage reads the store
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         paths.append(path)
         ids, bar_starts = encode_midi(data)
         tokens.append({"piece_id": pid, "ids": ids, "bar_starts": bar_starts})
-        rows.append(
-            {
-                "piece_id": pid,
-                "source": "lab",
-                "path": f"lab/{pid}.mid",
-                "song_id": f"lab:{i}",
-                "split": SPLITS[i],
-                "emotion": ["happy", "sad", "angry"][i % 3] if words else None,
-                "genres": [],
-            }
-        )
+        meta = {
+            "piece_id": pid,
+            "source": "lab",
+            "song_id": f"lab:{i}",
+            "split": SPLITS[i],
+            "emotion": ["happy", "sad", "angry"][i % 3] if words else None,
+            "genres": [],
+        }
+        rows.append((meta, data))
         if labelled:
             bar_rows += [
                 {
@@ -300,6 +298,7 @@ def _project(root: Path, labelled: bool, words: bool = False, **emotion) -> list
                 }
                 for b in range(8)
             ]
+    rows = write_corpus(root / "data" / "corpus", rows)
     write_rows(root / "data" / "manifest.parquet", rows, MANIFEST_SCHEMA)
     write_rows(root / "data" / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
     write_rows(root / "data" / "tokens" / "musetok" / "part-00000.parquet", tokens, TOKENS_SCHEMA)

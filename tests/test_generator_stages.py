@@ -105,7 +105,7 @@ def project(tmp_path_factory) -> Path:
     for name, pitch, meter, n_bars, split in plan:
         data = build_midi(n_bars=n_bars, numerator=meter, pitch=pitch)
         pid = piece_id(data)
-        path = root / "data" / "midi" / f"{pid}.mid"
+        path = root / "files" / f"{pid}.mid"  # tokenize_files reads paths, as the CLI does
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         rows.append({"piece_id": pid, "split": split, "composer": name})

@@ -54,7 +54,7 @@ from midipipe.genre.phrases import (
 )
 from midipipe.tokens.remi import encode, make_tokenizer
 from midipipe.tokens.shards import TOKENS_SCHEMA
-from tests.conftest import build_midi
+from tests.conftest import build_midi, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -323,22 +323,23 @@ def project(tmp_path_factory, tokenizer):
         for k in range(10):
             data = build_midi(n_bars=16 + k % 5, tempo=100.0 + 5 * k, **kw)
             pid = f"{style}{k:02d}"
-            (root / "midi").mkdir(exist_ok=True)
-            (root / "midi" / f"{pid}.mid").write_bytes(data)
             ids, bars = encode(tokenizer, symusic.Score.from_midi(data))
             tokens.append({"piece_id": pid, "ids": ids.tolist(), "bar_starts": bars.tolist()})
             split = "test" if k in (0, 1) else "valid" if k in (2, 3) else "train"
             manifest.append(
-                {
-                    "piece_id": pid,
-                    "source": "t",
-                    "path": f"{pid}.mid",
-                    "song_id": f"t:{pid}",
-                    "split": split,
-                    "genres": [style, "tag"],
-                    "period": style,
-                }
+                (
+                    {
+                        "piece_id": pid,
+                        "source": "t",
+                        "song_id": f"t:{pid}",
+                        "split": split,
+                        "genres": [style, "tag"],
+                        "period": style,
+                    },
+                    data,
+                )
             )
+    manifest = write_corpus(root / "corpus", manifest)
     write_rows(root / "tokens" / "part-00000.parquet", tokens, TOKENS_SCHEMA)
     write_rows(root / "manifest.parquet", manifest, MANIFEST_SCHEMA)
     return root
@@ -364,7 +365,7 @@ def phrase_model(project):
         project / "manifest.parquet",
         out,
         project / "ckpt_phrase",
-        project / "midi",
+        project / "corpus",
         project / "no_latents",
     )
     return out, result
@@ -445,7 +446,7 @@ def hier_model(project, tiny_lm):
         out,
         project / "ckpt_hier",
         tiny_lm,
-        midi_dir=project / "midi",
+        corpus_dir=project / "corpus",
         latents_dir=None,
     )
     return out, result
@@ -595,7 +596,7 @@ def hier_over_lm(root, hp: GenreHierParams, tmp_path, epochs: int):
         tmp_path / "genre_hier",
         tmp_path / "ckpt",
         resolve_lm(hp),
-        midi_dir=root / "midi",
+        corpus_dir=root / "corpus",
         latents_dir=None,
     )
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import symusic
 import torch
@@ -145,10 +148,25 @@ def test_a_tokenizer_for_another_vocabulary_is_refused(tmp_path, tokenizer):
         FrozenLM(pickled, tokenizer)
 
 
+def break_piece(shard: Path, piece_id: str) -> None:
+    """Replace one piece's bytes in a store shard with a broken file, row groups kept."""
+    table = pq.read_table(shard)
+    music = [
+        b"MThd broken" if md5 == piece_id else data
+        for md5, data in zip(table["md5"].to_pylist(), table["music"].to_pylist(), strict=True)
+    ]
+    column = table.schema.get_field_index("music")
+    pq.write_table(
+        table.set_column(column, "music", pa.array(music, pa.binary())), shard, row_group_size=8
+    )
+
+
 def test_hier_model_over_a_remiz_lm_trains_and_predicts(project, remiz_lm, tmp_path):  # noqa: F811
     corpus = tmp_path / "project"
     shutil.copytree(project, corpus, ignore=shutil.ignore_patterns("models", "ckpt*"))
-    (corpus / "midi" / "low09.mid").write_bytes(b"MThd broken")  # a train piece remi_z can't read
+    break_piece(
+        corpus / "corpus" / "part-00000.parquet", "low09"
+    )  # a train piece remi_z can't read
     hp = GenreHierParams(lm_path=str(remiz_lm), min_tag_pieces=2, patience=3, d_attn=16)
     r = hier_over_lm(corpus, hp, tmp_path, epochs=8)
     m = r.metrics

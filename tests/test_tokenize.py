@@ -149,8 +149,34 @@ def test_an_interrupted_run_resumes_without_duplicates(corpus, tmp_path, monkeyp
         assert len(got) == len(set(got))
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert rejects == pq.read_table(tmp_path / "clean" / "rejects.parquet").to_pylist()
-    # a finished run is never resumed: a rerun (code changed, say) starts clean
+    # a finished run with other code (or params) starts clean
+    monkeypatch.setattr(tokenize, "code_version", lambda *roots: "edited")
     caplog.clear()
     with caplog.at_level("INFO"):
-        tokenize_files(corpus, out, params, resume=True)
-    assert "resuming" not in caplog.text
+        again = tokenize_files(corpus, out, params, resume=True)
+    assert "from scratch" in caplog.text and again.metrics() == clean.metrics()
+
+
+def test_added_files_alone_are_tokenized_and_removed_ones_restart(corpus, tmp_path, caplog):
+    corpus = [item for item in corpus if not item[1].endswith("dense.mid")]
+    params = TokenizeParams(workers=1, rows_per_part=2, musetok=False)
+    clean = tokenize_files(corpus, tmp_path / "clean", params)
+    out = tmp_path / "tokens"
+    tokenize_files(corpus[:4], out, params, resume=True)
+    with caplog.at_level("INFO"):
+        grown = tokenize_files(corpus, out, params, resume=True)
+    assert "resuming after 4 files" in caplog.text
+    assert grown.metrics() == clean.metrics()
+    got = read_parts(out / "remi").to_pylist()
+    assert sorted(got, key=str) == sorted(
+        read_parts(tmp_path / "clean" / "remi").to_pylist(), key=str
+    )
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert sorted(rejects, key=str) == sorted(
+        pq.read_table(tmp_path / "clean" / "rejects.parquet").to_pylist(), key=str
+    )
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        shrunk = tokenize_files(corpus[1:], out, params, resume=True)
+    assert "left the corpus: from scratch" in caplog.text and shrunk.files == len(corpus) - 1
+    assert corpus[0][0] not in read_parts(out / "remi").column("piece_id").to_pylist()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from midipipe.core.errors import ParamError
+from midipipe.data.store import INSTRUMENT_COLUMN
 
-INSTRUMENT_COLUMN = "instrument_category__drums-only__0__all-instruments-with-drums__1_no-drums__2"
 STYLE_COLUMNS = (
     "music_styles_curated",
     "music_style_scraped",
@@ -22,7 +22,7 @@ class AnnotateParams:
     """`annotate:` section of params.yaml (stage 10)."""
 
     name: str = "music21"  # output folder data/annotations/<name>/
-    parquet: str | list[str] | None = "data/gigamidi"  # local GigaMIDI-schema Parquet (or None)
+    parquet: str | list[str] | None = "data/corpus"  # local GigaMIDI-schema Parquet (or None)
     hf_name: str | None = None  # e.g. Metacreation/GigaMIDI, streamed (then parquet: null)
     hf_config: str | None = "v2.0.0"  # GigaMIDI version (v3.0.0 when released)
     revision: str | None = None  # hub commit/tag, for a reproducible stream

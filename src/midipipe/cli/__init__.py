@@ -62,6 +62,13 @@ def cmd_tokenize(args) -> None:
     print(json.dumps(summary.metrics()))
 
 
+def cmd_export(args) -> None:
+    from midipipe.data.export import export
+
+    n = export(args.data, args.out, args.by)
+    print(json.dumps({"exported": n, "out": str(args.out), "by": args.by}))
+
+
 def cmd_info(args) -> None:
     from midipipe.data.sources import describe
 
@@ -211,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tok.add_argument("--workers", type=int, default=None, help="processes (default: params)")
     tok.set_defaults(func=cmd_tokenize)
+
+    exp = sub.add_parser("export", help="the corpus store as MIDI files in DIR/<group>/<title>.mid")
+    exp.add_argument("out", metavar="DIR", help="output folder")
+    exp.add_argument(
+        "--by", choices=("composer", "source", "split"), default="composer", help="subfolders"
+    )
+    exp.add_argument(
+        "--data", default="data", help="folder with corpus/ and manifest.parquet (%(default)s)"
+    )
+    exp.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("musetok-events", help="MuseTok events of one MIDI file, as JSON")
     ev.add_argument("file")

@@ -26,6 +26,8 @@ class OrganizeParams:
     test_frac: float = 0.1
     workers: int = 0  # 0 = one per CPU
     timeout_s: float = 60.0
+    rows_per_file: int = 4096  # pieces per corpus shard: a few hundred files for millions
+    rows_per_group: int = 64  # pieces per Parquet row group: the unit of a random read
 
 
 @dataclass

@@ -66,6 +66,8 @@ class Stats:
     n_bars: int
     duration_s: float
     n_tracks: int
+    tpqn: int
+    instrument: int  # GigaMIDI's category: 0 drums only, 1 with drums, 2 no drums
 
 
 def count_bars(score: symusic.Score) -> int:
@@ -86,9 +88,12 @@ def count_bars(score: symusic.Score) -> int:
 
 
 def stats(score: symusic.Score) -> Stats:
+    drums = [t.is_drum for t in score.tracks if t.note_num()]
     return Stats(
         n_notes=int(score.note_num()),
         n_bars=count_bars(score),
         duration_s=float(score.to("second").end()),
         n_tracks=len(score.tracks),
+        tpqn=int(score.ticks_per_quarter),
+        instrument=0 if all(drums) else (1 if any(drums) else 2),
     )

@@ -1,52 +1,61 @@
-"""Stage 00: gather every configured source into `data/midi/`, the manifest and bar labels.
+"""Stage 00: gather every configured source into the corpus store (`data/corpus/`, see
+`data/store.py`), the manifest that indexes it, bar labels and organize's rejects.
 
-Every source is validated before anything is written, so a missing path or unknown kind
-fails fast with nothing half-built. Outputs are assembled in a temporary folder and moved
-into place at the end.
+Bytes stream from the sources into shards as they are read; only per-piece metadata stays in
+memory. The store persists between runs (dvc.yaml `persist: true`) and is its own cache: a
+piece whose md5 is already in a shard is not parsed or written again, so adding files to a
+source parses only the new ones, and an interrupted run resumes from the shards it completed.
+A shard whose pieces left the sources or changed labels or split is rewritten (one shard in
+memory); the manifest is rebuilt every run. Every source is validated before anything is read.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from midipipe.core.errors import BadMidi
-from midipipe.core.io import write_json, write_rows
+from midipipe.core.io import write_json, write_rows, write_table
 from midipipe.core.params import Params
-from midipipe.data import splits
+from midipipe.data import splits, store
 from midipipe.data.midi import load_score, piece_id, stats
 from midipipe.data.pool import Failure, robust_map
 from midipipe.data.sources import iter_source
-from midipipe.data.sources.names import slug
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = pa.schema(
     [
         ("piece_id", pa.string()),
-        ("source", pa.string()),
-        ("path", pa.string()),  # relative to data/midi
-        ("original", pa.string()),  # the file's name in its source
-        ("song_id", pa.string()),
+        ("shard", pa.string()),  # data/corpus/<shard> holds the bytes ...
+        ("row", pa.int64()),  # ... at this row
         ("split", pa.string()),
-        ("composer", pa.string()),
-        ("genres", pa.list_(pa.string())),
-        ("period", pa.string()),
-        ("emotion", pa.string()),
-        ("valence", pa.float32()),
-        ("arousal", pa.float32()),
+        *store.LABEL_FIELDS,
         ("n_notes", pa.int64()),
-        ("n_bars", pa.int64()),
-        ("duration_s", pa.float32()),
         ("n_tracks", pa.int32()),
+        ("TPQN", pa.int64()),
+        ("instrument", pa.int64()),  # GigaMIDI's instrument category
+        *store.FACT_FIELDS,  # parse_error set: the file is kept but has no facts (a reject)
     ]
 )
+# what organize tracks per piece while it runs, beside the manifest's columns
+_WORK_SCHEMA = (
+    MANIFEST_SCHEMA.append(pa.field("official_split", pa.string()))
+    .append(
+        pa.field("stored_split", pa.string())  # the split its shard row has now
+    )
+    .append(pa.field("stale", pa.bool_()))
+)  # its shard row has other labels
+_LABELS = ("source", "original", "song_id", "composer", "genres", "period", "emotion")
+_FACTS = ("n_notes", "n_bars", "duration_s", "n_tracks", "TPQN", "instrument", "parse_error")
 
 BAR_VA_SCHEMA = pa.schema(
     [
@@ -57,122 +66,205 @@ BAR_VA_SCHEMA = pa.schema(
         ("n_raters", pa.int32()),
     ]
 )
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("path", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
 
 
-def _stats_of(path: str) -> dict:
+def facts(data: bytes) -> dict:
+    """The manifest's facts of one file's bytes, or `parse_error`: why there are none."""
     try:
-        s = stats(load_score(Path(path)))
+        s = stats(load_score(data))
     except BadMidi as exc:
-        log.info("no stats for %s: %s", path, exc)
-        return {}
+        return {"parse_error": str(exc)}
     return {
         "n_notes": s.n_notes,
         "n_bars": s.n_bars,
         "duration_s": s.duration_s,
         "n_tracks": s.n_tracks,
+        "TPQN": s.tpqn,
+        "instrument": s.instrument,
     }
 
 
+def _facts_of(item: tuple[dict, bytes]) -> dict:
+    return facts(item[1])  # in a pool worker: the item's metadata stays in the parent
+
+
+class _Rows:
+    """Per-piece metadata, kept as Arrow batches of 8192 rows: compact for millions of pieces."""
+
+    def __init__(self):
+        self.batches: list[pa.RecordBatch] = []
+        self.pending: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= 8192:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.batches.append(pa.RecordBatch.from_pylist(self.pending, schema=_WORK_SCHEMA))
+            self.pending = []
+
+    def table(self) -> pa.Table:
+        self._flush()
+        return pa.Table.from_batches(self.batches, schema=_WORK_SCHEMA)
+
+
+class _Cache:
+    """The shards already in the store: md5 -> (shard, row) and their metadata, bytes left on
+    disk. Shards of another schema or facts version, and half-written temporaries, are removed."""
+
+    def __init__(self, corpus: Path):
+        for tmp in corpus.glob(".part-*.tmp"):
+            tmp.unlink()
+        self.tables: dict[str, pa.Table] = {}
+        self.where: dict[str, tuple[str, int]] = {}
+        self.next_part = 0
+        for path in store.parts(corpus):
+            self.next_part = int(path.stem.split("-")[1]) + 1
+            if not store.is_current(path):
+                log.info("%s: other schema or version; its pieces are parsed again", path)
+                path.unlink()
+                continue
+            table = pq.read_table(path, columns=store.META_COLUMNS)
+            for i, md5 in enumerate(table.column("md5").to_pylist()):
+                self.where.setdefault(md5, (path.name, i))  # a second copy is dropped later
+            self.tables[path.name] = table
+
+    def meta(self, pid: str) -> dict | None:
+        if pid not in self.where:
+            return None
+        shard, row = self.where[pid]
+        return store.meta_of(self.tables[shard].slice(row, 1).to_pylist()[0])
+
+
+def _same_labels(a: dict, b: dict) -> bool:
+    f32 = [
+        None if x.get(k) is None else float(np.float32(x[k]))
+        for x in (a, b)
+        for k in ("valence", "arousal")
+    ]
+    return f32[:2] == f32[2:] and all((a.get(k) or None) == (b.get(k) or None) for k in _LABELS)
+
+
 def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | Path | None = None):
-    """Build `data_dir/midi/`, `data_dir/manifest.parquet` and `data_dir/labels/bar_va.parquet`."""
+    """Update `data_dir/corpus/`; write `manifest.parquet`, `labels/bar_va.parquet` and
+    `organize_rejects.parquet` under `data_dir`."""
     data_dir = Path(data_dir)
     o = params.organize
     splits.check_fractions(o.valid_frac, o.test_frac)
     sources = [
         iter_source(spec, f"data.sources[{i}]") for i, spec in enumerate(params.data.sources)
     ]
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".organize-", dir=data_dir))
+    corpus = data_dir / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    cache = _Cache(corpus)
+    rows, bar_rows, counts = _Rows(), [], Counter()
+    writer = store.StoreWriter(corpus, cache.next_part, o.rows_per_file, o.rows_per_group)
+    new = _scan(sources, cache, rows, bar_rows, counts, o)
     try:
-        rows, bar_rows, counts = _collect(sources, tmp / "midi")
-        chosen, conflicts = splits.assign_songs(
-            [(r["song_id"], r.pop("official_split")) for r in rows],
-            o.seed,
-            o.valid_frac,
-            o.test_frac,
-        )
-        for row, split in zip(rows, chosen, strict=True):
-            row["split"] = split
-        counts["split_conflicting_songs"] = len(conflicts)
-        results = robust_map(
-            _stats_of,
-            [str(tmp / "midi" / r["path"]) for r in rows],
-            workers=o.workers,
-            timeout=o.timeout_s,
-            batch_size=16,
-        )
-        for row, (_, got) in tqdm(
-            zip(rows, results, strict=True), total=len(rows), desc="stats", unit="file"
-        ):
-            row.update({} if isinstance(got, Failure) else got)
-        rows.sort(key=lambda r: r["piece_id"])
-        write_rows(tmp / "manifest.parquet", rows, MANIFEST_SCHEMA)
-        write_rows(tmp / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
-        for name in ("midi", "manifest.parquet", "labels"):
-            target = data_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            (tmp / name).rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
+        results = robust_map(_facts_of, new, o.workers, o.timeout_s, batch_size=16)
+        for (meta, data), got in tqdm(results, desc="organize (new files)", unit="file"):
+            meta.update({"parse_error": got.reason} if isinstance(got, Failure) else got)
+            meta["shard"], meta["row"] = writer.add(store.store_row(meta, data))
+            rows.add(meta)
+            counts["parsed"] += 1
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    table, rewritten, conflicts = _settle(corpus, rows.table(), cache, o)
+    if not store.parts(corpus):  # no piece at all: one empty shard, so the output exists
+        write_table(corpus / store.part_name(0), store.SCHEMA.empty_table())
+    table = table.select(MANIFEST_SCHEMA.names).sort_by("piece_id")
+    write_table(data_dir / "manifest.parquet", table.cast(MANIFEST_SCHEMA))
+    write_rows(data_dir / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
+    rejects = table.filter(pc.is_valid(table["parse_error"]))
+    write_rows(
+        data_dir / "organize_rejects.parquet",
+        [
+            {
+                "piece_id": r["piece_id"],
+                "path": r["original"],
+                "stage": "organize",
+                "reason": r["parse_error"],
+            }
+            for r in rejects.select(["piece_id", "original", "parse_error"]).to_pylist()
+        ],
+        REJECTS_SCHEMA,
+    )
     summary = {
-        "pieces": len(rows),
-        "songs": len({r["song_id"] for r in rows}),
+        "pieces": table.num_rows,
+        "songs": len(set(table["song_id"].to_pylist())),
         "bar_labels": len(bar_rows),
-        **counts,
+        "duplicates": counts["duplicates"],
+        "unreadable": counts["unreadable"],
+        "rejects": rejects.num_rows,
+        "parsed": counts["parsed"],  # new md5s this run; the others came from the store
+        "reused": counts["reused"],
+        "shards": len(store.parts(corpus)),
+        "shards_rewritten": rewritten,
+        "split_conflicting_songs": len(conflicts),
     }
+    split_col = table["split"].to_pylist()
     for split in splits.SPLITS:
-        summary[f"split_{split}"] = sum(r["split"] == split for r in rows)
-    for source, n in sorted(Counter(r["source"] for r in rows).items()):
+        summary[f"split_{split}"] = split_col.count(split)
+    for source, n in sorted(Counter(table["source"].to_pylist()).items()):
         summary[f"source_{source}"] = n
     if metrics_path:
         write_json(metrics_path, summary)
-    log.info("organized %d pieces from %d sources", len(rows), len(sources))
+    log.info(
+        "organized %d pieces from %d sources (%d parsed)",
+        table.num_rows,
+        len(sources),
+        counts["parsed"],
+    )
     return summary
 
 
-def _collect(sources, midi_dir: Path) -> tuple[list[dict], list[dict], dict]:
-    rows: list[dict] = []
-    bar_rows: list[dict] = []
+def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, o) -> Iterator:
+    """Read every source once; yield `(metadata, bytes)` of each md5 the store lacks, record
+    the others (with the store's facts) straight into `rows`."""
     seen: set[str] = set()
-    duplicates = unreadable = 0
     for pieces in sources:
         for piece in pieces:
             try:
                 data = piece.read_bytes()
             except OSError as exc:
-                unreadable += 1
+                counts["unreadable"] += 1
                 log.warning("cannot read %s from source %s: %s", piece.name, piece.source, exc)
                 continue
             pid = piece_id(data)
             if pid in seen:  # the same bytes twice: keep the first, labels included
-                duplicates += 1
+                counts["duplicates"] += 1
                 continue
             seen.add(pid)
-            rel = f"{slug(piece.composer or piece.source) or 'unknown'}/{pid}.mid"
-            (midi_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (midi_dir / rel).write_bytes(data)
             song_id = f"{piece.source}:{piece.song_id}"
-            rows.append(
-                {
-                    "piece_id": pid,
-                    "source": piece.source,
-                    "path": rel,
-                    "original": piece.name,
-                    "song_id": song_id,
-                    "official_split": piece.split,
-                    "composer": piece.composer,
-                    "genres": list(piece.genres),
-                    "period": piece.period,
-                    "emotion": piece.emotion,
-                    "valence": piece.valence,
-                    "arousal": piece.arousal,
-                }
-            )
+            provisional = piece.split or splits.assign(song_id, o.seed, o.valid_frac, o.test_frac)
+            meta = {
+                "piece_id": pid,
+                "source": piece.source,
+                "original": piece.name,
+                "song_id": song_id,
+                "official_split": piece.split,
+                "split": provisional,
+                "stored_split": provisional,
+                "stale": False,
+                "composer": piece.composer,
+                "genres": list(piece.genres),
+                "period": piece.period,
+                "emotion": piece.emotion,
+                "valence": piece.valence,
+                "arousal": piece.arousal,
+            }
             bar_rows.extend(
                 {
                     "piece_id": pid,
@@ -183,4 +275,46 @@ def _collect(sources, midi_dir: Path) -> tuple[list[dict], list[dict], dict]:
                 }
                 for b in piece.bar_labels
             )
-    return rows, bar_rows, {"duplicates": duplicates, "unreadable": unreadable}
+            cached = cache.meta(pid)
+            if cached is None:
+                yield meta, data
+                continue
+            counts["reused"] += 1
+            meta.update({k: cached[k] for k in _FACTS})
+            meta["shard"], meta["row"] = cache.where[pid]
+            meta["stored_split"] = cached["split"]
+            meta["stale"] = not _same_labels(meta, cached)
+            rows.add(meta)
+
+
+def _settle(corpus: Path, table: pa.Table, cache: _Cache, o) -> tuple[pa.Table, int, list[str]]:
+    """Final splits (one per song), then rewrite every shard whose rows differ from the final
+    metadata or hold pieces no source has now; returns the table with final rows."""
+    final, conflicts = splits.assign_songs(
+        list(zip(table["song_id"].to_pylist(), table["official_split"].to_pylist(), strict=True)),
+        o.seed,
+        o.valid_frac,
+        o.test_frac,
+    )
+    table = table.set_column(
+        table.schema.get_field_index("split"), "split", pa.array(final, pa.string())
+    )
+    shard, row = table["shard"].to_pylist(), table["row"].to_pylist()
+    stored, stale = table["stored_split"].to_pylist(), table["stale"].to_pylist()
+    dirty = {s for s, f, st, x in zip(shard, final, stored, stale, strict=True) if x or f != st}
+    used = Counter(shard)
+    dirty |= {s for s, t in cache.tables.items() if used[s] < t.num_rows}
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(shard):
+        if s in dirty:
+            members[s].append(i)
+    for s in tqdm(sorted(dirty), desc="organize (rewrite shards)", unit="shard", disable=not dirty):
+        idx = sorted(members[s], key=row.__getitem__)
+        metas = table.take(idx).to_pylist()
+        store.rewrite(corpus / s, [row[i] for i in idx], metas, o.rows_per_group)
+        for new_row, i in enumerate(idx):
+            row[i] = new_row
+    if dirty:
+        log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
+    table = table.set_column(table.schema.get_field_index("row"), "row", pa.array(row, pa.int64()))
+    return table, len(dirty), conflicts

@@ -63,19 +63,19 @@ def rules_config(p: RuleParams) -> dict:
 
 
 def predict_file(
-    path: str | Path,
+    path: str | Path | bytes,
     model_dir: str | Path = "models/emotion",
     musetok_dir: str | Path = "models/musetok",
     device: str = "auto",
     rules_only: bool = False,
 ) -> list[dict]:
     """Per-bar `{bar, start_tick, end_tick, start_s, valence, arousal, estimator}` of one MIDI
-    file, with the model in `model_dir` (the rule estimate when it holds none, or with
-    `rules_only`), run on `device` (auto | cpu | cuda). Bars follow the file's time signatures
+    file (or its bytes), with the model in `model_dir` (the rule estimate when it holds none, or
+    with `rules_only`), run on `device` (auto | cpu | cuda). Bars follow the file's time signatures
     (`rules.meter_grid`), or are MuseTok's (the first time signature's length throughout) for a
     model that reads MuseTok latents; both start at the bar of the first note. Ticks are the
     file's, start_s the bar's start in seconds."""
-    data = Path(path).read_bytes()
+    data = path if isinstance(path, bytes) else Path(path).read_bytes()
     score = load_score(data)
     config_path = Path(model_dir) / "config.json"
     if config_path.exists() and not rules_only:
@@ -139,7 +139,7 @@ def predict_quadrants(
     if head is None:
         return None
     info = json.loads((Path(model_dir) / "quadrant.json").read_text())
-    data = Path(path).read_bytes()
+    data = path if isinstance(path, bytes) else Path(path).read_bytes()
     score = load_score(data)
     hand = mlp = None
     if info["served"] != "mlp":

@@ -20,6 +20,7 @@ raters among them (`measure_quarters: 0` instead reads `bar_va.bar` as a MuseTok
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
-from midipipe.data.sources.base import inside
+from midipipe.data.store import Corpus
 from midipipe.emotion.rules import BarGrid, RuleParams, bar_features, bar_grid, combine
 from midipipe.tokens.shards import iter_parts
 
@@ -137,7 +138,7 @@ class Bars:
     cues: np.ndarray  # [bars, 5]: the rule cues (`rules.FEATURES`), also an MLP input
     rules: np.ndarray  # [bars, 2]: the rule-based estimate (not learned)
     tokens: list[tuple[list[int], list[int]]]  # MuseTok (ids, bar_starts) per piece
-    paths: list[Path] = field(default_factory=list)  # each piece's MIDI file
+    music: Sequence[bytes] = ()  # each piece's MIDI bytes (read from the store on access)
 
     def rows(self, pieces: np.ndarray) -> np.ndarray:
         """Bar rows of the given piece indices, in order."""
@@ -172,7 +173,7 @@ def labelled(manifest: list[dict], bar_va: list[dict], p: TargetParams) -> list[
 def collect(
     pieces: list[dict],
     tokens_dir: str | Path,
-    midi_root: str | Path,
+    corpus: Corpus,
     p: TargetParams,
     rules: RuleParams,
 ) -> Bars:
@@ -189,14 +190,13 @@ def collect(
     for row in pieces:
         if row["piece_id"] not in tokens:
             continue
-        path = inside(Path(midi_root), row["path"], "manifest path")
         try:
-            score = load_score(path)
+            score = load_score(corpus.music(row["piece_id"]))
             grid = bar_grid(score, len(tokens[row["piece_id"]][1]))
         except (BadMidi, ValueError) as exc:
-            log.warning("skipping %s: %s", row["path"], exc)
+            log.warning("skipping %s: %s", row["piece_id"], exc)
             continue
-        kept.append({**row, "midi": path})
+        kept.append(row)
         grids.append(grid)
         cues.append(bar_features(score, grid, rules.window))
     if len(kept) < len(pieces):
@@ -233,7 +233,7 @@ def collect(
         cues=all_cues,
         rules=combine(all_cues, rules),
         tokens=[tokens[r["piece_id"]] for r in kept],
-        paths=[r["midi"] for r in kept],
+        music=corpus.lazy([r["piece_id"] for r in kept]),
     )
 
 
@@ -243,7 +243,7 @@ def _concat(arrays: list[np.ndarray], empty: tuple[int, ...]) -> np.ndarray:
 
 def read_labels(manifest: str | Path, bar_va: str | Path, p: TargetParams) -> list[dict]:
     """`labelled` on the organize stage's files."""
-    columns = ["piece_id", "path", "song_id", "split", "emotion", "valence", "arousal"]
+    columns = ["piece_id", "song_id", "split", "emotion", "valence", "arousal"]
     rows = pq.read_table(manifest, columns=columns).to_pylist()
     bar_rows = pq.read_table(bar_va).to_pylist() if Path(bar_va).exists() else []
     return labelled(rows, bar_rows, p)

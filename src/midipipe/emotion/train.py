@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from midipipe.core.errors import BadMidi
 from midipipe.core.io import atomic_path, write_json
 from midipipe.core.params import TrainParams
 from midipipe.core.reports import write_metrics
+from midipipe.data.store import Corpus
 from midipipe.emotion import EmotionParams, plot_curves, predict_file, rules_config
 from midipipe.emotion import quadrant as quad
 from midipipe.emotion import regressor as mlp
@@ -39,7 +39,7 @@ class EmotionPaths:
     manifest: str = "data/manifest.parquet"
     bar_va: str = "data/labels/bar_va.parquet"
     tokens: str = "data/tokens/musetok"
-    midi: str = "data/midi"
+    corpus: str = "data/corpus"
     latents: str = "data/latents"
     musetok: str = "models/musetok"
     out: Path = Path("models/emotion")
@@ -83,17 +83,17 @@ def rules_only(io: EmotionPaths, p: EmotionParams, reason: str, labelled_pieces:
         },
     )
     write_csv(io.kfold_csv, [], TABLE_COLUMNS)
-    manifest = pq.read_table(io.manifest, columns=["piece_id", "path"]).to_pylist()
+    corpus = Corpus(io.corpus, io.manifest)
     rows, shown = [], 0
-    for r in sorted(manifest, key=lambda r: r["piece_id"]):
+    for pid in sorted(corpus.where):
         if shown == p.examples:
             break
         try:
-            bars = predict_file(Path(io.midi) / r["path"], io.out)
+            bars = predict_file(corpus.music(pid), io.out)
         except (BadMidi, ValueError) as exc:
-            log.info("no example curve for %s: %s", r["path"], exc)
+            log.info("no example curve for %s: %s", pid, exc)
             continue
-        rows += [{"piece": r["piece_id"][:8], **b} for b in bars]
+        rows += [{"piece": pid[:8], **b} for b in bars]
         shown += 1
     write_curves(io, rows, "rule-based estimate (not learned); no labelled data")
 
@@ -142,7 +142,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         return {"quadrant_status": "skipped", "quadrant_reason": got}
     train, held, eval_split = got
     classes = list(quad.QUADRANTS)
-    feats = hand.feature_matrix(bars.paths)
+    feats = hand.feature_matrix(bars.music)
     fit_part, choose = choice_split(bars, train, tp.seed)
     choice: dict[str, float] = {}
     served, c = "mlp", hand.DEFAULT_C
@@ -301,7 +301,11 @@ def train_emotion(p: EmotionParams, tp: TrainParams, io: EmotionPaths | None = N
     """Stage 07: fit and score the MLP on the labelled bars, or serve the rules and say why."""
     io = io or EmotionPaths()
     pieces = read_labels(io.manifest, io.bar_va, p.targets)
-    bars = collect(pieces, io.tokens, io.midi, p.targets, p.rules) if pieces else None
+    bars = (
+        collect(pieces, io.tokens, Corpus(io.corpus, io.manifest), p.targets, p.rules)
+        if pieces
+        else None
+    )
     shutil.rmtree(io.out, ignore_errors=True)
     if bars is None:
         rules_only(
@@ -311,7 +315,7 @@ def train_emotion(p: EmotionParams, tp: TrainParams, io: EmotionPaths | None = N
             "in data.sources)",
         )
     elif not (bars.weights > 0).any():
-        reason = f"{len(pieces)} labelled pieces, but none with MuseTok tokens and io.midi"
+        reason = f"{len(pieces)} labelled pieces, but none with MuseTok tokens and MIDI"
         rules_only(io, p, reason, len(pieces))
     else:
         learned(io, p, tp, bars)

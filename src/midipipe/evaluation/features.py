@@ -113,16 +113,18 @@ def piece_features(score: symusic.Score) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def feature_matrix(paths: Sequence[str | Path]) -> np.ndarray:
-    """[len(paths), len(FEATURES)]; an unreadable file gets a row of zeros (logged)."""
+def feature_matrix(paths: Sequence[str | Path | bytes]) -> np.ndarray:
+    """[len(paths), len(FEATURES)] of files or their bytes; an unreadable one gets a row of
+    zeros (logged)."""
     from tqdm import tqdm
 
     out = np.zeros((len(paths), len(FEATURES)), dtype=np.float32)
     for i, path in enumerate(tqdm(paths, desc="features", unit="file", leave=False)):
         try:
-            out[i] = piece_features(load_score(Path(path)))
+            out[i] = piece_features(load_score(path))
         except (BadMidi, ValueError) as exc:
-            log.warning("hand-crafted features: %s: %s", path, exc)
+            name = f"piece {i}" if isinstance(path, bytes) else path
+            log.warning("hand-crafted features: %s: %s", name, exc)
     return out
 
 

@@ -27,6 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
+from midipipe.data.store import Corpus
 from midipipe.evaluation.features import feature_matrix, fit_linear
 from midipipe.genre.metrics import multilabel_metrics, single_label_metrics, tune_threshold
 
@@ -66,14 +67,17 @@ def metadata_features(score: symusic.Score) -> np.ndarray:
     return np.concatenate([np.asarray(head, dtype=np.float32), programs])
 
 
-def metadata_matrix(paths: Sequence[str | Path]) -> np.ndarray:
-    """[len(paths), len(METADATA_FEATURES)]; an unreadable file gets a row of zeros."""
+def metadata_matrix(paths: Sequence[str | Path | bytes]) -> np.ndarray:
+    """[len(paths), len(METADATA_FEATURES)] of files or their bytes; an unreadable file gets a
+    row of zeros."""
     out = np.zeros((len(paths), len(METADATA_FEATURES)), dtype=np.float32)
     for i, path in enumerate(paths):
         try:
-            out[i] = metadata_features(load_score(Path(path)))
+            out[i] = metadata_features(load_score(path))
         except BadMidi as exc:
-            log.warning("metadata baseline: %s: %s", path, exc)
+            log.warning(
+                "metadata baseline: %s: %s", f"piece {i}" if isinstance(path, bytes) else path, exc
+            )
     return out
 
 
@@ -143,11 +147,11 @@ def multi_label(
 # -- scored beside the models ----------------------------------------------------------------
 
 
-def midi_paths(rows: dict[str, dict], midi_dir: str | Path | None) -> Callable | None:
-    """piece id -> its MIDI file under `midi_dir` (manifest `path`); None without MIDI."""
-    if midi_dir is None:
+def corpus_music(corpus_dir: str | Path | None, manifest: str | Path) -> Callable | None:
+    """piece ids -> their MIDI bytes from the corpus store, read on access; None without it."""
+    if corpus_dir is None:
         return None
-    return lambda pid: Path(midi_dir) / rows[pid]["path"]
+    return Corpus(corpus_dir, manifest).lazy
 
 
 @dataclass
@@ -167,13 +171,14 @@ class Inputs:
 
 
 def inputs(
-    splits: Sequence[Sequence[str]], midi_path: Callable | None, latents_dir: str | Path | None
+    splits: Sequence[Sequence[str]], music: Callable | None, latents_dir: str | Path | None
 ) -> Inputs:
-    """`metadata` and `handcrafted` when the MIDI files are at hand; `latent` on the pieces
-    stage 04 encoded (`Inputs.have_latents` marks them; the others are left out of it)."""
+    """`metadata` and `handcrafted` when the MIDI is at hand (`music`: `corpus_music`);
+    `latent` on the pieces stage 04 encoded (`Inputs.have_latents` marks them; the others are
+    left out of it)."""
     out = Inputs()
-    if midi_path is not None:
-        files = [[midi_path(pid) for pid in ids] for ids in splits]
+    if music is not None:
+        files = [music(ids) for ids in splits]
         out.x["metadata"] = [metadata_matrix(f) for f in files]
         out.x["handcrafted"] = [feature_matrix(f) for f in files]
     if latents_dir is None:

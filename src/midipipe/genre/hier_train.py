@@ -28,6 +28,7 @@ from midipipe.core.errors import BadMidi
 from midipipe.core.io import write_json
 from midipipe.core.params import TrainParams
 from midipipe.data.splits import SPLITS
+from midipipe.data.store import Corpus
 from midipipe.genre import baselines, remiz
 from midipipe.genre.fit_hooks import EarlyStop, timed
 from midipipe.genre.hier_model import (
@@ -81,19 +82,18 @@ def remi_cuts(
 def remiz_cuts(
     lm: FrozenLM,
     piece_ids: Iterable[str],
-    midi_path: Callable,
+    music: Callable[[str], bytes],
     hp: GenreHierParams,
     max_tokens: int,
     unreadable: list[str],
 ) -> Iterator[tuple[str, Cut]]:
-    """Each piece's REMI-z chunks, read from its MIDI file; a file remi_z cannot read is
+    """Each piece's REMI-z chunks, read from its MIDI bytes; a file remi_z cannot read is
     logged and its piece id added to `unreadable`."""
     for pid in piece_ids:
-        path = midi_path(pid)
         try:
-            cut = remiz.chunks(lm.remiz, path, hp.bars_per_chunk, max_tokens, hp.max_chunks)
+            cut = remiz.chunks(lm.remiz, music(pid), hp.bars_per_chunk, max_tokens, hp.max_chunks)
         except BadMidi as exc:
-            log.warning("genre_hier: %s left out: %s", path, exc)
+            log.warning("genre_hier: piece %s left out: %s", pid, exc)
             unreadable.append(pid)
             continue
         yield pid, cut
@@ -165,7 +165,7 @@ def train_hier(
     resume_dir: str | Path = "checkpoints/genre_hier",
     lm_dir: str | Path | None = None,
     tags: dict[str, list[str]] | None = None,
-    midi_dir: str | Path | None = "data/midi",
+    corpus_dir: str | Path | None = "data/corpus",
     latents_dir: str | Path | None = "data/latents",
 ) -> HierResult:
     """Embed chunks with the frozen LM in `lm_dir`, train the pooling head on multi-hot tags
@@ -183,9 +183,9 @@ def train_hier(
     max_tokens = min(hp.max_tokens or lm.context, lm.context)
     rows = read_manifest(manifest)
     tags = tags if tags is not None else {pid: list(r["genres"] or []) for pid, r in rows.items()}
-    midi_path = baselines.midi_paths(rows, midi_dir)  # the one way to a piece's MIDI file
-    if lm.remiz is not None and midi_path is None:
-        return skipped(out_dir, f"the LM at {lm_dir} reads REMI-z from MIDI files: no midi_dir")
+    corpus = Corpus(corpus_dir, manifest) if corpus_dir is not None else None  # pieces' MIDI
+    if lm.remiz is not None and corpus is None:
+        return skipped(out_dir, f"the LM at {lm_dir} reads REMI-z from MIDI: no corpus_dir")
 
     t0 = time.perf_counter()
     sets: dict[str, ChunkSet] = {}
@@ -196,7 +196,7 @@ def train_hier(
             cuts = remi_cuts((it for it in items if tags.get(it[0])), vocab, hp, max_tokens)
         else:
             pids = (p for p, r in rows.items() if r["split"] == split and tags.get(p))
-            cuts = remiz_cuts(lm, pids, midi_path, hp, max_tokens, unreadable)
+            cuts = remiz_cuts(lm, pids, corpus.music, hp, max_tokens, unreadable)
         ids, xs, n, trunc = embed_pieces(lm, cuts, hp.embed_batch)
         sets[split] = ChunkSet(ids, xs, None, n, trunc)
     embed_s = time.perf_counter() - t0
@@ -346,6 +346,7 @@ def train_hier(
         "device": str(device),
     }
     used = (train, valid, test)
-    inputs = baselines.inputs([s.piece_ids for s in used], midi_path, latents_dir)
+    music = corpus.lazy if corpus is not None else None
+    inputs = baselines.inputs([s.piece_ids for s in used], music, latents_dir)
     metrics.update(baselines.multi_label_scores(inputs, *(s.y for s in used), seed=tp.seed))
     return HierResult(job, metrics, names, test.y, probs, test.piece_ids)

@@ -22,7 +22,7 @@ AUTO_ORDER = ("period", "composer", "genre", "emotion", "source")
 
 
 def read_manifest(path: str | Path) -> dict[str, dict]:
-    cols = ["piece_id", "source", "path", "song_id", "split", "composer", "genres", "period"]
+    cols = ["piece_id", "source", "song_id", "split", "composer", "genres", "period"]
     cols += ["emotion"]
     names = set(pq.read_schema(path).names)  # manifests written before a column existed
     return {

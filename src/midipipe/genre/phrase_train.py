@@ -225,7 +225,7 @@ def train_phrase(
     manifest: str | Path = "data/manifest.parquet",
     out_dir: str | Path = "models/genre_phrase",
     resume_dir: str | Path = "checkpoints/genre_phrase",
-    midi_dir: str | Path | None = "data/midi",
+    corpus_dir: str | Path | None = "data/corpus",
     latents_dir: str | Path | None = "data/latents",
 ) -> PhraseResult:
     """Train, keep the best epoch (valid macro-F1) in `out_dir`, evaluate on test, and run
@@ -358,7 +358,7 @@ def train_phrase(
     }
     inputs = baselines.inputs(
         [train.piece_ids, test.piece_ids, valid.piece_ids],
-        baselines.midi_paths(rows, midi_dir),
+        baselines.corpus_music(corpus_dir, manifest),
         latents_dir,
     )
     majority = np.bincount(train.piece_labels, minlength=len(classes)).argmax()

@@ -15,17 +15,20 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from midipipe.core.code import code_version
 from midipipe.core.errors import BadMidi
 from midipipe.core.io import ShardWriter, write_json, write_table
 from midipipe.core.params import TokenizeParams
 from midipipe.data.midi import load_score
 from midipipe.data.pool import Failure, robust_map
+from midipipe.data.store import Corpus
 from midipipe.tokens import remi
 from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA, read_parts
 
@@ -44,12 +47,11 @@ def _init_worker(remi_overrides: dict, with_musetok: bool, max_notes: int) -> No
     _MAX_NOTES = max_notes
 
 
-def _tokenize_one(item: tuple[str, str]) -> dict:
-    """Both token streams of one file, or the reason each one failed."""
+def _tokenize_one(src: bytes | str) -> dict:
+    """Both token streams of one file (its bytes, or a path read here), or why each failed."""
     from midipipe.musetok.events import Fixes, MuseTokReject, encode_midi
 
-    _, path = item
-    data = Path(path).read_bytes()
+    data = src if isinstance(src, bytes) else Path(src).read_bytes()
     try:  # unreadable, empty or oversized: the same reason for both streams
         score = load_score(data, max_notes=_MAX_NOTES)
     except BadMidi as exc:
@@ -129,38 +131,50 @@ class Summary:
         return out
 
 
-PROGRESS_FILE = "progress.json"  # what a resumed run may keep: a fingerprint and a checkpoint
-STREAMS = ("remi", "musetok", ".rejects")  # token shards, and the rejects until the end
+PROGRESS_FILE = "progress.json"  # what a later run may keep: a fingerprint and a checkpoint
+STREAMS = ("remi", "musetok", ".rejects")  # token shards, and the rejects (merged at the end)
 _NO_EFFECT = ("workers", "batch_size")  # how fast, not what: a resumed run may change them
 
 
-def _fingerprint(items: Sequence[tuple[str, str]], params: TokenizeParams) -> str:
-    """Everything the shards depend on: the files in order and the params that shape tokens."""
-    digest = hashlib.sha256()
+def _fingerprint(params: TokenizeParams) -> str:
+    """What every token row depends on besides its file: the params that shape tokens and the
+    code that makes them."""
     settings = {k: v for k, v in dataclasses.asdict(params).items() if k not in _NO_EFFECT}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for pid, path in items:
-        digest.update(f"{pid}\t{path}\n".encode())
-    return digest.hexdigest()
+    text = json.dumps(settings, sort_keys=True, default=str) + code_version(__name__)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _checkpoint(out_dir: Path, resume: bool, fingerprint: str) -> dict:
-    """The last checkpoint of an interrupted run on the same inputs, or a clean folder."""
+def _stored_ids(out_dir: Path) -> set[str]:
+    return {
+        pid
+        for stream in STREAMS
+        for part in sorted((out_dir / stream).glob("part-*.parquet"))
+        for pid in pq.read_table(part, columns=["piece_id"]).column(0).to_pylist()
+    }
+
+
+def _checkpoint(out_dir: Path, resume: bool, fingerprint: str, wanted: set[str]) -> dict:
+    """The last checkpoint of a run (finished or not) with the same params and code, when all
+    the files it holds are still wanted (`have`: those files, not tokenized again); else a clean
+    folder. A file that left the corpus would leave stale rows: that starts clean too."""
     progress = out_dir / PROGRESS_FILE
     if resume and progress.is_file():
         state = json.loads(progress.read_text())
-        # a finished run is not resumed: DVC only reruns it when code or inputs changed
-        if state.get("fingerprint") == fingerprint and not state.get("complete"):
+        if state.get("fingerprint") == fingerprint:
             for stream, n in state["parts"].items():  # parts written after the checkpoint
                 for part in sorted((out_dir / stream).glob("part-*.parquet"))[n:]:
                     part.unlink()
-            log.info("resuming after %d files (%s)", state["done"], progress)
-            return state
-        log.info("%s is finished or from other inputs: tokenizing from scratch", progress)
+            have = _stored_ids(out_dir)
+            if have <= wanted:
+                log.info("resuming after %d files (%s)", len(have), progress)
+                return {**state, "have": have}
+            log.info("%d tokenized files left the corpus: from scratch", len(have - wanted))
+        else:
+            log.info("%s is from other params or code: tokenizing from scratch", progress)
     for stream in STREAMS:
         shutil.rmtree(out_dir / stream, ignore_errors=True)
     (out_dir / "rejects.parquet").unlink(missing_ok=True)
-    return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "complete": False}
+    return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "have": set()}
 
 
 def tokenize_files(
@@ -169,15 +183,22 @@ def tokenize_files(
     params: TokenizeParams,
     total: int | None = None,
     resume: bool = False,
+    music: Callable[[Sequence[tuple[str, str]]], Iterable[bytes]] | None = None,
 ) -> Summary:
     """Write `remi/part-*.parquet`, `remi/tokenizer.json`, `musetok/part-*.parquet` and
-    `rejects.parquet` under `out_dir` for `(piece_id, path)` items, streaming.
+    `rejects.parquet` under `out_dir` for `(piece_id, name)` items, streaming.
+
+    `music(items)` yields each item's bytes in order (the corpus store: the parent reads them,
+    workers get one file's bytes each); without it each name is a file path a worker reads.
 
     Every `rows_per_part` files the shards are flushed and `progress.json` records how far the
-    run got; with `resume`, a run on the same items and params continues from there (no file
-    twice, none lost), anything else starts clean."""
+    run got; with `resume`, a run with the same params and code tokenizes only the items its
+    shards lack (an interrupted run continues; files added to the corpus are appended; no file
+    twice, none lost), unless a tokenized file is no longer among the items: then, as without
+    `resume`, it starts clean."""
     out_dir = Path(out_dir)
-    state = _checkpoint(out_dir, resume, _fingerprint(items, params))
+    state = _checkpoint(out_dir, resume, _fingerprint(params), {pid for pid, _ in items})
+    have = state.pop("have")
     tokenizer = remi.make_tokenizer(params.remi)
     (out_dir / "remi").mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "remi")
@@ -192,10 +213,11 @@ def tokenize_files(
         for stream in STREAMS
         if stream != "musetok" or params.musetok
     }
-    done = state["done"]
+    todo = [item for item in items if item[0] not in have]
+    done = len(have)
     results = robust_map(
         _tokenize_one,
-        items[done:],
+        music(todo) if music is not None else (path for _, path in todo),
         workers=params.workers,
         timeout=params.timeout_s,
         batch_size=params.batch_size,
@@ -203,7 +225,7 @@ def tokenize_files(
         initargs=(params.remi, params.musetok, params.max_notes),
     )
     bar = tqdm(results, total=total, initial=done, desc="tokenize", unit="file")
-    for (pid, path), res in bar:
+    for (pid, path), (_, res) in zip(todo, bar, strict=True):
         summary.files += 1
         if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
@@ -236,11 +258,44 @@ def tokenize_files(
             _save_checkpoint(out_dir, state, writers, done, summary)
     for writer in writers.values():
         writer.close()
-    state["complete"] = True
     _save_checkpoint(out_dir, state, writers, done, summary)
     write_table(out_dir / "rejects.parquet", read_parts(out_dir / ".rejects"))
-    shutil.rmtree(out_dir / ".rejects")
     return summary
+
+
+def _store_items(manifest: Path) -> list[tuple[str, str]]:
+    """`(piece_id, "source:original")` of every piece in store order (shard, then row)."""
+    rows = pq.read_table(manifest, columns=["piece_id", "source", "original", "shard", "row"])
+    rows = rows.sort_by([("shard", "ascending"), ("row", "ascending")]).to_pydict()
+    return [
+        (pid, f"{source}:{original}")
+        for pid, source, original in zip(
+            rows["piece_id"], rows["source"], rows["original"], strict=True
+        )
+    ]
+
+
+def tokenize_corpus(
+    data_dir: str | Path,
+    params: TokenizeParams,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> Summary:
+    """`tokenize_files` over the corpus store under `data_dir` (`corpus/`, `manifest.parquet`),
+    in store order so each row group is read once; tokens go to `out_dir` (`data_dir/tokens`),
+    rejects name each file as `source:original name`."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / "manifest.parquet"
+    corpus = Corpus(data_dir / "corpus", manifest)
+    items = _store_items(manifest)
+    return tokenize_files(
+        items,
+        out_dir if out_dir is not None else data_dir / "tokens",
+        params,
+        total=len(items),
+        resume=resume,
+        music=lambda todo: corpus.iter_music(pid for pid, _ in todo),
+    )
 
 
 def _save_checkpoint(

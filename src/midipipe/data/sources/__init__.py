@@ -48,7 +48,7 @@ KINDS: dict[str, Adapter] = {
     "gigamidi": Adapter(gigamidi.GigaMidiOptions, gigamidi.open_source, gigamidi.SUMMARY),
 }
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names folders in data/midi
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names folders (midipipe export)
 
 
 def parse_spec(spec: dict, param: str) -> tuple[str, str, Any]:

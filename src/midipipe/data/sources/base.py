@@ -19,7 +19,7 @@ class BarLabel:
 
 @dataclass
 class Piece:
-    """One MIDI file and its labels, before it is copied into `data/midi/`.
+    """One MIDI file and its labels, before organize stores it in `data/corpus/`.
 
     Exactly one of `path` (a file on disk) or `data` (MIDI bytes: a music21 conversion,
     a GigaMIDI row) is set. Unknown labels stay None / empty.
