@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import symusic
 import yaml
 
@@ -195,6 +196,12 @@ def measure(work: Path, corpus: Path, faults: dict[str, str]) -> dict:
     out["data_files"] = count_files(repo / "data")
     for name in ("organize", "tokenize"):
         out[f"metrics_{name}"] = json.loads((repo / "metrics" / f"{name}.json").read_text())
+    for name, path in (
+        ("organize", "data/organize_rejects.parquet"),
+        ("tokenize", "data/tokens/rejects.parquet"),
+    ):
+        rows = pq.read_table(repo / path).to_pylist() if (repo / path).is_file() else []
+        out[f"{name}_rejects"] = [{k: v for k, v in r.items() if k != "music"} for r in rows[:20]]
     scale = GIGAMIDI_V2 / files
     out["projected_2_1M_organize_tokenize_h"] = round(out["organize_tokenize_s"] * scale / 3600, 1)
     out["projected_2_1M_cache_gb"] = round(out["cache_mb"] * scale / 1024, 1)
