@@ -6,7 +6,8 @@ Builds everything in a work folder from `$MIDIPIPE_EXTERNAL_DATA/vgmidi` (defaul
 ../shared/datasets): organize, tokenize, a small MuseTok (`cpu_default`) trained on these pieces
 (self-supervised, test folds included), per-bar inputs, then the k-fold. The same k-fold on the
 latents of a randomly initialised MuseTok (every input that reads a latent) is the "do trained
-latents help" control.
+latents help" control. `--pretrained DIR` adds the k-fold on the latents of that MuseTok
+(`make pretrain-musetok`'s models/pretrained/musetok, trained on a union of corpora).
 
 Prints one JSON line: per-fold-mean CCC / r / RMSE / sign accuracy per estimator and axis,
 and the winning MLP input.
@@ -119,6 +120,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep (and reuse) the built data here")
     ap.add_argument("--musetok-epochs", type=int, default=8)
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--pretrained", type=Path, default=None, help="a pretrained MuseTok folder")
+    ap.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
+    ap.add_argument("--no-random", action="store_true", help="skip the untrained-MuseTok control")
     ap.add_argument("--epochs", type=int, default=None, help="MLP epochs (default: EmotionParams)")
     ap.add_argument("--loss", choices=("ccc", "mse"), default="ccc")
     ap.add_argument("--window", type=int, default=None)
@@ -142,11 +146,17 @@ def main() -> None:
         p.mlp.window = args.window
     if args.epochs is not None:
         p.train = {**(p.train or {}), "epochs": args.epochs}
-    trained = kfold(work, work / "musetok", p, args.folds, INPUTS)
-    seed_everything(0)
-    checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
-    with_latents = tuple(name for name in INPUTS if latent_of(name) is not None)
-    random = kfold(work, work / "musetok_random", p, args.folds, with_latents)
+    trained = kfold(work, work / "musetok", p, args.folds, tuple(args.inputs))
+    with_latents = tuple(name for name in args.inputs if latent_of(name) is not None)
+    controls = {}
+    if not args.no_random:
+        seed_everything(0)
+        checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
+        controls["random_musetok"] = kfold(
+            work, work / "musetok_random", p, args.folds, with_latents
+        )
+    if args.pretrained:
+        controls["pretrained_musetok"] = kfold(work, args.pretrained, p, args.folds, with_latents)
     print(
         json.dumps(
             {
@@ -156,12 +166,16 @@ def main() -> None:
                 "mlp_train": p.train,
                 "musetok": musetok,
                 **trained,
-                "random_musetok": {
-                    "best_input": random["best_input"],
-                    "estimators": {
-                        k: v for k, v in random["estimators"].items() if k.startswith("mlp_")
-                    },
+                **{
+                    name: {
+                        "best_input": run["best_input"],
+                        "estimators": {
+                            k: v for k, v in run["estimators"].items() if k.startswith("mlp_")
+                        },
+                    }
+                    for name, run in controls.items()
                 },
+                "pretrained": str(args.pretrained) if args.pretrained else None,
                 "work": str(work),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
