@@ -92,12 +92,15 @@ def train_musetok(work: Path, epochs: int) -> dict:
     return info
 
 
-def kfold(work: Path, musetok_dir: Path, p: EmotionParams, folds: int, names: tuple) -> dict:
+def kfold(work: Path, musetok_dir: Path | None, p: EmotionParams, folds: int, names: tuple) -> dict:
+    """The k-fold on `names`; `musetok_dir` encodes the inputs that read a latent."""
     tp = merged_train(Params(), p.train)
     data = work / "data"
     pieces = read_labels(data / "manifest.parquet", data / "labels" / "bar_va.parquet", p.targets)
     bars = collect(pieces, data / "tokens" / "musetok", data / "midi", p.targets, p.rules)
-    latents, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
+    latents, codebook = {}, 0
+    if musetok_dir is not None:
+        latents, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
     inputs = {name: assemble(name, latents, bars.cues) for name in names}
     everything = np.arange(len(bars.piece_ids))
     table = cross_validate(
@@ -118,11 +121,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=external_data() / "vgmidi")
     ap.add_argument("--work", type=Path, default=None, help="keep (and reuse) the built data here")
-    ap.add_argument("--musetok-epochs", type=int, default=8)
+    ap.add_argument(
+        "--musetok-epochs", type=int, default=8, help="0: no MuseTok trained here (cue inputs)"
+    )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--pretrained", type=Path, default=None, help="a pretrained MuseTok folder")
     ap.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
     ap.add_argument("--no-random", action="store_true", help="skip the untrained-MuseTok control")
+    ap.add_argument("--build-only", action="store_true", help="data and MuseTok, no k-fold")
     ap.add_argument("--epochs", type=int, default=None, help="MLP epochs (default: EmotionParams)")
     ap.add_argument("--loss", choices=("ccc", "mse"), default="ccc")
     ap.add_argument("--window", type=int, default=None)
@@ -139,17 +145,20 @@ def main() -> None:
     t0 = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-emotion-"))
     build_data(work, args.data, args.workers)
-    musetok = train_musetok(work, args.musetok_epochs)
+    musetok = train_musetok(work, args.musetok_epochs) if args.musetok_epochs else None
+    if args.build_only:
+        return
     p = EmotionParams()
     p.mlp.loss = args.loss
     if args.window is not None:
         p.mlp.window = args.window
     if args.epochs is not None:
         p.train = {**(p.train or {}), "epochs": args.epochs}
-    trained = kfold(work, work / "musetok", p, args.folds, tuple(args.inputs))
     with_latents = tuple(name for name in args.inputs if latent_of(name) is not None)
+    here = args.inputs if musetok else [n for n in args.inputs if n not in with_latents]
+    trained = kfold(work, work / "musetok" if musetok else None, p, args.folds, tuple(here))
     controls = {}
-    if not args.no_random:
+    if not args.no_random and with_latents:
         seed_everything(0)
         checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
         controls["random_musetok"] = kfold(
