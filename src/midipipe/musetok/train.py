@@ -358,7 +358,8 @@ def train_musetok(
     metrics = {
         "source": "fine-tuned" if p.init_from else "trained",
         "lr": tp.lr,
-        "epochs": tp.epochs,
+        "epochs": tp.epochs,  # planned (by the budget, when set)
+        "epochs_run": len(job.history),
         "train_pieces": len(train),
         "valid_pieces": len(valid),
         "best_epoch": best["epoch"],
