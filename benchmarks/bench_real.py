@@ -10,9 +10,14 @@ Tasks:
 - `vgmidi`: per-bar valence/arousal CCC, piece-grouped folds (`bench_emotion_vgmidi.py`);
 - `fourway`: the four-way source task (`genre_fourway.py`).
 
+`--pretrained DIR` (`make pretrain-musetok`'s models/pretrained/musetok) adds, for emopia and
+vgmidi, a second row on that MuseTok's latents (`pretrained` in the JSON line), and gives the
+four-way task its latents for the latent baseline.
+
 Each project is built under `--work` (default /tmp/midipipe-bench-real) and reused by later
 runs. One JSON line per task on stdout.
     python benchmarks/bench_real.py --tasks emopia asap [--budget-s 300]
+    python benchmarks/bench_real.py --tasks emopia vgmidi --pretrained models/pretrained/musetok
 """
 
 from __future__ import annotations
