@@ -129,7 +129,9 @@ def asap_sources(data: Path, root: Path, files: str) -> list[dict]:
     ]
 
 
-def run_emopia(root: Path, folds: int, musetok: Path | None = None) -> dict:
+def run_emopia(
+    root: Path, folds: int, musetok: Path | None = None, tag: str = "pretrained"
+) -> dict:
     """Stage 07 as params.yaml sets it (one MLP input and `folds` folds: CPU budget), on the
     latents of the project's MuseTok, or of `musetok` (e.g. models/pretrained/musetok: its
     latents are extracted beside the project's, and its run writes apart)."""
@@ -138,11 +140,11 @@ def run_emopia(root: Path, folds: int, musetok: Path | None = None) -> dict:
     )
     p = dataclasses.replace(p, compare_inputs=False, folds=folds)
     tp = params_mod.merged_train(params_mod.load(ROOT / "params.yaml"), p.train)
-    data, metrics, tag = root / "data", root / "metrics", ""
+    data, metrics, suffix = root / "data", root / "metrics", ""
     latents, musetok_dir = data / "latents", root / "models" / "musetok"
-    if musetok is not None:
-        tag, musetok_dir, latents = "_pretrained", musetok, data / "latents_pretrained"
-        metrics = root / "metrics_pretrained"
+    if musetok is not None:  # its own latents, models and metrics: `<name>_<tag>`
+        musetok_dir, suffix = musetok, f"_{tag}"
+        latents, metrics = data / f"latents{suffix}", root / f"metrics{suffix}"
         if not (latents / "index.parquet").exists():
             extract_latents(LatentParams(), musetok, data / "tokens" / "musetok", latents)
     io = EmotionPaths(
@@ -152,7 +154,7 @@ def run_emopia(root: Path, folds: int, musetok: Path | None = None) -> dict:
         midi=str(data / "midi"),
         latents=str(latents),
         musetok=str(musetok_dir),
-        out=root / "models" / f"emotion{tag}",
+        out=root / "models" / f"emotion{suffix}",
         metrics=str(metrics / "emotion.json"),
         kfold_csv=str(metrics / "emotion_kfold.csv"),
         curves_csv=str(metrics / "emotion_curves.csv"),
