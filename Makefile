@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench bench-real lint
+.PHONY: install run test test-slow bench bench-real pretrain-musetok lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: install
 # come from MIDIPIPE_EXTERNAL_DATA (default ../shared/datasets). BENCH_REAL_ARGS="--tasks emopia"
 bench-real: install
 	PATH="$(BIN):$$PATH" $(PY) benchmarks/bench_real.py $(BENCH_REAL_ARGS)
+
+# MuseTok pre-trained on the corpora of ../shared/datasets (params.yaml `pretrain_musetok:`)
+# into models/pretrained/musetok (gitignored); musetok.init_from / checkpoint can name it.
+pretrain-musetok: install
+	PATH="$(BIN):$$PATH" nice -n 10 $(PY) -m midipipe.musetok.pretrain
 
 lint: install
 	$(BIN)/ruff check src stages tests benchmarks

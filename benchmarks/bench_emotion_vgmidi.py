@@ -6,7 +6,8 @@ Builds everything in a work folder from `$MIDIPIPE_EXTERNAL_DATA/vgmidi` (defaul
 ../shared/datasets): organize, tokenize, a small MuseTok (`cpu_default`) trained on these pieces
 (self-supervised, test folds included), per-bar inputs, then the k-fold. The same k-fold on the
 latents of a randomly initialised MuseTok (every input that reads a latent) is the "do trained
-latents help" control.
+latents help" control. `--pretrained DIR` adds the k-fold on the latents of that MuseTok
+(`make pretrain-musetok`'s models/pretrained/musetok, trained on a union of corpora).
 
 Prints one JSON line: per-fold-mean CCC / r / RMSE / sign accuracy per estimator and axis,
 and the winning MLP input.
@@ -89,13 +90,16 @@ def train_musetok(work: Path, epochs: int) -> dict:
     return info
 
 
-def kfold(work: Path, musetok_dir: Path, p: EmotionParams, folds: int, names: tuple) -> dict:
+def kfold(work: Path, musetok_dir: Path | None, p: EmotionParams, folds: int, names: tuple) -> dict:
+    """The k-fold on `names`; `musetok_dir` encodes the inputs that read a latent."""
     tp = merged_train(Params(), p.train)
     data = work / "data"
     pieces = read_labels(data / "manifest.parquet", data / "labels" / "bar_va.parquet", p.targets)
     corpus = Corpus(data / "corpus", data / "manifest.parquet")
     bars = collect(pieces, data / "tokens" / "musetok", corpus, p.targets, p.rules)
-    latents, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
+    latents, codebook = {}, 0
+    if musetok_dir is not None:
+        latents, codebook = encode_inputs(musetok_dir, bars.tokens, "cpu")
     inputs = {name: assemble(name, latents, bars.cues) for name in names}
     everything = np.arange(len(bars.piece_ids))
     table = cross_validate(
@@ -116,8 +120,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=external_data() / "vgmidi")
     ap.add_argument("--work", type=Path, default=None, help="keep (and reuse) the built data here")
-    ap.add_argument("--musetok-epochs", type=int, default=8)
+    ap.add_argument(
+        "--musetok-epochs", type=int, default=8, help="0: no MuseTok trained here (cue inputs)"
+    )
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--pretrained", type=Path, default=None, help="a pretrained MuseTok folder")
+    ap.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
+    ap.add_argument("--no-random", action="store_true", help="skip the untrained-MuseTok control")
+    ap.add_argument("--build-only", action="store_true", help="data and MuseTok, no k-fold")
     ap.add_argument("--epochs", type=int, default=None, help="MLP epochs (default: EmotionParams)")
     ap.add_argument("--loss", choices=("ccc", "mse"), default="ccc")
     ap.add_argument("--window", type=int, default=None)
@@ -134,18 +144,27 @@ def main() -> None:
     t0 = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-emotion-"))
     build_data(work, args.data, args.workers)
-    musetok = train_musetok(work, args.musetok_epochs)
+    musetok = train_musetok(work, args.musetok_epochs) if args.musetok_epochs else None
+    if args.build_only:
+        return
     p = EmotionParams()
     p.mlp.loss = args.loss
     if args.window is not None:
         p.mlp.window = args.window
     if args.epochs is not None:
         p.train = {**(p.train or {}), "epochs": args.epochs}
-    trained = kfold(work, work / "musetok", p, args.folds, INPUTS)
-    seed_everything(0)
-    checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
-    with_latents = tuple(name for name in INPUTS if latent_of(name) is not None)
-    random = kfold(work, work / "musetok_random", p, args.folds, with_latents)
+    with_latents = tuple(name for name in args.inputs if latent_of(name) is not None)
+    here = args.inputs if musetok else [n for n in args.inputs if n not in with_latents]
+    trained = kfold(work, work / "musetok" if musetok else None, p, args.folds, tuple(here))
+    controls = {}
+    if not args.no_random and with_latents:
+        seed_everything(0)
+        checkpoint.save(MuseTok(MuseTokConfig.cpu_default()).eval(), work / "musetok_random")
+        controls["random_musetok"] = kfold(
+            work, work / "musetok_random", p, args.folds, with_latents
+        )
+    if args.pretrained:
+        controls["pretrained_musetok"] = kfold(work, args.pretrained, p, args.folds, with_latents)
     print(
         json.dumps(
             {
@@ -155,12 +174,16 @@ def main() -> None:
                 "mlp_train": p.train,
                 "musetok": musetok,
                 **trained,
-                "random_musetok": {
-                    "best_input": random["best_input"],
-                    "estimators": {
-                        k: v for k, v in random["estimators"].items() if k.startswith("mlp_")
-                    },
+                **{
+                    name: {
+                        "best_input": run["best_input"],
+                        "estimators": {
+                            k: v for k, v in run["estimators"].items() if k.startswith("mlp_")
+                        },
+                    }
+                    for name, run in controls.items()
                 },
+                "pretrained": str(args.pretrained) if args.pretrained else None,
                 "work": str(work),
                 "seconds": round(time.perf_counter() - t0, 1),
             }

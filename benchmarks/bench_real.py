@@ -10,9 +10,14 @@ Tasks:
 - `vgmidi`: per-bar valence/arousal CCC, piece-grouped folds (`bench_emotion_vgmidi.py`);
 - `fourway`: the four-way source task (`genre_fourway.py`).
 
+`--pretrained DIR` (`make pretrain-musetok`'s models/pretrained/musetok) adds, for emopia and
+vgmidi, a second row on that MuseTok's latents (`pretrained` in the JSON line), and gives the
+four-way task its latents for the latent baseline.
+
 Each project is built under `--work` (default /tmp/midipipe-bench-real) and reused by later
 runs. One JSON line per task on stdout.
     python benchmarks/bench_real.py --tasks emopia asap [--budget-s 300]
+    python benchmarks/bench_real.py --tasks emopia vgmidi --pretrained models/pretrained/musetok
 """
 
 from __future__ import annotations
@@ -122,22 +127,32 @@ def asap_sources(data: Path, root: Path, files: str) -> list[dict]:
     ]
 
 
-def run_emopia(root: Path, folds: int) -> dict:
-    """Stage 07 as params.yaml sets it (one MLP input and `folds` folds: CPU budget)."""
+def run_emopia(
+    root: Path, folds: int, musetok: Path | None = None, tag: str = "pretrained"
+) -> dict:
+    """Stage 07 as params.yaml sets it (one MLP input and `folds` folds: CPU budget), on the
+    latents of the project's MuseTok, or of `musetok` (e.g. models/pretrained/musetok: its
+    latents are extracted beside the project's, and its run writes apart)."""
     p = params_mod.build(
         EmotionParams, params_mod.section(ROOT / "params.yaml", "emotion"), "emotion"
     )
     p = dataclasses.replace(p, compare_inputs=False, folds=folds)
     tp = params_mod.merged_train(params_mod.load(ROOT / "params.yaml"), p.train)
-    data, metrics = root / "data", root / "metrics"
+    data, metrics, suffix = root / "data", root / "metrics", ""
+    latents, musetok_dir = data / "latents", root / "models" / "musetok"
+    if musetok is not None:  # its own latents, models and metrics: `<name>_<tag>`
+        musetok_dir, suffix = musetok, f"_{tag}"
+        latents, metrics = data / f"latents{suffix}", root / f"metrics{suffix}"
+        if not (latents / "index.parquet").exists():
+            extract_latents(LatentParams(), musetok, data / "tokens" / "musetok", latents)
     io = EmotionPaths(
         manifest=str(data / "manifest.parquet"),
         bar_va=str(data / "labels" / "bar_va.parquet"),
         tokens=str(data / "tokens" / "musetok"),
         corpus=str(data / "corpus"),
-        latents=str(data / "latents"),
-        musetok=str(root / "models" / "musetok"),
-        out=root / "models" / "emotion",
+        latents=str(latents),
+        musetok=str(musetok_dir),
+        out=root / "models" / f"emotion{suffix}",
         metrics=str(metrics / "emotion.json"),
         kfold_csv=str(metrics / "emotion_kfold.csv"),
         curves_csv=str(metrics / "emotion_curves.csv"),
@@ -196,6 +211,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="asap: most epochs in the budget")
     ap.add_argument("--musetok-epochs", type=int, default=2, help="CPU budget: params.yaml has 6")
     ap.add_argument("--musetok-pieces", type=int, default=400, help="training pieces per epoch")
+    ap.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="also run emopia and vgmidi on this MuseTok (make pretrain-musetok's "
+        "models/pretrained/musetok): a second row each",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)  # shared cores: spare threads only spin
@@ -206,7 +228,13 @@ def main() -> None:
         root = args.work / (f"asap_{args.asap_files}" if task == "asap" else task)
         if task in ("vgmidi", "fourway"):
             name = "bench_emotion_vgmidi.py" if task == "vgmidi" else "genre_fourway.py"
-            subprocess.run([sys.executable, str(ROOT / "benchmarks" / name)], check=True)
+            if task == "vgmidi":
+                extra = ["--work", str(args.work / "vgmidi")]
+                extra += ["--pretrained", str(args.pretrained)] if args.pretrained else []
+            else:  # the pretrained MuseTok's latents feed the four-way latent baseline
+                extra = ["--musetok", str(args.pretrained)] if args.pretrained else []
+            cmd = [sys.executable, str(ROOT / "benchmarks" / name), *extra]
+            subprocess.run(cmd, check=True)
             continue
         if task == "emopia":
             info = build(root, emopia_sources(data), args.workers, musetok)
@@ -218,6 +246,8 @@ def main() -> None:
             t1 = time.perf_counter()
             if task == "emopia":
                 info.update(run_emopia(root, args.folds))
+                if args.pretrained:
+                    info["pretrained"] = run_emopia(root, args.folds, args.pretrained)
             else:
                 info.update(run_asap(root, args.budget_s, args.epochs))
             info["run_s"] = round(time.perf_counter() - t1, 1)

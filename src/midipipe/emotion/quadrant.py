@@ -42,7 +42,7 @@ class QuadrantParams:
     dropout: float = 0.3
     epochs: int = 60
     batch_size: int = 32  # pieces per step (learning rate, weight decay: emotion's `train`)
-    max_bars: int = 16  # bars per piece per step in training (a random window); all at inference
+    max_bars: int = 32  # bars per piece per step in training (a random window); all at inference
 
 
 def quadrant_of(piece_targets: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from midipipe.core.errors import ParamError
 from midipipe.musetok.model import MuseTok, MuseTokConfig
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,25 @@ def load(
     model = MuseTok(cfg)
     load_state_dict_checked(model, state)
     return model.to(device).eval()
+
+
+def load_matching(path: str | Path, config: MuseTokConfig, param: str) -> MuseTok:
+    """Our safetensors folder at `path` as a model of `config` (to start training from it);
+    `ParamError` naming `param` when the folder holds no weights or another architecture."""
+    folder = Path(path)
+    if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        raise ParamError(
+            f"{param}: {folder} holds no {WEIGHTS_FILE} + {CONFIG_FILE} "
+            "(make pretrain-musetok writes them)"
+        )
+    saved = MuseTokConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    if saved != config:
+        want, got = config.to_dict(), saved.to_dict()
+        diff = ", ".join(f"{k} {got[k]} (here {want[k]})" for k in want if want[k] != got[k])
+        raise ParamError(f"{param}: {folder} is another architecture: {diff}")
+    model = MuseTok(config)
+    load_state_dict_checked(model, load_file(str(folder / WEIGHTS_FILE)))
+    return model
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:

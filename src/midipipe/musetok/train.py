@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from midipipe.core import params
 from midipipe.core.device import resolve_device, seed_everything
 from midipipe.core.params import TrainParams
+from midipipe.genre.fit_hooks import EarlyStop, epochs_for_budget, timed
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import decoder_sample
 from midipipe.musetok.model import MuseTok, MuseTokConfig
@@ -78,12 +79,14 @@ class MuseTokTrainParams:
     filled by the profile (`PROFILES`)."""
 
     checkpoint: str | None = None  # a pretrained model (dir or official model.pt) instead
+    init_from: str | None = None  # fine-tune from these weights (a folder of ours, same config)
     size: str = "cpu_default"  # cpu_default | small | large | official
     dec_seqlen: int = 512  # decoder window in tokens (the reference: 1280)
     max_bars: int = 16
     beta: float = 1.0  # commitment loss weight
     augment: bool = True  # pitch transposition by -6..+6, as the reference
     max_pieces: int = 0  # cap on training pieces per epoch (0 = all)
+    budget_s: float = 0.0  # training seconds: the epochs that fit, at most train.epochs (0: off)
     train: dict | None = None  # overrides of the shared `train:` defaults
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class MuseTokTrainParams:
             (self.size in SIZES, "size", f"one of {', '.join(SIZES)}"),
             (self.dec_seqlen >= 8, "dec_seqlen", ">= 8"),
             (self.max_bars >= 1, "max_bars", ">= 1"),
+            (self.budget_s >= 0, "budget_s", ">= 0"),
+            (not (self.checkpoint and self.init_from), "init_from", "null when checkpoint is set"),
         ]
         params.require(self, "musetok", checks)
 
@@ -323,7 +328,10 @@ def train_musetok(
         )
 
     seed_everything(tp.seed)
-    model = MuseTok(model_config(p))
+    if p.init_from:  # fine-tune: the weights must fit the architecture these params build
+        model = checkpoint.load_matching(p.init_from, model_config(p), "musetok.init_from")
+    else:
+        model = MuseTok(model_config(p))
     n_pieces = min(len(train), p.max_pieces or len(train))
     job = Fit(
         model=model,
@@ -331,8 +339,12 @@ def train_musetok(
         steps_per_epoch=-(-n_pieces // tp.batch_size),
         sharded=True,
         loss=lambda m, batch: loss(m, batch, p.beta),
-        evaluate=lambda m: evaluate(m, valid, p, tp.batch_size),
+        evaluate=timed(lambda m: evaluate(m, valid, p, tp.batch_size)),
     )
+    if p.budget_s:  # as many epochs as the budget holds, so the lr schedule spans the run
+        epochs = epochs_for_budget(job, p.budget_s, tp.epochs, probe_steps=24)
+        tp = dataclasses.replace(tp, epochs=epochs)
+        stop = EarlyStop(job, patience=0, budget_s=p.budget_s)
     fit(
         job,
         tp,
@@ -340,10 +352,14 @@ def train_musetok(
         save_best=lambda m: checkpoint.save(m, out_dir),
         fingerprint={"musetok": dataclasses.asdict(p), "pieces": len(train)},
     )
+    if p.budget_s:
+        stop.finish()
     best = min(job.history, key=lambda h: h["valid_loss"])
     metrics = {
-        "source": "trained",
+        "source": "fine-tuned" if p.init_from else "trained",
         "lr": tp.lr,
+        "epochs": tp.epochs,  # planned (by the budget, when set)
+        "epochs_run": len(job.history),
         "train_pieces": len(train),
         "valid_pieces": len(valid),
         "best_epoch": best["epoch"],
