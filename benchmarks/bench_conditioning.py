@@ -7,8 +7,9 @@ accuracy on real held-out excerpts, chance, ratio), GPT conditioning accuracy at
 and 3 and the VAE's, each with its p-value and whether it counts, and the mean music-metric
 overlap with the real excerpts.
 
-`--variants` changes the GPT's params from params.yaml's (a variant without generator
-changes reuses the base model): what the README's table of tried settings came from.
+`--variants` changes the GPT's params from params.yaml's: what the README's table of tried
+settings came from. Trained models stay in `--work` and are reused by later runs with the
+same changes (delete the folder after changing code or params.yaml).
 `--corpus embedded`: the same on params.yaml's own sources and splits, without stage 05
 (`genre.label: auto` picks period there, so the judge is fitted on train excerpts).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -82,18 +84,18 @@ def summary(m: dict, prefixes: list[str]) -> dict:
     return out
 
 
-def run_gpt(root: Path, name: str, pieces: int, trained: dict) -> dict:
+def run_gpt(root: Path, name: str, pieces: int) -> dict:
+    """One variant: the GPT trained for its `generator` changes (reused when a model with
+    the same changes is in `root`), sampled and judged like stage 09."""
     change = VARIANTS[name]
     data = root / "data"
     gp_raw = merged(params.section(ROOT / "params.yaml", "generate"), change.get("generate", {}))
     gp = params.build(GenerateParams, {**gp_raw, "pieces_per_composer": pieces}, "generate")
     key = json.dumps(change.get("generator", {}), sort_keys=True)
-    model_dir = root / "models" / f"generator_{len(trained)}"
-    t0 = time.perf_counter()
+    model_dir = root / "models" / f"generator_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     out: dict = {"changes": change}
-    if key in trained:
-        model_dir = trained[key]
-    else:
+    if not (model_dir / "model.safetensors").exists():
+        t0 = time.perf_counter()
         p = gpt_params(change.get("generator", {}))
         tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
         shutil.rmtree(root / "checkpoints" / "generator", ignore_errors=True)  # no resume
@@ -106,10 +108,9 @@ def run_gpt(root: Path, name: str, pieces: int, trained: dict) -> dict:
             model_dir,
             root / "checkpoints" / "generator",
         )
-        trained[key] = model_dir
-        out.update(
-            train_s=round(time.perf_counter() - t0, 1), best_valid_loss=fit.get("best_valid_loss")
-        )
+        write_json(model_dir / "fit.json", {"train_s": round(time.perf_counter() - t0, 1), **fit})
+    fit = json.loads((model_dir / "fit.json").read_text())
+    out.update(train_s=fit["train_s"], best_valid_loss=fit.get("best_valid_loss"))
     t1 = time.perf_counter()
     m = evaluate_generator(
         gp,
@@ -133,16 +134,17 @@ def run_vae(root: Path, pieces: int) -> dict:
     p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
     tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
     t0 = time.perf_counter()
-    shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
-    vae_train.train(
-        p,
-        tp,
-        data / "tokens" / "remi",
-        data / "manifest.parquet",
-        data / "composers.json",
-        root / "models" / "vae",
-        root / "checkpoints" / "vae",
-    )
+    if not (root / "models" / "vae" / "model.safetensors").exists():  # else reused
+        shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
+        vae_train.train(
+            p,
+            tp,
+            data / "tokens" / "remi",
+            data / "manifest.parquet",
+            data / "composers.json",
+            root / "models" / "vae",
+            root / "checkpoints" / "vae",
+        )
     train_s = round(time.perf_counter() - t0, 1)
     gp = params.build(
         GenerateVAEParams, params.section(ROOT / "params.yaml", "generate_vae"), "generate_vae"
@@ -200,8 +202,7 @@ def main() -> None:
         stage05 = json.loads((root / "stage05.json").read_text())
         keep = ("piece_accuracy", "served", "served_piece_accuracy")
         info["stage05"] = {k: stage05.get(k) for k in keep}
-    trained: dict[str, Path] = {}
-    info["gpt"] = {name: run_gpt(root, name, args.pieces, trained) for name in args.variants}
+    info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
         info["vae"] = run_vae(root, args.pieces)
     info["s"] = round(time.perf_counter() - t0, 1)

@@ -279,7 +279,7 @@ def test_one_composer_is_said_plainly():
     assert out["g1.0_pitch_range_oa"] > 0.9 and out["g1.0_solo_pitch_range_oa"] > 0.9
     judged = judge.judge_conditioning(
         tok,
-        judge.make_judge(tok, [("solo", 1)], [ev.Piece(ids, 1)], None),
+        judge.make_judge(tok, [("solo", 1)], [ev.Piece(ids, 1)], [], None),
         [piece],
         [ev.Piece(ids, 1)],
         [("solo", 1)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import symusic
 
@@ -37,7 +38,7 @@ def test_a_judge_that_tells_composers_apart_counts(tok, tmp_path):
     gen = pieces(tok, 1, 2, 1.0) + pieces(tok, 2, 2, 1.0) + pieces(tok, 1, 2, 3.0)
     gen += pieces(tok, 1, 2, 3.0)[:1]  # beta's take at 3.0 "sounds like" alpha
     gen[-1].composer_id = 2
-    judge = J.make_judge(tok, COMPOSERS[:2], train, tmp_path / "no_stage05")
+    judge = J.make_judge(tok, COMPOSERS[:2], train, [], tmp_path / "no_stage05")
     assert judge.model == J.FITTED and judge.train_excerpts == 12
     png = tmp_path / "confusion.png"
     out = J.judge_conditioning(tok, judge, gen, held_out, COMPOSERS[:2], 2.0, png)
@@ -54,7 +55,7 @@ def test_a_composer_without_held_out_excerpts_is_skipped_and_named(tok):
     train = pieces(tok, 1, 4) + pieces(tok, 2, 4) + pieces(tok, 3, 4)
     held_out = pieces(tok, 1, 2) + pieces(tok, 2, 2)  # none of gamma
     gen = [p for cid in (1, 2, 3) for p in pieces(tok, cid, 2)]
-    judge = J.make_judge(tok, COMPOSERS, train, None)
+    judge = J.make_judge(tok, COMPOSERS, train, [], None)
     out = J.judge_conditioning(tok, judge, gen, held_out, COMPOSERS, 2.0)
     assert out["judge_composers"] == "alpha,beta" and out["composers_evaluated"] == 2
     assert out["judge_skipped"] == "gamma (no held-out excerpt)"
@@ -63,13 +64,13 @@ def test_a_composer_without_held_out_excerpts_is_skipped_and_named(tok):
 
 
 def test_fewer_than_two_composers_say_so(tok, tmp_path):
-    one = J.make_judge(tok, COMPOSERS[:1], pieces(tok, 1, 3), None)
+    one = J.make_judge(tok, COMPOSERS[:1], pieces(tok, 1, 3), [], None)
     assert one is None
     png = tmp_path / "c.png"
     out = J.judge_conditioning(tok, one, pieces(tok, 1, 1, 1.0), [], COMPOSERS[:1], 2.0, png)
     assert "fewer than 2 frequent composers" in out["note"] and "g1.0_cond_acc" not in out
     assert png.exists() and png.with_suffix(".csv").read_text() == "actual,predicted\n"
-    judge = J.make_judge(tok, COMPOSERS[:2], pieces(tok, 1, 3) + pieces(tok, 2, 3), None)
+    judge = J.make_judge(tok, COMPOSERS[:2], pieces(tok, 1, 3) + pieces(tok, 2, 3), [], None)
     out = J.judge_conditioning(tok, judge, [], pieces(tok, 1, 2), COMPOSERS[:2], 2.0)
     assert "1 composer(s) with held-out excerpts" in out["note"] and "judge_real_acc" not in out
     assert out["judge_skipped"] == "beta (no held-out excerpt)"
@@ -78,5 +79,18 @@ def test_fewer_than_two_composers_say_so(tok, tmp_path):
 def test_stage05_on_another_label_is_not_the_judge(tok, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"label": "period", "kind": "phrase"}))
     assert J.served_judge(tmp_path, COMPOSERS) is None
-    judge = J.make_judge(tok, COMPOSERS[:2], pieces(tok, 1, 3) + pieces(tok, 2, 3), tmp_path)
+    judge = J.make_judge(tok, COMPOSERS[:2], pieces(tok, 1, 3) + pieces(tok, 2, 3), [], tmp_path)
     assert judge.model == J.FITTED
+
+
+def test_the_better_on_valid_excerpts_judges(tok, monkeypatch):
+    """Stage 05's model judges unless one fitted on excerpts does better on valid ones."""
+    always_alpha = J.Judge("stage 05 (always alpha)", COMPOSERS[:2], lambda s: np.array([1.0, 0]))
+    monkeypatch.setattr(J, "served_judge", lambda folder, composers: always_alpha)
+    train = pieces(tok, 1, 4) + pieces(tok, 2, 4)
+    valid = pieces(tok, 1, 2) + pieces(tok, 2, 2)
+    judge = J.make_judge(tok, COMPOSERS[:2], train, valid, None)
+    assert judge.model == J.FITTED and "stage 05 (always alpha) 0.500" in judge.choice
+    assert f"{J.FITTED} 1.000" in judge.choice
+    judge = J.make_judge(tok, COMPOSERS[:2], train, valid[:2], None)  # alpha's alone
+    assert judge is always_alpha and "too few valid excerpts" in judge.choice

@@ -1,12 +1,13 @@
 """The composer judge of stages 09 (GPT) and 13 (VAE): which composer a piece sounds like,
 asked of the project's best composer classifier, and how far that answer can be trusted.
 
-Which classifier: stage 05's served model (the phrase model pooled per piece, or the
-hand-crafted-feature model when it won on valid) when stage 05 was trained on composers and
-knows at least two of the evaluated ones; otherwise a hand-crafted-feature logistic
-regression (`features.fit_linear`) fitted here on real train-split excerpts of the evaluated
-composers, as long as the generated pieces. Stage 05's label follows the corpus (period on
-the embedded corpus, composer on a classical piano folder), so both paths are live.
+Which classifier: the project's composer classifiers are stage 05's served model (the phrase
+model pooled per piece, or the hand-crafted-feature model when it won on valid), when stage
+05 was trained on composers, and a hand-crafted-feature logistic regression
+(`features.fit_linear`) fitted here on real train-split excerpts of the evaluated composers,
+as long as the generated pieces. When both exist, the one more accurate on valid-split
+excerpts judges (`judge_choice`; README: on ASAP the fitted one, by far). Stage 05's label
+follows the corpus (period on the embedded corpus, composer on a classical piano folder).
 
 A conditioning accuracy means something only when the judge tells real composers apart: it
 is scored on real held-out excerpts of the same length (`judge_real_acc`), divided by chance
@@ -47,6 +48,7 @@ class Judge:
     composers: list[tuple[str, int]]
     probs: Callable[[symusic.Score], np.ndarray | None]
     train_excerpts: int | None = None  # what a fitted judge learned from
+    choice: str = ""  # why this model (`make_judge`)
 
     def predict(self, tokenizer, pieces: Sequence[ev.Piece], among: Sequence[int]) -> np.ndarray:
         """The composer id each piece is judged to be, choosing only `among` those ids;
@@ -125,14 +127,35 @@ def make_judge(
     tokenizer,
     composers: Sequence[tuple[str, int]],
     real_train: Sequence[ev.Piece],
+    real_valid: Sequence[ev.Piece],
     genre_dir: str | Path | None,
     seed: int = 0,
 ) -> Judge | None:
-    """Stage 05's served model when it judges composers, else one fitted on `real_train`
-    excerpts; None when neither can tell two of `composers` apart."""
-    return served_judge(genre_dir, composers) or fitted_judge(
-        tokenizer, composers, real_train, seed
+    """The better on `real_valid` excerpts of stage 05's served model (when it judges
+    composers) and one fitted on `real_train` excerpts: stage 05 learned whole pieces, and
+    an excerpt can read differently (its length, its tempo changes); `choice` says how each
+    scored. Without valid excerpts of two judged composers, stage 05's model. None when
+    neither can tell two of `composers` apart."""
+    served = served_judge(genre_dir, composers)
+    fitted = fitted_judge(tokenizer, composers, real_train, seed)
+    if served is None or fitted is None:
+        return served or fitted
+    among = [c for _, c in served.composers if c in {cid for _, cid in fitted.composers}]
+    valid = [p for p in real_valid if p.composer_id in among]
+    if len({p.composer_id for p in valid}) < 2:
+        served.choice = "stage 05's model: too few valid excerpts to compare it with a fitted one"
+        return served
+    true = np.array([p.composer_id for p in valid])
+    acc = {
+        j.model: float(np.mean(j.predict(tokenizer, valid, among) == true))
+        for j in (served, fitted)
+    }
+    best = fitted if acc[fitted.model] > acc[served.model] else served
+    best.choice = f"accuracy on {len(valid)} valid excerpts: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in acc.items()
     )
+    log.info("judge: %s (%s)", best.model, best.choice)
+    return best
 
 
 def judge_conditioning(
@@ -165,6 +188,7 @@ def judge_conditioning(
     out.update(
         {
             "judge": judge.model,
+            "judge_choice": judge.choice,
             "judge_composers": ",".join(n for n, _ in judged),
             "judge_skipped": "; ".join(skipped),
             "composers_evaluated": len(judged),

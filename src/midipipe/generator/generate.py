@@ -188,9 +188,8 @@ def evaluate_generator(
     model = load_model(model_dir, tokenizer, resolve_device(gp.device))
     table = read_table(model_dir / COMPOSERS_FILE)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
-    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(
-        eval_corpus(tokens_dir, manifest, table, "valid")
-    )
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
     primers = None
     if gp.seed_length:
         primers = {
@@ -215,6 +214,7 @@ def evaluate_generator(
         tokenizer,
         composers,
         real_excerpts(iter_pieces(train), gp.max_tokens, gp.real_chunks_per_piece),
+        real_excerpts(valid, gp.max_tokens, gp.real_chunks_per_piece),
         genre_dir,
         gp.seed,
     )

@@ -231,15 +231,15 @@ def evaluate_vae(
         stats_all.append(stats)
 
     # held out: test and valid, as in stage 09 (valid only picked the best epoch)
-    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(
-        eval_corpus(tokens_dir, manifest, table, "valid")
-    )
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
     train = split_pieces(tokens_dir, manifest, table, "train")
     n = gp.real_chunks_per_piece
     real = real_excerpts(held_out, cfg.max_tokens, n)
     train_excerpts = real_excerpts(iter_pieces(train), cfg.max_tokens, n)
     if judge is None:
-        judge = make_judge(tokenizer, composers, train_excerpts, genre_dir, gp.seed)
+        valid_excerpts = real_excerpts(valid, cfg.max_tokens, n)
+        judge = make_judge(tokenizer, composers, train_excerpts, valid_excerpts, genre_dir, gp.seed)
     metrics = {
         **judge_conditioning(
             tokenizer, judge, generated, real, composers, gp.judge_min_ratio, confusion_png
