@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {
     "steps_x2": {"generator": {"train": {"epochs": 18}}},
     "primer_64": {"generate": {"seed_length": 64}},
     "top_p_0.9": {"generate": {"top_p": 0.9}},
+    "temperature_0.8": {"generate": {"temperature": 0.8}},
+    "temperature_0.8_primer_64": {"generate": {"temperature": 0.8, "seed_length": 64}},
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
 JUDGE_KEYS += ("judge_real_acc_p", "judge_ratio", "judge_counts", "judge_unclassified")
