@@ -54,8 +54,11 @@ VARIANTS: dict[str, dict] = {
     "steps_x2": {"generator": {"train": {"epochs": 18}}},
     "primer_64": {"generate": {"seed_length": 64}},
     "top_p_0.9": {"generate": {"top_p": 0.9}},
+    "top_p_0.6": {"generate": {"top_p": 0.6}},
+    "top_p_0.4": {"generate": {"top_p": 0.4}},
     "temperature_0.8": {"generate": {"temperature": 0.8}},
-    "temperature_0.8_primer_64": {"generate": {"temperature": 0.8, "seed_length": 64}},
+    "steps_x2_top_p_0.6": {"generator": {"train": {"epochs": 18}}, "generate": {"top_p": 0.6}},
+    "steps_x2_primer_64": {"generator": {"train": {"epochs": 18}}, "generate": {"seed_length": 64}},
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
 JUDGE_KEYS += ("judge_real_acc_p", "judge_ratio", "judge_counts", "judge_unclassified")
@@ -131,7 +134,7 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     return out
 
 
-def run_vae(root: Path, pieces: int) -> dict:
+def run_vae(root: Path, pieces: int, top_p: float | None) -> dict:
     data = root / "data"
     p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
     tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
@@ -151,20 +154,21 @@ def run_vae(root: Path, pieces: int) -> dict:
     gp = params.build(
         GenerateVAEParams, params.section(ROOT / "params.yaml", "generate_vae"), "generate_vae"
     )
-    gp = dataclasses.replace(gp, pieces_per_composer=pieces)
+    gp = dataclasses.replace(gp, pieces_per_composer=pieces, top_p=top_p or gp.top_p)
     m, _ = evaluate_vae(
         gp,
         root / "models" / "vae",
         data / "tokens" / "remi",
         data / "manifest.parquet",
         root / "outputs" / "generated_vae",
-        root / "metrics" / "vae_confusion.png",
+        root / "metrics" / f"vae_confusion_top_p_{gp.top_p}.png",
         root / "metrics" / "vae_latent.png",
         root / "models" / "genre_phrase",
     )
-    write_json(root / "metrics" / "vae_generation.json", m)
+    write_json(root / "metrics" / f"vae_generation_top_p_{gp.top_p}.json", m)
     keep = ("vae_oa_mean", "silhouette", "relative_cosine", "relative_cosine_real_test")
     return {
+        "top_p": gp.top_p,
         "train_s": train_s,
         **summary(m, ["cond_acc"]),
         **{k: m.get(k) for k in keep},
@@ -178,6 +182,7 @@ def main() -> None:
     ap.add_argument("--corpus", choices=("asap", "embedded"), default="asap")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["base"])
     ap.add_argument("--no-vae", action="store_true")
+    ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
     ap.add_argument("--pieces", type=int, default=10, help="pieces per composer and guidance")
     ap.add_argument("--genre-budget-s", type=float, default=120.0, help="stage 05 training")
     ap.add_argument("--genre-epochs", type=int, default=30)
@@ -206,7 +211,7 @@ def main() -> None:
         info["stage05"] = {k: stage05.get(k) for k in keep}
     info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
-        info["vae"] = run_vae(root, args.pieces)
+        info["vae"] = run_vae(root, args.pieces, args.vae_top_p)
     info["s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"bench": f"conditioning_{args.corpus}", **info}), flush=True)
 
