@@ -52,6 +52,7 @@ VARIANTS: dict[str, dict] = {
     "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
     "context_256": {"generator": {"context": 256}},
     "steps_x2": {"generator": {"train": {"epochs": 18}}},
+    "steps_x3": {"generator": {"train": {"epochs": 27}}},
     "primer_64": {"generate": {"seed_length": 64}},
     "top_p_0.9": {"generate": {"top_p": 0.9}},
     "top_p_0.6": {"generate": {"top_p": 0.6}},
