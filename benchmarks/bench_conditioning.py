@@ -46,20 +46,25 @@ from midipipe.vae.sample import GenerateVAEParams, evaluate_vae  # noqa: E402
 log = logging.getLogger("bench_conditioning")
 
 # changes to params.yaml: `generator` (a retrained GPT) and/or `generate` (sampling only)
-VARIANTS: dict[str, dict] = {
-    "base": {},
-    "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
-    "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
-    "context_256": {"generator": {"context": 256}},
-    "steps_x2": {"generator": {"train": {"epochs": 18}}},
-    "steps_x3": {"generator": {"train": {"epochs": 27}}},
+CHANGES: dict[str, dict] = {
     "primer_64": {"generate": {"seed_length": 64}},
-    "top_p_0.9": {"generate": {"top_p": 0.9}},
+    "temperature_0.8": {"generate": {"temperature": 0.8}},
     "top_p_0.6": {"generate": {"top_p": 0.6}},
     "top_p_0.4": {"generate": {"top_p": 0.4}},
-    "temperature_0.8": {"generate": {"temperature": 0.8}},
-    "steps_x2_top_p_0.6": {"generator": {"train": {"epochs": 18}}, "generate": {"top_p": 0.6}},
-    "steps_x2_primer_64": {"generator": {"train": {"epochs": 18}}, "generate": {"seed_length": 64}},
+    "context_256": {"generator": {"context": 256}},
+    "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
+    "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
+}
+EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "epochs_9": EPOCHS_9,
+    "epochs_27": {"generator": {"train": {"epochs": 27}}},
+    **CHANGES,
+    **{
+        f"epochs_9_{k}": {**v, "generator": {**v.get("generator", {}), **EPOCHS_9["generator"]}}
+        for k, v in CHANGES.items()
+    },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
 JUDGE_KEYS += ("judge_real_acc_p", "judge_ratio", "judge_counts", "judge_unclassified")
