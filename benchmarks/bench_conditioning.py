@@ -102,12 +102,12 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     data = root / "data"
     gp_raw = merged(params.section(ROOT / "params.yaml", "generate"), change.get("generate", {}))
     gp = params.build(GenerateParams, {**gp_raw, "pieces_per_composer": pieces}, "generate")
-    key = json.dumps(change.get("generator", {}), sort_keys=True)
+    p = gpt_params(change.get("generator", {}))
+    key = json.dumps(dataclasses.asdict(p), sort_keys=True)  # the resolved params
     model_dir = root / "models" / f"generator_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     out: dict = {"changes": change}
     if not (model_dir / "model.safetensors").exists():
         t0 = time.perf_counter()
-        p = gpt_params(change.get("generator", {}))
         tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
         shutil.rmtree(root / "checkpoints" / "generator", ignore_errors=True)  # no resume
         _, fit = gen_train.train(
@@ -140,12 +140,17 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     return out
 
 
-def run_vae(root: Path, pieces: int, top_p: float | None) -> dict:
+def run_vae(root: Path, pieces: int, top_p: float | None, epochs: int | None) -> dict:
+    """The VAE of the active profile (`epochs` overrides its epochs; reused when trained),
+    sampled and judged like stage 13."""
     data = root / "data"
     p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
+    if epochs:
+        p = dataclasses.replace(p, train={**p.train, "epochs": epochs})
     tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
+    model_dir = root / "models" / f"vae_epochs_{tp.epochs}"
     t0 = time.perf_counter()
-    if not (root / "models" / "vae" / "model.safetensors").exists():  # else reused
+    if not (model_dir / "model.safetensors").exists():  # else reused
         shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
         vae_train.train(
             p,
@@ -153,7 +158,7 @@ def run_vae(root: Path, pieces: int, top_p: float | None) -> dict:
             data / "tokens" / "remi",
             data / "manifest.parquet",
             data / "composers.json",
-            root / "models" / "vae",
+            model_dir,
             root / "checkpoints" / "vae",
         )
     train_s = round(time.perf_counter() - t0, 1)
@@ -163,18 +168,19 @@ def run_vae(root: Path, pieces: int, top_p: float | None) -> dict:
     gp = dataclasses.replace(gp, pieces_per_composer=pieces, top_p=top_p or gp.top_p)
     m, _ = evaluate_vae(
         gp,
-        root / "models" / "vae",
+        model_dir,
         data / "tokens" / "remi",
         data / "manifest.parquet",
         root / "outputs" / "generated_vae",
-        root / "metrics" / f"vae_confusion_top_p_{gp.top_p}.png",
+        root / "metrics" / f"vae_confusion_e{tp.epochs}_top_p_{gp.top_p}.png",
         root / "metrics" / "vae_latent.png",
         root / "models" / "genre_phrase",
     )
-    write_json(root / "metrics" / f"vae_generation_top_p_{gp.top_p}.json", m)
+    write_json(root / "metrics" / f"vae_generation_e{tp.epochs}_top_p_{gp.top_p}.json", m)
     keep = ("vae_oa_mean", "silhouette", "relative_cosine", "relative_cosine_real_test")
     return {
         "top_p": gp.top_p,
+        "epochs": tp.epochs,
         "train_s": train_s,
         **summary(m, ["cond_acc"]),
         **{k: m.get(k) for k in keep},
@@ -186,9 +192,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/midipipe-bench-conditioning"))
     ap.add_argument("--corpus", choices=("asap", "embedded"), default="asap")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["base"])
+    ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["base"])
     ap.add_argument("--no-vae", action="store_true")
     ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
+    ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
     ap.add_argument("--pieces", type=int, default=10, help="pieces per composer and guidance")
     ap.add_argument("--genre-budget-s", type=float, default=120.0, help="stage 05 training")
     ap.add_argument("--genre-epochs", type=int, default=30)
@@ -217,7 +224,7 @@ def main() -> None:
         info["stage05"] = {k: stage05.get(k) for k in keep}
     info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
-        info["vae"] = run_vae(root, args.pieces, args.vae_top_p)
+        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs)
     info["s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"bench": f"conditioning_{args.corpus}", **info}), flush=True)
 
