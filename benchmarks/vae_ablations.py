@@ -1,8 +1,8 @@
 """Ablations of the label-conditioned VAE (issue 7): LayerNorm on/off, KL weight, free bits.
 
 Each variant is the `vae:` section of params.yaml with a few keys changed; it is trained
-and sampled like stages 12 and 13, and every variant is judged by the same GRU classifier
-(trained once, on real pieces), so conditioning accuracies compare like with like. Needs
+and sampled like stages 12 and 13, and every variant is judged by the same composer judge
+(`evaluation.judge`, built once), so conditioning accuracies compare like with like. Needs
 the project's data/tokens/remi, data/manifest.parquet and data/composers.json (run
 `dvc repro tokenize bucket_composers` first). Prints one JSON line.
 
@@ -87,16 +87,16 @@ def main() -> None:
             )
             metrics, judge = evaluate_vae(
                 gp,
-                params.merged_train(shared, gp.classifier_train),
                 run / "model",
                 data / "tokens" / "remi",
                 data / "manifest.parquet",
                 run / "outputs",
                 None,
                 None,
+                project / "models" / "genre_phrase",
                 judge,
             )
-            head = {k: metrics.get(k) for k in ("chance", "classifier_real_test_acc")}
+            head = {k: metrics.get(k) for k in ("chance", "judge", "judge_real_acc", "judge_ratio")}
             results[name] = {
                 "changes": VARIANTS[name],
                 **{k: metrics.get(k) for k in KEEP},

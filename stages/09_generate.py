@@ -1,5 +1,7 @@
 """Stage 09: models/generator -> outputs/generated/*.mid, metrics/generation.json (music metrics
-against real test excerpts, conditioning accuracy) and the classifier's confusion matrices."""
+against real held-out excerpts, overall and per composer; conditioning accuracy by the
+composer judge, stage 05's model when it judges composers, beside the judge's own accuracy
+on real excerpts) and the judge's confusion matrices."""
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
@@ -16,6 +18,7 @@ def main() -> None:
         "data/manifest.parquet",
         "outputs/generated",
         "metrics/generation_confusion.png",
+        "models/genre_phrase",
     )
     write_metrics("metrics/generation.json", metrics)
 

@@ -1,6 +1,7 @@
 """Stage 13: models/vae -> outputs/generated_vae/*.mid, metrics/vae_generation.json
-(conditioning accuracy of a GRU judge against chance, relative cosine similarity, latent
-silhouette), the GRU's confusion matrices and the latent PCA plot."""
+(conditioning accuracy by the composer judge of stage 09 against chance, the judge's own
+accuracy on real excerpts, relative cosine similarity, music-metric distances, latent
+silhouette), the judge's confusion matrices and the latent PCA plot."""
 
 from midipipe.core import params
 from midipipe.core.logs import run_main
@@ -12,18 +13,17 @@ def main() -> None:
     gp = params.build(
         GenerateVAEParams, params.section("params.yaml", "generate_vae"), "generate_vae"
     )
-    tp = params.merged_train(params.load(), gp.classifier_train)
     metrics, _ = evaluate_vae(
         gp,
-        tp,
         "models/vae",
         "data/tokens/remi",
         "data/manifest.parquet",
         "outputs/generated_vae",
         "metrics/vae_confusion.png",
         "metrics/vae_latent.png",
+        "models/genre_phrase",
     )
-    write_metrics("metrics/vae_generation.json", {"lr": tp.lr, **metrics})
+    write_metrics("metrics/vae_generation.json", metrics)
 
 
 SKIP = Skip(

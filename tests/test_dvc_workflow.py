@@ -83,7 +83,6 @@ def clone_project(dst: Path, corpus: Path) -> Path:
     params["generate_vae"].update(
         pieces_per_composer=1, max_tokens=32, real_chunks_per_piece=1, latent_windows_per_piece=1
     )
-    params["generate_vae"]["classifier_train"].update(epochs=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dst, "git", "init", "-q", "-b", "main")
     run(dst, "git", "add", "-A")
@@ -161,7 +160,6 @@ TRAINED = {
     "genre_hier": "genre_hier",
     "generator": "generator",
     "vae": "vae",
-    "vae_generation": "generate_vae",
 }
 
 
@@ -191,7 +189,7 @@ def test_exp_run_metrics_diff_and_plots(project):
     for name, section in TRAINED.items():
         if name == "generator":
             continue
-        own = params[section].get("train") or params[section].get("classifier_train") or {}
+        own = params[section].get("train") or {}
         scale = own.get("lr_scale", 1.0)
         if scale is None:
             scale = profiled[section]["train"]["lr"] / params["train"]["lr"]

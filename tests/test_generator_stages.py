@@ -27,6 +27,7 @@ from midipipe.core.reports import write_curves, write_metrics
 from midipipe.data import composers
 from midipipe.data.midi import piece_id
 from midipipe.evaluation import generated as ev
+from midipipe.evaluation import judge
 from midipipe.evaluation import music_metrics as mm
 from midipipe.generator import GenerateOptions, command
 from midipipe.generator import generate as gen
@@ -89,6 +90,7 @@ def generate_stage(root: Path) -> None:
         root / "data" / "manifest.parquet",
         root / "outputs" / "generated",
         root / "metrics" / "generation_confusion.png",
+        root / "models" / "genre_phrase",  # none: the judge is fitted on train excerpts
     )
     write_metrics(root / "metrics" / "generation.json", metrics)
 
@@ -238,16 +240,17 @@ def test_generate_stage_writes_decodable_midi_and_metrics(generated):
         assert json.loads((out / name).with_suffix(".json").read_text())["ids"] is not None
     metrics = json.loads((generated / "metrics" / "generation.json").read_text())
     assert metrics["composers_evaluated"] == 2 and metrics["chance"] == 0.5
-    assert 0 <= metrics["classifier_real_test_acc"] <= 1
-    assert 0 <= metrics["classifier_programs_real_test_acc"] <= 1
+    assert metrics["judge"] == judge.FITTED and metrics["judge_composers"] == "alpha,beta"
+    assert 0 <= metrics["judge_real_acc"] <= 1 and metrics["judge_min_ratio"] == 2.0
     for tag in ("g1.0", "g3.0"):
-        for key in ("cond_acc", "cond_acc_programs"):
-            acc = metrics[f"{tag}_{key}"]
-            assert metrics[f"{tag}_{key}_ci_low"] <= acc <= metrics[f"{tag}_{key}_ci_high"]
-            assert 0 < metrics[f"{tag}_{key}_p"] <= 1
+        acc = metrics[f"{tag}_cond_acc"]
+        assert metrics[f"{tag}_cond_acc_ci_low"] <= acc <= metrics[f"{tag}_cond_acc_ci_high"]
+        assert 0 < metrics[f"{tag}_cond_acc_p"] <= 1
+        assert metrics[f"{tag}_cond_acc_counts"] is metrics["judge_counts"]
         assert metrics[f"{tag}_pieces"] == 2 and f"{tag}_repairs_per_piece" in metrics
         for m in mm.METRICS:
             assert {f"{tag}_{m}_oa", f"{tag}_{m}_w1", f"{tag}_{m}_mean"} <= set(metrics)
+            assert {f"{tag}_alpha_{m}_oa", f"{tag}_beta_{m}_w1"} <= set(metrics)
     assert all(not isinstance(v, dict | list) for v in metrics.values())  # flat for dvc
     assert (generated / "metrics" / "generation_confusion.png").stat().st_size > 1000
     assert metrics["novelty_pieces"] == 4 and metrics["novelty_real_pieces"] > 0
@@ -272,11 +275,18 @@ def test_one_composer_is_said_plainly():
 
     ids = encode(tok, score)[0].tolist()
     piece = ev.Piece(ids, 1, 1.0, {"tokens": len(ids), "repairs": 0})
-    out = ev.evaluate_generation(
-        tok, [piece], [ev.Piece(ids, 1)], [ev.Piece(ids, 1)], [("solo", 1)]
+    out = ev.evaluate_generation(tok, [piece], [ev.Piece(ids, 1)], [("solo", 1)])
+    assert out["g1.0_pitch_range_oa"] > 0.9 and out["g1.0_solo_pitch_range_oa"] > 0.9
+    judged = judge.judge_conditioning(
+        tok,
+        judge.make_judge(tok, [("solo", 1)], [ev.Piece(ids, 1)], [], None),
+        [piece],
+        [ev.Piece(ids, 1)],
+        [("solo", 1)],
+        2.0,
     )
-    assert "conditioning accuracy cannot be measured" in out["note"]
-    assert "g1.0_cond_acc" not in out and out["g1.0_pitch_range_oa"] > 0.9
+    assert "fewer than 2 frequent composers" in judged["note"]
+    assert "g1.0_cond_acc" not in judged
 
 
 # -- music metrics ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_cpu_profile_is_todays_cpu_run():
         "max_windows": 640,
         "eval_windows": 64,
     }
-    assert (g["train"]["epochs"], g["train"]["batch_size"], g["train"]["lr"]) == (9, 16, 3e-3)
+    assert (g["train"]["epochs"], g["train"]["batch_size"], g["train"]["lr"]) == (18, 16, 3e-3)
     m = r["musetok"]
     assert m["architecture"] == resolved_musetok_cpu()
     assert (m["budget"]["size"], m["budget"]["max_bars"]) == ("cpu_default", 8)

@@ -1,153 +1,31 @@
-"""Does generated music depend on its label? Three checks from the users' MIDI-VAE plan,
-usable for any generator that yields REMI ids per label (the VAE, the GPT).
+"""Does generated music depend on its label? Checks from the users' MIDI-VAE plan beside
+the composer judge (`judge`), usable for any generator that yields REMI ids per label.
 
-- Conditioning accuracy: a GRU over REMI tokens, trained on real train-split excerpts of the
-  evaluated composers (model selection on valid-split excerpts), labels each generated
-  piece; the share given the composer it was generated for is compared with chance
-  (1 / composers). Its accuracy on real test excerpts says how much that figure can mean.
 - Relative cosine similarity, in the music-feature space of `music_metrics.FEATURES` (the
   six MusPy metrics, note density, pitch mean/spread, velocity, pitch-class and duration
   histograms), z-scored on the real excerpts: per generated piece, the mean cosine
   similarity to real excerpts of its own composer minus that to the other composers';
   averaged. The same figure for real test excerpts against the train ones is the ceiling
   a perfectly conditioned generator would reach.
+- The music-metric distances (`generated.compare`) to real held-out excerpts, overall and
+  per composer.
 - Latent space: the silhouette of embeddings (the VAE's posterior means of test windows)
   grouped by label, and a 2-D PCA plot coloured by label.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from midipipe.core.io import atomic_path
-from midipipe.core.params import TrainParams
 from midipipe.evaluation import generated as ev
-from midipipe.evaluation.confusion import write_confusion
-from midipipe.training.fit import Fit, fit
-
-log = logging.getLogger(__name__)
 
 FEATURE_SPACE = "music_metrics.FEATURES, z-scored on the real excerpts"
-
-
-# -- the GRU composer classifier -------------------------------------------------------------
-
-
-@dataclass
-class GRUParams:
-    """The classifier of the conditioning check (the plan's GRU)."""
-
-    embed: int = 64
-    hidden: int = 96
-    dropout: float = 0.1
-
-
-class GRUClassifier(nn.Module):
-    """Token embeddings -> one GRU layer -> the last hidden state -> composer logits."""
-
-    def __init__(self, vocab_size: int, n_classes: int, p: GRUParams, pad_id: int) -> None:
-        super().__init__()
-        self.pad_id = pad_id
-        self.embed = nn.Embedding(vocab_size, p.embed, padding_idx=pad_id)
-        self.gru = nn.GRU(p.embed, p.hidden, batch_first=True)
-        self.drop = nn.Dropout(p.dropout)
-        self.head = nn.Linear(p.hidden, n_classes)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        lengths = (ids != self.pad_id).sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(
-            self.drop(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False
-        )
-        _, h = self.gru(packed)
-        return self.head(self.drop(h[-1]))
-
-
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    """[B, longest] ids; an empty sequence becomes one PAD (the GRU needs a step)."""
-    ids = torch.full((len(seqs), max([1, *map(len, seqs)])), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-    return ids
-
-
-@torch.no_grad()
-def predict(model: GRUClassifier, pieces: Sequence[ev.Piece], batch_size: int = 64) -> np.ndarray:
-    """Class indices (positions in the classifier's composer list) of token sequences."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [np.zeros(0, dtype=int)]
-    for i in range(0, len(pieces), batch_size):
-        ids = _pad([p.ids for p in pieces[i : i + batch_size]], model.pad_id)
-        out.append(model(ids.to(device)).argmax(-1).cpu().numpy())
-    return np.concatenate(out)
-
-
-def train_classifier(
-    vocab_size: int,
-    pad_id: int,
-    composer_ids: Sequence[int],
-    train: Sequence[ev.Piece],
-    valid: Sequence[ev.Piece],
-    p: GRUParams,
-    tp: TrainParams,
-) -> GRUClassifier:
-    """The GRU, trained with the shared loop on class-balanced cross-entropy; the epoch with
-    the best valid accuracy (balanced over composers) is kept."""
-    classes = {cid: i for i, cid in enumerate(composer_ids)}
-    counts = np.bincount([classes[x.composer_id] for x in train], minlength=len(classes))
-    weight = torch.tensor(len(train) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float)
-    torch.manual_seed(tp.seed)
-    model = GRUClassifier(vocab_size, len(classes), p, pad_id)
-
-    def batches(epoch: int, rng: torch.Generator):
-        del epoch
-        order = torch.randperm(len(train), generator=rng).tolist()
-        for i in range(0, len(order), tp.batch_size):
-            chosen = [train[j] for j in order[i : i + tp.batch_size]]
-            yield {
-                "ids": _pad([p.ids for p in chosen], pad_id),
-                "y": torch.tensor([classes[p.composer_id] for p in chosen]),
-            }
-
-    def loss(m: GRUClassifier, batch: dict):
-        device = next(m.parameters()).device
-        logits = m(batch["ids"].to(device))
-        value = F.cross_entropy(logits.float(), batch["y"].to(device), weight=weight.to(device))
-        return value, {"ce": value.item()}
-
-    def evaluate(m: GRUClassifier) -> dict[str, float]:
-        if not valid:
-            return {"valid_balanced_acc": 0.0}
-        true = np.array([classes[x.composer_id] for x in valid])
-        pred = predict(m, valid)
-        recalls = [np.mean(pred[true == c] == c) for c in np.unique(true)]
-        return {"valid_balanced_acc": float(np.mean(recalls))}
-
-    job = Fit(
-        model=model,
-        train_batches=batches,
-        steps_per_epoch=-(-len(train) // tp.batch_size),
-        loss=loss,
-        evaluate=evaluate,
-        best_key="valid_balanced_acc",
-        best_mode="max",
-    )
-    with tempfile.TemporaryDirectory(prefix="gru-") as resume:
-        fit(job, tp, resume, save_best=lambda m: None)
-    return model.eval()
 
 
 # -- relative cosine similarity --------------------------------------------------------------
@@ -239,74 +117,30 @@ def conditioning(
     tokenizer,
     generated: Sequence[ev.Piece],
     real_train: Sequence[ev.Piece],
-    real_valid: Sequence[ev.Piece],
     real_test: Sequence[ev.Piece],
     composers: Sequence[tuple[str, int]],
-    gru: GRUParams,
-    tp: TrainParams,
-    confusion_png=None,
-    classifier: GRUClassifier | None = None,
-) -> tuple[dict, GRUClassifier | None]:
-    """Conditioning accuracy (GRU) and relative cosine similarity of `generated` pieces
-    against real excerpts of the same `composers` (name, id); flat metrics, null where a
-    figure is undefined (`note` says why), and the classifier (pass it back in to score
-    other generated sets against the same judge)."""
+    prefix: str = "gen",
+) -> dict:
+    """Relative cosine similarity of `generated` pieces against real train excerpts of the
+    same `composers` (name, id), beside real test excerpts' own figure, and the music-metric
+    distances of the generated pieces to the real test excerpts (`<prefix>_<metric>_oa`,
+    overall and per composer); flat, null where undefined. The composer judge is
+    `judge.judge_conditioning`."""
     ids = [cid for _, cid in composers]
-    pick = {
-        name: [p for p in pieces if p.composer_id in ids]
-        for name, pieces in (("train", real_train), ("valid", real_valid), ("test", real_test))
-    }
-    chance = 1.0 / max(1, len(ids))
-    out: dict = {
-        "composers_evaluated": len(ids),
-        "chance": chance,
-        "generated_pieces": len(generated),
+    train = [p for p in real_train if p.composer_id in ids]
+    test = [p for p in real_test if p.composer_id in ids]
+    _, train_x, _ = ev.describe(tokenizer, train)
+    train_y = [p.composer_id for p in train]
+    gen_rows, gen_x, _ = ev.describe(tokenizer, generated)
+    test_rows, test_x, _ = ev.describe(tokenizer, test)
+    gen_y = [p.composer_id for p in generated]
+    test_y = [p.composer_id for p in test]
+    out = {
         "feature_space": FEATURE_SPACE,
+        "distances": ev.DISTANCES,
+        "relative_cosine": relative_cosine(gen_x, gen_y, train_x, train_y),
+        "relative_cosine_real_test": relative_cosine(test_x, test_y, train_x, train_y),
+        **ev.compare(test_rows, gen_rows, prefix),
+        **ev.compare_by_composer(test_rows, test_y, gen_rows, gen_y, composers, prefix),
     }
-    if len(ids) < 2 or len({p.composer_id for p in pick["train"]}) < 2:
-        out["note"] = "fewer than 2 composers with real train excerpts: no conditioning figures"
-        if confusion_png is not None:
-            ev.plot_message(confusion_png, out["note"])
-        return out, classifier
-    if classifier is None:
-        classifier = train_classifier(
-            len(tokenizer.vocab), tokenizer.pad_token_id, ids, pick["train"], pick["valid"], gru, tp
-        )
-    panels = []
-    for title, group, key in (
-        ("generated pieces", list(generated), "cond_acc"),
-        ("real test excerpts", pick["test"], "classifier_real_test_acc"),
-    ):
-        true = [ids.index(p.composer_id) for p in group]
-        pred = predict(classifier, group).tolist()
-        hits = int(np.sum(np.equal(true, pred)))
-        out[key] = hits / len(group) if group else None
-        out.update({f"{key}_{k}": v for k, v in ev.versus_chance(hits, len(group), chance).items()})
-        acc = "n/a" if out[key] is None else f"{out[key]:.3f}"
-        panels.append((f"GRU on {title} (acc {acc})", true, pred))
-    out["classifier_real_test_excerpts"] = len(pick["test"])
-    log.info(
-        "GRU judge: accuracy %s on real test excerpts, %s on generated pieces (chance %.3f)",
-        out["classifier_real_test_acc"],
-        out["cond_acc"],
-        chance,
-    )
-    if generated:
-        out["cond_acc_minus_chance"] = out["cond_acc"] - chance
-    if confusion_png is not None:
-        names = [name for name, _ in composers]
-        write_confusion(names, panels, Path(confusion_png).with_suffix(".csv"), confusion_png)
-
-    _, train_x, _ = ev.describe(tokenizer, pick["train"])
-    train_y = [p.composer_id for p in pick["train"]]
-    _, gen_x, _ = ev.describe(tokenizer, generated)
-    _, test_x, _ = ev.describe(tokenizer, pick["test"])
-    out["relative_cosine"] = relative_cosine(
-        gen_x, [p.composer_id for p in generated], train_x, train_y
-    )
-    out["relative_cosine_real_test"] = relative_cosine(
-        test_x, [p.composer_id for p in pick["test"]], train_x, train_y
-    )
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()
-    }, classifier
+    return ev.finite(out)

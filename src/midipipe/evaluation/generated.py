@@ -1,5 +1,5 @@
 """Generated music against real music: how far each metric's distribution is from the real
-one, and whether a composer classifier recognises the composer a piece was generated for.
+one, overall and per composer.
 
 Real pieces are cut into excerpts of whole bars no longer than the generated pieces (in
 tokens), and both sides go through the same REMI decoding, so a metric that grows with
@@ -9,16 +9,10 @@ Distances, per metric, between per-piece values: `oa`, the overlapping area of t
 Gaussian kernel density estimates (1 = the same distribution, 0 = disjoint; Yang & Lerch,
 2020), and `w1`, the Wasserstein-1 distance in the metric's own units.
 
-Conditioning accuracy: a logistic regression on `music_metrics.features` (metrics plus
-pitch-class and duration histograms), trained on real train-split excerpts of the evaluated
-composers, labels every generated piece; the share labelled with the composer it was
-generated for is compared with chance (1 / number of composers): `_p` is the one-sided
-binomial p-value of doing that well by guessing, `_ci_low`/`_ci_high` the Wilson 95%
-interval, so "above chance" is a claim with a size attached. The classifier's accuracy on
-real held-out excerpts says how much that figure can mean. A second classifier also sees the
-instrumentation (`music_metrics.instruments`), which in many corpora tells composers apart
-on its own (`*_programs` keys): the first asks "does it sound like X", the second "is it
-scored like X".
+Per composer too (`g<value>_<composer>_<metric>_oa`): the takes of each composer against
+that composer's real excerpts, so "closer to the real thing" is asked of the music it was
+meant to resemble. `versus_chance` gives the conditioning figures of `judge` a p-value (the
+one-sided binomial chance of doing that well by guessing) and a Wilson 95% interval.
 """
 
 from __future__ import annotations
@@ -31,11 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import symusic
 from scipy.stats import binomtest, wasserstein_distance
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from midipipe.core.io import atomic_path
+from midipipe.data.sources.names import slug
 from midipipe.evaluation import music_metrics as mm
 
 log = logging.getLogger(__name__)
@@ -137,24 +129,7 @@ def compare(real: list[dict], gen: list[dict], prefix: str) -> dict[str, float]:
     return out
 
 
-# -- composer classifier ---------------------------------------------------------------------
-
-
-class ComposerClassifier:
-    """Standardised features -> multinomial logistic regression (balanced classes)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.model = make_pipeline(
-            StandardScaler(),
-            LogisticRegression(max_iter=5000, C=0.5, class_weight="balanced", random_state=seed),
-        )
-
-    def fit(self, x: np.ndarray, y: Sequence[int]) -> ComposerClassifier:
-        self.model.fit(x, np.asarray(y))
-        return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict(x) if len(x) else np.zeros(0, dtype=int)
+# -- against chance -------------------------------------------------------------------------
 
 
 def versus_chance(hits: int, n: int, chance: float) -> dict[str, float]:
@@ -165,15 +140,6 @@ def versus_chance(hits: int, n: int, chance: float) -> dict[str, float]:
     p = binomtest(hits, n, chance, alternative="greater").pvalue
     ci = binomtest(hits, n).proportion_ci(0.95, method="wilson")  # two-sided
     return {"p": float(p), "ci_low": float(ci.low), "ci_high": float(ci.high)}
-
-
-def confusion(true: Sequence[int], pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(labels)}
-    m = np.zeros((len(labels), len(labels)), dtype=int)
-    for t, p in zip(true, pred, strict=True):
-        if t in index and p in index:
-            m[index[t], index[p]] += 1
-    return m
 
 
 def plot_message(path, text: str) -> None:
@@ -191,42 +157,6 @@ def plot_message(path, text: str) -> None:
     plt.close(fig)
 
 
-def plot_confusions(
-    panels: dict[str, list[tuple[str, np.ndarray]]], names: Sequence[str], path
-) -> None:
-    """Row-normalised confusion matrices (counts in the cells): one row of panels per
-    classifier (key: "" music features, "_programs" with instrumentation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = 1.0 + 0.45 * len(names)
-    n_cols = max(len(p) for p in panels.values())
-    fig, axes = plt.subplots(
-        len(panels), n_cols, figsize=(size * n_cols + 1, (size + 1.0) * len(panels)), squeeze=False
-    )
-    for row, (suffix, items) in zip(axes, panels.items(), strict=True):
-        features = "music + instrument features" if suffix else "music features"
-        for ax, (title, m) in zip(row, items, strict=False):
-            rows = m.sum(1, keepdims=True)
-            ax.imshow(m / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
-            for (i, j), v in np.ndenumerate(m):
-                if v:
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=7)
-            ax.set_xlabel("classified as")
-            ax.set_title(f"{title}\n({features})", fontsize=8)
-        row[0].set_ylabel("composer")
-        for ax in row[len(items) :]:
-            ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
 # -- the whole evaluation --------------------------------------------------------------------
 
 
@@ -234,26 +164,47 @@ def guidance_tag(g: float) -> str:
     return f"g{float(g)!r}"
 
 
+def compare_by_composer(
+    real_rows: list[dict],
+    real_ids: Sequence[int],
+    gen_rows: list[dict],
+    gen_ids: Sequence[int],
+    composers: Sequence[tuple[str, int]],
+    prefix: str,
+) -> dict[str, float]:
+    """`compare` per composer: `<prefix>_<composer>_<metric>_{mean,oa,w1}` (and `_oa_mean`)
+    of its generated pieces against its real ones, and `real_<composer>_<metric>_mean`; a
+    composer lacking either side is left out."""
+    out: dict[str, float] = {}
+    real_ids, gen_ids = np.asarray(real_ids), np.asarray(gen_ids)
+    for name, cid in composers:
+        real = [r for r, c in zip(real_rows, real_ids, strict=True) if c == cid]
+        gen = [r for r, c in zip(gen_rows, gen_ids, strict=True) if c == cid]
+        if not real or not gen:
+            continue
+        out.update(compare(real, gen, f"{prefix}_{slug(name)}"))
+        for m in mm.METRICS:
+            vals = [r[m] for r in real]
+            mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+            out[f"real_{slug(name)}_{m}_mean"] = mean
+    return out
+
+
 def evaluate_generation(
     tokenizer,
     generated: Sequence[Piece],
-    real_train: Sequence[Piece],
     real_test: Sequence[Piece],
     composers: Sequence[tuple[str, int]],
-    confusion_png=None,
-    seed: int = 0,
 ) -> dict:
-    """Flat metrics for metrics/generation.json (see the module docstring).
-
-    `real_*` are excerpts of real pieces; `generated` carry their guidance and sampling stats.
-    Conditioning accuracy needs at least two `composers`; with fewer, `note` says why not.
-    """
+    """Flat metrics for metrics/generation.json: sampling stats and the music-metric
+    distances of each guidance value's takes to real held-out excerpts (`real_test`), over
+    all evaluated `composers` and per composer (see the module docstring). The composer
+    judge is `judge.judge_conditioning`."""
     ids = [cid for _, cid in composers]
     ref = [p for p in real_test if p.composer_id in ids] or list(real_test)
-    real_rows, real_x, real_inst = describe(tokenizer, ref)
-    known = np.array([p.composer_id in ids for p in ref], dtype=bool)
+    real_rows, _, _ = describe(tokenizer, ref)
+    real_ids = [p.composer_id for p in ref]
     out: dict = {
-        "composers_evaluated": len(ids),
         "real_test_excerpts": len(ref),
         "generated_pieces": len(generated),
         "distances": DISTANCES,
@@ -261,46 +212,10 @@ def evaluate_generation(
     for m in mm.METRICS:
         vals = [r[m] for r in real_rows]
         out[f"real_{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-
-    # two classifiers: music features alone (the headline), and with instrumentation too
-    views = {"": lambda x, inst: x, "_programs": lambda x, inst: np.hstack([x, inst])}
-    classifiers: dict[str, ComposerClassifier] = {}
-    panels: dict[str, list] = {}
-    train = [p for p in real_train if p.composer_id in ids]
-    labels = [p.composer_id for p in train]
-    if len(ids) < 2:
-        out["note"] = (
-            f"only {len(ids)} frequent composer(s) in this corpus "
-            "(composers.min_pieces): conditioning accuracy cannot be measured"
-        )
-    elif len(set(labels)) < 2:
-        out["note"] = "the train split holds fewer than 2 of the evaluated composers"
-    else:
-        _, train_x, train_inst = describe(tokenizer, train)
-        test_y = np.array([p.composer_id for p in ref])[known]
-        out.update(
-            {
-                "chance": 1.0 / len(ids),
-                "classifier_train_excerpts": len(train),
-                "classifier_test_excerpts": int(known.sum()),
-            }
-        )
-        for suffix, view in views.items():
-            clf = classifiers[suffix] = ComposerClassifier(seed).fit(
-                view(train_x, train_inst), labels
-            )
-            pred = clf.predict(view(real_x, real_inst)[known])
-            out[f"classifier{suffix}_real_test_acc"] = (
-                float(np.mean(pred == test_y)) if known.any() else math.nan
-            )
-            stats = versus_chance(int(np.sum(pred == test_y)), len(test_y), 1.0 / len(ids))
-            out.update({f"classifier{suffix}_real_test_acc_{k}": v for k, v in stats.items()})
-            panels[suffix] = [("real test excerpts", confusion(test_y, pred, ids))]
-
     for g in sorted({p.guidance for p in generated}):
         group = [p for p in generated if p.guidance == g]
         tag = guidance_tag(g)
-        rows, x, inst = describe(tokenizer, group)
+        rows, _, _ = describe(tokenizer, group)
         stats = [p.stats or {} for p in group]
         tokens = sum(s.get("tokens", 0) for s in stats)
         out.update(
@@ -314,20 +229,14 @@ def evaluate_generation(
                 f"{tag}_masked_mass": float(np.mean([s.get("masked_mass", 0.0) for s in stats])),
                 f"{tag}_tokens_per_s": float(np.mean([s.get("tokens_per_s", 0.0) for s in stats])),
                 **compare(real_rows, rows, tag),
+                **compare_by_composer(
+                    real_rows, real_ids, rows, [p.composer_id for p in group], composers, tag
+                ),
             }
         )
-        true = [p.composer_id for p in group]
-        for suffix, clf in classifiers.items():
-            pred = clf.predict(views[suffix](x, inst))
-            hits = int(np.sum(pred == np.asarray(true)))
-            out[f"{tag}_cond_acc{suffix}"] = hits / len(true)
-            stats = versus_chance(hits, len(true), 1.0 / len(ids))
-            out.update({f"{tag}_cond_acc{suffix}_{k}": v for k, v in stats.items()})
-            panels[suffix].append((f"generated, guidance {g:g}", confusion(true, pred, ids)))
-    if confusion_png is not None:
-        if classifiers:
-            plot_confusions(panels, [name for name, _ in composers], confusion_png)
-        else:  # the declared plot still exists, and says why it is empty
-            plot_message(confusion_png, "no conditioning accuracy: fewer than 2 frequent composers")
-    # JSON has no NaN: an undefined figure is null
+    return finite(out)
+
+
+def finite(out: dict) -> dict:
+    """JSON has no NaN: an undefined figure is null."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}

@@ -18,6 +18,7 @@ from midipipe.core.reports import skipped_reason
 from midipipe.data import composers as C
 from midipipe.data.sources.names import slug
 from midipipe.evaluation import generated as ev
+from midipipe.evaluation.judge import judge_conditioning, make_judge
 from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
@@ -43,6 +44,7 @@ class GenerateParams:
     real_chunks_per_piece: int = 4  # real excerpts per piece for the classifier and references
     batch_size: int = 64  # pieces sampled together (one row each)
     device: str = "auto"
+    judge_min_ratio: float = 2.0  # judge accuracy / chance on real excerpts for figures to count
 
     def __post_init__(self) -> None:
         if self.pieces_per_composer < 1:
@@ -51,6 +53,10 @@ class GenerateParams:
             )
         if not self.guidance:
             raise ParamError("generate.guidance: give at least one value")
+        if self.judge_min_ratio < 1:
+            raise ParamError(
+                f"generate.judge_min_ratio: must be >= 1 (chance), got {self.judge_min_ratio}"
+            )
         if self.seed_length < 0 or self.real_chunks_per_piece < 1 or self.batch_size < 1:
             raise ParamError(
                 "generate.seed_length must be >= 0, generate.real_chunks_per_piece and "
@@ -168,13 +174,16 @@ def evaluate_generator(
     manifest: str | Path = "data/manifest.parquet",
     out_dir: str | Path = "outputs/generated",
     confusion_png: str | Path | None = "metrics/generation_confusion.png",
+    genre_dir: str | Path | None = None,
 ) -> dict:
     """Stage 09: sample every frequent composer at every guidance value into `out_dir` (its
-    old takes removed), then score the takes against real excerpts of the held-out pieces
-    (test and valid: the test split alone lacks some frequent composers of the embedded
-    corpus; neither trains the classifier, valid only picked the generator's best epoch),
-    which also give the primers. `novelty_*`: the longest REMI n-gram each take (its new
-    tokens) shares with the training pieces, beside held-out excerpts as long."""
+    old takes removed), then score the takes (their new tokens) against real excerpts as
+    long of the held-out pieces (test and valid: the test split alone lacks some frequent
+    composers of the embedded corpus; neither trains the judge, valid only picked the
+    generator's best epoch), which also give the primers: music-metric distances
+    (`evaluation.generated`), the composer judge (`evaluation.judge`: stage 05's model in
+    `genre_dir` when it judges composers) and `novelty_*`, the longest REMI n-gram each take
+    shares with the training pieces, beside held-out excerpts as long."""
     model_dir = Path(model_dir)
     if why := skipped_reason(model_dir):
         raise NothingToLearn(f"the generator was not trained ({why}): nothing to sample")
@@ -182,9 +191,8 @@ def evaluate_generator(
     model = load_model(model_dir, tokenizer, resolve_device(gp.device))
     table = read_table(model_dir / COMPOSERS_FILE)
     composers = [(c["name"], c["id"]) for c in table["composers"]]
-    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(
-        eval_corpus(tokens_dir, manifest, table, "valid")
-    )
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
     primers = None
     if gp.seed_length:
         primers = {
@@ -202,30 +210,24 @@ def evaluate_generator(
         takes = generate_for_composers(
             model, tokenizer, composers or [(C.ANY, C.UNCONDITIONAL)], gp, out_dir, primers
         )
-    length = gp.seed_length + gp.max_tokens
-    metrics = ev.evaluate_generation(
+    generated = [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes]
+    real = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)
+    train = split_pieces(tokens_dir, manifest, table, "train")
+    judge = make_judge(
         tokenizer,
-        [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes],
-        real_excerpts(
-            iter_pieces(split_pieces(tokens_dir, manifest, table, "train")),
-            length,
-            gp.real_chunks_per_piece,
-        ),
-        real_excerpts(held_out, length, gp.real_chunks_per_piece),
         composers,
-        confusion_png,
+        real_excerpts(iter_pieces(train), gp.max_tokens, gp.real_chunks_per_piece),
+        real_excerpts(valid, gp.max_tokens, gp.real_chunks_per_piece),
+        genre_dir,
         gp.seed,
-    )
-    held_out_excerpts = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)
-    copied = novelty(
-        [t.ids[t.n_primer :] for t in takes],
-        [p.ids for p in held_out_excerpts],
-        TokenLists(split_pieces(tokens_dir, manifest, table, "train")),
     )
     return {
         "pieces_per_composer": gp.pieces_per_composer,
         "max_tokens": gp.max_tokens,
         "seed_length": gp.seed_length,
-        **metrics,
-        **copied,
+        **ev.evaluate_generation(tokenizer, generated, real, composers),
+        **judge_conditioning(
+            tokenizer, judge, generated, real, composers, gp.judge_min_ratio, confusion_png
+        ),
+        **novelty([p.ids for p in generated], [p.ids for p in real], TokenLists(train)),
     }

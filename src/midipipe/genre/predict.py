@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import symusic
 import torch
 
 from midipipe.core.device import inference_mode, resolve_device, torch_threads
@@ -68,32 +69,25 @@ class Predictor:
     def names(self) -> list[str]:
         return self.meta["classes"] if self.kind == "phrase" else self.meta["tags"]
 
-    def read(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-        """REMI ids and bar starts, or BadMidi with the reason the file cannot be classified."""
+    def read(self, path: str | Path) -> symusic.Score:
+        """The file's score, or BadMidi with the reason the file cannot be classified."""
         path = Path(path)
         if not path.is_file():
             raise BadMidi(f"no such file: {path}")
         score = load_score(path)
         if all(t.is_drum for t in score.tracks if len(t.notes)):
             raise BadMidi("drum tracks only: the genre models read pitched notes")
-        return remi.encode(self.tokenizer, score)
+        return score
 
     def predict(
         self, path: str | Path, top_k: int = 3, threshold: float | None = None
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"file": str(path), "model": self.kind}
         try:
-            ids, bars = self.read(path)
+            score = self.read(path)
         except BadMidi as exc:
             return {**out, "error": str(exc)}
-        with torch_threads(self.threads), inference_mode(self.device):
-            if self.kind == "phrase":
-                probs, extra = self._phrase(ids, bars)
-            else:
-                probs, extra = self._hier(ids, bars, path)
-        if self.served is not None and probs is not None:
-            probs = self.served.predict_proba(piece_features(load_score(Path(path)))[None])[0]
-            extra = {**extra, "served": "handcrafted"}
+        probs, extra = self.score_probs(score)
         if probs is None:
             return {**out, **extra}
         if threshold is None:
@@ -114,6 +108,20 @@ class Predictor:
             "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)},
         }
 
+    def score_probs(self, score: symusic.Score) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """Class probabilities of one score as the folder serves them (None with an `error`
+        when it is too short), and what the model saw; also the composer judge's entry."""
+        ids, bars = remi.encode(self.tokenizer, score)
+        with torch_threads(self.threads), inference_mode(self.device):
+            if self.kind == "phrase":
+                probs, extra = self._phrase(ids, bars)
+            else:
+                probs, extra = self._hier(ids, bars, score)
+        if self.served is not None and probs is not None:
+            probs = self.served.predict_proba(piece_features(score)[None])[0]
+            extra = {**extra, "served": "handcrafted"}
+        return probs, extra
+
     def _phrase(self, ids: np.ndarray, bars: np.ndarray) -> tuple[np.ndarray | None, dict]:
         need, max_len = self.meta["bars_per_phrase"], self.meta["max_len"]
         cut = phrases(ids, bars, self.vocab, need, max_len)
@@ -130,14 +138,14 @@ class Predictor:
         }
 
     def _hier(
-        self, ids: np.ndarray, bars: np.ndarray, path: str | Path
+        self, ids: np.ndarray, bars: np.ndarray, score: symusic.Score
     ) -> tuple[np.ndarray | None, dict]:
         shape = (self.meta["bars_per_chunk"], self.meta["max_tokens"], self.meta["max_chunks"])
         if self.lm.remiz is None:
             cut = chunks(ids, bars, self.vocab, *shape)
-        else:  # the LM reads REMI-z, from the file itself
+        else:  # the LM reads REMI-z, from the MIDI
             try:
-                cut = remiz.chunks(self.lm.remiz, path, *shape)
+                cut = remiz.chunks(self.lm.remiz, score.dumps_midi(), *shape)
             except BadMidi as exc:
                 return None, {"error": str(exc)}
         if not cut.seqs:

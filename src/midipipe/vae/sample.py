@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from midipipe.core.device import resolve_device
 from midipipe.core.errors import NothingToLearn, ParamError
-from midipipe.core.params import TrainParams
 from midipipe.core.reports import skipped_reason
 from midipipe.data.composers import composer_id_of
 from midipipe.data.sources.names import slug
 from midipipe.evaluation import conditioning as cond
 from midipipe.evaluation import generated as ev
+from midipipe.evaluation.judge import Judge, judge_conditioning, make_judge
 from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
@@ -58,16 +58,19 @@ class GenerateVAEParams:
     top_p: float = 0.95
     max_tokens: int = 0  # new tokens per piece (0 = the model's window)
     seed: int = 1234
-    real_chunks_per_piece: int = 4  # real excerpts per piece for the classifier and references
+    real_chunks_per_piece: int = 4  # real excerpts per piece for the judge and references
     latent_windows_per_piece: int = 4  # held-out windows per piece for the latent plot
     device: str = "auto"
-    classifier: cond.GRUParams = field(default_factory=cond.GRUParams)  # the GRU judge
-    classifier_train: dict = field(default_factory=dict)  # overrides of `train:` for the GRU
+    judge_min_ratio: float = 2.0  # judge accuracy / chance on real excerpts for figures to count
 
     def __post_init__(self) -> None:
         if self.pieces_per_composer < 1:
             raise ParamError(
                 f"generate_vae.pieces_per_composer: must be >= 1, got {self.pieces_per_composer}"
+            )
+        if self.judge_min_ratio < 1:
+            raise ParamError(
+                f"generate_vae.judge_min_ratio: must be >= 1 (chance), got {self.judge_min_ratio}"
             )
         if self.max_tokens < 0 or self.real_chunks_per_piece < 1:
             raise ParamError("generate_vae.max_tokens must be >= 0 and real_chunks_per_piece >= 1")
@@ -186,19 +189,20 @@ def generate_file(
 
 def evaluate_vae(
     gp: GenerateVAEParams,
-    tp: TrainParams,
     model_dir: str | Path = "models/vae",
     tokens_dir: str | Path = "data/tokens/remi",
     manifest: str | Path = "data/manifest.parquet",
     out_dir: str | Path = "outputs/generated_vae",
     confusion_png: str | Path | None = "metrics/vae_confusion.png",
     latent_png: str | Path | None = "metrics/vae_latent.png",
-    classifier: cond.GRUClassifier | None = None,
-) -> tuple[dict, cond.GRUClassifier | None]:
+    genre_dir: str | Path | None = None,
+    judge: Judge | None = None,
+) -> tuple[dict, Judge | None]:
     """Sample every frequent composer into `out_dir` (old takes removed), then run the
-    conditioning suite, the latent-space check on held-out windows and `novelty_*` (the
-    longest n-gram shared with training pieces). `tp` trains the GRU
-    judge, unless a trained `classifier` is passed (the ablation runner reuses one)."""
+    composer judge (`evaluation.judge`, the same as stage 09's: stage 05's model in
+    `genre_dir` when it judges composers), the conditioning suite, the latent-space check
+    on held-out windows and `novelty_*` (the longest n-gram shared with training pieces).
+    A `judge` passed in is reused (the ablation runner judges every variant with one)."""
     if why := skipped_reason(model_dir):
         raise NothingToLearn(f"the VAE was not trained ({why}): nothing to sample")
     model, tokenizer, table = load(model_dir, gp.device)
@@ -229,23 +233,22 @@ def evaluate_vae(
         generated.append(ev.Piece(ids, cid, None, stats))
         stats_all.append(stats)
 
+    # held out: test and valid, as in stage 09 (valid only picked the best epoch)
     valid = eval_corpus(tokens_dir, manifest, table, "valid")
-    held_out = eval_corpus(tokens_dir, manifest, table, "test")
-    held_out = held_out if held_out.pieces else valid
-    train = iter_pieces(split_pieces(tokens_dir, manifest, table, "train"))
+    held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
+    train = split_pieces(tokens_dir, manifest, table, "train")
     n = gp.real_chunks_per_piece
-    metrics, classifier = cond.conditioning(
-        tokenizer,
-        generated,
-        real_excerpts(train, cfg.max_tokens, n),
-        real_excerpts(valid, cfg.max_tokens, n),
-        real_excerpts(held_out, cfg.max_tokens, n),
-        composers,
-        gp.classifier,
-        tp,
-        confusion_png,
-        classifier,
-    )
+    real = real_excerpts(held_out, cfg.max_tokens, n)
+    train_excerpts = real_excerpts(iter_pieces(train), cfg.max_tokens, n)
+    if judge is None:
+        valid_excerpts = real_excerpts(valid, cfg.max_tokens, n)
+        judge = make_judge(tokenizer, composers, train_excerpts, valid_excerpts, genre_dir, gp.seed)
+    metrics = {
+        **judge_conditioning(
+            tokenizer, judge, generated, real, composers, gp.judge_min_ratio, confusion_png
+        ),
+        **cond.conditioning(tokenizer, generated, train_excerpts, real, composers, "vae"),
+    }
     ids = {cid for _, cid in composers}
     items = [
         (w, c) for w, c in eval_windows(held_out, window, gp.latent_windows_per_piece) if c in ids
@@ -258,11 +261,7 @@ def evaluate_vae(
         latent_png,
         model.prior_mean.detach().cpu().numpy(),
     )
-    copied = novelty(
-        [p.ids for p in generated],
-        [p.ids for p in real_excerpts(held_out, cfg.max_tokens, n)],
-        TokenLists(split_pieces(tokens_dir, manifest, table, "train")),
-    )
+    copied = novelty([p.ids for p in generated], [p.ids for p in real], TokenLists(train))
     tokens = [s["tokens"] for s in stats_all]
     return {
         "pieces_per_composer": gp.pieces_per_composer,
@@ -278,4 +277,4 @@ def evaluate_vae(
         **metrics,
         **latent,
         **copied,
-    }, classifier
+    }, judge

@@ -1,0 +1,233 @@
+"""Composer conditioning on a real piano corpus (issue 15): the user's path on ASAP scores
+(`data.sources` naming the folder, grouped by work, as in bench_real.py), through the same
+library calls as the stages: 02 composer ids, 05 the composer classifier (`genre.label:
+composer`, `--genre-budget-s` of training), 08 the GPT and 12 the VAE at the active profile's
+CPU budget, 09 and 13 sampling and judging. One JSON line: the judge (which model, its
+accuracy on real held-out excerpts, chance, ratio), GPT conditioning accuracy at guidance 1
+and 3 and the VAE's, each with its p-value and whether it counts, and the mean music-metric
+overlap with the real excerpts.
+
+`--variants` changes the GPT's params from params.yaml's: what the README's table of tried
+settings came from. Trained models stay in `--work` and are reused by later runs with the
+same changes (delete the folder after changing code or params.yaml).
+`--corpus embedded`: the same on params.yaml's own sources and splits, without stage 05
+(`genre.label: auto` picks period there, so the judge is fitted on train excerpts).
+
+    python benchmarks/bench_conditioning.py                         # base GPT + VAE
+    python benchmarks/bench_conditioning.py --variants base scale_2 primer_64 --no-vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_real import asap_sources, build, run_asap  # noqa: E402
+from common import ROOT, external_data  # noqa: E402
+
+from midipipe.core import params  # noqa: E402
+from midipipe.core.io import write_json  # noqa: E402
+from midipipe.data import composers  # noqa: E402
+from midipipe.generator import train as gen_train  # noqa: E402
+from midipipe.generator.generate import GenerateParams, evaluate_generator  # noqa: E402
+from midipipe.vae import train as vae_train  # noqa: E402
+from midipipe.vae.sample import GenerateVAEParams, evaluate_vae  # noqa: E402
+
+log = logging.getLogger("bench_conditioning")
+
+# changes to params.yaml: `generator` (a retrained GPT) and/or `generate` (sampling only)
+CHANGES: dict[str, dict] = {
+    "primer_64": {"generate": {"seed_length": 64}},
+    "temperature_0.8": {"generate": {"temperature": 0.8}},
+    "top_p_0.6": {"generate": {"top_p": 0.6}},
+    "top_p_0.4": {"generate": {"top_p": 0.4}},
+    "context_256": {"generator": {"context": 256}},
+    "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
+    "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
+}
+EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "epochs_9": EPOCHS_9,
+    "epochs_27": {"generator": {"train": {"epochs": 27}}},
+    **CHANGES,
+    **{
+        f"epochs_9_{k}": {**v, "generator": {**v.get("generator", {}), **EPOCHS_9["generator"]}}
+        for k, v in CHANGES.items()
+    },
+}
+JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
+JUDGE_KEYS += ("judge_real_acc_p", "judge_ratio", "judge_counts", "judge_unclassified")
+
+
+def merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def gpt_params(changes: dict) -> gen_train.GeneratorParams:
+    raw = params.with_profile(
+        params.section(ROOT / "params.yaml", "generator"),
+        gen_train.PROFILES[params.profile(ROOT / "params.yaml")],
+        "generator",
+    )
+    return params.build(gen_train.GeneratorParams, merged(raw, changes), "generator")
+
+
+def summary(m: dict, prefixes: list[str]) -> dict:
+    """The judge and, per conditioning figure, its accuracy, p-value and whether it counts."""
+    out = {k: m.get(k) for k in JUDGE_KEYS if k in m}
+    for p in prefixes:
+        for suffix in ("", "_p", "_counts"):
+            out[f"{p}{suffix}"] = m.get(f"{p}{suffix}")
+    return out
+
+
+def run_gpt(root: Path, name: str, pieces: int) -> dict:
+    """One variant: the GPT trained for its `generator` changes (reused when a model with
+    the same changes is in `root`), sampled and judged like stage 09."""
+    change = VARIANTS[name]
+    data = root / "data"
+    gp_raw = merged(params.section(ROOT / "params.yaml", "generate"), change.get("generate", {}))
+    gp = params.build(GenerateParams, {**gp_raw, "pieces_per_composer": pieces}, "generate")
+    p = gpt_params(change.get("generator", {}))
+    key = json.dumps(dataclasses.asdict(p), sort_keys=True)  # the resolved params
+    model_dir = root / "models" / f"generator_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    out: dict = {"changes": change}
+    if not (model_dir / "model.safetensors").exists():
+        t0 = time.perf_counter()
+        tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
+        shutil.rmtree(root / "checkpoints" / "generator", ignore_errors=True)  # no resume
+        _, fit = gen_train.train(
+            p,
+            tp,
+            data / "tokens" / "remi",
+            data / "manifest.parquet",
+            data / "composers.json",
+            model_dir,
+            root / "checkpoints" / "generator",
+        )
+        write_json(model_dir / "fit.json", {"train_s": round(time.perf_counter() - t0, 1), **fit})
+    fit = json.loads((model_dir / "fit.json").read_text())
+    out.update(train_s=fit["train_s"], best_valid_loss=fit.get("best_valid_loss"))
+    t1 = time.perf_counter()
+    m = evaluate_generator(
+        gp,
+        model_dir,
+        data / "tokens" / "remi",
+        data / "manifest.parquet",
+        root / "outputs" / f"generated_{name}",
+        root / "metrics" / f"generation_confusion_{name}.png",
+        root / "models" / "genre_phrase",
+    )
+    write_json(root / "metrics" / f"generation_{name}.json", m)
+    tags = [f"g{float(g)!r}_cond_acc" for g in gp.guidance]
+    out.update(summary(m, tags))
+    out.update({f"g{float(g)!r}_oa_mean": m.get(f"g{float(g)!r}_oa_mean") for g in gp.guidance})
+    out["generate_s"] = round(time.perf_counter() - t1, 1)
+    return out
+
+
+def run_vae(root: Path, pieces: int, top_p: float | None, epochs: int | None) -> dict:
+    """The VAE of the active profile (`epochs` overrides its epochs; reused when trained),
+    sampled and judged like stage 13."""
+    data = root / "data"
+    p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
+    if epochs:
+        p = dataclasses.replace(p, train={**p.train, "epochs": epochs})
+    tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
+    model_dir = root / "models" / f"vae_epochs_{tp.epochs}"
+    t0 = time.perf_counter()
+    if not (model_dir / "model.safetensors").exists():  # else reused
+        shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
+        vae_train.train(
+            p,
+            tp,
+            data / "tokens" / "remi",
+            data / "manifest.parquet",
+            data / "composers.json",
+            model_dir,
+            root / "checkpoints" / "vae",
+        )
+    train_s = round(time.perf_counter() - t0, 1)
+    gp = params.build(
+        GenerateVAEParams, params.section(ROOT / "params.yaml", "generate_vae"), "generate_vae"
+    )
+    gp = dataclasses.replace(gp, pieces_per_composer=pieces, top_p=top_p or gp.top_p)
+    m, _ = evaluate_vae(
+        gp,
+        model_dir,
+        data / "tokens" / "remi",
+        data / "manifest.parquet",
+        root / "outputs" / "generated_vae",
+        root / "metrics" / f"vae_confusion_e{tp.epochs}_top_p_{gp.top_p}.png",
+        root / "metrics" / "vae_latent.png",
+        root / "models" / "genre_phrase",
+    )
+    write_json(root / "metrics" / f"vae_generation_e{tp.epochs}_top_p_{gp.top_p}.json", m)
+    keep = ("vae_oa_mean", "silhouette", "relative_cosine", "relative_cosine_real_test")
+    return {
+        "top_p": gp.top_p,
+        "epochs": tp.epochs,
+        "train_s": train_s,
+        **summary(m, ["cond_acc"]),
+        **{k: m.get(k) for k in keep},
+        "s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/midipipe-bench-conditioning"))
+    ap.add_argument("--corpus", choices=("asap", "embedded"), default="asap")
+    ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["base"])
+    ap.add_argument("--no-vae", action="store_true")
+    ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
+    ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
+    ap.add_argument("--pieces", type=int, default=10, help="pieces per composer and guidance")
+    ap.add_argument("--genre-budget-s", type=float, default=120.0, help="stage 05 training")
+    ap.add_argument("--genre-epochs", type=int, default=30)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # shared cores: spare threads only spin
+    root = args.work / args.corpus
+    t0 = time.perf_counter()
+    if args.corpus == "asap":
+        sources = asap_sources(external_data(), root, "scores")
+        info: dict = build(root, sources, 2, None, test_frac=0.2)
+    else:  # params.yaml's own sources and splits
+        info = build(root, params.load(ROOT / "params.yaml").data.sources, 2, None)
+    table = composers.from_manifest(
+        root / "data" / "manifest.parquet", params.load(ROOT / "params.yaml").composers.min_pieces
+    )
+    write_json(root / "data" / "composers.json", table)
+    info["composers"] = ",".join(c["name"] for c in table["composers"])
+    if args.corpus == "asap":  # stage 05 on composers: the judge
+        if not (root / "models" / "genre_phrase" / "config.json").exists():
+            write_json(
+                root / "stage05.json", run_asap(root, args.genre_budget_s, args.genre_epochs)
+            )
+        stage05 = json.loads((root / "stage05.json").read_text())
+        keep = ("piece_accuracy", "served", "served_piece_accuracy")
+        info["stage05"] = {k: stage05.get(k) for k in keep}
+    info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
+    if not args.no_vae:
+        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs)
+    info["s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({"bench": f"conditioning_{args.corpus}", **info}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
