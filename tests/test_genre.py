@@ -25,7 +25,6 @@ from midipipe.core.params import TrainParams
 from midipipe.data.organize import MANIFEST_SCHEMA
 from midipipe.generator.gpt import GPT, GPTConfig, save_model
 from midipipe.genre.encoder import Encoder, EncoderConfig
-from midipipe.genre.fit_hooks import EarlyStop
 from midipipe.genre.hier_model import (
     AttentionPool,
     FrozenLM,
@@ -54,6 +53,7 @@ from midipipe.genre.phrases import (
 )
 from midipipe.tokens.remi import encode, make_tokenizer
 from midipipe.tokens.shards import TOKENS_SCHEMA
+from midipipe.training.hooks import EarlyStop
 from tests.conftest import build_midi, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -281,8 +281,8 @@ def test_time_budget_stops_training_once_spent():
 
 
 def test_epochs_for_budget_stay_between_one_and_the_most():
-    from midipipe.genre.fit_hooks import epochs_for_budget
     from midipipe.training.fit import Fit
+    from midipipe.training.hooks import epochs_for_budget
 
     lin = torch.nn.Linear(4, 1)
     job = Fit(

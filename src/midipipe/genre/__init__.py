@@ -7,7 +7,6 @@ frozen-LM chunk embeddings (stage 06), their baselines, and prediction for one M
     remiz.py         REMI-z chunks (remi_z) for a Hugging Face LM with its own tokenizer
     phrase_train.py  stage 05: the phrase classifier's data, training and report
     hier_train.py    stage 06: chunk embeddings by a frozen LM, the pooling head, its report
-    fit_hooks.py     early stopping and evaluation timing around `training.fit`
     metrics.py       single- and multi-label metrics, threshold tuning, probability pooling
     confusion.py     the confusion-matrix CSV and PNG
     baselines.py     metadata-only and MuseTok-latent logistic regressions, scored alike

@@ -30,7 +30,6 @@ from midipipe.core.params import TrainParams
 from midipipe.data.splits import SPLITS
 from midipipe.data.store import Corpus
 from midipipe.genre import baselines, remiz
-from midipipe.genre.fit_hooks import EarlyStop, timed
 from midipipe.genre.hier_model import (
     FrozenLM,
     HierClassifier,
@@ -46,6 +45,7 @@ from midipipe.tokens import remi
 from midipipe.tokens.dataset import split_rows
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
+from midipipe.training.hooks import EarlyStop, timed
 
 log = logging.getLogger(__name__)
 

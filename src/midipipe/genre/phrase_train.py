@@ -29,7 +29,6 @@ from midipipe.evaluation.features import fit_linear
 from midipipe.genre import baselines
 from midipipe.genre.baselines import BASELINE_C
 from midipipe.genre.encoder import Encoder, EncoderConfig, save_encoder
-from midipipe.genre.fit_hooks import EarlyStop, epochs_for_budget, timed, train_seconds
 from midipipe.genre.labels import choose_label, label_of, read_manifest, splits_in_use
 from midipipe.genre.metrics import pool_mean, single_label_metrics
 from midipipe.genre.params import GenreParams
@@ -37,6 +36,7 @@ from midipipe.genre.phrases import TOKENIZER_FILE, Vocab, pad_batch, phrases, ra
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import rows_by_split
 from midipipe.training.fit import Fit, fit
+from midipipe.training.hooks import EarlyStop, epochs_for_budget, timed, train_seconds
 
 log = logging.getLogger(__name__)
 

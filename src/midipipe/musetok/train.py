@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from midipipe.core import params
 from midipipe.core.device import resolve_device, seed_everything
 from midipipe.core.params import TrainParams
-from midipipe.genre.fit_hooks import EarlyStop, epochs_for_budget, timed
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import decoder_sample
 from midipipe.musetok.model import MuseTok, MuseTokConfig
@@ -37,6 +36,7 @@ from midipipe.tokens.dataset import (
 )
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
+from midipipe.training.hooks import EarlyStop, epochs_for_budget, timed
 
 # id -> pitch for Note_Pitch tokens (-1 elsewhere), so transposition is one gather
 _PITCH_OF = np.full(PAD_ID + 1, -1, dtype=np.int64)
