@@ -86,7 +86,8 @@ def _write_variants(job: tuple[str, str, list[int], str]) -> int:
             tempo.qpm = tempo.qpm * scale
         if not len(variant.tempos):
             variant.tempos.append(symusic.Tempo(0, 120.0 * scale))
-        variant.dump_midi(str(folder / f"{Path(path).stem}_{k}.mid"))
+        # variant number first: sorted, each stretch of files mixes every seed, at any size
+        variant.dump_midi(str(folder / f"{k:04d}_{Path(path).stem}.mid"))
         written += 1
     return written
 

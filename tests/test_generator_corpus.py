@@ -73,3 +73,16 @@ def test_nothing_to_learn_is_a_skip_not_a_crash(tmp_path):
     tokens, manifest = make(tmp_path / "one", [("s1", "train"), ("s1", "train")])
     with pytest.raises(NothingToLearn, match="single train song"):
         train_and_valid(tokens, manifest, TABLE)
+
+
+def test_validation_memory_is_capped(tmp_path, monkeypatch):
+    from midipipe.generator import corpus
+
+    monkeypatch.setattr(corpus, "MAX_VALID_PIECES", 3)
+    plan = [(f"s{k}", "valid") for k in range(10)] + [("t", "train")]
+    tokens, manifest = make(tmp_path, plan)
+    _, valid, source = train_and_valid(tokens, manifest, TABLE)
+    held = sorted(piece_numbers(valid))
+    assert source == "valid" and len(held) == 3 and set(held) <= set(range(10))
+    _, again, _ = train_and_valid(tokens, manifest, TABLE)
+    assert sorted(piece_numbers(again)) == held  # seeded: the same draw every run

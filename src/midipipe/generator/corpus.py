@@ -66,6 +66,7 @@ def eval_corpus(
 
 
 HELD_OUT_FRAC = 0.1  # of the train songs, when a corpus has no valid split
+MAX_VALID_PIECES = 512  # validation reads at most this many pieces (a seeded draw) into memory
 
 
 def train_and_valid(
@@ -73,15 +74,16 @@ def train_and_valid(
 ) -> tuple[SplitIndex, Corpus, str]:
     """The train split's index (streamed), the validation pieces in memory, and where those
     came from: the `valid` split, or, in a corpus without one, whole train songs held out
-    from training (never pieces the model also trains on)."""
-    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    from training (never pieces the model also trains on). At most MAX_VALID_PIECES of them,
+    so memory does not grow with the corpus."""
+    valid = _capped(tokens_dir, manifest, table)
     if valid.pieces:
         train = split_pieces(tokens_dir, manifest, table, "train")
         source = "valid"
     else:
         relabelled = _hold_out_songs(pq.read_table(manifest, columns=MANIFEST_COLUMNS))
         train = split_pieces(tokens_dir, relabelled, table, "train")
-        valid = eval_corpus(tokens_dir, relabelled, table, "valid")
+        valid = _capped(tokens_dir, relabelled, table)
         source = "held_out_train_songs"
         log.warning(
             "no validation pieces in %s: validating on %d pieces of train songs held out from"
@@ -99,6 +101,16 @@ def train_and_valid(
 
 
 MANIFEST_COLUMNS = ["piece_id", "split", "song_id", "composer"]
+
+
+def _capped(tokens_dir: str | Path, manifest: str | Path | pa.Table, table: dict) -> Corpus:
+    """The valid split's pieces in memory, a seeded draw of MAX_VALID_PIECES when larger
+    (kept in shard order)."""
+    index = split_pieces(tokens_dir, manifest, table, "valid")
+    if len(index) > MAX_VALID_PIECES:
+        keep = np.random.default_rng(0).choice(len(index), MAX_VALID_PIECES, replace=False)
+        index = index.subset(np.sort(keep))
+    return Corpus.of(load_pieces(index))
 
 
 def _hold_out_songs(manifest: pa.Table) -> pa.Table:
