@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench bench-real pretrain-musetok lint
+.PHONY: install run test test-slow bench bench-real pretrain-musetok lint bench-scale
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,12 @@ test-slow: install
 	PATH="$(BIN):$$PATH" $(PY) -m pytest -m slow
 
 bench: install
-	@for b in benchmarks/bench_*.py; do case $$b in */bench_real.py|*/bench_conditioning.py) continue;; esac; PATH="$(BIN):$$PATH" $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do case $$b in */bench_real.py|*/bench_conditioning.py|*/bench_corpus_scale.py) continue;; esac; PATH="$(BIN):$$PATH" $(PY) $$b || exit 1; done
+
+# The corpus at scale (README, "Corpus store"): 10k and 100k synthetic files from
+# ../shared/datasets through organize, tokenize and a generator epoch with DVC (~25 min on 2 cores)
+bench-scale: install
+	PATH="$(BIN):$$PATH" $(PY) benchmarks/bench_corpus_scale.py
 
 # The real-data suite (README, "Real-data benchmarks"): one JSON line per task; the corpora
 # come from MIDIPIPE_EXTERNAL_DATA (default ../shared/datasets). BENCH_REAL_ARGS="--tasks emopia"

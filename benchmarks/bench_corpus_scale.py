@@ -95,14 +95,11 @@ def _write_variants(job: tuple[str, str, list[int], str]) -> int:
 def build_corpus(out: Path, n_files: int, data: Path, workers: int) -> dict[str, str]:
     """`n_files` good variants plus the bad inputs; returns the md5s the fault hook targets."""
     seeds = seed_files(data, per_source=300)
-    per_seed = -(-n_files // len(seeds))
-    jobs, left = [], n_files
-    for source, path in seeds:
-        take = min(per_seed, left)
-        if take <= 0:
-            break
-        jobs.append((source, str(path), list(range(take)), str(out)))
-        left -= take
+    base, extra = divmod(n_files, len(seeds))  # every seed alike: the same mix at any size
+    jobs = [
+        (source, str(path), list(range(base + (i < extra))), str(out))
+        for i, (source, path) in enumerate(seeds)
+    ]
     with ProcessPoolExecutor(workers) as pool:
         written = sum(pool.map(_write_variants, jobs, chunksize=4))
     bad = out / "bad"
