@@ -34,7 +34,7 @@ import symusic
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, PeakRSS, external_data  # noqa: E402
+from common import PeakRSS, copy_project, external_data  # noqa: E402
 
 from midipipe.data.midi import FAULT_ENV, piece_id  # noqa: E402
 
@@ -128,18 +128,7 @@ def _many_notes(n: int, pitch: int = 60) -> bytes:
 def make_project(dst: Path, corpus: Path) -> Path:
     """The repo's tracked files in a fresh git + DVC project, reading `corpus` as one folder
     source; generator training cut to one epoch."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for rel in files + [".dvc/config", ".dvc/.gitignore"]:
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "metrics/", "dvc.lock")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    copy_project(dst)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["data"]["sources"] = [
         {"kind": "folder", "name": "synth", "path": str(corpus), "composer_from": "subfolder"}

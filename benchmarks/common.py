@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -10,6 +12,24 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(dst: Path) -> Path:
+    """The repo's tracked (and unignored) files in `dst`, without data, metrics or dvc.lock:
+    a project as a fresh clone has it, for runs that must not touch this checkout."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for rel in files + [".dvc/config", ".dvc/.gitignore"]:
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("data/", "metrics/", "dvc.lock")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    return dst
 
 
 def external_data() -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from benchmarks.common import copy_project
 from midipipe.cli.configs import resolved
 from midipipe.data.midi import piece_id
 from midipipe.data.store import META_COLUMNS, Corpus, iter_batches
 from tests.conftest import build_midi
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ,
     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -48,18 +47,7 @@ def make_corpus(folder: Path) -> None:
 
 def clone_project(dst: Path, corpus: Path) -> Path:
     """The repo's tracked files in a fresh git repo, with params pointed at a tiny corpus."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for rel in files + [".dvc/config", ".dvc/.gitignore"]:
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "metrics/", "dvc.lock")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    copy_project(dst)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["data"]["sources"] = [
         {"kind": "folder", "name": "lab", "path": str(corpus), "composer_from": "subfolder"}
