@@ -15,7 +15,14 @@ from midipipe.core.errors import ParamError
 from midipipe.core.io import write_rows
 from midipipe.core.params import TrainParams, build, load, merged_train, section
 from midipipe.data.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
-from midipipe.emotion import EmotionParams, plot_curves, predict_file, predict_quadrants, regressor
+from midipipe.emotion import (
+    EmotionParams,
+    plot_curves,
+    predict_file,
+    predict_quadrants,
+    regressor,
+    rules,
+)
 from midipipe.emotion.evaluate import bar_metrics, piece_folds
 from midipipe.emotion.regressor import (
     MLPConfig,
@@ -185,13 +192,15 @@ def test_each_input_is_assembled_at_the_width_a_model_is_built_for():
         "encoder_out": np.zeros((3, cfg.enc_d_model)),
         "codes": np.zeros((3, cfg.num_quantizers), np.int64),
     }
-    cues = np.arange(15.0).reshape(3, 5)
+    cues = np.arange(3.0 * len(rules.CUE_COLUMNS)).reshape(3, -1)
     for name in regressor.INPUTS:
         x = regressor.assemble(name, latents, cues)
         assert x.shape == (3, regressor.input_width(name, cfg)), name
     both = regressor.assemble("latents+cues", latents, cues)
     np.testing.assert_array_equal(both[:, cfg.d_latent :], cues)
-    assert regressor.latent_of("cues") is None and regressor.input_width("cues", None) == 5
+    assert regressor.latent_of("cues") is None and regressor.input_width("cues", None) == len(
+        rules.CUE_COLUMNS
+    )
 
 
 def test_stored_inputs_read_stage_04_parts_in_piece_order(tmp_path):
@@ -347,21 +356,30 @@ def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, mo
 def test_stage_with_bar_labels_trains_and_evaluates_the_mlp(tmp_path, monkeypatch):
     paths = _project(tmp_path, labelled=True, compare_inputs=True, mlp={"input": "quantized"})
     metrics = _run_stage(tmp_path, monkeypatch)
-    assert metrics["estimator"] == "mlp_latents" and metrics["learned"] is True
-    assert metrics["input"] == "quantized" and metrics["labelled_bars"] == 48
+    assert metrics["learned"] is True and metrics["configured_input"] == "quantized"
+    assert metrics["labelled_bars"] == 48
     assert metrics["eval_targets"] == "listener_bars" and metrics["folds"] == 2
     labels = [f"mlp_{name}" for name in regressor.INPUTS] + ["rules", "mean"]
     for label in labels:
         assert f"kfold_{label}_ccc_valence" in metrics
-    assert metrics["kfold_best_input"] in regressor.INPUTS
-    for label in ("mlp_quantized", "rules", "mean"):
+    # the k-fold's best input is what the stage fits, serves and scores on test
+    served = metrics["kfold_best_input"]
+    best = max(
+        regressor.INPUTS,
+        key=lambda n: metrics[f"kfold_mlp_{n}_ccc_valence"] + metrics[f"kfold_mlp_{n}_ccc_arousal"],
+    )
+    assert served == best == metrics["served_input"] == metrics["input"]
+    estimator = regressor.estimator_of(served)
+    assert metrics["estimator"] == estimator
+    for label in (f"mlp_{served}", "rules", "mean"):
         assert f"test_{label}_rmse_arousal" in metrics
     table = (tmp_path / "metrics" / "emotion_kfold.csv").read_text().splitlines()
     assert len(table) == 1 + 2 * 7 + 7 + 3  # header, folds x estimators, means, test
     folder = tmp_path / "models" / "emotion"
-    assert json.loads((folder / "config.json").read_text())["estimator"] == "mlp_latents"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["estimator"] == estimator and config["mlp"]["input"] == served
     rows = predict_file(paths[0], folder, tmp_path / "models" / "musetok")
-    assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_latents"}
+    assert len(rows) == 8 and {r["estimator"] for r in rows} == {estimator}
     assert all(-1 < r["valence"] < 1 and -1 < r["arousal"] < 1 for r in rows)
 
 

@@ -27,7 +27,7 @@ from midipipe.emotion.quadrant import QuadrantParams
 from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import (
     RuleParams,
-    bar_features,
+    bar_cues,
     bar_grid,
     estimate,
     meter_grid,
@@ -99,9 +99,7 @@ def predict_file(
             ids, bar_starts = encode_score(score, data)
             grid = bar_grid(score, len(bar_starts))
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)], device)
-        cues = (
-            bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
-        )
+        cues = bar_cues(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
         x = regressor.assemble(name, latents, cues)
         if x.shape[1] != model.cfg.width:
             raise ValueError(
@@ -156,9 +154,7 @@ def predict_quadrants(
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
         config = json.loads((Path(model_dir) / "config.json").read_text())
         grid = bar_grid(score, len(bar_starts))
-        cues = (
-            bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
-        )
+        cues = bar_cues(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
         x = regressor.assemble(name, latents, cues)
         mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
     probs = quadrant.served_probs(info["served"], mlp, hand)[0]

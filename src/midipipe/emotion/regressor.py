@@ -2,14 +2,15 @@
 piece) to valence and arousal, two tanh outputs, trained with MSE or 1 - CCC.
 
 Inputs (`INPUTS`), the MuseTok `LATENTS`: `quantized` (the RVQ latent, stage 04's default),
-`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; `cues`, the
-five rule cues of `rules.bar_features` (a learned combination of them: MuseTok's events carry no
-tempo or velocity); or `latents+cues`, the quantized latent and the cues side by side, so the
-MLP may draw on the latent for what the cues miss. Codes are read as an embedding sum: one learned
-vector per (level, code), summed over the residual levels, which is a linear layer on their
-one-hot concatenation. (Looking the codes up in the codebooks would only give back the quantized
-latent.) Float inputs are standardised with the training bars' mean and std, which are saved
-with the weights; bars outside the piece are zero (the mean) in the window.
+`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; `cues`,
+`rules.bar_cues` (the five rule cues and twelve further statistics of each bar, their local and
+whole-piece means: MuseTok's events carry no tempo or velocity); or `latents+cues`, the
+quantized latent and the cues side by side, so the MLP may draw on the latent for what the cues
+miss. Codes are read as an embedding sum: one learned vector per (level, code), summed over the
+residual levels, which is a linear layer on their one-hot concatenation. (Looking the codes up
+in the codebooks would only give back the quantized latent.) Float inputs are standardised with
+the training bars' mean and std, which are saved with the weights; bars outside the piece are
+zero (the mean) in the window.
 
 Saved as `model.safetensors` + `config.json`, `estimator` as `estimator_of` names it.
 """
@@ -32,7 +33,7 @@ from torch import nn
 from midipipe.core.device import inference_mode, resolve_device, seed_everything
 from midipipe.core.io import atomic_path
 from midipipe.core.params import TrainParams
-from midipipe.emotion.rules import FEATURES
+from midipipe.emotion.rules import CUE_COLUMNS
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
 from midipipe.musetok.model import MuseTokConfig
@@ -94,7 +95,7 @@ def assemble(
 def input_width(input_name: str, musetok: MuseTokConfig | None) -> int:
     """Width of an input given the MuseTok config (None for `cues`): what a trained MLP on it
     must have been built with."""
-    width = len(FEATURES) if reads_cues(input_name) else 0
+    width = len(CUE_COLUMNS) if reads_cues(input_name) else 0
     latent = latent_of(input_name)
     if latent == "quantized":
         width += musetok.d_latent

@@ -198,14 +198,17 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         tp.device,
     )
     inputs = {n: mlp.assemble(n, latents, bars.cues) for n in names}
-    estimator = mlp.estimator_of(p.mlp.input)
     table = cross_validate(bars, pool, inputs, codebook, p.mlp, tp, compare, p.folds, tp.seed)
     means, flat = summarize(table)
+    served = flat.get("kfold_best_input", p.mlp.input)  # the k-fold's winner, when it compared
+    if served != p.mlp.input:
+        log.info("serving the MLP on %s: it beat %s in the k-fold", served, p.mlp.input)
+    estimator = mlp.estimator_of(served)
 
-    x = inputs[p.mlp.input]
+    x = inputs[served]
     fit_rows = bars.trainable(pool)
     model = mlp.fit_mlp(
-        mlp.config_for(p.mlp, x, codebook),
+        mlp.config_for(dataclasses.replace(p.mlp, input=served), x, codebook),
         x,
         bars.targets,
         bars.weights,
@@ -215,7 +218,9 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         p.mlp.loss,
     )
     facts = {
-        "input": p.mlp.input,
+        "input": served,
+        "served_input": served,  # what models/emotion serves (the CLI and stage 10 read it)
+        "configured_input": p.mlp.input,
         "cue_window": p.rules.window,
         "loss": p.mlp.loss,
         "learned": True,
@@ -224,17 +229,15 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         "train_bars": len(fit_rows),
     }
     mlp.save(model, io.out, facts)
-    if mlp.latent_of(p.mlp.input) is not None:
+    if mlp.latent_of(served) is not None:
         save_fallback(io, p, tp, bars, fit_rows, facts)
-    quadrant = quadrant_head(io, p, tp, bars, x)
+    quadrant = quadrant_head(io, p, tp, bars, inputs[p.mlp.input])
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
     if mask[bars.rows(test)].any():
         pred = mlp.predict(model, x, bars.offsets, bars.rows(test))
-        test_rows = score(
-            bars, test, baselines(bars, pool, test) + [(estimator, p.mlp.input, pred)]
-        )
+        test_rows = score(bars, test, baselines(bars, pool, test) + [(estimator, served, pred)])
     _, test_flat = summarize(test_rows, "test")
     test_flat.pop("test_best_input", None)
     write_metrics(
@@ -294,7 +297,9 @@ def save_fallback(
     model = mlp.fit_mlp(
         mlp.config_for(cues, x), x, bars.targets, bars.weights, bars.offsets, rows, tp, cues.loss
     )
-    mlp.save(model, io.out / "fallback", {**facts, "input": mlp.CUES, "fallback_for": p.mlp.input})
+    mlp.save(
+        model, io.out / "fallback", {**facts, "input": mlp.CUES, "fallback_for": facts["input"]}
+    )
 
 
 def train_emotion(p: EmotionParams, tp: TrainParams, io: EmotionPaths | None = None) -> None:
