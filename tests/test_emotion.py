@@ -20,6 +20,7 @@ from midipipe.emotion import (
     plot_curves,
     predict_file,
     predict_quadrants,
+    quadrant,
     regressor,
     rules,
 )
@@ -498,7 +499,11 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     for prefix in ("", "handcrafted_", "majority_", "served_"):
         for key in ("quadrant", "valence", "arousal"):
             assert 0 <= metrics[f"{prefix}{key}_accuracy"] <= 1
-    assert metrics["quadrant_served"] in ("mlp", "handcrafted", "mlp+handcrafted")
+    weight = metrics["quadrant_head_weight"]
+    assert metrics["quadrant_served"] == quadrant.served_name(weight)
+    # the weight is the one with the best log-likelihood on the train part it was chosen on
+    choice = {w: metrics[f"quadrant_choice_w{w:g}_loglik"] for w in quadrant.HEAD_WEIGHTS}
+    assert weight == max(quadrant.HEAD_WEIGHTS, key=lambda w: choice[w])
     folder = tmp_path / "models" / "emotion"
     got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
     assert set(got["probabilities"]) == {"Q1", "Q2", "Q3", "Q4"}

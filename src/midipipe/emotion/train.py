@@ -142,33 +142,38 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         return {"quadrant_status": "skipped", "quadrant_reason": got}
     train, held, eval_split = got
     classes = list(quad.QUADRANTS)
-    feats = hand.feature_matrix(bars.music)
+    off = bars.offsets
+    summary = np.stack(
+        [quad.cue_summary(bars.cues[off[k] : off[k + 1]]) for k in range(len(off) - 1)]
+    )
+    feats = np.concatenate([hand.feature_matrix(bars.music), summary], 1)
     fit_part, choose = choice_split(bars, train, tp.seed)
     choice: dict[str, float] = {}
-    served, c = "mlp", hand.DEFAULT_C
+    weight, c = 1.0, hand.DEFAULT_C
     if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
-        head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp)
+        head = quad.fit(p.quadrant, x, off, fit_part, labels[fit_part], tp)
         split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
         _, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
         linear = hand.fit_linear(*split_x[:2], classes, c, tp.seed)
-        mlp_p = quad.predict(head, x, bars.offsets, choose)
+        mlp_p = quad.predict(head, x, off, choose)
         hand_p = linear.predict_proba(split_x[2])
-        for name in quad.SERVED:
-            probs = quad.served_probs(name, mlp_p, hand_p)
-            choice[name] = quad.log_likelihood(probs, labels[choose])
-        served = max(quad.SERVED, key=lambda k: choice[k])  # ties: the first, the head
-    head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp)
+        for w in quad.HEAD_WEIGHTS:
+            choice[w] = quad.log_likelihood(quad.served_probs(w, mlp_p, hand_p), labels[choose])
+        weight = max(quad.HEAD_WEIGHTS, key=lambda w: choice[w])
+    served = quad.served_name(weight)
+    head = quad.fit(p.quadrant, x, off, train, labels[train], tp)
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
-    quad.save(head, io.out, {"input": p.mlp.input, "served": served})
-    linear.save(io.out, {"task": "emotion quadrant", "c": c})
+    quad.save(head, io.out, {"input": p.mlp.input, "served": served, "head_weight": weight})
+    names = [*hand.FEATURES, *quad.CUE_SUMMARY]
+    linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": names})
     majority = np.bincount(labels[train], minlength=len(classes)).argmax()
-    mlp_p = quad.predict(head, x, bars.offsets, held)
+    mlp_p = quad.predict(head, x, off, held)
     hand_p = linear.predict_proba(feats[held])
     probs = {
         "": mlp_p,
         "handcrafted_": hand_p,
         "majority_": np.eye(len(classes))[np.full(len(held), majority)],
-        "served_": quad.served_probs(served, mlp_p, hand_p),
+        "served_": quad.served_probs(weight, mlp_p, hand_p),
     }
     out = {
         "quadrant_status": "done",
@@ -176,7 +181,8 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         "quadrant_train_pieces": len(train),
         "quadrant_eval_pieces": len(held),
         "quadrant_served": served,
-        **{f"quadrant_choice_{k}_loglik": v for k, v in choice.items()},
+        "quadrant_head_weight": weight,
+        **{f"quadrant_choice_w{w:g}_loglik": v for w, v in choice.items()},
         "handcrafted_c": c,
     }
     for prefix, pr in probs.items():
