@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -159,6 +160,30 @@ def test_rules_rank_a_bright_fast_loud_bar_above_a_dark_slow_quiet_one():
     assert (estimate(minor, bar_grid(minor), p)[:, 0] < hv[:, 0]).all()
 
 
+def test_bar_cues_hold_the_rule_cues_bar_statistics_context_and_piece_means():
+    score = _styled(major=True, qpm=120, velocity=90, low=60, per_bar=4)
+    track = score.tracks[0]
+    for k in range(16):  # bar 2 is dense, loud and high; bar 3 is empty
+        track.notes.append(symusic.Note(2 * 1920 + k * 120, 120, 84, 120))
+    score.tracks[0].notes = [n for n in track.notes if not 3 * 1920 <= n.time < 4 * 1920]
+    score.tracks[0].notes.append(symusic.Note(4 * 1920, 480, 60, 90))  # a 5th bar
+    grid = bar_grid(score)
+    cues = rules.bar_cues(score, grid)
+    n, k = grid.n_bars, len(rules.BAR_STATS)
+    assert cues.shape == (n, len(rules.CUE_COLUMNS)) == (5, 3 * k)
+    np.testing.assert_allclose(cues[:, :5], rules.bar_features(score, grid))
+    col = {name: i for i, name in enumerate(rules.CUE_COLUMNS)}
+    for name in ("onset_rate", "velocity_max", "pitch_high", "polyphony"):
+        assert cues[2, col[name]] > cues[1, col[name]], name
+    assert cues[3, col["empty"]] == 1 and cues[:3, col["empty"]].sum() == 0
+    # context: the mean of the bars within CONTEXT_BARS (here all five); piece: all bars
+    np.testing.assert_allclose(cues[:, k : 2 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
+    np.testing.assert_allclose(cues[:, 2 * k :], np.tile(cues[:, :k].mean(0), (n, 1)))
+    # the rule estimate reads only the first five columns
+    p = RuleParams()
+    np.testing.assert_allclose(rules.combine(cues, p), estimate(score, grid, p))
+
+
 # -- metrics and the MLP ------------------------------------------------------------------------
 
 
@@ -239,6 +264,30 @@ def test_mlp_learns_a_synthetic_latent_to_va_mapping(loss):
     )
     pred = predict(model, x, offsets, test)
     assert min(bar_metrics(pred, y[test])[k] for k in ("ccc_valence", "ccc_arousal")) > 0.85
+
+
+def test_ridge_branch_fits_on_training_rows_only_and_mixes_into_the_output():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(640, 6)).astype(np.float32)
+    y = np.clip(x[:, :2] * 0.3, -1, 1)  # a linear relation the ridge recovers
+    offsets = np.arange(0, 641, 16)
+    train, test = np.arange(480), np.arange(480, 640)
+    cfg = MLPConfig("cues", 6, window=1, hidden=16, dropout=0.0, linear_mix=1.0)
+    model = fit_mlp(cfg, x, y, np.ones(640), offsets, train, _tp(1), "mse")
+    pred = predict(model, x, offsets, test)  # linear_mix 1: the ridge alone
+    assert min(bar_metrics(pred, y[test])[k] for k in ("ccc_valence", "ccc_arousal")) > 0.95
+    # no leakage: other targets on the held-out rows give the same model
+    y2 = y.copy()
+    y2[test] = -y[test]
+    again = fit_mlp(cfg, x, y2, np.ones(640), offsets, train, _tp(1), "mse")
+    np.testing.assert_allclose(predict(again, x, offsets, test), pred, atol=1e-6)
+    # linear_mix 0: the MLP alone, the ridge untouched
+    plain = fit_mlp(
+        dataclasses.replace(cfg, linear_mix=0.0), x, y, np.ones(640), offsets, train, _tp(1), "mse"
+    )
+    assert not plain.ridge_w.any()
+    with pytest.raises(ValueError, match="linear_mix"):
+        regressor.MLPParams(linear_mix=1.5)
 
 
 def test_mlp_learns_from_codes():
