@@ -170,7 +170,7 @@ def test_bar_cues_hold_the_rule_cues_bar_statistics_context_and_piece_means():
     grid = bar_grid(score)
     cues = rules.bar_cues(score, grid)
     n, k = grid.n_bars, len(rules.BAR_STATS)
-    assert cues.shape == (n, len(rules.CUE_COLUMNS)) == (5, 3 * k)
+    assert cues.shape == (n, len(rules.CUE_COLUMNS)) == (5, 4 * k)
     np.testing.assert_allclose(cues[:, :5], rules.bar_features(score, grid))
     col = {name: i for i, name in enumerate(rules.CUE_COLUMNS)}
     for name in ("onset_rate", "velocity_max", "pitch_high", "polyphony"):
@@ -178,7 +178,8 @@ def test_bar_cues_hold_the_rule_cues_bar_statistics_context_and_piece_means():
     assert cues[3, col["empty"]] == 1 and cues[:3, col["empty"]].sum() == 0
     # context: the mean of the bars within CONTEXT_BARS (here all five); piece: all bars
     np.testing.assert_allclose(cues[:, k : 2 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
-    np.testing.assert_allclose(cues[:, 2 * k :], np.tile(cues[:, :k].mean(0), (n, 1)))
+    np.testing.assert_allclose(cues[:, 2 * k : 3 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
+    np.testing.assert_allclose(cues[:, 3 * k :], np.tile(cues[:, :k].std(0), (n, 1)))
     # the rule estimate reads only the first five columns
     p = RuleParams()
     np.testing.assert_allclose(rules.combine(cues, p), estimate(score, grid, p))

@@ -4,7 +4,7 @@ piece) to valence and arousal, two tanh outputs, trained with MSE or 1 - CCC.
 Inputs (`INPUTS`), the MuseTok `LATENTS`: `quantized` (the RVQ latent, stage 04's default),
 `encoder_out` (the encoder's hidden state before the latent projection) or `codes`; `cues`,
 `rules.bar_cues` (the five rule cues and twelve further statistics of each bar, their local and
-whole-piece means: MuseTok's events carry no tempo or velocity); or `latents+cues`, the
+whole-piece means and stds: MuseTok's events carry no tempo or velocity); or `latents+cues`, the
 quantized latent and the cues side by side, so the MLP may draw on the latent for what the cues
 miss. Codes are read as an embedding sum: one learned vector per (level, code), summed over the
 residual levels, which is a linear layer on their one-hot concatenation. (Looking the codes up

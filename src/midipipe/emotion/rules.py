@@ -20,8 +20,9 @@ Each cue is clipped to [-1, 1]; a bar without notes has density -1 and neutral (
 The learned estimators read more (`bar_cues`): these five cues and twelve further statistics of
 each bar (`BAR_STATS`: onset rate, velocity peak and spread, polyphony, lowest and highest pitch,
 note length, key strength, pitch classes, off-beat onsets, drums, empty bars), their mean over
-`CONTEXT_BARS` bars either side, and their mean over the whole piece. On VGMIDI most of the
-variance of listeners' bar ratings lies between pieces (about 90%), so the piece means matter.
+`CONTEXT_BARS` bars either side, and their mean and std over the whole piece. On VGMIDI most of
+the variance of listeners' bar ratings lies between pieces (about 90%), so the piece's own
+statistics matter.
 
 Two bar grids, both in the score's own ticks and starting at the bar of the first note:
 `meter_grid` follows every time signature of the score (any meter, read by symusic), the grid
@@ -275,7 +276,8 @@ CONTEXT_BARS = 4  # `bar_cues`' local means span this many bars either side
 CUE_COLUMNS = (
     *BAR_STATS,
     *(f"{s}_context" for s in BAR_STATS),
-    *(f"{s}_piece" for s in BAR_STATS),
+    *(f"{s}_piece_mean" for s in BAR_STATS),
+    *(f"{s}_piece_std" for s in BAR_STATS),
 )
 
 
@@ -354,13 +356,13 @@ def _clip_bars(ticks: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 def bar_cues(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) -> np.ndarray:
     """[n_bars, len(CUE_COLUMNS)]: `bar_stats` of each bar, their mean over `CONTEXT_BARS` bars
-    either side, and their mean over the whole piece (listeners rate a bar in the light of what came
-    before, and a piece's overall character sets its level)."""
+    either side, and their mean and std over the whole piece (listeners rate a bar in the light of
+    what came before, and a piece's overall character sets its level)."""
     stats = bar_stats(score, grid, window)
     n = len(stats)
     cumulative = np.concatenate([np.zeros((1, stats.shape[1])), np.cumsum(stats, 0)])
     lo = np.clip(np.arange(n) - CONTEXT_BARS, 0, n)
     hi = np.clip(np.arange(n) + CONTEXT_BARS + 1, 0, n)
     context = (cumulative[hi] - cumulative[lo]) / (hi - lo)[:, None]
-    piece = np.broadcast_to(stats.mean(0), stats.shape)
-    return np.concatenate([stats, context, piece], 1)
+    mean, std = (np.broadcast_to(v, stats.shape) for v in (stats.mean(0), stats.std(0)))
+    return np.concatenate([stats, context, mean, std], 1)
