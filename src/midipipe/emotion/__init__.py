@@ -158,6 +158,7 @@ def predict_quadrants(
         if regressor.latent_of(name) is not None:
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
         x = regressor.assemble(name, latents, cues if regressor.reads_cues(name) else None)
+        x = quadrant.head_input(x, name, info["piece_std"])
         mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
     probs = quadrant.served_probs(weight, mlp, hand)[0]
     return {

@@ -46,6 +46,16 @@ class QuadrantParams:
     epochs: int = 60
     batch_size: int = 32  # pieces per step (learning rate, weight decay: emotion's `train`)
     max_bars: int = 32  # bars per piece per step in training (a random window); all at inference
+    piece_std: bool = False  # read the cues' piece-std columns (the head pools the bars itself)
+
+
+def head_input(x: np.ndarray, input_name: str, piece_std: bool) -> np.ndarray:
+    """The head's per-bar input from the regressor's `input_name` input: without the cues'
+    last block, each statistic's std over the piece, unless `piece_std` (on EMOPIA val, 3 head
+    seeds each, they cost the head 0.64-0.66 against 0.68-0.70 without; README)."""
+    if piece_std or input_name not in ("cues", "latents+cues"):
+        return x
+    return x[:, : x.shape[1] - len(BAR_STATS)]
 
 
 def quadrant_of(piece_targets: np.ndarray) -> np.ndarray:

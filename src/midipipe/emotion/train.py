@@ -163,7 +163,8 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     served = quad.served_name(weight)
     head = quad.fit(p.quadrant, x, off, train, labels[train], tp)
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
-    quad.save(head, io.out, {"input": p.mlp.input, "served": served, "head_weight": weight})
+    info = {"input": p.mlp.input, "piece_std": p.quadrant.piece_std}
+    quad.save(head, io.out, {**info, "served": served, "head_weight": weight})
     names = [*hand.FEATURES, *quad.CUE_SUMMARY]
     linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": names})
     majority = np.bincount(labels[train], minlength=len(classes)).argmax()
@@ -237,7 +238,8 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
     mlp.save(model, io.out, facts)
     if mlp.latent_of(served) is not None:
         save_fallback(io, p, tp, bars, fit_rows, facts)
-    quadrant = quadrant_head(io, p, tp, bars, inputs[p.mlp.input])
+    head_x = quad.head_input(inputs[p.mlp.input], p.mlp.input, p.quadrant.piece_std)
+    quadrant = quadrant_head(io, p, tp, bars, head_x)
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
