@@ -573,6 +573,16 @@ def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch
     assert "quadrant_accuracy" not in metrics
 
 
+def test_quadrant_head_input_drops_only_the_piece_std_block_of_the_cues():
+    k = len(rules.BAR_STATS)
+    cues = np.arange(2.0 * len(rules.CUE_COLUMNS)).reshape(2, -1)
+    both = np.concatenate([np.zeros((2, 3)), cues], 1)
+    np.testing.assert_array_equal(quadrant.head_input(cues, "cues", False), cues[:, :-k])
+    np.testing.assert_array_equal(quadrant.head_input(both, "latents+cues", False), both[:, :-k])
+    assert quadrant.head_input(cues, "cues", True) is cues
+    assert quadrant.head_input(both[:, :3], "quantized", False).shape == (2, 3)
+
+
 def test_quadrant_split_names_what_is_missing():
     from types import SimpleNamespace
 
