@@ -507,8 +507,6 @@ def test_vgmidi_traces_join_musetok_bars(external_data):
 
 
 def test_quadrant_from_label_signs_and_binary_accuracies():
-    from midipipe.emotion import quadrant
-
     targets = np.array([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5], [np.nan, 1], [0, 1]])
     assert quadrant.quadrant_of(targets).tolist() == [0, 1, 2, 3, -1, -1]
     probs = np.array([[0.1, 0.5, 0.1, 0.3], [0.4, 0.0, 0.0, 0.6]])  # Q2, then Q4 (Q1 + Q4 > 0.5)
@@ -519,8 +517,6 @@ def test_quadrant_from_label_signs_and_binary_accuracies():
 
 
 def test_quadrant_head_learns_quadrants_from_bars_and_ignores_padding():
-    from midipipe.emotion import quadrant
-
     rng = np.random.default_rng(0)
     labels = np.arange(80) % 4
     lengths = rng.integers(3, 12, size=80)
