@@ -44,7 +44,7 @@ from midipipe.data import composers  # noqa: E402
 from midipipe.demo import DemoParams  # noqa: E402
 from midipipe.demo.analyse import Analyser  # noqa: E402
 from midipipe.emotion import regressor  # noqa: E402
-from midipipe.emotion.rules import FEATURES  # noqa: E402
+from midipipe.emotion.rules import CUE_COLUMNS  # noqa: E402
 from midipipe.generator.generate import sampling_threads  # noqa: E402
 from midipipe.generator.gpt import GPT, GPTConfig, load_model, save_model  # noqa: E402
 from midipipe.generator.sampling import SampleConfig, generate  # noqa: E402
@@ -73,7 +73,7 @@ def random_models(root: Path, tokenizer) -> Path:
     checkpoint.save(musetok, models / "musetok")
     mlp = regressor.EmotionMLP(
         regressor.MLPConfig(
-            input="latents+cues", width=musetok.config.d_latent + len(FEATURES), window=2
+            input="latents+cues", width=musetok.config.d_latent + len(CUE_COLUMNS), window=2
         )
     )
     regressor.save(mlp, models / "emotion", {"cue_window": 2})

@@ -1,6 +1,7 @@
 """Bar-level valence/arousal on VGMIDI: the MLP on each input (the three MuseTok latents, the
-five rule cues, and the quantized latent beside the cues) vs the rule estimate vs the mean
-predictor, piece-grouped k-fold over every VGMIDI piece with listener traces.
+cues of `rules.bar_cues`, and the quantized latent beside the cues) vs the rule estimate vs the
+mean predictor, piece-grouped k-fold over every VGMIDI piece with listener traces. The winning
+input (`best_input`) is the one stage 07 serves with these params.
 
 Builds everything in a work folder from `$MIDIPIPE_EXTERNAL_DATA/vgmidi` (default
 ../shared/datasets): organize, tokenize, a small MuseTok (`cpu_default`) trained on these pieces

@@ -28,7 +28,7 @@ from midipipe.demo.app import emotion_outputs
 from midipipe.demo.compose import Composer, prune
 from midipipe.demo.examples import write_examples
 from midipipe.emotion import regressor
-from midipipe.emotion.rules import FEATURES
+from midipipe.emotion.rules import CUE_COLUMNS
 from midipipe.generator import train as gen_train
 from midipipe.generator.sampling import SampleConfig
 from midipipe.genre.hier_train import train_hier
@@ -471,7 +471,7 @@ def test_the_page_in_chromium(server, browser, analyser, outside_calls, tmp_path
 
 def emotion_model(models: Path, input_name: str) -> Path:
     """An untrained emotion MLP folder (`regressor.save`'s layout)."""
-    width = len(FEATURES) + (64 if input_name != "cues" else 0)
+    width = len(CUE_COLUMNS) + (64 if input_name != "cues" else 0)
     mlp = regressor.EmotionMLP(regressor.MLPConfig(input=input_name, width=width, window=2))
     regressor.save(mlp, models / "emotion", {"cue_window": 2})
     return models

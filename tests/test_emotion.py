@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,15 @@ from midipipe.core.errors import ParamError
 from midipipe.core.io import write_rows
 from midipipe.core.params import TrainParams, build, load, merged_train, section
 from midipipe.data.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
-from midipipe.emotion import EmotionParams, plot_curves, predict_file, predict_quadrants, regressor
+from midipipe.emotion import (
+    EmotionParams,
+    plot_curves,
+    predict_file,
+    predict_quadrants,
+    quadrant,
+    regressor,
+    rules,
+)
 from midipipe.emotion.evaluate import bar_metrics, piece_folds
 from midipipe.emotion.regressor import (
     MLPConfig,
@@ -151,6 +160,31 @@ def test_rules_rank_a_bright_fast_loud_bar_above_a_dark_slow_quiet_one():
     assert (estimate(minor, bar_grid(minor), p)[:, 0] < hv[:, 0]).all()
 
 
+def test_bar_cues_hold_the_rule_cues_bar_statistics_context_and_piece_means():
+    score = _styled(major=True, qpm=120, velocity=90, low=60, per_bar=4)
+    track = score.tracks[0]
+    for k in range(16):  # bar 2 is dense, loud and high; bar 3 is empty
+        track.notes.append(symusic.Note(2 * 1920 + k * 120, 120, 84, 120))
+    score.tracks[0].notes = [n for n in track.notes if not 3 * 1920 <= n.time < 4 * 1920]
+    score.tracks[0].notes.append(symusic.Note(4 * 1920, 480, 60, 90))  # a 5th bar
+    grid = bar_grid(score)
+    cues = rules.bar_cues(score, grid)
+    n, k = grid.n_bars, len(rules.BAR_STATS)
+    assert cues.shape == (n, len(rules.CUE_COLUMNS)) == (5, 4 * k)
+    np.testing.assert_allclose(cues[:, :5], rules.bar_features(score, grid))
+    col = {name: i for i, name in enumerate(rules.CUE_COLUMNS)}
+    for name in ("onset_rate", "velocity_max", "pitch_high", "polyphony"):
+        assert cues[2, col[name]] > cues[1, col[name]], name
+    assert cues[3, col["empty"]] == 1 and cues[:3, col["empty"]].sum() == 0
+    # context: the mean of the bars within CONTEXT_BARS (here all five); piece: all bars
+    np.testing.assert_allclose(cues[:, k : 2 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
+    np.testing.assert_allclose(cues[:, 2 * k : 3 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
+    np.testing.assert_allclose(cues[:, 3 * k :], np.tile(cues[:, :k].std(0), (n, 1)))
+    # the rule estimate reads only the first five columns
+    p = RuleParams()
+    np.testing.assert_allclose(rules.combine(cues, p), estimate(score, grid, p))
+
+
 # -- metrics and the MLP ------------------------------------------------------------------------
 
 
@@ -185,13 +219,15 @@ def test_each_input_is_assembled_at_the_width_a_model_is_built_for():
         "encoder_out": np.zeros((3, cfg.enc_d_model)),
         "codes": np.zeros((3, cfg.num_quantizers), np.int64),
     }
-    cues = np.arange(15.0).reshape(3, 5)
+    cues = np.arange(3.0 * len(rules.CUE_COLUMNS)).reshape(3, -1)
     for name in regressor.INPUTS:
         x = regressor.assemble(name, latents, cues)
         assert x.shape == (3, regressor.input_width(name, cfg)), name
     both = regressor.assemble("latents+cues", latents, cues)
     np.testing.assert_array_equal(both[:, cfg.d_latent :], cues)
-    assert regressor.latent_of("cues") is None and regressor.input_width("cues", None) == 5
+    assert regressor.latent_of("cues") is None and regressor.input_width("cues", None) == len(
+        rules.CUE_COLUMNS
+    )
 
 
 def test_stored_inputs_read_stage_04_parts_in_piece_order(tmp_path):
@@ -229,6 +265,30 @@ def test_mlp_learns_a_synthetic_latent_to_va_mapping(loss):
     )
     pred = predict(model, x, offsets, test)
     assert min(bar_metrics(pred, y[test])[k] for k in ("ccc_valence", "ccc_arousal")) > 0.85
+
+
+def test_ridge_branch_fits_on_training_rows_only_and_mixes_into_the_output():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(640, 6)).astype(np.float32)
+    y = np.clip(x[:, :2] * 0.3, -1, 1)  # a linear relation the ridge recovers
+    offsets = np.arange(0, 641, 16)
+    train, test = np.arange(480), np.arange(480, 640)
+    cfg = MLPConfig("cues", 6, window=1, hidden=16, dropout=0.0, linear_mix=1.0)
+    model = fit_mlp(cfg, x, y, np.ones(640), offsets, train, _tp(1), "mse")
+    pred = predict(model, x, offsets, test)  # linear_mix 1: the ridge alone
+    assert min(bar_metrics(pred, y[test])[k] for k in ("ccc_valence", "ccc_arousal")) > 0.95
+    # no leakage: other targets on the held-out rows give the same model
+    y2 = y.copy()
+    y2[test] = -y[test]
+    again = fit_mlp(cfg, x, y2, np.ones(640), offsets, train, _tp(1), "mse")
+    np.testing.assert_allclose(predict(again, x, offsets, test), pred, atol=1e-6)
+    # linear_mix 0: the MLP alone, the ridge untouched
+    plain = fit_mlp(
+        dataclasses.replace(cfg, linear_mix=0.0), x, y, np.ones(640), offsets, train, _tp(1), "mse"
+    )
+    assert not plain.ridge_w.any()
+    with pytest.raises(ValueError, match="linear_mix"):
+        regressor.MLPParams(linear_mix=1.5)
 
 
 def test_mlp_learns_from_codes():
@@ -347,21 +407,30 @@ def test_stage_without_labels_writes_the_rule_estimator_and_says_so(tmp_path, mo
 def test_stage_with_bar_labels_trains_and_evaluates_the_mlp(tmp_path, monkeypatch):
     paths = _project(tmp_path, labelled=True, compare_inputs=True, mlp={"input": "quantized"})
     metrics = _run_stage(tmp_path, monkeypatch)
-    assert metrics["estimator"] == "mlp_latents" and metrics["learned"] is True
-    assert metrics["input"] == "quantized" and metrics["labelled_bars"] == 48
+    assert metrics["learned"] is True and metrics["configured_input"] == "quantized"
+    assert metrics["labelled_bars"] == 48
     assert metrics["eval_targets"] == "listener_bars" and metrics["folds"] == 2
     labels = [f"mlp_{name}" for name in regressor.INPUTS] + ["rules", "mean"]
     for label in labels:
         assert f"kfold_{label}_ccc_valence" in metrics
-    assert metrics["kfold_best_input"] in regressor.INPUTS
-    for label in ("mlp_quantized", "rules", "mean"):
+    # the k-fold's best input is what the stage fits, serves and scores on test
+    served = metrics["kfold_best_input"]
+    best = max(
+        regressor.INPUTS,
+        key=lambda n: metrics[f"kfold_mlp_{n}_ccc_valence"] + metrics[f"kfold_mlp_{n}_ccc_arousal"],
+    )
+    assert served == best == metrics["served_input"] == metrics["input"]
+    estimator = regressor.estimator_of(served)
+    assert metrics["estimator"] == estimator
+    for label in (f"mlp_{served}", "rules", "mean"):
         assert f"test_{label}_rmse_arousal" in metrics
     table = (tmp_path / "metrics" / "emotion_kfold.csv").read_text().splitlines()
     assert len(table) == 1 + 2 * 7 + 7 + 3  # header, folds x estimators, means, test
     folder = tmp_path / "models" / "emotion"
-    assert json.loads((folder / "config.json").read_text())["estimator"] == "mlp_latents"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["estimator"] == estimator and config["mlp"]["input"] == served
     rows = predict_file(paths[0], folder, tmp_path / "models" / "musetok")
-    assert len(rows) == 8 and {r["estimator"] for r in rows} == {"mlp_latents"}
+    assert len(rows) == 8 and {r["estimator"] for r in rows} == {estimator}
     assert all(-1 < r["valence"] < 1 and -1 < r["arousal"] < 1 for r in rows)
 
 
@@ -438,8 +507,6 @@ def test_vgmidi_traces_join_musetok_bars(external_data):
 
 
 def test_quadrant_from_label_signs_and_binary_accuracies():
-    from midipipe.emotion import quadrant
-
     targets = np.array([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5], [np.nan, 1], [0, 1]])
     assert quadrant.quadrant_of(targets).tolist() == [0, 1, 2, 3, -1, -1]
     probs = np.array([[0.1, 0.5, 0.1, 0.3], [0.4, 0.0, 0.0, 0.6]])  # Q2, then Q4 (Q1 + Q4 > 0.5)
@@ -450,8 +517,6 @@ def test_quadrant_from_label_signs_and_binary_accuracies():
 
 
 def test_quadrant_head_learns_quadrants_from_bars_and_ignores_padding():
-    from midipipe.emotion import quadrant
-
     rng = np.random.default_rng(0)
     labels = np.arange(80) % 4
     lengths = rng.integers(3, 12, size=80)
@@ -480,7 +545,11 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     for prefix in ("", "handcrafted_", "majority_", "served_"):
         for key in ("quadrant", "valence", "arousal"):
             assert 0 <= metrics[f"{prefix}{key}_accuracy"] <= 1
-    assert metrics["quadrant_served"] in ("mlp", "handcrafted", "mlp+handcrafted")
+    weight = metrics["quadrant_head_weight"]
+    assert metrics["quadrant_served"] == quadrant.served_name(weight)
+    # the weight is the one with the best log-likelihood on the train part it was chosen on
+    choice = {w: metrics[f"quadrant_choice_w{w:g}_loglik"] for w in quadrant.HEAD_WEIGHTS}
+    assert weight == max(quadrant.HEAD_WEIGHTS, key=lambda w: choice[w])
     folder = tmp_path / "models" / "emotion"
     got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
     assert set(got["probabilities"]) == {"Q1", "Q2", "Q3", "Q4"}
@@ -498,6 +567,16 @@ def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch
     assert metrics["quadrant_status"] == "skipped"
     assert "quadrant-labelled train pieces" in metrics["quadrant_reason"]
     assert "quadrant_accuracy" not in metrics
+
+
+def test_quadrant_head_input_drops_only_the_piece_std_block_of_the_cues():
+    k = len(rules.BAR_STATS)
+    cues = np.arange(2.0 * len(rules.CUE_COLUMNS)).reshape(2, -1)
+    both = np.concatenate([np.zeros((2, 3)), cues], 1)
+    np.testing.assert_array_equal(quadrant.head_input(cues, "cues", False), cues[:, :-k])
+    np.testing.assert_array_equal(quadrant.head_input(both, "latents+cues", False), both[:, :-k])
+    assert quadrant.head_input(cues, "cues", True) is cues
+    assert quadrant.head_input(both[:, :3], "quantized", False).shape == (2, 3)
 
 
 def test_quadrant_split_names_what_is_missing():

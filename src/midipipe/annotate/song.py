@@ -42,7 +42,7 @@ class Prepared:
 
     bounds: np.ndarray  # [n_bars + 1] ticks: bar starts, then the last bar's end
     start_s: np.ndarray  # [n_bars] seconds
-    cues: np.ndarray  # [n_bars, len(rules.FEATURES)]
+    cues: np.ndarray  # [n_bars, len(rules.CUE_COLUMNS)]: `rules.bar_cues`
     ids: np.ndarray | None = None  # MuseTok tokens (None: not encoded)
     bar_starts: np.ndarray | None = None
     va: np.ndarray | None = None  # [n_bars, 2] rule estimate (plan.rules)
@@ -67,7 +67,7 @@ def prepare(job: Job, plan: SongPlan) -> Prepared:
     from midipipe.core.params import build
     from midipipe.emotion.rules import (
         RuleParams,
-        bar_features,
+        bar_cues,
         bar_grid,
         combine,
         meter_grid,
@@ -94,7 +94,7 @@ def prepare(job: Job, plan: SongPlan) -> Prepared:
     t0 = time.perf_counter()
     grid = meter_grid(score) if ids is None else bar_grid(score, len(bar_starts))
     bounds = grid.bounds()
-    cues = bar_features(score, grid, plan.cue_window).astype(np.float32)
+    cues = bar_cues(score, grid, plan.cue_window).astype(np.float32)
     va = None
     if plan.rules is not None:
         va = combine(cues, build(RuleParams, plan.rules, "rules")).astype(np.float32)

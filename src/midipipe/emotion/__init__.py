@@ -27,7 +27,7 @@ from midipipe.emotion.quadrant import QuadrantParams
 from midipipe.emotion.regressor import MLPParams
 from midipipe.emotion.rules import (
     RuleParams,
-    bar_features,
+    bar_cues,
     bar_grid,
     estimate,
     meter_grid,
@@ -99,9 +99,7 @@ def predict_file(
             ids, bar_starts = encode_score(score, data)
             grid = bar_grid(score, len(bar_starts))
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)], device)
-        cues = (
-            bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
-        )
+        cues = bar_cues(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
         x = regressor.assemble(name, latents, cues)
         if x.shape[1] != model.cfg.width:
             raise ValueError(
@@ -132,36 +130,37 @@ def predict_quadrants(
     musetok_dir: str | Path = "models/musetok",
 ) -> dict | None:
     """`{"served": ..., "probabilities": {Q1..Q4: p}}` of one MIDI file from the model stage 07
-    serves (the quadrant head, or the hand-crafted model when it won), or None without one."""
+    serves (the quadrant head, the hand-crafted model, or their mix with the weight stage 07
+    chose), or None without one."""
     from midipipe.emotion import quadrant
 
     head = quadrant.load(model_dir)
     if head is None:
         return None
     info = json.loads((Path(model_dir) / "quadrant.json").read_text())
+    weight = info["head_weight"]
     data = path if isinstance(path, bytes) else Path(path).read_bytes()
     score = load_score(data)
+    from midipipe.musetok.events import encode_score
+
+    ids, bar_starts = encode_score(score, data)  # the bars stage 07 measured the cues on
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    cues = bar_cues(score, bar_grid(score, len(bar_starts)), config["cue_window"])
     hand = mlp = None
-    if info["served"] != "mlp":
+    if weight < 1:
         from midipipe.evaluation.features import LinearModel, piece_features
 
-        hand = LinearModel.load(model_dir).predict_proba(piece_features(score)[None])
-    if info["served"] != "handcrafted":
-        from midipipe.musetok.events import encode_score
-
+        feats = np.concatenate([piece_features(score), quadrant.cue_summary(cues)])
+        hand = LinearModel.load(model_dir).predict_proba(feats[None])
+    if weight > 0:
         name = info["input"]
-        ids, bar_starts = encode_score(score, data)
         latents = {}
         if regressor.latent_of(name) is not None:
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-        grid = bar_grid(score, len(bar_starts))
-        cues = (
-            bar_features(score, grid, config["cue_window"]) if regressor.reads_cues(name) else None
-        )
-        x = regressor.assemble(name, latents, cues)
+        x = regressor.assemble(name, latents, cues if regressor.reads_cues(name) else None)
+        x = quadrant.head_input(x, name, info["piece_std"])
         mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
-    probs = quadrant.served_probs(info["served"], mlp, hand)[0]
+    probs = quadrant.served_probs(weight, mlp, hand)[0]
     return {
         "served": info["served"],
         "probabilities": {q: float(v) for q, v in zip(quadrant.QUADRANTS, probs, strict=True)},

@@ -26,12 +26,15 @@ from torch import nn
 from midipipe.core.device import seed_everything
 from midipipe.core.io import atomic_path
 from midipipe.core.params import TrainParams
+from midipipe.emotion.rules import BAR_STATS
 
 log = logging.getLogger(__name__)
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 SIGNS = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])  # valence, arousal per quadrant
-SERVED = ("mlp", "handcrafted", "mlp+handcrafted")  # what stage 07 may serve (the mean: both)
+# the head's weight in the served mix with the hand-crafted model (1: the head alone, 0: the
+# hand-crafted model alone), chosen by stage 07 on a song-grouped part of train; ties: the first
+HEAD_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
 @dataclass
@@ -43,6 +46,16 @@ class QuadrantParams:
     epochs: int = 60
     batch_size: int = 32  # pieces per step (learning rate, weight decay: emotion's `train`)
     max_bars: int = 32  # bars per piece per step in training (a random window); all at inference
+    piece_std: bool = False  # read the cues' piece-std columns (the head pools the bars itself)
+
+
+def head_input(x: np.ndarray, input_name: str, piece_std: bool) -> np.ndarray:
+    """The head's per-bar input from the regressor's `input_name` input: without the cues'
+    last block, each statistic's std over the piece, unless `piece_std` (on EMOPIA val, 3 head
+    seeds each, they cost the head 0.64-0.66 against 0.68-0.70 without; README)."""
+    if piece_std or input_name not in ("cues", "latents+cues"):
+        return x
+    return x[:, : x.shape[1] - len(BAR_STATS)]
 
 
 def quadrant_of(piece_targets: np.ndarray) -> np.ndarray:
@@ -143,13 +156,32 @@ def predict(model: QuadrantMLP, x: np.ndarray, offsets: np.ndarray, pieces: np.n
     return np.concatenate(out) if out else np.zeros((0, len(QUADRANTS)), np.float32)
 
 
-def served_probs(served: str, mlp: np.ndarray, handcrafted: np.ndarray) -> np.ndarray:
-    """The served model's probabilities from the head's and the hand-crafted model's."""
-    if served == "mlp":
+def served_name(head_weight: float) -> str:
+    """What a head weight serves: `mlp`, `handcrafted` or their mix `mlp+handcrafted`."""
+    return {1.0: "mlp", 0.0: "handcrafted"}.get(head_weight, "mlp+handcrafted")
+
+
+def served_probs(
+    head_weight: float, mlp: np.ndarray | None, handcrafted: np.ndarray | None
+) -> np.ndarray:
+    """The served probabilities: the head's and the hand-crafted model's, mixed (a side with
+    weight 0 may be None)."""
+    if head_weight == 1.0:
         return mlp
-    if served == "handcrafted":
+    if head_weight == 0.0:
         return handcrafted
-    return (mlp + handcrafted) / 2
+    return head_weight * mlp + (1 - head_weight) * handcrafted
+
+
+def cue_summary(cues: np.ndarray) -> np.ndarray:
+    """[2 * len(BAR_STATS)]: the mean and std over a piece's bars of its per-bar statistics
+    (`rules.bar_cues`' first columns), which the hand-crafted model reads beside
+    `evaluation.features` (on EMOPIA val they lift it from 0.652 to 0.682; README)."""
+    stats = cues[:, : len(BAR_STATS)]
+    return np.concatenate([stats.mean(0), stats.std(0)])
+
+
+CUE_SUMMARY = (*(f"{s}_mean" for s in BAR_STATS), *(f"{s}_std" for s in BAR_STATS))
 
 
 def log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -2,14 +2,19 @@
 piece) to valence and arousal, two tanh outputs, trained with MSE or 1 - CCC.
 
 Inputs (`INPUTS`), the MuseTok `LATENTS`: `quantized` (the RVQ latent, stage 04's default),
-`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; `cues`, the
-five rule cues of `rules.bar_features` (a learned combination of them: MuseTok's events carry no
-tempo or velocity); or `latents+cues`, the quantized latent and the cues side by side, so the
-MLP may draw on the latent for what the cues miss. Codes are read as an embedding sum: one learned
-vector per (level, code), summed over the residual levels, which is a linear layer on their
-one-hot concatenation. (Looking the codes up in the codebooks would only give back the quantized
-latent.) Float inputs are standardised with the training bars' mean and std, which are saved
-with the weights; bars outside the piece are zero (the mean) in the window.
+`encoder_out` (the encoder's hidden state before the latent projection) or `codes`; `cues`,
+`rules.bar_cues` (the five rule cues and twelve further statistics of each bar, their local and
+whole-piece means and stds: MuseTok's events carry no tempo or velocity); or `latents+cues`, the
+quantized latent and the cues side by side, so the MLP may draw on the latent for what the cues
+miss. Codes are read as an embedding sum: one learned vector per (level, code), summed over the
+residual levels, which is a linear layer on their one-hot concatenation. (Looking the codes up
+in the codebooks would only give back the quantized latent.) Float inputs are standardised with
+the training bars' mean and std, which are saved with the weights; bars outside the piece are
+zero (the mean) in the window.
+
+Beside the MLP, a ridge regression on the bar's own standardised input (its strength chosen by
+piece-grouped folds of the training bars, fitted in closed form) is mixed into the output with
+weight `linear_mix`: the two err differently, and on VGMIDI their mean beats either (README).
 
 Saved as `model.safetensors` + `config.json`, `estimator` as `estimator_of` names it.
 """
@@ -32,7 +37,7 @@ from torch import nn
 from midipipe.core.device import inference_mode, resolve_device, seed_everything
 from midipipe.core.io import atomic_path
 from midipipe.core.params import TrainParams
-from midipipe.emotion.rules import FEATURES
+from midipipe.emotion.rules import CUE_COLUMNS
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
 from midipipe.musetok.model import MuseTokConfig
@@ -56,8 +61,11 @@ class MLPParams:
     code_dim: int = 32  # embedding width per code (input: codes)
     dropout: float = 0.2
     loss: str = "ccc"  # ccc (1 - concordance, per axis, averaged) | mse
+    linear_mix: float = 0.5  # weight of a ridge regression on the bar's input in the output
 
     def __post_init__(self) -> None:
+        if not 0 <= self.linear_mix <= 1:
+            raise ValueError(f"emotion.mlp.linear_mix must be in [0, 1], got {self.linear_mix}")
         if self.input not in INPUTS:
             raise ValueError(f"emotion.mlp.input must be one of {INPUTS}, got {self.input!r}")
         if self.loss not in LOSSES:
@@ -94,7 +102,7 @@ def assemble(
 def input_width(input_name: str, musetok: MuseTokConfig | None) -> int:
     """Width of an input given the MuseTok config (None for `cues`): what a trained MLP on it
     must have been built with."""
-    width = len(FEATURES) if reads_cues(input_name) else 0
+    width = len(CUE_COLUMNS) if reads_cues(input_name) else 0
     latent = latent_of(input_name)
     if latent == "quantized":
         width += musetok.d_latent
@@ -116,6 +124,10 @@ class MLPConfig:
     hidden: int = 128
     code_dim: int = 32
     dropout: float = 0.2
+    linear_mix: float = 0.0  # 0 for codes, and for models saved before it existed
+
+
+RIDGE_ALPHAS = np.logspace(-4, 1, 11)  # per unit of bar weight, on standardised inputs
 
 
 class EmotionMLP(nn.Module):
@@ -129,6 +141,8 @@ class EmotionMLP(nn.Module):
         else:
             self.register_buffer("mean", torch.zeros(cfg.width))
             self.register_buffer("std", torch.ones(cfg.width))
+            self.register_buffer("ridge_w", torch.zeros(cfg.width, 2))
+            self.register_buffer("ridge_b", torch.zeros(2))
             bar_width = cfg.width
         self.net = nn.Sequential(
             nn.Linear((2 * cfg.window + 1) * bar_width, cfg.hidden),
@@ -140,14 +154,23 @@ class EmotionMLP(nn.Module):
             nn.Linear(cfg.hidden, 2),
         )
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x: [B, W, width] floats or codes; valid: [B, W] (False outside the piece)."""
+    def branches(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP's output and the bar's standardised input (what the ridge reads)."""
         if self.cfg.input == "codes":
             h = self.codes(x + self.level_offset).sum(-2)
         else:
             h = (x - self.mean) / self.std
         h = h * valid.unsqueeze(-1)
-        return torch.tanh(self.net(h.flatten(1)))
+        return torch.tanh(self.net(h.flatten(1))), h[:, self.cfg.window]
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x: [B, W, width] floats or codes; valid: [B, W] (False outside the piece). The MLP,
+        mixed with the ridge regression by `linear_mix`."""
+        out, bar = self.branches(x, valid)
+        if not self.cfg.linear_mix:
+            return out
+        ridge = (bar @ self.ridge_w + self.ridge_b).clamp(-1, 1)
+        return (1 - self.cfg.linear_mix) * out + self.cfg.linear_mix * ridge
 
 
 def windows(offsets: np.ndarray, k: int) -> np.ndarray:
@@ -183,6 +206,38 @@ def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor
     return (w * ((pred - target) ** 2).mean(-1)).sum() / w.sum()
 
 
+def ridge(z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
+    """[width + 1, 2]: weighted ridge coefficients, then the intercept, of y on z."""
+    zm, ym = (w @ z) / w.sum(), (w @ y) / w.sum()
+    zc = z - zm
+    gram = zc.T @ (w[:, None] * zc) + alpha * w.sum() * np.eye(z.shape[1])
+    coef = np.linalg.solve(gram, zc.T @ (w[:, None] * (y - ym)))
+    return np.vstack([coef, ym - zm @ coef])
+
+
+def fit_ridge(z: np.ndarray, y: np.ndarray, w: np.ndarray, pieces: np.ndarray, seed: int):
+    """The ridge branch on standardised bar inputs `z`, its strength chosen by the mean CCC
+    over 4 piece-grouped folds of these training bars (neighbouring bars of a piece are
+    alike, so a bar-wise split would favour too little regularisation)."""
+    from sklearn.model_selection import GroupKFold
+
+    folds = min(4, len(set(pieces.tolist())))
+    if folds < 2:
+        return ridge(z, y, w, RIDGE_ALPHAS[-1])
+    splits = list(GroupKFold(folds, shuffle=True, random_state=seed).split(z, groups=pieces))
+
+    def score(alpha: float) -> float:
+        pred = np.zeros_like(y)
+        for tr, te in splits:
+            coef = ridge(z[tr], y[tr], w[tr], alpha)
+            pred[te] = np.clip(z[te] @ coef[:-1] + coef[-1], -1, 1)
+        t = torch.as_tensor
+        return float(concordance(t(pred), t(y), t(w)).mean())
+
+    best = max(RIDGE_ALPHAS, key=score)
+    return ridge(z, y, w, best)
+
+
 def config_for(p: MLPParams, x: np.ndarray, codebook_size: int = 0) -> MLPConfig:
     return MLPConfig(
         input=p.input,
@@ -192,6 +247,7 @@ def config_for(p: MLPParams, x: np.ndarray, codebook_size: int = 0) -> MLPConfig
         hidden=p.hidden,
         code_dim=p.code_dim,
         dropout=p.dropout,
+        linear_mix=0.0 if p.input == "codes" else p.linear_mix,
     )
 
 
@@ -213,6 +269,12 @@ def fit_mlp(
     if cfg.input != "codes":
         model.mean.copy_(xt[rows].mean(0))
         model.std.copy_(xt[rows].std(0).clamp(min=1e-6))
+    if cfg.linear_mix:
+        z = ((xt[rows] - model.mean) / model.std).double().numpy()
+        piece = np.searchsorted(offsets, rows, side="right") - 1
+        coef = fit_ridge(z, targets[rows], weights[rows].astype(np.float64), piece, tp.seed)
+        model.ridge_w.copy_(torch.as_tensor(coef[:-1]))
+        model.ridge_b.copy_(torch.as_tensor(coef[-1]))
     device = resolve_device(tp.device)
     model.to(device)
     win = torch.as_tensor(windows(offsets, cfg.window))
@@ -229,7 +291,7 @@ def fit_mlp(
     for _ in range(tp.epochs):
         for batch in rows_t[torch.randperm(len(rows_t), generator=rng)].chunk(n_batches):
             xb, valid = _gather(xt, win[batch])
-            pred = model(xb.to(device), valid.to(device))
+            pred, _ = model.branches(xb.to(device), valid.to(device))  # the MLP alone
             value = loss_fn(loss, pred, y[batch].to(device), w[batch].to(device))
             opt.zero_grad(set_to_none=True)
             value.backward()

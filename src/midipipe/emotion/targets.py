@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from midipipe.core.errors import BadMidi
 from midipipe.data.midi import load_score
 from midipipe.data.store import Corpus
-from midipipe.emotion.rules import BarGrid, RuleParams, bar_features, bar_grid, combine
+from midipipe.emotion.rules import CUE_COLUMNS, BarGrid, RuleParams, bar_cues, bar_grid, combine
 from midipipe.tokens.shards import iter_parts
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Bars:
     weights: np.ndarray  # [bars]: 1 listener-rated, piece_label_weight piece-labelled, 0 none
     rated: np.ndarray  # [bars] bool: listener-rated with >= min_raters (what metrics score)
     piece_targets: np.ndarray  # [pieces, 2]: the piece's own label, NaN where it has none
-    cues: np.ndarray  # [bars, 5]: the rule cues (`rules.FEATURES`), also an MLP input
+    cues: np.ndarray  # [bars, len(rules.CUE_COLUMNS)]: `rules.bar_cues`, the rule cues first
     rules: np.ndarray  # [bars, 2]: the rule-based estimate (not learned)
     tokens: list[tuple[list[int], list[int]]]  # MuseTok (ids, bar_starts) per piece
     music: Sequence[bytes] = ()  # each piece's MIDI bytes (read from the store on access)
@@ -198,7 +198,7 @@ def collect(
             continue
         kept.append(row)
         grids.append(grid)
-        cues.append(bar_features(score, grid, rules.window))
+        cues.append(bar_cues(score, grid, rules.window))
     if len(kept) < len(pieces):
         log.info(
             "%d of %d labelled pieces have no MuseTok tokens or MIDI; skipped",
@@ -220,7 +220,7 @@ def collect(
         weights.append(w)
         rated.append(has_bar)
     lengths = [g.n_bars for g in grids]
-    all_cues = _concat(cues, (0, 5))
+    all_cues = _concat(cues, (0, len(CUE_COLUMNS)))
     return Bars(
         piece_ids=[r["piece_id"] for r in kept],
         groups=[r["song_id"] for r in kept],

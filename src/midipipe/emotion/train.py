@@ -142,33 +142,39 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         return {"quadrant_status": "skipped", "quadrant_reason": got}
     train, held, eval_split = got
     classes = list(quad.QUADRANTS)
-    feats = hand.feature_matrix(bars.music)
+    off = bars.offsets
+    summary = np.stack(
+        [quad.cue_summary(bars.cues[off[k] : off[k + 1]]) for k in range(len(off) - 1)]
+    )
+    feats = np.concatenate([hand.feature_matrix(bars.music), summary], 1)
     fit_part, choose = choice_split(bars, train, tp.seed)
     choice: dict[str, float] = {}
-    served, c = "mlp", hand.DEFAULT_C
+    weight, c = 1.0, hand.DEFAULT_C
     if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
-        head = quad.fit(p.quadrant, x, bars.offsets, fit_part, labels[fit_part], tp)
+        head = quad.fit(p.quadrant, x, off, fit_part, labels[fit_part], tp)
         split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
         _, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
         linear = hand.fit_linear(*split_x[:2], classes, c, tp.seed)
-        mlp_p = quad.predict(head, x, bars.offsets, choose)
+        mlp_p = quad.predict(head, x, off, choose)
         hand_p = linear.predict_proba(split_x[2])
-        for name in quad.SERVED:
-            probs = quad.served_probs(name, mlp_p, hand_p)
-            choice[name] = quad.log_likelihood(probs, labels[choose])
-        served = max(quad.SERVED, key=lambda k: choice[k])  # ties: the first, the head
-    head = quad.fit(p.quadrant, x, bars.offsets, train, labels[train], tp)
+        for w in quad.HEAD_WEIGHTS:
+            choice[w] = quad.log_likelihood(quad.served_probs(w, mlp_p, hand_p), labels[choose])
+        weight = max(quad.HEAD_WEIGHTS, key=lambda w: choice[w])
+    served = quad.served_name(weight)
+    head = quad.fit(p.quadrant, x, off, train, labels[train], tp)
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
-    quad.save(head, io.out, {"input": p.mlp.input, "served": served})
-    linear.save(io.out, {"task": "emotion quadrant", "c": c})
+    info = {"input": p.mlp.input, "piece_std": p.quadrant.piece_std}
+    quad.save(head, io.out, {**info, "served": served, "head_weight": weight})
+    names = [*hand.FEATURES, *quad.CUE_SUMMARY]
+    linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": names})
     majority = np.bincount(labels[train], minlength=len(classes)).argmax()
-    mlp_p = quad.predict(head, x, bars.offsets, held)
+    mlp_p = quad.predict(head, x, off, held)
     hand_p = linear.predict_proba(feats[held])
     probs = {
         "": mlp_p,
         "handcrafted_": hand_p,
         "majority_": np.eye(len(classes))[np.full(len(held), majority)],
-        "served_": quad.served_probs(served, mlp_p, hand_p),
+        "served_": quad.served_probs(weight, mlp_p, hand_p),
     }
     out = {
         "quadrant_status": "done",
@@ -176,7 +182,8 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         "quadrant_train_pieces": len(train),
         "quadrant_eval_pieces": len(held),
         "quadrant_served": served,
-        **{f"quadrant_choice_{k}_loglik": v for k, v in choice.items()},
+        "quadrant_head_weight": weight,
+        **{f"quadrant_choice_w{w:g}_loglik": v for w, v in choice.items()},
         "handcrafted_c": c,
     }
     for prefix, pr in probs.items():
@@ -198,14 +205,17 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         tp.device,
     )
     inputs = {n: mlp.assemble(n, latents, bars.cues) for n in names}
-    estimator = mlp.estimator_of(p.mlp.input)
     table = cross_validate(bars, pool, inputs, codebook, p.mlp, tp, compare, p.folds, tp.seed)
     means, flat = summarize(table)
+    served = flat.get("kfold_best_input", p.mlp.input)  # the k-fold's winner, when it compared
+    if served != p.mlp.input:
+        log.info("serving the MLP on %s: it beat %s in the k-fold", served, p.mlp.input)
+    estimator = mlp.estimator_of(served)
 
-    x = inputs[p.mlp.input]
+    x = inputs[served]
     fit_rows = bars.trainable(pool)
     model = mlp.fit_mlp(
-        mlp.config_for(p.mlp, x, codebook),
+        mlp.config_for(dataclasses.replace(p.mlp, input=served), x, codebook),
         x,
         bars.targets,
         bars.weights,
@@ -215,7 +225,9 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         p.mlp.loss,
     )
     facts = {
-        "input": p.mlp.input,
+        "input": served,
+        "served_input": served,  # what models/emotion serves (the CLI and stage 10 read it)
+        "configured_input": p.mlp.input,
         "cue_window": p.rules.window,
         "loss": p.mlp.loss,
         "learned": True,
@@ -224,17 +236,16 @@ def learned(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars) -> 
         "train_bars": len(fit_rows),
     }
     mlp.save(model, io.out, facts)
-    if mlp.latent_of(p.mlp.input) is not None:
+    if mlp.latent_of(served) is not None:
         save_fallback(io, p, tp, bars, fit_rows, facts)
-    quadrant = quadrant_head(io, p, tp, bars, x)
+    head_x = quad.head_input(inputs[p.mlp.input], p.mlp.input, p.quadrant.piece_std)
+    quadrant = quadrant_head(io, p, tp, bars, head_x)
 
     mask, eval_targets = scoring_mask(bars)
     test_rows: list[dict] = []
     if mask[bars.rows(test)].any():
         pred = mlp.predict(model, x, bars.offsets, bars.rows(test))
-        test_rows = score(
-            bars, test, baselines(bars, pool, test) + [(estimator, p.mlp.input, pred)]
-        )
+        test_rows = score(bars, test, baselines(bars, pool, test) + [(estimator, served, pred)])
     _, test_flat = summarize(test_rows, "test")
     test_flat.pop("test_best_input", None)
     write_metrics(
@@ -294,7 +305,9 @@ def save_fallback(
     model = mlp.fit_mlp(
         mlp.config_for(cues, x), x, bars.targets, bars.weights, bars.offsets, rows, tp, cues.loss
     )
-    mlp.save(model, io.out / "fallback", {**facts, "input": mlp.CUES, "fallback_for": p.mlp.input})
+    mlp.save(
+        model, io.out / "fallback", {**facts, "input": mlp.CUES, "fallback_for": facts["input"]}
+    )
 
 
 def train_emotion(p: EmotionParams, tp: TrainParams, io: EmotionPaths | None = None) -> None:
