@@ -17,6 +17,7 @@ from midipipe.generator.sampling import (
     Request,
     SampleConfig,
     generate_batch,
+    nucleus,
 )
 from midipipe.tokens.remi import encode
 from tests.conftest import build_midi
@@ -122,3 +123,19 @@ def test_batch_rows_match_single_rows(tokenizer):
     for r, (ids, _) in zip(requests, batch, strict=True):
         alone = generate_batch(model, tokenizer, [r], dataclasses.replace(cfg))
         assert ids == alone[0][0]
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.95, 1.0 - 1e-7])
+def test_nucleus_from_candidates_is_the_nucleus_of_a_full_sort(top_p):
+    """Peaked rows (nucleus within the candidates) and flat ones (past them, sorted whole)."""
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.tensor([0.01, 0.3, 1.0, 3.0, 8.0, 30.0]).repeat_interleave(4)[:, None]
+    logits = torch.randn(len(spread), 533, generator=gen) * spread
+    logits[::5, 200:] = float("-inf")
+    probs = torch.softmax(logits, 1)
+    sorted_p, order = probs.sort(dim=1, descending=True)
+    drop = sorted_p.cumsum(1) - sorted_p >= top_p
+    ref = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
+    sizes = (ref > 0).sum(1)
+    assert sizes.min() < 16 and sizes.max() > 16  # both kinds of rows
+    assert torch.equal(nucleus(probs, top_p, 16), ref)
