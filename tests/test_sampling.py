@@ -87,7 +87,6 @@ def test_grammar_table_matches_the_per_token_grammar_on_random_walks(tokenizer):
     state = GrammarState(grammar, rows, torch.device("cpu"))
     refs = [old.RemiGrammar(tokenizer) for _ in range(rows)]
     gen = torch.Generator().manual_seed(0)
-    every = torch.ones(rows, dtype=torch.bool)
     seen = set()
     for _ in range(steps):
         mask = state.allowed()
@@ -97,7 +96,7 @@ def test_grammar_table_matches_the_per_token_grammar_on_random_walks(tokenizer):
         weights[:, grammar.eos] = 0.0  # keep walking
         weights[weights.sum(1) == 0, grammar.bar] = 1.0
         tokens = torch.multinomial(weights, 1, generator=gen)[:, 0]
-        state.step(tokens, every)
+        state.step(tokens)
         for r, t in zip(refs, tokens.tolist(), strict=True):
             r.step(t)
             seen.add(grammar.kind[t])
@@ -110,7 +109,7 @@ def test_finished_rows_stay_put(tokenizer):
     grammar = RemiGrammar(tokenizer)
     v = tokenizer.vocab
     state = GrammarState(grammar, 2, torch.device("cpu"))
-    state.step(torch.tensor([v["Bar_None"], v["Bar_None"]]), torch.tensor([True, False]))
+    state.step(torch.tensor([v["Bar_None"], v["PAD_None"]]))
     assert state.bars.tolist() == [1, 0]
     assert state.allowed()[1].nonzero().flatten().tolist() == [v["Bar_None"]]
 

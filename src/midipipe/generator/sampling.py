@@ -168,8 +168,10 @@ class RemiGrammar:
                 field_values[PROGRAM] = programs.index(int(v))
             for f, x in field_values.items():
                 sets[i, f], self.to[i, f] = 1, x
-        # one row per token, [keep (1 - sets), to, adds, is pitch]: a step is one index_select
-        self.effect = torch.cat([1 - sets, self.to, self.adds, self.is_pitch[:, None].long()], 1)
+        # one row per token, [keep (1 - sets), to, adds, its column of `played` (the spare
+        # one, n, unless a pitch)]: a step is one index_select. PAD's row changes nothing
+        column = torch.where(self.is_pitch, torch.arange(self.n), self.n)[:, None]
+        self.effect = torch.cat([1 - sets, self.to, self.adds, column], 1)
         self.initial = torch.zeros(len(FIELDS), dtype=torch.long)
         self.initial[STATE], self.initial[POSITION] = index["start"], -1
         self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
@@ -216,13 +218,12 @@ class GrammarState:
         mask = succ & self.position_ok[f[:, POSITION] + 1, f[:, LENGTH]] & fresh
         return torch.where(mask.any(1, keepdim=True), mask, succ)
 
-    def step(self, tokens: Tensor, moving: Tensor) -> None:
-        """Advance the rows where `moving` by their token [n]; special tokens change nothing."""
-        effect = self.effect.index_select(0, tokens) * moving[:, None]
-        keep, to, adds, pitch = effect.split(len(FIELDS), 1)
-        f = self.fields = torch.where(moving[:, None], keep * self.fields + to + adds, self.fields)
-        column = torch.where(pitch[:, 0].bool(), tokens, self.n_vocab)
-        self.played.index_put_((self.first_row + f[:, PROGRAM], column), f[:, EPOCH].int())
+    def step(self, tokens: Tensor) -> None:
+        """Advance each row by its token [n]; special tokens (PAD for a finished row) change
+        nothing."""
+        keep, to, adds, column = self.effect.index_select(0, tokens).split(len(FIELDS), 1)
+        f = self.fields = keep * self.fields + to + adds
+        self.played.index_put_((self.first_row + f[:, PROGRAM], column[:, 0]), f[:, EPOCH].int())
 
 
 # -- sampling --------------------------------------------------------------------------------
@@ -293,13 +294,12 @@ class TokenSampler:
         )
         self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
         self.state = GrammarState(grammar, self.n, device)
-        every = torch.ones(self.n, dtype=torch.bool, device=device)
         for j in range(1, self.length):
-            self.state.step(self.hist[:, j], every)
+            self.state.step(self.hist[:, j])
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None]  # [step, row, 1]
         self.is_pitch = self.state.is_pitch
-        self.live = every.clone()
+        self.live = torch.ones(self.n, dtype=torch.bool, device=device)
         # per step and row: whether the model's top token was allowed, the mass masked off
         self.top_ok = torch.zeros(cfg.max_tokens, self.n, 1, dtype=torch.bool, device=device)
         self.off = torch.zeros(cfg.max_tokens, self.n, dtype=torch.float32, device=device)
@@ -339,8 +339,8 @@ class TokenSampler:
         end &= self.live
         self.done_at = torch.where(end, t, self.done_at)
         self.live = self.live & ~end
-        self.state.step(tokens, self.live)
         fed = torch.where(self.live, tokens, g.pad)
+        self.state.step(fed)
         self.hist[:, self.length] = fed
         self.length += 1
         self.t += 1
