@@ -429,7 +429,7 @@ def test_grammar_rules(tokenizer):
 
     def step(*tokens: str) -> None:
         for token in tokens:
-            state.step(torch.tensor([v[token]]), torch.tensor([True]))
+            state.step(torch.tensor([v[token]]))
 
     def allowed_kinds() -> set[str]:
         return {g.kind[i] for i in state.allowed()[0].nonzero().flatten().tolist()}

@@ -480,8 +480,8 @@ class GPT(nn.Module):
             q = qkv.narrow(1, 0, d).reshape(b * heads, 1, -1)  # already scaled
             scores = torch.baddbmm(bias, q, ring.keys[i])
             att = torch.bmm(torch.softmax(scores, -1), ring.values[i])
-            x += att.view(b, d) @ wo
-            x += F.gelu(F.layer_norm(x, (d,), ln2) @ up) @ down
+            x.addmm_(att.view(b, d), wo)  # x += att @ wo in one op
+            x.addmm_(F.gelu(F.layer_norm(x, (d,), ln2) @ up), down)
         cache.pos += 1
         return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
