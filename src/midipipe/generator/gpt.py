@@ -227,6 +227,8 @@ class DecodeRing:
                 buf.index_copy_(3, slots.to(buf.device), kv.to(buf.dtype))
         self.keys = [buf[0].view(b * heads, context, head_dim).transpose(1, 2) for buf in self.bufs]
         self.values = [buf[1].view(b * heads, context, head_dim) for buf in self.bufs]
+        # [layer][slot]: where a step writes its keys and values, [2, B, heads, head_dim]
+        self.slots = [buf.unbind(3) for buf in self.bufs]
         # row p: 0 where slot holds a position <= p, -inf elsewhere (all 0 once the ring is full)
         filled = torch.arange(context)[None, :] <= torch.arange(context)[:, None]
         self.bias = torch.zeros(context, 1, context, dtype=like.dtype, device=like.device)
@@ -476,7 +478,7 @@ class GPT(nn.Module):
             qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
             qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
             kv = qkv.narrow(1, d, 2 * d).view(b, 2, heads, -1).transpose(0, 1)
-            ring.bufs[i].select(3, slot).copy_(kv)
+            ring.slots[i][slot].copy_(kv)
             q = qkv.narrow(1, 0, d).reshape(b * heads, 1, -1)  # already scaled
             scores = torch.baddbmm(bias, q, ring.keys[i])
             att = torch.bmm(torch.softmax(scores, -1), ring.values[i])

@@ -262,9 +262,9 @@ def nucleus(probs: Tensor, top_p: float, k: int) -> Tensor:
     kept, order = probs.topk(k, dim=1)
     drop = kept.cumsum(1) - kept >= top_p
     out = torch.zeros_like(probs).scatter_(1, order, kept.masked_fill(drop, 0.0))
-    larger = ~drop[:, -1]  # rows whose nucleus may go past the k-th token
-    if k < probs.shape[1] and bool(larger.any()):  # waits for the device: rare
-        rows = larger.nonzero()[:, 0]
+    # rows whose nucleus may go past the k-th token (the check waits for the device)
+    if k < probs.shape[1] and not bool(drop[:, -1].all()):
+        rows = (~drop[:, -1]).nonzero()[:, 0]
         out[rows] = nucleus(probs[rows], top_p, probs.shape[1])
     return out
 
