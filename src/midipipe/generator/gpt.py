@@ -227,12 +227,13 @@ class DecodeRing:
                 buf.index_copy_(3, slots.to(buf.device), kv.to(buf.dtype))
         self.keys = [buf[0].view(b * heads, context, head_dim).transpose(1, 2) for buf in self.bufs]
         self.values = [buf[1].view(b * heads, context, head_dim) for buf in self.bufs]
-        # [layer][slot]: where a step writes its keys and values, [2, B, heads, head_dim]
-        self.slots = [buf.unbind(3) for buf in self.bufs]
+        # [layer][slot]: where a step writes its keys and values, [B, 2, heads, head_dim] (the
+        # order of the q/k/v projection's columns)
+        self.slots = [buf.transpose(0, 1).unbind(3) for buf in self.bufs]
         # row p: 0 where slot holds a position <= p, -inf elsewhere (all 0 once the ring is full)
         filled = torch.arange(context)[None, :] <= torch.arange(context)[:, None]
-        self.bias = torch.zeros(context, 1, context, dtype=like.dtype, device=like.device)
-        self.bias.masked_fill_(~filled[:, None, :].to(like.device), float("-inf"))
+        bias = torch.zeros(context, 1, context, dtype=like.dtype, device=like.device)
+        self.bias = bias.masked_fill_(~filled[:, None, :].to(like.device), float("-inf")).unbind()
 
     def unwind(self, pos: int) -> list[Tensor]:
         """The window in position order, [2, B, heads, n, head_dim] per layer (n = the
@@ -277,7 +278,8 @@ class DecodeWeights:
                     )
                 )
             self.head = (model.tok.weight * d**-0.5).t().contiguous()
-        self.cos = self.sin = torch.empty(0)
+        self.cos: tuple[Tensor, ...] = ()  # rows per position: a step indexes a tuple
+        self.sin: tuple[Tensor, ...] = ()
 
     def angles(self, pos: int) -> tuple[Tensor, Tensor]:
         """Rows [3d] and [2d] at `pos`: what multiplies q, k, v and the swapped q, k."""
@@ -286,8 +288,8 @@ class DecodeWeights:
             cos, sin = self.model.rope(0, max(2 * cfg.context, 2 * pos + 2), device)
             cos, sin = cos.repeat(1, 2 * cfg.n_head), sin.repeat(1, 2 * cfg.n_head)
             scale = (cfg.d_model // cfg.n_head) ** -0.5
-            self.cos = torch.cat([cos * scale, cos, torch.ones_like(cos)], 1)
-            self.sin = torch.cat([sin * scale, sin], 1)
+            self.cos = torch.cat([cos * scale, cos, torch.ones_like(cos)], 1).unbind()
+            self.sin = torch.cat([sin * scale, sin], 1).unbind()
         return self.cos[pos], self.sin[pos]
 
 
@@ -477,8 +479,7 @@ class GPT(nn.Module):
             y = F.layer_norm(x, (d,), ln1) @ wqkv
             qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
             qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
-            kv = qkv.narrow(1, d, 2 * d).view(b, 2, heads, -1).transpose(0, 1)
-            ring.slots[i][slot].copy_(kv)
+            ring.slots[i][slot].copy_(qkv.narrow(1, d, 2 * d).view(b, 2, heads, -1))
             q = qkv.narrow(1, 0, d).reshape(b * heads, 1, -1)  # already scaled
             scores = torch.baddbmm(bias, q, ring.keys[i])
             att = torch.bmm(torch.softmax(scores, -1), ring.values[i])

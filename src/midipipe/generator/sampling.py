@@ -297,12 +297,13 @@ class TokenSampler:
         for j in range(1, self.length):
             self.state.step(self.hist[:, j])
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
-        self.u = u.double().to(device)[:, :, None]  # [step, row, 1]
+        self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
         self.live = torch.ones(self.n, dtype=torch.bool, device=device)
         # per step and row: whether the model's top token was allowed, the mass masked off
         self.top_ok = torch.zeros(cfg.max_tokens, self.n, 1, dtype=torch.bool, device=device)
         self.off = torch.zeros(cfg.max_tokens, self.n, dtype=torch.float32, device=device)
+        self.step_stats = list(zip(self.top_ok.unbind(), self.off.unbind(), strict=True))
         self.done_at = torch.full((self.n,), -1, dtype=torch.long, device=device)
         self.t = 0
         self.times: list[float] = []
@@ -330,8 +331,9 @@ class TokenSampler:
         allowed = self.state.allowed()
         if t < cfg.min_tokens:
             allowed[:, g.eos] = False
-        torch.gather(allowed, 1, logits.argmax(1, keepdim=True), out=self.top_ok[t])
-        torch.sum(torch.softmax(logits, 1).masked_fill_(allowed, 0.0), 1, out=self.off[t])
+        top_ok, off = self.step_stats[t]  # views: tuples, not a tensor index per step
+        torch.gather(allowed, 1, logits.argmax(1, keepdim=True), out=top_ok)
+        torch.sum(torch.softmax(logits, 1).masked_fill_(allowed, 0.0), 1, out=off)
         tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t])
         end = tokens == g.eos
         if cfg.max_bars and g.bar is not None:
