@@ -293,6 +293,7 @@ class TokenSampler:
             (self.n, self.length + cfg.max_tokens), grammar.pad, dtype=torch.long, device=device
         )
         self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
+        self.columns = self.hist.unbind(1)  # views, one per position
         self.state = GrammarState(grammar, self.n, device)
         for j in range(1, self.length):
             self.state.step(self.hist[:, j])
@@ -340,10 +341,10 @@ class TokenSampler:
             end |= (tokens == g.bar) & (self.state.bars >= cfg.max_bars)
         end &= self.live
         self.done_at = torch.where(end, t, self.done_at)
-        self.live = self.live & ~end
+        self.live = self.live ^ end  # end only where live
         fed = torch.where(self.live, tokens, g.pad)
         self.state.step(fed)
-        self.hist[:, self.length] = fed
+        self.columns[self.length].copy_(fed)
         self.length += 1
         self.t += 1
         self.times.append(time.perf_counter() - self.t0)
