@@ -148,8 +148,8 @@ class RemiGrammar:
         self.position_ok = (value < 0) | ((value > now) & (value < length))
         # what a token does to a row's state fields (FIELDS): set a field to a value, add
         sets = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
-        self.to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
-        self.adds = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
+        to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
+        adds = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
         self.is_pitch = torch.tensor([k in self.pitch_kinds for k in self.kind])
         for i, (k, v) in enumerate(pairs):
             if k in SPECIAL:
@@ -158,20 +158,20 @@ class RemiGrammar:
             field_values = {STATE: state}
             if k == "Bar":
                 field_values[POSITION] = -1
-                self.adds[i, BARS] = self.adds[i, EPOCH] = 1  # a new bar, nothing played
+                adds[i, BARS] = adds[i, EPOCH] = 1  # a new bar, nothing played
             elif k == "Position":
                 field_values[POSITION] = int(v)
-                self.adds[i, EPOCH] = 1
+                adds[i, EPOCH] = 1
             elif k == "TimeSig":
                 field_values[LENGTH] = lengths.index(int(v.split("/")[0]) * per_beat)
             elif k == "Program":
                 field_values[PROGRAM] = programs.index(int(v))
             for f, x in field_values.items():
-                sets[i, f], self.to[i, f] = 1, x
+                sets[i, f], to[i, f] = 1, x
         # one row per token, [keep (1 - sets), to, adds, its column of `played` (the spare
         # one, n, unless a pitch)]: a step is one index_select. PAD's row changes nothing
         column = torch.where(self.is_pitch, torch.arange(self.n), self.n)[:, None]
-        self.effect = torch.cat([1 - sets, self.to, self.adds, column], 1)
+        self.effect = torch.cat([1 - sets, to, adds, column], 1)
         self.initial = torch.zeros(len(FIELDS), dtype=torch.long)
         self.initial[STATE], self.initial[POSITION] = index["start"], -1
         self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
