@@ -156,7 +156,7 @@ class KVCache:
 
     def n_past(self) -> int:
         """Past keys the next tokens may attend to."""
-        return min(self.pos if self.ring else self.length, self.context - 1)
+        return min(self.pos if self.ring is not None else self.length, self.context - 1)
 
     def begin(self, t: int) -> None:
         """Before a forward of `t` tokens: drop keys out of the window, make room for `t`."""

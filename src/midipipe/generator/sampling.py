@@ -15,11 +15,12 @@ unfinished note cut off the end.
 
 Everything a token step does after the model runs on tensors on the model's device, for all
 rows at once: the grammar is a table of successor masks indexed by each row's state, the
-repetition penalty a scatter of the recent pitches, top-k/p a sort. No step copies to the
-host, so on CUDA nothing waits for the GPU but the check for finished rows, every
-`SYNC_EVERY` steps. Each row's random numbers are drawn from its own generator up front, one
-per step, which is what drawing one per step would give: a row's output does not depend on
-the batch it is sampled in.
+repetition penalty a scatter of the recent pitches, top-p a top-k of each row's likeliest
+tokens on CPU (a sort on an accelerator). No step copies to the host, so on CUDA nothing
+waits for the GPU but the check for finished rows, every `SYNC_EVERY` steps. Each row's
+random numbers are drawn from its own generator up front, one per step, which is what
+drawing one per step would give: a row's output does not depend on the batch it is sampled
+in.
 """
 
 from __future__ import annotations
