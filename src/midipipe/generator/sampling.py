@@ -491,7 +491,10 @@ def generate_batch(
                 logits, _ = model(feed, composers, cache, start_pos=start, last_only=True)
                 last = logits[:, -1]
         last = last.float()
-        return last[n:] + cfg.guidance * (last[:n] - last[n:]) if guided else last
+        if not guided:
+            return last
+        cond, uncond = last.view(2, n, -1).unbind()
+        return torch.sub(cond, uncond).mul_(cfg.guidance).add_(uncond)  # uncond + g * (c - u)
 
     run_steps(sampler, forward, sampler.seen(sampler.length), device)
     return sampler.results([bool(i) and guided for i in ids])
