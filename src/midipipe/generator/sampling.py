@@ -141,12 +141,13 @@ class RemiGrammar:
         )
         programs = sorted({0} | {int(v) for k, v in pairs if k == "Program"})
         self.n_programs = len(programs)
-        # position_ok[position + 1, bar length index, token]: Position tokens move forward
-        # inside the bar; other tokens always pass
+        # position_ok[(position + 1) * len(lengths) + bar length index, token]: Position
+        # tokens move forward inside the bar; other tokens always pass. A row's POSITION field
+        # holds (position + 1) * len(lengths), so its row is POSITION + LENGTH
         value = torch.tensor(positions)[None, None, :]
         now = torch.arange(-1, max(positions) + 1)[:, None, None]
         length = torch.tensor(lengths)[None, :, None]
-        self.position_ok = (value < 0) | ((value > now) & (value < length))
+        self.position_ok = ((value < 0) | ((value > now) & (value < length))).flatten(0, 1)
         # what a token does to a row's state fields (FIELDS): set a field to a value, add
         sets = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
         to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
@@ -158,10 +159,10 @@ class RemiGrammar:
             state = index["ProgramDrum" if k == "Program" and v == "-1" else k]
             field_values = {STATE: state}
             if k == "Bar":
-                field_values[POSITION] = -1
+                field_values[POSITION] = 0  # no position yet
                 adds[i, BARS] = adds[i, EPOCH] = 1  # a new bar, nothing played
             elif k == "Position":
-                field_values[POSITION] = int(v)
+                field_values[POSITION] = (int(v) + 1) * len(lengths)
                 adds[i, EPOCH] = 1
             elif k == "TimeSig":
                 field_values[LENGTH] = lengths.index(int(v.split("/")[0]) * per_beat)
@@ -174,7 +175,7 @@ class RemiGrammar:
         column = torch.where(self.is_pitch, torch.arange(self.n), self.n)[:, None]
         self.effect = torch.cat([1 - sets, to, adds, column], 1)
         self.initial = torch.zeros(len(FIELDS), dtype=torch.long)
-        self.initial[STATE], self.initial[POSITION] = index["start"], -1
+        self.initial[STATE], self.initial[POSITION] = index["start"], 0
         self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
         self.initial[PROGRAM], self.initial[EPOCH] = programs.index(0), 1
 
@@ -183,9 +184,10 @@ class RemiGrammar:
         return self.kind[token] in self.complete
 
 
-# a row's grammar state: last token's kind (or start/ProgramDrum), position in the bar (-1:
-# none yet), bar length index, program index, bars so far, and a counter that moves with each
-# Bar or Position, so "played at this position" is "played in this epoch"
+# a row's grammar state: last token's kind (or start/ProgramDrum), position in the bar (as
+# (position + 1) x the number of bar lengths, 0: none yet), bar length index, program index,
+# bars so far, and a counter that moves with each Bar or Position, so "played at this
+# position" is "played in this epoch" (POSITION and LENGTH side by side: `allowed` sums them)
 FIELDS = STATE, POSITION, LENGTH, PROGRAM, BARS, EPOCH = range(6)
 
 
@@ -216,7 +218,8 @@ class GrammarState:
         succ = self.successors.index_select(0, f[:, STATE])
         played = self.played.index_select(0, self.first_row + f[:, PROGRAM])
         fresh = played.narrow(1, 0, self.n_vocab) != f.narrow(1, EPOCH, 1)
-        mask = succ & self.position_ok[f[:, POSITION] + 1, f[:, LENGTH]] & fresh
+        forward = self.position_ok.index_select(0, f.narrow(1, POSITION, 2).sum(1))
+        mask = succ & forward & fresh
         return torch.where(mask.any(1, keepdim=True), mask, succ)
 
     def step(self, tokens: Tensor) -> None:
