@@ -142,6 +142,22 @@ def test_forward_and_decode_step_take_turns_on_one_cache():
     torch.testing.assert_close(torch.stack(out, 1), torch.stack(ref, 1), atol=1e-5, rtol=1e-5)
 
 
+def test_decode_step_under_bf16_autocast():
+    """What CUDA sampling runs (`inference_precision`), here on CPU's autocast: mixed bf16 /
+    float32 operands (in-place ops are not autocast) and the module forward's bf16 cache."""
+    torch.manual_seed(0)
+    model = GPT(tiny(context=8)).eval()
+    ids, composer = torch.randint(4, 40, (2, 12)), torch.tensor([1, 2])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = model(ids, composer)
+        cache = model.new_cache()
+        model(ids[:, :3], composer, cache)
+        out = [model.decode_step(ids[:, i : i + 1], composer, cache) for i in range(3, 12)]
+    torch.testing.assert_close(
+        torch.stack(out, 1).float(), ref[:, 3:].float(), atol=0.05, rtol=0.05
+    )
+
+
 def test_decode_step_reads_the_weights_its_cache_was_started_with():
     """The rearranged weights belong to a cache: a new cache after the weights changed (a
     training step between two sampling runs) decodes with the new ones."""

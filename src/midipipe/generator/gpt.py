@@ -486,8 +486,9 @@ class GPT(nn.Module):
             if bias is not None:
                 scores += bias
             att = torch.bmm(torch.softmax(scores, -1), ring.values[i])
-            x.addmm_(att.view(b, d), wo)  # x += att @ wo in one op
-            x.addmm_(F.gelu(F.layer_norm(x, (d,), ln2) @ up), down)
+            # x += att @ wo in one op; type_as: bf16 under CUDA autocast, which addmm_ skips
+            x.addmm_(att.view(b, d).type_as(x), wo)
+            x.addmm_(F.gelu(F.layer_norm(x, (d,), ln2) @ up).type_as(x), down)
         cache.pos += 1
         return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
