@@ -117,6 +117,47 @@ def test_decode_step_is_the_cached_forward_bit_for_bit():
     assert a.pos == b.pos == 40
 
 
+def test_forward_and_decode_step_take_turns_on_one_cache():
+    """The module forward continues where decode_step left off (its ring of keys written
+    back in order) and the other way round, before and past the context."""
+    torch.manual_seed(0)
+    model = GPT(tiny(context=16)).eval()
+    ids = torch.randint(4, 40, (2, 60))
+    composer = torch.tensor([1, 3])
+    with torch.inference_mode():
+        ref_cache = model.new_cache()
+        ref = [model(ids[:, :3], composer, ref_cache)[0][:, -1]]
+        ref += [model(ids[:, i : i + 1], composer, ref_cache)[0][:, -1] for i in range(3, 60)]
+        cache = model.new_cache()
+        out = [model(ids[:, :3], composer, cache)[0][:, -1]]
+        i = 3
+        for n_decode, n_forward in ((5, 2), (20, 3), (9, 1), (16, 1)):
+            for _ in range(n_decode):
+                out.append(model.decode_step(ids[:, i : i + 1], composer, cache))
+                i += 1
+            logits, _ = model(ids[:, i : i + n_forward], composer, cache)
+            out += list(logits.unbind(1))
+            i += n_forward
+    assert i == 60 and cache.pos == 60
+    torch.testing.assert_close(torch.stack(out, 1), torch.stack(ref, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_decode_step_under_bf16_autocast():
+    """What CUDA sampling runs (`inference_precision`), here on CPU's autocast: mixed bf16 /
+    float32 operands (in-place ops are not autocast) and the module forward's bf16 cache."""
+    torch.manual_seed(0)
+    model = GPT(tiny(context=8)).eval()
+    ids, composer = torch.randint(4, 40, (2, 12)), torch.tensor([1, 2])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = model(ids, composer)
+        cache = model.new_cache()
+        model(ids[:, :3], composer, cache)
+        out = [model.decode_step(ids[:, i : i + 1], composer, cache) for i in range(3, 12)]
+    torch.testing.assert_close(
+        torch.stack(out, 1).float(), ref[:, 3:].float(), atol=0.05, rtol=0.05
+    )
+
+
 def test_decode_step_reads_the_weights_its_cache_was_started_with():
     """The rearranged weights belong to a cache: a new cache after the weights changed (a
     training step between two sampling runs) decodes with the new ones."""
@@ -404,7 +445,7 @@ def test_grammar_rules(tokenizer):
 
     def step(*tokens: str) -> None:
         for token in tokens:
-            state.step(torch.tensor([v[token]]), torch.tensor([True]))
+            state.step(torch.tensor([v[token]]))
 
     def allowed_kinds() -> set[str]:
         return {g.kind[i] for i in state.allowed()[0].nonzero().flatten().tolist()}

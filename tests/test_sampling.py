@@ -17,6 +17,7 @@ from midipipe.generator.sampling import (
     Request,
     SampleConfig,
     generate_batch,
+    nucleus,
 )
 from midipipe.tokens.remi import encode
 from tests.conftest import build_midi
@@ -86,7 +87,6 @@ def test_grammar_table_matches_the_per_token_grammar_on_random_walks(tokenizer):
     state = GrammarState(grammar, rows, torch.device("cpu"))
     refs = [old.RemiGrammar(tokenizer) for _ in range(rows)]
     gen = torch.Generator().manual_seed(0)
-    every = torch.ones(rows, dtype=torch.bool)
     seen = set()
     for _ in range(steps):
         mask = state.allowed()
@@ -96,7 +96,7 @@ def test_grammar_table_matches_the_per_token_grammar_on_random_walks(tokenizer):
         weights[:, grammar.eos] = 0.0  # keep walking
         weights[weights.sum(1) == 0, grammar.bar] = 1.0
         tokens = torch.multinomial(weights, 1, generator=gen)[:, 0]
-        state.step(tokens, every)
+        state.step(tokens)
         for r, t in zip(refs, tokens.tolist(), strict=True):
             r.step(t)
             seen.add(grammar.kind[t])
@@ -109,7 +109,7 @@ def test_finished_rows_stay_put(tokenizer):
     grammar = RemiGrammar(tokenizer)
     v = tokenizer.vocab
     state = GrammarState(grammar, 2, torch.device("cpu"))
-    state.step(torch.tensor([v["Bar_None"], v["Bar_None"]]), torch.tensor([True, False]))
+    state.step(torch.tensor([v["Bar_None"], v["PAD_None"]]))
     assert state.bars.tolist() == [1, 0]
     assert state.allowed()[1].nonzero().flatten().tolist() == [v["Bar_None"]]
 
@@ -122,3 +122,19 @@ def test_batch_rows_match_single_rows(tokenizer):
     for r, (ids, _) in zip(requests, batch, strict=True):
         alone = generate_batch(model, tokenizer, [r], dataclasses.replace(cfg))
         assert ids == alone[0][0]
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.95, 1.0 - 1e-7])
+def test_nucleus_from_candidates_is_the_nucleus_of_a_full_sort(top_p):
+    """Peaked rows (nucleus within the candidates) and flat ones (past them, sorted whole)."""
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.tensor([0.01, 0.3, 1.0, 3.0, 8.0, 30.0]).repeat_interleave(4)[:, None]
+    logits = torch.randn(len(spread), 533, generator=gen) * spread
+    logits[::5, 200:] = float("-inf")
+    probs = torch.softmax(logits, 1)
+    sorted_p, order = probs.sort(dim=1, descending=True)
+    drop = sorted_p.cumsum(1) - sorted_p >= top_p
+    ref = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
+    sizes = (ref > 0).sum(1)
+    assert sizes.min() < 16 and sizes.max() > 16  # both kinds of rows
+    assert torch.equal(nucleus(probs, top_p, 16), ref)
