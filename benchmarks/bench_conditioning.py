@@ -54,6 +54,7 @@ CHANGES: dict[str, dict] = {
     "context_256": {"generator": {"context": 256}},
     "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
     "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
+    "key_normalise": {"generator": {"key": "normalise"}},
 }
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
