@@ -55,6 +55,10 @@ CHANGES: dict[str, dict] = {
     "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
     "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
     "key_normalise": {"generator": {"key": "normalise"}},
+    "composer_token": {"generator": {"model": {"composer_token": True}}},
+    "key_normalise_composer_token": {
+        "generator": {"key": "normalise", "model": {"composer_token": True}}
+    },
 }
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
