@@ -53,7 +53,9 @@ def test_a_major_piece_moves_to_c_major(tokenizer, tonic):
 def test_transposition_keeps_range_and_leaves_drums(tokenizer):
     vocab = tokenizer.vocab
     keys = KeyShift(vocab)
-    ids = np.array([vocab["Pitch_108"], vocab["Pitch_21"], vocab["PitchDrum_36"], vocab["Bar_None"]])
+    ids = np.array(
+        [vocab["Pitch_108"], vocab["Pitch_21"], vocab["PitchDrum_36"], vocab["Bar_None"]]
+    )
     up, down = keys.transpose(ids, 6), keys.transpose(ids, -5)
     assert up.tolist() == [vocab["Pitch_102"], vocab["Pitch_27"], ids[2], ids[3]]
     assert down.tolist() == [vocab["Pitch_103"], vocab["Pitch_28"], ids[2], ids[3]]
@@ -92,7 +94,9 @@ def test_composer_token_cached_forward_matches_full_past_the_context():
         full, _ = model(ids, composer)
         cache = model.new_cache()
         parts = [model(ids[:, :5], composer, cache)[0]]
-        parts += [model.decode_step(ids[:, i : i + 1], composer, cache)[:, None] for i in range(5, 40)]
+        parts += [
+            model.decode_step(ids[:, i : i + 1], composer, cache)[:, None] for i in range(5, 40)
+        ]
     assert full.shape == (2, 40, 40) and cache.pos == 41  # the composer position counts
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
