@@ -40,6 +40,7 @@ from midipipe.core.io import write_json  # noqa: E402
 from midipipe.data import composers  # noqa: E402
 from midipipe.generator import train as gen_train  # noqa: E402
 from midipipe.generator.generate import GenerateParams, evaluate_generator  # noqa: E402
+from midipipe.generator.keys import KEY_MODES  # noqa: E402
 from midipipe.vae import train as vae_train  # noqa: E402
 from midipipe.vae.sample import GenerateVAEParams, evaluate_vae  # noqa: E402
 
@@ -145,15 +146,20 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     return out
 
 
-def run_vae(root: Path, pieces: int, top_p: float | None, epochs: int | None) -> dict:
-    """The VAE of the active profile (`epochs` overrides its epochs; reused when trained),
-    sampled and judged like stage 13."""
+def run_vae(
+    root: Path, pieces: int, top_p: float | None, epochs: int | None, key: str | None
+) -> dict:
+    """The VAE of the active profile (`epochs` and `key` override its epochs and `vae.key`;
+    reused when trained), sampled and judged like stage 13."""
     data = root / "data"
     p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
     if epochs:
         p = dataclasses.replace(p, train={**p.train, "epochs": epochs})
+    p = dataclasses.replace(p, key=key or p.key)
     tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
-    model_dir = root / "models" / f"vae_epochs_{tp.epochs}"
+    keyed = "" if p.key == "none" else f"_key_{p.key}"
+    tag = f"e{tp.epochs}{keyed}"
+    model_dir = root / "models" / f"vae_epochs_{tp.epochs}{keyed}"
     t0 = time.perf_counter()
     if not (model_dir / "model.safetensors").exists():  # else reused
         shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
@@ -177,15 +183,16 @@ def run_vae(root: Path, pieces: int, top_p: float | None, epochs: int | None) ->
         data / "tokens" / "remi",
         data / "manifest.parquet",
         root / "outputs" / "generated_vae",
-        root / "metrics" / f"vae_confusion_e{tp.epochs}_top_p_{gp.top_p}.png",
+        root / "metrics" / f"vae_confusion_{tag}_top_p_{gp.top_p}.png",
         root / "metrics" / "vae_latent.png",
         root / "models" / "genre_phrase",
     )
-    write_json(root / "metrics" / f"vae_generation_e{tp.epochs}_top_p_{gp.top_p}.json", m)
+    write_json(root / "metrics" / f"vae_generation_{tag}_top_p_{gp.top_p}.json", m)
     keep = ("vae_oa_mean", "silhouette", "relative_cosine", "relative_cosine_real_test")
     return {
         "top_p": gp.top_p,
         "epochs": tp.epochs,
+        "key": p.key,
         "train_s": train_s,
         **summary(m, ["cond_acc"]),
         **{k: m.get(k) for k in keep},
@@ -201,6 +208,7 @@ def main() -> None:
     ap.add_argument("--no-vae", action="store_true")
     ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
     ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
+    ap.add_argument("--vae-key", choices=KEY_MODES, help="vae.key (default: params.yaml)")
     ap.add_argument("--pieces", type=int, default=10, help="pieces per composer and guidance")
     ap.add_argument("--genre-budget-s", type=float, default=120.0, help="stage 05 training")
     ap.add_argument("--genre-epochs", type=int, default=30)
@@ -229,7 +237,7 @@ def main() -> None:
         info["stage05"] = {k: stage05.get(k) for k in keep}
     info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
-        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs)
+        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs, args.vae_key)
     info["s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"bench": f"conditioning_{args.corpus}", **info}), flush=True)
 
