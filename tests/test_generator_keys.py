@@ -15,6 +15,7 @@ from midipipe.generator.keys import KeyShift
 from midipipe.generator.sampling import SampleConfig, generate
 from midipipe.generator.train import GeneratorParams
 from midipipe.tokens.dataset import Piece
+from midipipe.vae.train import BarWindowSampler, VAEParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,3 +125,14 @@ def test_composer_token_samples_the_same_with_and_without_cache(tokenizer):
     a, _ = generate(model, tokenizer, 3, cfg=cfg)
     b, _ = generate(model, tokenizer, 3, cfg=cfg, use_cache=False)
     assert a == b and tokenizer.tokens_errors(a) == 0
+
+
+def test_vae_windows_are_transposed_too(tokenizer):
+    ids = major_piece(tokenizer.vocab, 2)
+    cfg = gd.WindowConfig.for_tokenizer(tokenizer, 31)
+    keys = KeyShift(tokenizer.vocab)
+    bars = np.arange(0, len(ids), 2)
+    window, _ = BarWindowSampler(cfg, keys).sample(Piece(ids, bars, 1), 0, np.random.default_rng(0))
+    assert pitch_classes(keys, window) <= set(MAJOR)
+    with pytest.raises(ParamError, match="vae.key"):
+        VAEParams(key="yes")
