@@ -11,9 +11,9 @@ from midipipe.core.errors import ParamError
 from midipipe.evaluation.music_metrics import MAJOR, MAJOR_PROFILE
 from midipipe.generator import windows as gd
 from midipipe.generator.gpt import GPT, GPTConfig
-from midipipe.generator.keys import KeyShift
+from midipipe.generator.keys import KeyShift, primer_keys
 from midipipe.generator.sampling import SampleConfig, generate
-from midipipe.generator.train import GeneratorParams
+from midipipe.generator.train import GeneratorParams, save_generator
 from midipipe.tokens.dataset import Piece
 from midipipe.vae.train import BarWindowSampler, VAEParams
 
@@ -136,3 +136,14 @@ def test_vae_windows_are_transposed_too(tokenizer):
     assert pitch_classes(keys, window) <= set(MAJOR)
     with pytest.raises(ParamError, match="vae.key"):
         VAEParams(key="yes")
+
+
+def test_the_model_folder_says_whether_primers_are_normalised(tmp_path, tokenizer):
+    tokenizer_json = tmp_path / "tokenizer.json"
+    tokenizer.save(tokenizer_json)
+    model = GPT(tiny(vocab_size=len(tokenizer.vocab)))
+    for key, normalised in (("normalise", True), ("none", False)):
+        save_generator(model, tmp_path / key, {"n_ids": 4}, tokenizer_json, key)
+        assert (primer_keys(tmp_path / key, tokenizer.vocab) is not None) == normalised
+    (tmp_path / "none" / "training.json").unlink()  # a folder from before the file
+    assert primer_keys(tmp_path / "none", tokenizer.vocab) is None

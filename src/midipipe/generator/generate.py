@@ -23,6 +23,7 @@ from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.gpt import GPT, load_model
+from midipipe.generator.keys import primer_keys
 from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import Piece, TokenLists, iter_pieces
@@ -195,9 +196,10 @@ def evaluate_generator(
     held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
     primers = None
     if gp.seed_length:
+        keys = primer_keys(model_dir, tokenizer.vocab)  # a key-normalised model: C major primers
         primers = {
             cid: [
-                (i, b)
+                (keys.normalise(i) if keys is not None else i, b)
                 for i, b, c in zip(
                     held_out.pieces, held_out.bar_starts, held_out.composers, strict=True
                 )

@@ -12,9 +12,13 @@ pitch range moves an octave back in.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from midipipe.evaluation.music_metrics import key_correlations
+from midipipe.generator import TRAINING_FILE
 
 KEY_MODES = ("none", "normalise")
 _MINOR_TONIC = 9  # A: the relative minor of C, so both modes share C major's pitch classes
@@ -67,3 +71,12 @@ class KeyShift:
     def normalise(self, ids: np.ndarray) -> np.ndarray:
         """The piece in C major / A minor."""
         return self.transpose(ids, self.shift_of(ids))
+
+
+def primer_keys(model_dir: str | Path, vocab: dict[str, int]) -> KeyShift | None:
+    """What primers go through before a model of `model_dir` continues them: a `KeyShift`
+    when it was trained key-normalised (its `training.json`), else None (a folder from
+    before that file: not normalised)."""
+    path = Path(model_dir) / TRAINING_FILE
+    key = json.loads(path.read_text()).get("key", "none") if path.exists() else "none"
+    return KeyShift(vocab) if key == "normalise" else None

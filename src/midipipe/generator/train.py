@@ -18,7 +18,7 @@ from midipipe.core.device import resolve_device
 from midipipe.core.errors import ParamError
 from midipipe.core.io import write_json
 from midipipe.core.params import TrainParams
-from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
+from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, TRAINING_FILE
 from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import GPT, GPTConfig, save_model
@@ -110,11 +110,14 @@ def build_model(p: GeneratorParams, tokenizer, n_composers: int) -> GPT:
     return GPT(cfg)
 
 
-def save_generator(model: GPT, out_dir: str | Path, table: dict, tokenizer_json: str | Path):
-    """The GPT plus the composer table and tokenizer it was trained with."""
+def save_generator(
+    model: GPT, out_dir: str | Path, table: dict, tokenizer_json: str | Path, key: str = "none"
+):
+    """The GPT plus the composer table, tokenizer and key normalisation it was trained with."""
     out_dir = Path(out_dir)
     save_model(model, out_dir)
     write_json(out_dir / COMPOSERS_FILE, table)
+    write_json(out_dir / TRAINING_FILE, {"key": key})
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
@@ -178,7 +181,7 @@ def train(
         job,
         tp,
         resume_dir,
-        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
+        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json, p.key),
         fingerprint={
             "generator": dataclasses.asdict(p),
             "pieces": len(train_set),

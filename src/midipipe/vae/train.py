@@ -350,7 +350,7 @@ def train(
         job,
         tp,
         resume_dir,
-        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
+        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json, p.key),
         fingerprint={
             "vae": dataclasses.asdict(p),
             "pieces": len(train_set),
