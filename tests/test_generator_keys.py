@@ -11,7 +11,7 @@ from midipipe.core.errors import ParamError
 from midipipe.evaluation.music_metrics import MAJOR, MAJOR_PROFILE
 from midipipe.generator import windows as gd
 from midipipe.generator.gpt import GPT, GPTConfig
-from midipipe.generator.keys import KeyShift, primer_keys
+from midipipe.generator.keys import KeyShift, as_trained, primer_keys
 from midipipe.generator.sampling import SampleConfig, generate
 from midipipe.generator.train import GeneratorParams, save_generator
 from midipipe.tokens.dataset import Piece
@@ -147,3 +147,12 @@ def test_the_model_folder_says_whether_primers_are_normalised(tmp_path, tokenize
         assert (primer_keys(tmp_path / key, tokenizer.vocab) is not None) == normalised
     (tmp_path / "none" / "training.json").unlink()  # a folder from before the file
     assert primer_keys(tmp_path / "none", tokenizer.vocab) is None
+
+
+def test_novelty_compares_in_the_key_the_model_was_trained_in(tokenizer):
+    keys = KeyShift(tokenizer.vocab)
+    pieces = [major_piece(tokenizer.vocab, 2), major_piece(tokenizer.vocab, 7)]
+    assert as_trained(pieces, None) is pieces
+    seen = as_trained(pieces, keys)
+    for _ in range(2):  # re-iterable: novelty passes over the training pieces several times
+        assert [keys.shift_of(p) for p in seen] == [0, 0]
