@@ -46,6 +46,14 @@ from midipipe.vae.sample import GenerateVAEParams, evaluate_vae  # noqa: E402
 
 log = logging.getLogger("bench_conditioning")
 
+
+def merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 # changes to params.yaml: `generator` (a retrained GPT) and/or `generate` (sampling only)
 CHANGES: dict[str, dict] = {
     "primer_64": {"generate": {"seed_length": 64}},
@@ -56,11 +64,10 @@ CHANGES: dict[str, dict] = {
     "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
     "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
     "key_normalise": {"generator": {"key": "normalise"}},
+    "key_none": {"generator": {"key": "none"}},
     "composer_token": {"generator": {"model": {"composer_token": True}}},
-    "key_normalise_composer_token": {
-        "generator": {"key": "normalise", "model": {"composer_token": True}}
-    },
 }
+KEY = {"generator": {"key": "normalise"}}
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -71,16 +78,14 @@ VARIANTS: dict[str, dict] = {
         f"epochs_9_{k}": {**v, "generator": {**v.get("generator", {}), **EPOCHS_9["generator"]}}
         for k, v in CHANGES.items()
     },
+    **{
+        f"key_normalise_{k}": {**v, "generator": merged(v.get("generator", {}), KEY["generator"])}
+        for k, v in CHANGES.items()
+        if not k.startswith("key_")
+    },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
 JUDGE_KEYS += ("judge_real_acc_p", "judge_ratio", "judge_counts", "judge_unclassified")
-
-
-def merged(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = merged(base.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def gpt_params(changes: dict) -> gen_train.GeneratorParams:
