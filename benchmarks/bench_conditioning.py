@@ -66,6 +66,10 @@ CHANGES: dict[str, dict] = {
     "key_normalise": {"generator": {"key": "normalise"}},
     "key_none": {"generator": {"key": "none"}},
     "composer_token": {"generator": {"model": {"composer_token": True}}},
+    "seed_7": {"generator": {"train": {"seed": 7}}},
+    "composer_token_seed_7": {
+        "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
+    },
 }
 KEY = {"generator": {"key": "normalise"}}
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
