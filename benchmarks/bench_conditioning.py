@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,9 +39,18 @@ from common import ROOT, external_data  # noqa: E402
 from midipipe.core import params  # noqa: E402
 from midipipe.core.io import write_json  # noqa: E402
 from midipipe.data import composers  # noqa: E402
+from midipipe.evaluation import generated as ev  # noqa: E402
+from midipipe.evaluation.judge import make_judge  # noqa: E402
 from midipipe.generator import train as gen_train  # noqa: E402
-from midipipe.generator.generate import GenerateParams, evaluate_generator  # noqa: E402
-from midipipe.generator.keys import KEY_MODES  # noqa: E402
+from midipipe.generator.corpus import eval_corpus, read_table, split_pieces  # noqa: E402
+from midipipe.generator.generate import (  # noqa: E402
+    GenerateParams,
+    evaluate_generator,
+    real_excerpts,
+)
+from midipipe.generator.keys import KEY_MODES, KeyShift  # noqa: E402
+from midipipe.tokens import remi  # noqa: E402
+from midipipe.tokens.dataset import iter_pieces  # noqa: E402
 from midipipe.vae import train as vae_train  # noqa: E402
 from midipipe.vae.sample import GenerateVAEParams, evaluate_vae  # noqa: E402
 
@@ -155,6 +165,41 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     return out
 
 
+def judge_keys(root: Path, tokens: int, per_piece: int, seed: int) -> dict:
+    """The stage-09 judge on the real held-out excerpts as they are and transposed to C major
+    / A minor like a key-normalised model's pieces: does it still tell composers apart there?"""
+    data = root / "data"
+    tokens_dir, manifest = data / "tokens" / "remi", data / "manifest.parquet"
+    tokenizer = remi.load_tokenizer(tokens_dir / "tokenizer.json")
+    table = read_table(data / "composers.json")
+    names = [(c["name"], c["id"]) for c in table["composers"]]
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    real = real_excerpts(
+        eval_corpus(tokens_dir, manifest, table, "test").joined(valid), tokens, per_piece
+    )
+    train = real_excerpts(
+        iter_pieces(split_pieces(tokens_dir, manifest, table, "train")), tokens, per_piece
+    )
+    genre = root / "models" / "genre_phrase"
+    judge = make_judge(
+        tokenizer,
+        names,
+        train,
+        real_excerpts(valid, tokens, per_piece),
+        genre if genre.exists() else None,
+        seed,
+    )
+    ids = sorted({p.composer_id for p in real} & {c for _, c in judge.composers})
+    test = [p for p in real if p.composer_id in ids]
+    keys = KeyShift(tokenizer.vocab)
+    moved = [ev.Piece(keys.normalise(np.asarray(p.ids)).tolist(), p.composer_id) for p in test]
+    true = np.array([p.composer_id for p in test])
+    out = {"excerpts": len(test), "chance": 1 / len(ids)}
+    for name, pieces in (("as_is", test), ("key_normalised", moved)):
+        out[name] = round(float((judge.predict(tokenizer, pieces, ids) == true).mean()), 3)
+    return out
+
+
 def run_vae(
     root: Path, pieces: int, top_p: float | None, epochs: int | None, key: str | None
 ) -> dict:
@@ -218,6 +263,9 @@ def main() -> None:
     ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
     ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
     ap.add_argument("--vae-key", choices=KEY_MODES, help="vae.key (default: params.yaml)")
+    ap.add_argument(
+        "--judge-keys", action="store_true", help="the judge on key-normalised real excerpts"
+    )
     ap.add_argument("--pieces", type=int, default=10, help="pieces per composer and guidance")
     ap.add_argument("--genre-budget-s", type=float, default=120.0, help="stage 05 training")
     ap.add_argument("--genre-epochs", type=int, default=30)
@@ -244,6 +292,11 @@ def main() -> None:
         stage05 = json.loads((root / "stage05.json").read_text())
         keep = ("piece_accuracy", "served", "served_piece_accuracy")
         info["stage05"] = {k: stage05.get(k) for k in keep}
+    if args.judge_keys:
+        gp = params.build(
+            GenerateParams, params.section(ROOT / "params.yaml", "generate"), "generate"
+        )
+        info["judge_keys"] = judge_keys(root, gp.max_tokens, gp.real_chunks_per_piece, gp.seed)
     info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
         info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs, args.vae_key)
