@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,12 +39,30 @@ from common import ROOT, external_data  # noqa: E402
 from midipipe.core import params  # noqa: E402
 from midipipe.core.io import write_json  # noqa: E402
 from midipipe.data import composers  # noqa: E402
+from midipipe.evaluation import generated as ev  # noqa: E402
+from midipipe.evaluation.judge import make_judge  # noqa: E402
 from midipipe.generator import train as gen_train  # noqa: E402
-from midipipe.generator.generate import GenerateParams, evaluate_generator  # noqa: E402
+from midipipe.generator.corpus import eval_corpus, read_table, split_pieces  # noqa: E402
+from midipipe.generator.generate import (  # noqa: E402
+    GenerateParams,
+    evaluate_generator,
+    real_excerpts,
+)
+from midipipe.generator.keys import KEY_MODES, KeyShift  # noqa: E402
+from midipipe.tokens import remi  # noqa: E402
+from midipipe.tokens.dataset import iter_pieces  # noqa: E402
 from midipipe.vae import train as vae_train  # noqa: E402
 from midipipe.vae.sample import GenerateVAEParams, evaluate_vae  # noqa: E402
 
 log = logging.getLogger("bench_conditioning")
+
+
+def merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
 
 # changes to params.yaml: `generator` (a retrained GPT) and/or `generate` (sampling only)
 CHANGES: dict[str, dict] = {
@@ -54,7 +73,15 @@ CHANGES: dict[str, dict] = {
     "context_256": {"generator": {"context": 256}},
     "scale_2": {"generator": {"model": {"composer_scale": 2.0}}},
     "scale_0.25": {"generator": {"model": {"composer_scale": 0.25}}},
+    "key_normalise": {"generator": {"key": "normalise"}},
+    "key_none": {"generator": {"key": "none"}},
+    "composer_token": {"generator": {"model": {"composer_token": True}}},
+    "seed_7": {"generator": {"train": {"seed": 7}}},
+    "composer_token_seed_7": {
+        "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
+    },
 }
+KEY = {"generator": {"key": "normalise"}}
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -65,16 +92,14 @@ VARIANTS: dict[str, dict] = {
         f"epochs_9_{k}": {**v, "generator": {**v.get("generator", {}), **EPOCHS_9["generator"]}}
         for k, v in CHANGES.items()
     },
+    **{
+        f"key_normalise_{k}": {**v, "generator": merged(v.get("generator", {}), KEY["generator"])}
+        for k, v in CHANGES.items()
+        if not k.startswith("key_")
+    },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
 JUDGE_KEYS += ("judge_real_acc_p", "judge_ratio", "judge_counts", "judge_unclassified")
-
-
-def merged(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = merged(base.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def gpt_params(changes: dict) -> gen_train.GeneratorParams:
@@ -140,15 +165,55 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     return out
 
 
-def run_vae(root: Path, pieces: int, top_p: float | None, epochs: int | None) -> dict:
-    """The VAE of the active profile (`epochs` overrides its epochs; reused when trained),
-    sampled and judged like stage 13."""
+def judge_keys(root: Path, tokens: int, per_piece: int, seed: int) -> dict:
+    """The stage-09 judge on the real held-out excerpts as they are and transposed to C major
+    / A minor like a key-normalised model's pieces: does it still tell composers apart there?"""
+    data = root / "data"
+    tokens_dir, manifest = data / "tokens" / "remi", data / "manifest.parquet"
+    tokenizer = remi.load_tokenizer(tokens_dir / "tokenizer.json")
+    table = read_table(data / "composers.json")
+    names = [(c["name"], c["id"]) for c in table["composers"]]
+    valid = eval_corpus(tokens_dir, manifest, table, "valid")
+    real = real_excerpts(
+        eval_corpus(tokens_dir, manifest, table, "test").joined(valid), tokens, per_piece
+    )
+    train = real_excerpts(
+        iter_pieces(split_pieces(tokens_dir, manifest, table, "train")), tokens, per_piece
+    )
+    genre = root / "models" / "genre_phrase"
+    judge = make_judge(
+        tokenizer,
+        names,
+        train,
+        real_excerpts(valid, tokens, per_piece),
+        genre if genre.exists() else None,
+        seed,
+    )
+    ids = sorted({p.composer_id for p in real} & {c for _, c in judge.composers})
+    test = [p for p in real if p.composer_id in ids]
+    keys = KeyShift(tokenizer.vocab)
+    moved = [ev.Piece(keys.normalise(np.asarray(p.ids)).tolist(), p.composer_id) for p in test]
+    true = np.array([p.composer_id for p in test])
+    out = {"excerpts": len(test), "chance": 1 / len(ids)}
+    for name, pieces in (("as_is", test), ("key_normalised", moved)):
+        out[name] = round(float((judge.predict(tokenizer, pieces, ids) == true).mean()), 3)
+    return out
+
+
+def run_vae(
+    root: Path, pieces: int, top_p: float | None, epochs: int | None, key: str | None
+) -> dict:
+    """The VAE of the active profile (`epochs` and `key` override its epochs and `vae.key`;
+    reused when trained), sampled and judged like stage 13."""
     data = root / "data"
     p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
     if epochs:
         p = dataclasses.replace(p, train={**p.train, "epochs": epochs})
+    p = dataclasses.replace(p, key=key or p.key)
     tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
-    model_dir = root / "models" / f"vae_epochs_{tp.epochs}"
+    keyed = "" if p.key == "none" else f"_key_{p.key}"
+    tag = f"e{tp.epochs}{keyed}"
+    model_dir = root / "models" / f"vae_epochs_{tp.epochs}{keyed}"
     t0 = time.perf_counter()
     if not (model_dir / "model.safetensors").exists():  # else reused
         shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
@@ -172,15 +237,16 @@ def run_vae(root: Path, pieces: int, top_p: float | None, epochs: int | None) ->
         data / "tokens" / "remi",
         data / "manifest.parquet",
         root / "outputs" / "generated_vae",
-        root / "metrics" / f"vae_confusion_e{tp.epochs}_top_p_{gp.top_p}.png",
+        root / "metrics" / f"vae_confusion_{tag}_top_p_{gp.top_p}.png",
         root / "metrics" / "vae_latent.png",
         root / "models" / "genre_phrase",
     )
-    write_json(root / "metrics" / f"vae_generation_e{tp.epochs}_top_p_{gp.top_p}.json", m)
+    write_json(root / "metrics" / f"vae_generation_{tag}_top_p_{gp.top_p}.json", m)
     keep = ("vae_oa_mean", "silhouette", "relative_cosine", "relative_cosine_real_test")
     return {
         "top_p": gp.top_p,
         "epochs": tp.epochs,
+        "key": p.key,
         "train_s": train_s,
         **summary(m, ["cond_acc"]),
         **{k: m.get(k) for k in keep},
@@ -196,6 +262,10 @@ def main() -> None:
     ap.add_argument("--no-vae", action="store_true")
     ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
     ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
+    ap.add_argument("--vae-key", choices=KEY_MODES, help="vae.key (default: params.yaml)")
+    ap.add_argument(
+        "--judge-keys", action="store_true", help="the judge on key-normalised real excerpts"
+    )
     ap.add_argument("--pieces", type=int, default=10, help="pieces per composer and guidance")
     ap.add_argument("--genre-budget-s", type=float, default=120.0, help="stage 05 training")
     ap.add_argument("--genre-epochs", type=int, default=30)
@@ -222,9 +292,14 @@ def main() -> None:
         stage05 = json.loads((root / "stage05.json").read_text())
         keep = ("piece_accuracy", "served", "served_piece_accuracy")
         info["stage05"] = {k: stage05.get(k) for k in keep}
+    if args.judge_keys:
+        gp = params.build(
+            GenerateParams, params.section(ROOT / "params.yaml", "generate"), "generate"
+        )
+        info["judge_keys"] = judge_keys(root, gp.max_tokens, gp.real_chunks_per_piece, gp.seed)
     info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
-        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs)
+        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs, args.vae_key)
     info["s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"bench": f"conditioning_{args.corpus}", **info}), flush=True)
 

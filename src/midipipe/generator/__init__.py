@@ -2,8 +2,10 @@
 and scoring (stage 09, `generate`), and the `midipipe generate` command (`cli`, `command`).
 
 A trained generator folder is self-contained: `model.safetensors` + `config.json` (the GPT),
-`composers.json` (names -> conditioning ids, as trained) and `tokenizer.json` (the REMI
-vocabulary the ids mean), so it can be copied elsewhere and still sample. This module is
+`composers.json` (names -> conditioning ids, as trained), `tokenizer.json` (the REMI
+vocabulary the ids mean) and `training.json` (what sampling must repeat: `key`, whether
+the pieces were key-normalised, so primers are too), so it can be copied elsewhere and
+still sample. This module is
 imported by the command line, so it holds names only, nothing that loads torch.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 COMPOSERS_FILE = "composers.json"
 TOKENIZER_FILE = "tokenizer.json"
+TRAINING_FILE = "training.json"
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import symusic
 import torch
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, GenerateOptions
 from midipipe.generator.corpus import read_table, test_pieces_of
 from midipipe.generator.generate import primer_of, sampling_threads
 from midipipe.generator.gpt import GPT, load_model
+from midipipe.generator.keys import primer_keys
 from midipipe.generator.sampling import RemiGrammar, SampleConfig, generate, to_midi
 from midipipe.tokens import remi
 
@@ -34,7 +36,14 @@ def _tokenizer_path(opts: GenerateOptions) -> Path:
 def _primer(
     opts: GenerateOptions, composer: str, tokenizer, grammar: RemiGrammar
 ) -> tuple[list[int], str]:
-    """Primer ids and where they came from."""
+    """Primer ids (key-normalised, whole piece, when the model was trained so) and where
+    they came from."""
+    keys = primer_keys(opts.model_dir, tokenizer.vocab)
+
+    def primer(ids, bars, n: int) -> list[int]:
+        ids = keys.normalise(np.asarray(ids)) if keys is not None else ids
+        return primer_of(ids, bars, n, grammar)
+
     if opts.primer:
         path = Path(opts.primer)
         try:
@@ -42,7 +51,7 @@ def _primer(
         except (BadMidi, OSError) as exc:
             raise ValueError(f"cannot use primer {path}: {exc}") from None
         n = opts.seed_length or len(ids)
-        return primer_of(ids.tolist(), bars.tolist(), n, grammar), str(path)
+        return primer(ids.tolist(), bars.tolist(), n), str(path)
     if opts.seed_length == 0:
         return [], "none"
     data = Path(opts.data_dir)
@@ -61,7 +70,7 @@ def _primer(
         )
     pick = torch.randint(len(pool), (1,), generator=torch.Generator().manual_seed(opts.seed))
     ids, bars = pool[int(pick)]
-    return primer_of(ids, bars, opts.seed_length, grammar), f"test piece of {composer}"
+    return primer(ids, bars, opts.seed_length), f"test piece of {composer}"
 
 
 def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:

@@ -23,6 +23,7 @@ from midipipe.evaluation.novelty import novelty
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.gpt import GPT, load_model
+from midipipe.generator.keys import as_trained, primer_keys
 from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import Piece, TokenLists, iter_pieces
@@ -193,11 +194,12 @@ def evaluate_generator(
     composers = [(c["name"], c["id"]) for c in table["composers"]]
     valid = eval_corpus(tokens_dir, manifest, table, "valid")
     held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
+    keys = primer_keys(model_dir, tokenizer.vocab)  # a key-normalised model: C major primers
     primers = None
     if gp.seed_length:
         primers = {
             cid: [
-                (i, b)
+                (keys.normalise(i) if keys is not None else i, b)
                 for i, b, c in zip(
                     held_out.pieces, held_out.bar_starts, held_out.composers, strict=True
                 )
@@ -229,5 +231,9 @@ def evaluate_generator(
         **judge_conditioning(
             tokenizer, judge, generated, real, composers, gp.judge_min_ratio, confusion_png
         ),
-        **novelty([p.ids for p in generated], [p.ids for p in real], TokenLists(train)),
+        **novelty(
+            [p.ids for p in generated],
+            list(as_trained([p.ids for p in real], keys)),
+            as_trained(TokenLists(train), keys),
+        ),
     }

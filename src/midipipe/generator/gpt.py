@@ -11,7 +11,12 @@ gave BOS -> Bar 0.48 where the data says 1, its valid loss was 1.67 instead of 1
 its music sat nearer chance for the composer classifier (README). At std 1 it would start by
 predicting its input token with logit sqrt(d_model) (loss ~12). A learned composer embedding,
 times `composer_scale`, is added to every token embedding; id 0 is the unconditional row that
-composer dropout trains, which is what classifier-free guidance contrasts against.
+composer dropout trains, which is what classifier-free guidance contrasts against. With
+`composer_token` a sequence that starts at position 0 (a training window, or the first
+forward of sampling) is also preceded by one position whose input is a second learned
+composer embedding, so attention can read the composer as it reads a token; the attention
+window is then `context + 1`, so every token of a training window sees it (past that,
+sampling's sliding window lets it go and the added embedding remains).
 
 Each token attends to at most `context` tokens (itself included). Training windows are
 `context` long, so this only matters when generating past the context: the KV cache then
@@ -59,6 +64,7 @@ class GPTConfig:
     context: int = 512  # the most tokens one token attends to (training window length)
     n_composers: int = 2  # composer ids, 0 (unconditional) and OTHER included
     composer_scale: float = 0.25
+    composer_token: bool = False  # also a composer position before the first token
     dropout: float = 0.1
     grad_checkpointing: bool = False
     pad_id: int = 0
@@ -377,6 +383,9 @@ class GPT(nn.Module):
         self.config = config
         self.tok = nn.Embedding(config.vocab_size, config.d_model)  # also the output head
         self.composer = nn.Embedding(config.n_composers, config.d_model)
+        if config.composer_token:
+            self.composer_in = nn.Embedding(config.n_composers, config.d_model)
+        self.window = config.context + int(config.composer_token)  # keys a token may see
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=False)
@@ -409,13 +418,14 @@ class GPT(nn.Module):
         return cos[start : start + t], sin[start : start + t]
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layer, self.config.context)
+        return KVCache(self.config.n_layer, self.window)
 
     def _attention_mask(
         self, t: int, n_past: int, device: torch.device
     ) -> tuple[Tensor | None, bool]:
-        """(mask, is_causal): causal over the past window, no token seeing more than `context`."""
-        window = self.config.context
+        """(mask, is_causal): causal over the past window, no token seeing more than
+        `self.window` keys."""
+        window = self.window
         if n_past == 0 and t <= window:
             return None, t > 1
         if t == 1:  # one new token sees its whole (already trimmed) past
@@ -443,11 +453,15 @@ class GPT(nn.Module):
             composer = torch.full((b,), composer, dtype=torch.long, device=ids.device)
         pos0 = cache.pos if cache is not None else start_pos
         n_past = cache.n_past() if cache is not None else 0
+        prefix = int(self.config.composer_token and pos0 == 0)  # the composer position
+        t += prefix
         cos, sin = self.rope(pos0, t, ids.device)
         mask, causal = self._attention_mask(t, n_past, ids.device)
         if cache is not None:
             cache.begin(t)
         x = self.tok(ids) + self.config.composer_scale * self.composer(composer)[:, None, :]
+        if prefix:
+            x = torch.cat([self.composer_in(composer)[:, None, :], x], 1)
         x = self.drop(x)
         ckpt = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
@@ -459,6 +473,8 @@ class GPT(nn.Module):
             cache.advance(t)
         if last_only:
             x = x[:, -1:]
+        elif prefix:
+            x = x[:, 1:]
         logits = F.linear(self.ln_f(x), self.tok.weight) * self.config.d_model**-0.5
         return logits, cache
 

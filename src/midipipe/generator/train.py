@@ -18,10 +18,11 @@ from midipipe.core.device import resolve_device
 from midipipe.core.errors import ParamError
 from midipipe.core.io import write_json
 from midipipe.core.params import TrainParams
-from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
+from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, TRAINING_FILE
 from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import GPT, GPTConfig, save_model
+from midipipe.generator.keys import KEY_MODES, KeyShift
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, loader
 from midipipe.training import distributed as ddp
@@ -70,6 +71,7 @@ class GeneratorParams:
     token_dropout: float = 0.01
     start_frac: float = 0.25  # P(a training window starts at the piece's BOS)
     label_smoothing: float = 0.1
+    key: str = "none"  # none | normalise: train on pieces transposed to C major / A minor
     grad_accum: int = 1  # micro-batches per optimizer step (recomputed: memory of one)
     max_windows: int = 0  # training windows per epoch (0 = as many as the corpus fills)
     eval_windows: int = 0  # validation windows per epoch (0 = all)
@@ -83,6 +85,7 @@ class GeneratorParams:
             (0 <= self.token_dropout < 1, "token_dropout", "in [0, 1)"),
             (0 <= self.start_frac <= 1, "start_frac", "in [0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.key in KEY_MODES, "key", f"one of {', '.join(KEY_MODES)}"),
             (self.grad_accum >= 1, "grad_accum", ">= 1"),
             (self.max_windows >= 0, "max_windows", ">= 0 (0 = no cap)"),
             (self.eval_windows >= 0, "eval_windows", ">= 0 (0 = all)"),
@@ -107,11 +110,14 @@ def build_model(p: GeneratorParams, tokenizer, n_composers: int) -> GPT:
     return GPT(cfg)
 
 
-def save_generator(model: GPT, out_dir: str | Path, table: dict, tokenizer_json: str | Path):
-    """The GPT plus the composer table and tokenizer it was trained with."""
+def save_generator(
+    model: GPT, out_dir: str | Path, table: dict, tokenizer_json: str | Path, key: str = "none"
+):
+    """The GPT plus the composer table, tokenizer and key normalisation it was trained with."""
     out_dir = Path(out_dir)
     save_model(model, out_dir)
     write_json(out_dir / COMPOSERS_FILE, table)
+    write_json(out_dir / TRAINING_FILE, {"key": key})
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
@@ -139,6 +145,9 @@ def train(
         max_windows=p.max_windows,
     )
     n_windows = gd.total_windows(train_set.length, wcfg)
+    keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
+    if keys is not None:  # validate on what the model is trained for
+        valid_set.pieces = [keys.normalise(ids) for ids in valid_set.pieces]
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
@@ -151,7 +160,7 @@ def train(
 
     job = Fit(
         model=model,
-        train_batches=lambda epoch, rng: train_stream(train_set, wcfg, n_windows, tp, rng),
+        train_batches=lambda epoch, rng: train_stream(train_set, wcfg, n_windows, tp, rng, keys),
         steps_per_epoch=-(-n_windows // (tp.batch_size * p.grad_accum)),
         sharded=True,
         loss=lambda m, b: gd.loss(m, b, p.label_smoothing),
@@ -172,7 +181,7 @@ def train(
         job,
         tp,
         resume_dir,
-        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
+        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json, p.key),
         fingerprint={
             "generator": dataclasses.asdict(p),
             "pieces": len(train_set),
@@ -187,12 +196,17 @@ def train(
 
 
 def train_stream(
-    index: SplitIndex, cfg: gd.WindowConfig, n_windows: int, tp: TrainParams, rng
+    index: SplitIndex,
+    cfg: gd.WindowConfig,
+    n_windows: int,
+    tp: TrainParams,
+    rng,
+    keys: KeyShift | None = None,
 ) -> DataLoader:
     """This process's share of one epoch's windows, streamed from the token shards."""
     stream = SampleStream(
         index,
-        gd.WindowSampler(cfg),
+        gd.WindowSampler(cfg, keys),
         n_windows,
         tp.batch_size,
         epoch_seed(rng),

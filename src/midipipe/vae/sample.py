@@ -33,6 +33,7 @@ from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.generate import real_excerpts, sampling_threads
 from midipipe.generator.gpt import check_vocab
+from midipipe.generator.keys import as_trained, primer_keys
 from midipipe.generator.sampling import (
     RemiGrammar,
     SampleConfig,
@@ -261,7 +262,12 @@ def evaluate_vae(
         latent_png,
         model.prior_mean.detach().cpu().numpy(),
     )
-    copied = novelty([p.ids for p in generated], [p.ids for p in real], TokenLists(train))
+    keys = primer_keys(model_dir, tokenizer.vocab)  # a key-normalised VAE: compared in C major
+    copied = novelty(
+        [p.ids for p in generated],
+        list(as_trained([p.ids for p in real], keys)),
+        as_trained(TokenLists(train), keys),
+    )
     tokens = [s["tokens"] for s in stats_all]
     return {
         "pieces_per_composer": gp.pieces_per_composer,

@@ -35,6 +35,7 @@ from midipipe.evaluation import generated as ev
 from midipipe.generator import TOKENIZER_FILE
 from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
+from midipipe.generator.keys import KEY_MODES, KeyShift
 from midipipe.generator.train import save_generator
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import (
@@ -99,6 +100,7 @@ class VAEParams:
     kl_weight: float = 1.0  # beta after annealing
     kl_anneal_frac: float = 0.5  # share of training over which beta ramps up (0 = off)
     free_bits: float = 0.1  # nats per latent dimension below which KL is not pushed (0 = off)
+    key: str = "none"  # none | normalise: train on pieces transposed to C major / A minor
     max_windows: int = 256  # training windows per epoch (0 = as many as the corpus fills)
     eval_windows: int = 64  # validation windows (0 = all)
     model: dict[str, Any] = field(default_factory=dict)  # VAEConfig overrides (layer_norm, ...)
@@ -110,6 +112,7 @@ class VAEParams:
             (self.kl_weight >= 0, "kl_weight", ">= 0"),
             (0 <= self.kl_anneal_frac <= 1, "kl_anneal_frac", "in [0, 1]"),
             (self.free_bits >= 0, "free_bits", ">= 0"),
+            (self.key in KEY_MODES, "key", f"one of {', '.join(KEY_MODES)}"),
             (self.max_windows >= 0, "max_windows", ">= 0 (0 = no cap)"),
             (self.eval_windows >= 0, "eval_windows", ">= 0 (0 = all)"),
         ]
@@ -146,9 +149,10 @@ def build_model(p: VAEParams, tokenizer, n_labels: int) -> LabelVAE:
 class BarWindowSampler:
     """Windows starting on a random bar line, about as many per piece as the piece fills
     (`tokens.dataset.Sampler`): each piece's windows once in a random order, repeated when
-    an epoch asks for more."""
+    an epoch asks for more. With `keys`, transposed so the piece's key is C major / A minor."""
 
     cfg: gd.WindowConfig
+    keys: KeyShift | None = None
 
     def plan(self, length: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         owners = np.repeat(np.arange(len(length)), -(-length // (self.cfg.context + 1)))
@@ -159,7 +163,10 @@ class BarWindowSampler:
         del kind
         bars = piece.bar_starts[piece.bar_starts < len(piece.ids)]
         start = int(bars[min(int(rng.random() * len(bars)), len(bars) - 1)]) if len(bars) else 0
-        return gd.window(piece.ids, start + 1, self.cfg), piece.label  # +1: skip the BOS slot
+        out = gd.window(piece.ids, start + 1, self.cfg)  # +1: skip the BOS slot
+        if self.keys is not None:
+            out = self.keys.transpose(out, self.keys.shift_of(piece.ids))
+        return out, piece.label
 
     def collate(self, samples: list, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         del rng
@@ -167,7 +174,12 @@ class BarWindowSampler:
 
 
 def train_batches(
-    index: SplitIndex, wcfg: gd.WindowConfig, batch_size: int, n_windows: int, tp: TrainParams
+    index: SplitIndex,
+    wcfg: gd.WindowConfig,
+    batch_size: int,
+    n_windows: int,
+    tp: TrainParams,
+    keys: KeyShift | None = None,
 ) -> Callable[[int, torch.Generator], Iterator[dict]]:
     """(epoch, rng) -> this process's batches of the epoch, streamed from the token shards;
     `progress` (0..1 through the epoch) drives KL annealing, so a resumed run anneals alike."""
@@ -176,7 +188,7 @@ def train_batches(
         world, rank = ddp.world_size(), ddp.rank()
         n_batches = slot_batches(n_windows, batch_size, world, 1)[rank]
         stream = SampleStream(
-            index, BarWindowSampler(wcfg), n_windows, batch_size, epoch_seed(rng), rank, world
+            index, BarWindowSampler(wcfg, keys), n_windows, batch_size, epoch_seed(rng), rank, world
         )
         for b, batch in enumerate(loader(stream, tp.loader_workers, resolve_device(tp.device))):
             batch["progress"] = epoch + b / n_batches
@@ -304,6 +316,9 @@ def train(
     table = read_table(composers_json)
     train_set, valid_set, valid_source = train_and_valid(tokens_dir, manifest, table)
     wcfg = gd.WindowConfig.for_tokenizer(tokenizer, p.window - 1)
+    keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
+    if keys is not None:  # validate on what the model is trained for
+        valid_set.pieces = [keys.normalise(ids) for ids in valid_set.pieces]
     valid_items = eval_windows(valid_set, p.window, 4)
     if p.eval_windows:
         valid_items = valid_items[: p.eval_windows]
@@ -318,7 +333,7 @@ def train(
 
     job = Fit(
         model=model,
-        train_batches=train_batches(train_set, wcfg, tp.batch_size, n_windows, tp),
+        train_batches=train_batches(train_set, wcfg, tp.batch_size, n_windows, tp, keys),
         steps_per_epoch=-(-n_windows // tp.batch_size),
         sharded=True,
         loss=lambda m, b: loss(m, b, p, tp.epochs),
@@ -335,7 +350,7 @@ def train(
         job,
         tp,
         resume_dir,
-        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json),
+        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json, p.key),
         fingerprint={
             "vae": dataclasses.asdict(p),
             "pieces": len(train_set),
