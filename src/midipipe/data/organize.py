@@ -12,6 +12,7 @@ memory); the manifest is rebuilt every run. Every source is validated before any
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,10 +98,12 @@ def _facts_of(item: tuple[dict, bytes]) -> dict:
 
 
 class _Rows:
-    """Per-piece metadata, kept as Arrow batches of 8192 rows: compact for millions of pieces."""
+    """Per-piece metadata, spilled in Arrow batches of 8192 rows to a temporary Parquet file as
+    organize runs, so that memory holds one batch while the pool parses the corpus."""
 
-    def __init__(self):
-        self.batches: list[pa.RecordBatch] = []
+    def __init__(self, folder: Path):
+        self.path = folder / "rows.parquet"
+        self.writer = pq.ParquetWriter(self.path, _WORK_SCHEMA)
         self.pending: list[dict] = []
 
     def add(self, row: dict) -> None:
@@ -110,12 +113,13 @@ class _Rows:
 
     def _flush(self) -> None:
         if self.pending:
-            self.batches.append(pa.RecordBatch.from_pylist(self.pending, schema=_WORK_SCHEMA))
+            self.writer.write_batch(pa.RecordBatch.from_pylist(self.pending, schema=_WORK_SCHEMA))
             self.pending = []
 
     def table(self) -> pa.Table:
         self._flush()
-        return pa.Table.from_batches(self.batches, schema=_WORK_SCHEMA)
+        self.writer.close()
+        return pq.read_table(self.path, schema=_WORK_SCHEMA)
 
 
 class _Cache:
@@ -167,21 +171,24 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     corpus = data_dir / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     cache = _Cache(corpus)
-    rows, bar_rows, counts = _Rows(), [], Counter()
+    bar_rows, counts = [], Counter()
     writer = store.StoreWriter(corpus, cache.next_part, o.rows_per_file, o.rows_per_group)
-    new = _scan(sources, cache, rows, bar_rows, counts, o)
-    try:
-        results = robust_map(_facts_of, new, o.workers, o.timeout_s, batch_size=16)
-        for (meta, data), got in tqdm(results, desc="organize (new files)", unit="file"):
-            meta.update({"parse_error": got.reason} if isinstance(got, Failure) else got)
-            meta["shard"], meta["row"] = writer.add(store.store_row(meta, data))
-            rows.add(meta)
-            counts["parsed"] += 1
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    table, rewritten, conflicts = _settle(corpus, rows.table(), cache, o)
+    with tempfile.TemporaryDirectory(prefix="midipipe-organize-") as tmp:
+        rows = _Rows(Path(tmp))
+        new = _scan(sources, cache, rows, bar_rows, counts, o)
+        try:
+            results = robust_map(_facts_of, new, o.workers, o.timeout_s, batch_size=16)
+            for (meta, data), got in tqdm(results, desc="organize (new files)", unit="file"):
+                meta.update({"parse_error": got.reason} if isinstance(got, Failure) else got)
+                meta["shard"], meta["row"] = writer.add(store.store_row(meta, data))
+                rows.add(meta)
+                counts["parsed"] += 1
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        table = rows.table()
+    table, rewritten, conflicts = _settle(corpus, table, cache, o)
     if not store.parts(corpus):  # no piece at all: one empty shard, so the output exists
         write_table(corpus / store.part_name(0), store.SCHEMA.empty_table())
     table = table.select(MANIFEST_SCHEMA.names).sort_by("piece_id")

@@ -137,6 +137,17 @@ def iter_batches(
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
 
 
+def count(folder: str | Path) -> int:
+    """Rows in the store, from the shards' footers."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in parts(folder))
+
+
+def column(folder: str | Path, name: str) -> pa.Array:
+    """One column of every shard, in store order, as one Arrow array (bytes, not objects)."""
+    chunks = [c for path in parts(folder) for c in pq.read_table(path, columns=[name])[0].chunks]
+    return pa.chunked_array(chunks, SCHEMA.field(name).type).combine_chunks()
+
+
 class Reader:
     """Bytes by `(shard, row)`: reads the row group that holds a row and keeps the last few, so
     locations in store order read each row group once."""
