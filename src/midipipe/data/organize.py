@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,7 +210,7 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     )
     summary = {
         "pieces": table.num_rows,
-        "songs": len(set(table["song_id"].to_pylist())),
+        "songs": pc.count_distinct(table["song_id"]).as_py(),
         "bar_labels": len(bar_rows),
         "duplicates": counts["duplicates"],
         "unreadable": counts["unreadable"],
@@ -221,10 +221,10 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
         "shards_rewritten": rewritten,
         "split_conflicting_songs": len(conflicts),
     }
-    split_col = table["split"].to_pylist()
     for split in splits.SPLITS:
-        summary[f"split_{split}"] = split_col.count(split)
-    for source, n in sorted(Counter(table["source"].to_pylist()).items()):
+        summary[f"split_{split}"] = pc.sum(pc.equal(table["split"], split)).as_py() or 0
+    sources_n = pc.value_counts(table["source"]).to_pylist()
+    for source, n in sorted((c["values"], c["counts"]) for c in sources_n):
         summary[f"source_{source}"] = n
     if metrics_path:
         write_json(metrics_path, summary)
@@ -296,31 +296,30 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
 
 def _settle(corpus: Path, table: pa.Table, cache: _Cache, o) -> tuple[pa.Table, int, list[str]]:
     """Final splits (one per song), then rewrite every shard whose rows differ from the final
-    metadata or hold pieces no source has now; returns the table with final rows."""
-    final, conflicts = splits.assign_songs(
-        list(zip(table["song_id"].to_pylist(), table["official_split"].to_pylist(), strict=True)),
-        o.seed,
-        o.valid_frac,
-        o.test_frac,
+    metadata or hold pieces no source has now; returns the table with final rows. Works on
+    Arrow columns: Python objects only for the songs with official splits and one shard."""
+    official = table.filter(pc.is_valid(table["official_split"]))
+    chosen, conflicts = splits.official_choice(
+        zip(official["song_id"].to_pylist(), official["official_split"].to_pylist(), strict=True)
     )
-    table = table.set_column(
-        table.schema.get_field_index("split"), "split", pa.array(final, pa.string())
-    )
-    shard, row = table["shard"].to_pylist(), table["row"].to_pylist()
-    stored, stale = table["stored_split"].to_pylist(), table["stale"].to_pylist()
-    dirty = {s for s, f, st, x in zip(shard, final, stored, stale, strict=True) if x or f != st}
-    used = Counter(shard)
-    dirty |= {s for s, t in cache.tables.items() if used[s] < t.num_rows}
-    members: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(shard):
-        if s in dirty:
-            members[s].append(i)
+    final = table["split"]  # each piece's own: its official split, else its song's draw
+    if chosen:  # a song's clips follow the song's official split
+        batches = table.select(["song_id", "split"]).to_batches(max_chunksize=8192)
+        final = pa.chunked_array(
+            [pa.array(map(chosen.get, *b.to_pydict().values()), pa.string()) for b in batches],
+            pa.string(),
+        )
+        table = table.set_column(table.schema.get_field_index("split"), "split", final)
+    changed = pc.or_(table["stale"], pc.not_equal(final, table["stored_split"]))
+    dirty = set(pc.unique(table["shard"].filter(changed)).to_pylist())
+    used = {c["values"]: c["counts"] for c in pc.value_counts(table["shard"]).to_pylist()}
+    dirty |= {s for s, t in cache.tables.items() if used.get(s, 0) < t.num_rows}
+    row = table["row"].to_numpy().copy()
     for s in tqdm(sorted(dirty), desc="organize (rewrite shards)", unit="shard", disable=not dirty):
-        idx = sorted(members[s], key=row.__getitem__)
-        metas = table.take(idx).to_pylist()
-        store.rewrite(corpus / s, [row[i] for i in idx], metas, o.rows_per_group)
-        for new_row, i in enumerate(idx):
-            row[i] = new_row
+        idx = np.flatnonzero(pc.equal(table["shard"], s).to_numpy(zero_copy_only=False))
+        idx = idx[np.argsort(row[idx], kind="stable")]
+        store.rewrite(corpus / s, row[idx].tolist(), table.take(idx).to_pylist(), o.rows_per_group)
+        row[idx] = np.arange(len(idx))
     if dirty:
         log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
     table = table.set_column(table.schema.get_field_index("row"), "row", pa.array(row, pa.int64()))
