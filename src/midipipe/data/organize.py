@@ -123,15 +123,17 @@ class _Rows:
 
 
 class _Cache:
-    """The shards already in the store: md5 -> (shard, row) and their metadata, bytes left on
-    disk. Shards of another schema or facts version, and half-written temporaries, are removed."""
+    """The shards already in the store: their metadata as Arrow tables (bytes left on disk)
+    and, to find a piece by md5, the md5s as one sorted fixed-width NumPy array (32 bytes a
+    piece, no Python object per piece). Shards of another schema or facts version, and
+    half-written temporaries, are removed."""
 
     def __init__(self, corpus: Path):
         for tmp in corpus.glob(".part-*.tmp"):
             tmp.unlink()
         self.tables: dict[str, pa.Table] = {}
-        self.where: dict[str, tuple[str, int]] = {}
         self.next_part = 0
+        keys, shards, rows = [np.empty(0, "S32")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
         for path in store.parts(corpus):
             self.next_part = int(path.stem.split("-")[1]) + 1
             if not store.is_current(path):
@@ -139,14 +141,26 @@ class _Cache:
                 path.unlink()
                 continue
             table = pq.read_table(path, columns=store.META_COLUMNS)
-            for i, md5 in enumerate(table.column("md5").to_pylist()):
-                self.where.setdefault(md5, (path.name, i))  # a second copy is dropped later
+            keys.append(np.array(table["md5"].to_pylist(), dtype="S32"))
+            shards.append(np.full(table.num_rows, len(self.tables), np.int32))
+            rows.append(np.arange(table.num_rows))
             self.tables[path.name] = table
+        self.names = list(self.tables)
+        keys = np.concatenate(keys)
+        order = np.argsort(keys, kind="stable")  # a second copy sorts after the first ...
+        self.keys = keys[order]
+        self.shard, self.row = np.concatenate(shards)[order], np.concatenate(rows)[order]
 
-    def meta(self, pid: str) -> dict | None:
-        if pid not in self.where:
+    def where(self, pid: str) -> tuple[str, int] | None:
+        """The shard and row of a stored md5 (its first copy: a second is dropped later)."""
+        key = pid.encode()
+        i = int(np.searchsorted(self.keys, key))  # ... so this finds the first
+        if i == len(self.keys) or self.keys[i] != key:
             return None
-        shard, row = self.where[pid]
+        return self.names[self.shard[i]], int(self.row[i])
+
+    def meta(self, where: tuple[str, int]) -> dict:
+        shard, row = where
         return store.meta_of(self.tables[shard].slice(row, 1).to_pylist()[0])
 
 
@@ -282,13 +296,14 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
                 }
                 for b in piece.bar_labels
             )
-            cached = cache.meta(pid)
-            if cached is None:
+            where = cache.where(pid)
+            if where is None:
                 yield meta, data
                 continue
             counts["reused"] += 1
+            cached = cache.meta(where)
             meta.update({k: cached[k] for k in _FACTS})
-            meta["shard"], meta["row"] = cache.where[pid]
+            meta["shard"], meta["row"] = where
             meta["stored_split"] = cached["split"]
             meta["stale"] = not _same_labels(meta, cached)
             rows.add(meta)
