@@ -124,9 +124,8 @@ class _Rows:
 
 class _Cache:
     """The shards already in the store: their metadata as Arrow tables (bytes left on disk)
-    and, to find a piece by md5, the md5s as one sorted fixed-width NumPy array (32 bytes a
-    piece, no Python object per piece). Shards of another schema or facts version, and
-    half-written temporaries, are removed."""
+    and where each md5 lies (`store.Locations`: no Python object per piece). Shards of another
+    schema or facts version, and half-written temporaries, are removed."""
 
     def __init__(self, corpus: Path):
         for tmp in corpus.glob(".part-*.tmp"):
@@ -141,23 +140,13 @@ class _Cache:
                 path.unlink()
                 continue
             table = pq.read_table(path, columns=store.META_COLUMNS)
-            keys.append(np.array(table["md5"].to_pylist(), dtype="S32"))
+            keys.append(store.md5_keys(table["md5"]))
             shards.append(np.full(table.num_rows, len(self.tables), np.int32))
             rows.append(np.arange(table.num_rows))
             self.tables[path.name] = table
-        self.names = list(self.tables)
-        keys = np.concatenate(keys)
-        order = np.argsort(keys, kind="stable")  # a second copy sorts after the first ...
-        self.keys = keys[order]
-        self.shard, self.row = np.concatenate(shards)[order], np.concatenate(rows)[order]
-
-    def where(self, pid: str) -> tuple[str, int] | None:
-        """The shard and row of a stored md5 (its first copy: a second is dropped later)."""
-        key = pid.encode()
-        i = int(np.searchsorted(self.keys, key))  # ... so this finds the first
-        if i == len(self.keys) or self.keys[i] != key:
-            return None
-        return self.names[self.shard[i]], int(self.row[i])
+        self.where = store.Locations(
+            np.concatenate(keys), list(self.tables), np.concatenate(shards), np.concatenate(rows)
+        )
 
     def meta(self, where: tuple[str, int]) -> dict:
         shard, row = where
@@ -296,7 +285,7 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
                 }
                 for b in piece.bar_labels
             )
-            where = cache.where(pid)
+            where = cache.where.find(pid)
             if where is None:
                 yield meta, data
                 continue

@@ -17,7 +17,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import SourceError
@@ -192,15 +194,66 @@ def read_music(folder: str | Path, locations: Iterable[tuple[str, int]]) -> Iter
         yield reader.music(shard, row)
 
 
+def md5_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Piece ids (32-character md5 hex) as a fixed-width NumPy array: 32 bytes a piece, sortable
+    and searchable, without a Python object per piece."""
+    fixed = (
+        pc.cast(ids, pa.binary(32)).combine_chunks() if len(ids) else pa.array([], pa.binary(32))
+    )
+    return np.frombuffer(fixed.buffers()[1], "S32", len(fixed), fixed.offset * 32).copy()
+
+
+class Locations:
+    """Where pieces lie, `(shard, row)` by piece id, for a corpus of any size: sorted md5 keys,
+    a shard number and a row per piece (44 bytes a piece). An id stored twice is found at its
+    first location given."""
+
+    def __init__(self, keys: np.ndarray, shards: list[str], shard: np.ndarray, row: np.ndarray):
+        order = np.argsort(keys, kind="stable")  # a second copy sorts after the first
+        self.keys, self.shards = keys[order], sorted(shards)  # shard numbers in name order
+        rank = np.array([self.shards.index(name) for name in shards], np.int32)
+        self.shard, self.row = rank[shard[order]], row[order].astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, piece_id: str) -> tuple[str, int] | None:
+        key = piece_id.encode()
+        i = int(np.searchsorted(self.keys, key))
+        if i == len(self.keys) or self.keys[i] != key:
+            return None
+        return self.shards[self.shard[i]], int(self.row[i])
+
+    def __getitem__(self, piece_id: str) -> tuple[str, int]:
+        found = self.find(piece_id)
+        if found is None:
+            raise KeyError(piece_id)
+        return found
+
+    def ids(self) -> Iterator[str]:
+        """Every piece id, sorted."""
+        return (key.decode() for key in self.keys)
+
+    def store_order(self, piece_ids: Iterable[str] | None = None) -> list[str]:
+        """Piece ids (all by default) sorted by where they lie: the cheapest order to read."""
+        if piece_ids is None:
+            return [self.keys[i].decode() for i in np.lexsort((self.row, self.shard))]
+        return sorted(piece_ids, key=self.__getitem__)
+
+
 class Corpus:
     """The organized corpus by piece id: the manifest's locations and the shards' bytes."""
 
     def __init__(
         self, folder: str | Path = "data/corpus", manifest: str | Path = "data/manifest.parquet"
     ):
-        table = pq.read_table(manifest, columns=["piece_id", "shard", "row"]).to_pydict()
-        self.where = dict(
-            zip(table["piece_id"], zip(table["shard"], table["row"], strict=True), strict=True)
+        table = pq.read_table(manifest, columns=["piece_id", "shard", "row"])
+        shard = table["shard"].combine_chunks().dictionary_encode()
+        self.where = Locations(
+            md5_keys(table["piece_id"]),
+            shard.dictionary.to_pylist(),
+            shard.indices.to_numpy(zero_copy_only=False),
+            table["row"].to_numpy(),
         )
         self.reader = Reader(folder)
 
@@ -209,8 +262,7 @@ class Corpus:
 
     def in_store_order(self, piece_ids: Iterable[str] | None = None) -> list[str]:
         """Piece ids (all by default) sorted by where they lie: the cheapest order to read."""
-        ids = self.where if piece_ids is None else piece_ids
-        return sorted(ids, key=self.where.__getitem__)
+        return self.where.store_order(piece_ids)
 
     def iter_music(self, piece_ids: Iterable[str]) -> Iterator[bytes]:
         for pid in piece_ids:
