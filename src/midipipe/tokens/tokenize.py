@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -71,7 +72,9 @@ def _tokenize_one(item: Item) -> dict:
     if _WITH_MUSETOK:
         out["musetok_fixes"] = fixes = Fixes()
         try:
-            out["musetok"] = encode_midi(data, fixes)
+            ids, bars = encode_midi(data, fixes)
+            # int32 arrays, as REMI's: compact to send back and to hold until a part is written
+            out["musetok"] = np.asarray(ids, np.int32), np.asarray(bars, np.int32)
         except MuseTokReject as exc:
             out["musetok"] = Failure(str(exc))
     return out
