@@ -132,7 +132,7 @@ class _Cache:
             tmp.unlink()
         self.tables: dict[str, pa.Table] = {}
         self.next_part = 0
-        keys, shards, rows = [np.empty(0, "S32")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
+        keys, shards, rows = [np.empty(0, "S1")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
         for path in store.parts(corpus):
             self.next_part = int(path.stem.split("-")[1]) + 1
             if not store.is_current(path):
@@ -140,7 +140,7 @@ class _Cache:
                 path.unlink()
                 continue
             table = pq.read_table(path, columns=store.META_COLUMNS)
-            keys.append(store.md5_keys(table["md5"]))
+            keys.append(store.id_keys(table["md5"]))
             shards.append(np.full(table.num_rows, len(self.tables), np.int32))
             rows.append(np.arange(table.num_rows))
             self.tables[path.name] = table

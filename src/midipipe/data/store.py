@@ -194,19 +194,23 @@ def read_music(folder: str | Path, locations: Iterable[tuple[str, int]]) -> Iter
         yield reader.music(shard, row)
 
 
-def md5_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Piece ids (32-character md5 hex) as a fixed-width NumPy array: 32 bytes a piece, sortable
-    and searchable, without a Python object per piece."""
-    fixed = (
-        pc.cast(ids, pa.binary(32)).combine_chunks() if len(ids) else pa.array([], pa.binary(32))
-    )
-    return np.frombuffer(fixed.buffers()[1], "S32", len(fixed), fixed.offset * 32).copy()
+def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Piece ids as a fixed-width bytes NumPy array, sortable and searchable: md5s (all one
+    width) are cast in Arrow, 32 bytes a piece and no Python object per piece."""
+    if not len(ids):
+        return np.empty(0, "S1")
+    lengths = pc.binary_length(ids)
+    width = max(1, pc.max(lengths).as_py())
+    if pc.min(lengths).as_py() < width:  # ids of mixed widths (tests, hand-made manifests)
+        return np.array([pid.encode() for pid in ids.to_pylist()], f"S{width}")
+    fixed = pc.cast(ids, pa.binary(width)).combine_chunks()
+    return np.frombuffer(fixed.buffers()[1], f"S{width}", len(fixed), fixed.offset * width).copy()
 
 
 class Locations:
-    """Where pieces lie, `(shard, row)` by piece id, for a corpus of any size: sorted md5 keys,
-    a shard number and a row per piece (44 bytes a piece). An id stored twice is found at its
-    first location given."""
+    """Where pieces lie, `(shard, row)` by piece id, for a corpus of any size: sorted id keys,
+    a shard number and a row per piece (44 bytes a piece with md5 ids). An id stored twice is
+    found at its first location given."""
 
     def __init__(self, keys: np.ndarray, shards: list[str], shard: np.ndarray, row: np.ndarray):
         order = np.argsort(keys, kind="stable")  # a second copy sorts after the first
@@ -250,7 +254,7 @@ class Corpus:
         table = pq.read_table(manifest, columns=["piece_id", "shard", "row"])
         shard = table["shard"].combine_chunks().dictionary_encode()
         self.where = Locations(
-            md5_keys(table["piece_id"]),
+            id_keys(table["piece_id"]),
             shard.dictionary.to_pylist(),
             shard.indices.to_numpy(zero_copy_only=False),
             table["row"].to_numpy(),
