@@ -199,12 +199,24 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     width) are cast in Arrow, 32 bytes a piece and no Python object per piece."""
     if not len(ids):
         return np.empty(0, "S1")
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
     lengths = pc.binary_length(ids)
     width = max(1, pc.max(lengths).as_py())
     if pc.min(lengths).as_py() < width:  # ids of mixed widths (tests, hand-made manifests)
         return np.array([pid.encode() for pid in ids.to_pylist()], f"S{width}")
-    fixed = pc.cast(ids, pa.binary(width)).combine_chunks()
+    fixed = pc.cast(ids, pa.binary(width))
     return np.frombuffer(fixed.buffers()[1], f"S{width}", len(fixed), fixed.offset * width).copy()
+
+
+def contains(sorted_keys: np.ndarray, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which of `ids` are among `sorted_keys` (`id_keys`, sorted): a binary search per id, so a
+    batch costs O(batch log n), not a hash table of all n rebuilt for every batch."""
+    keys = id_keys(ids)
+    if not len(sorted_keys) or not len(keys):
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
 
 
 class Locations:

@@ -308,9 +308,10 @@ _STORE_COLUMNS = ["md5", "source", "original", "music"]
 def _store_items(corpus: Path, have: pa.Array | None) -> Iterator[Item]:
     """`(piece_id, "source:original", bytes)` of every piece of the store not in `have`, in
     store order (shard, then row), one row group in memory at a time."""
+    done = np.sort(store.id_keys(have)) if have is not None else np.empty(0, "S1")
     for batch in store.iter_batches(corpus, _STORE_COLUMNS, batch_size=64):
-        if have is not None:
-            batch = batch.filter(pc.invert(pc.is_in(batch["md5"], value_set=have)))
+        if len(done):
+            batch = batch.filter(pa.array(~store.contains(done, batch["md5"])))
         pid, source, original, music = (batch.column(name).to_pylist() for name in _STORE_COLUMNS)
         for i in range(batch.num_rows):
             yield pid[i], f"{source[i]}:{original[i]}", music[i]
