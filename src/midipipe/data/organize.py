@@ -12,7 +12,8 @@ memory); the manifest is rebuilt every run. Every source is validated before any
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def _facts_of(item: tuple[dict, bytes]) -> dict:
 
 
 class _Rows:
-    """Per-piece metadata, kept as Arrow batches of 8192 rows: compact for millions of pieces."""
+    """Per-piece metadata, spilled in Arrow batches of 8192 rows to a temporary Parquet file as
+    organize runs, so that memory holds one batch while the pool parses the corpus."""
 
-    def __init__(self):
-        self.batches: list[pa.RecordBatch] = []
+    def __init__(self, folder: Path):
+        self.path = folder / "rows.parquet"
+        self.writer = pq.ParquetWriter(self.path, _WORK_SCHEMA)
         self.pending: list[dict] = []
 
     def add(self, row: dict) -> None:
@@ -110,24 +113,26 @@ class _Rows:
 
     def _flush(self) -> None:
         if self.pending:
-            self.batches.append(pa.RecordBatch.from_pylist(self.pending, schema=_WORK_SCHEMA))
+            self.writer.write_batch(pa.RecordBatch.from_pylist(self.pending, schema=_WORK_SCHEMA))
             self.pending = []
 
     def table(self) -> pa.Table:
         self._flush()
-        return pa.Table.from_batches(self.batches, schema=_WORK_SCHEMA)
+        self.writer.close()
+        return pq.read_table(self.path, schema=_WORK_SCHEMA)
 
 
 class _Cache:
-    """The shards already in the store: md5 -> (shard, row) and their metadata, bytes left on
-    disk. Shards of another schema or facts version, and half-written temporaries, are removed."""
+    """The shards already in the store: their metadata as Arrow tables (bytes left on disk)
+    and where each md5 lies (`store.Locations`: no Python object per piece). Shards of another
+    schema or facts version, and half-written temporaries, are removed."""
 
     def __init__(self, corpus: Path):
         for tmp in corpus.glob(".part-*.tmp"):
             tmp.unlink()
         self.tables: dict[str, pa.Table] = {}
-        self.where: dict[str, tuple[str, int]] = {}
         self.next_part = 0
+        keys, shards, rows = [np.empty(0, "S1")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
         for path in store.parts(corpus):
             self.next_part = int(path.stem.split("-")[1]) + 1
             if not store.is_current(path):
@@ -135,14 +140,16 @@ class _Cache:
                 path.unlink()
                 continue
             table = pq.read_table(path, columns=store.META_COLUMNS)
-            for i, md5 in enumerate(table.column("md5").to_pylist()):
-                self.where.setdefault(md5, (path.name, i))  # a second copy is dropped later
+            keys.append(store.id_keys(table["md5"]))
+            shards.append(np.full(table.num_rows, len(self.tables), np.int32))
+            rows.append(np.arange(table.num_rows))
             self.tables[path.name] = table
+        self.where = store.Locations(
+            np.concatenate(keys), list(self.tables), np.concatenate(shards), np.concatenate(rows)
+        )
 
-    def meta(self, pid: str) -> dict | None:
-        if pid not in self.where:
-            return None
-        shard, row = self.where[pid]
+    def meta(self, where: tuple[str, int]) -> dict:
+        shard, row = where
         return store.meta_of(self.tables[shard].slice(row, 1).to_pylist()[0])
 
 
@@ -167,21 +174,24 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     corpus = data_dir / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     cache = _Cache(corpus)
-    rows, bar_rows, counts = _Rows(), [], Counter()
+    bar_rows, counts = [], Counter()
     writer = store.StoreWriter(corpus, cache.next_part, o.rows_per_file, o.rows_per_group)
-    new = _scan(sources, cache, rows, bar_rows, counts, o)
-    try:
-        results = robust_map(_facts_of, new, o.workers, o.timeout_s, batch_size=16)
-        for (meta, data), got in tqdm(results, desc="organize (new files)", unit="file"):
-            meta.update({"parse_error": got.reason} if isinstance(got, Failure) else got)
-            meta["shard"], meta["row"] = writer.add(store.store_row(meta, data))
-            rows.add(meta)
-            counts["parsed"] += 1
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    table, rewritten, conflicts = _settle(corpus, rows.table(), cache, o)
+    with tempfile.TemporaryDirectory(prefix="midipipe-organize-") as tmp:
+        rows = _Rows(Path(tmp))
+        new = _scan(sources, cache, rows, bar_rows, counts, o)
+        try:
+            results = robust_map(_facts_of, new, o.workers, o.timeout_s, batch_size=16)
+            for (meta, data), got in tqdm(results, desc="organize (new files)", unit="file"):
+                meta.update({"parse_error": got.reason} if isinstance(got, Failure) else got)
+                meta["shard"], meta["row"] = writer.add(store.store_row(meta, data))
+                rows.add(meta)
+                counts["parsed"] += 1
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        table = rows.table()
+    table, rewritten, conflicts = _settle(corpus, table, cache, o)
     if not store.parts(corpus):  # no piece at all: one empty shard, so the output exists
         write_table(corpus / store.part_name(0), store.SCHEMA.empty_table())
     table = table.select(MANIFEST_SCHEMA.names).sort_by("piece_id")
@@ -203,7 +213,7 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     )
     summary = {
         "pieces": table.num_rows,
-        "songs": len(set(table["song_id"].to_pylist())),
+        "songs": pc.count_distinct(table["song_id"]).as_py(),
         "bar_labels": len(bar_rows),
         "duplicates": counts["duplicates"],
         "unreadable": counts["unreadable"],
@@ -214,10 +224,10 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
         "shards_rewritten": rewritten,
         "split_conflicting_songs": len(conflicts),
     }
-    split_col = table["split"].to_pylist()
     for split in splits.SPLITS:
-        summary[f"split_{split}"] = split_col.count(split)
-    for source, n in sorted(Counter(table["source"].to_pylist()).items()):
+        summary[f"split_{split}"] = pc.sum(pc.equal(table["split"], split)).as_py() or 0
+    sources_n = pc.value_counts(table["source"]).to_pylist()
+    for source, n in sorted((c["values"], c["counts"]) for c in sources_n):
         summary[f"source_{source}"] = n
     if metrics_path:
         write_json(metrics_path, summary)
@@ -275,13 +285,14 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
                 }
                 for b in piece.bar_labels
             )
-            cached = cache.meta(pid)
-            if cached is None:
+            where = cache.where.find(pid)
+            if where is None:
                 yield meta, data
                 continue
             counts["reused"] += 1
+            cached = cache.meta(where)
             meta.update({k: cached[k] for k in _FACTS})
-            meta["shard"], meta["row"] = cache.where[pid]
+            meta["shard"], meta["row"] = where
             meta["stored_split"] = cached["split"]
             meta["stale"] = not _same_labels(meta, cached)
             rows.add(meta)
@@ -289,31 +300,30 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
 
 def _settle(corpus: Path, table: pa.Table, cache: _Cache, o) -> tuple[pa.Table, int, list[str]]:
     """Final splits (one per song), then rewrite every shard whose rows differ from the final
-    metadata or hold pieces no source has now; returns the table with final rows."""
-    final, conflicts = splits.assign_songs(
-        list(zip(table["song_id"].to_pylist(), table["official_split"].to_pylist(), strict=True)),
-        o.seed,
-        o.valid_frac,
-        o.test_frac,
+    metadata or hold pieces no source has now; returns the table with final rows. Works on
+    Arrow columns: Python objects only for the songs with official splits and one shard."""
+    official = table.filter(pc.is_valid(table["official_split"]))
+    chosen, conflicts = splits.official_choice(
+        zip(official["song_id"].to_pylist(), official["official_split"].to_pylist(), strict=True)
     )
-    table = table.set_column(
-        table.schema.get_field_index("split"), "split", pa.array(final, pa.string())
-    )
-    shard, row = table["shard"].to_pylist(), table["row"].to_pylist()
-    stored, stale = table["stored_split"].to_pylist(), table["stale"].to_pylist()
-    dirty = {s for s, f, st, x in zip(shard, final, stored, stale, strict=True) if x or f != st}
-    used = Counter(shard)
-    dirty |= {s for s, t in cache.tables.items() if used[s] < t.num_rows}
-    members: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(shard):
-        if s in dirty:
-            members[s].append(i)
+    final = table["split"]  # each piece's own: its official split, else its song's draw
+    if chosen:  # a song's clips follow the song's official split
+        batches = table.select(["song_id", "split"]).to_batches(max_chunksize=8192)
+        final = pa.chunked_array(
+            [pa.array(map(chosen.get, *b.to_pydict().values()), pa.string()) for b in batches],
+            pa.string(),
+        )
+        table = table.set_column(table.schema.get_field_index("split"), "split", final)
+    changed = pc.or_(table["stale"], pc.not_equal(final, table["stored_split"]))
+    dirty = set(pc.unique(table["shard"].filter(changed)).to_pylist())
+    used = {c["values"]: c["counts"] for c in pc.value_counts(table["shard"]).to_pylist()}
+    dirty |= {s for s, t in cache.tables.items() if used.get(s, 0) < t.num_rows}
+    row = table["row"].to_numpy().copy()
     for s in tqdm(sorted(dirty), desc="organize (rewrite shards)", unit="shard", disable=not dirty):
-        idx = sorted(members[s], key=row.__getitem__)
-        metas = table.take(idx).to_pylist()
-        store.rewrite(corpus / s, [row[i] for i in idx], metas, o.rows_per_group)
-        for new_row, i in enumerate(idx):
-            row[i] = new_row
+        idx = np.flatnonzero(pc.equal(table["shard"], s).to_numpy(zero_copy_only=False))
+        idx = idx[np.argsort(row[idx], kind="stable")]
+        store.rewrite(corpus / s, row[idx].tolist(), table.take(idx).to_pylist(), o.rows_per_group)
+        row[idx] = np.arange(len(idx))
     if dirty:
         log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
     table = table.set_column(table.schema.get_field_index("row"), "row", pa.array(row, pa.int64()))

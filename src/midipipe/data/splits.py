@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,13 @@ def check_fractions(valid_frac: float, test_frac: float) -> None:
         )
 
 
-def assign_songs(
-    pieces: Sequence[tuple[str, str | None]], seed: int, valid_frac: float, test_frac: float
-) -> tuple[list[str], list[str]]:
-    """The split of each `(song_id, official split or None)`, one split per song; and the songs
-    whose official splits disagree (each then goes where most of its clips are; ties go to the
-    held-out side, so that no test clip is trained on)."""
+def official_choice(pieces: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """The split of each song from its clips' official `(song_id, split)`, and the songs whose
+    official splits disagree (each then goes where most of its clips are; ties go to the
+    held-out side, so that no test clip is trained on). Memory: the songs with official splits."""
     official: dict[str, Counter] = defaultdict(Counter)
     for song, split in pieces:
-        if split is not None:
-            official[song][split] += 1
+        official[song][split] += 1
     chosen: dict[str, str] = {}
     conflicts = []
     for song, votes in official.items():
@@ -68,5 +65,14 @@ def assign_songs(
                 found,
                 chosen[song],
             )
+    return chosen, sorted(conflicts)
+
+
+def assign_songs(
+    pieces: Sequence[tuple[str, str | None]], seed: int, valid_frac: float, test_frac: float
+) -> tuple[list[str], list[str]]:
+    """The split of each `(song_id, official split or None)`, one split per song (songs with
+    official splits: `official_choice`), and the songs whose official splits disagree."""
+    chosen, conflicts = official_choice((s, sp) for s, sp in pieces if sp is not None)
     out = [chosen.get(song) or assign(song, seed, valid_frac, test_frac) for song, _ in pieces]
-    return out, sorted(conflicts)
+    return out, conflicts

@@ -17,7 +17,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import SourceError
@@ -137,6 +139,17 @@ def iter_batches(
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
 
 
+def count(folder: str | Path) -> int:
+    """Rows in the store, from the shards' footers."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in parts(folder))
+
+
+def column(folder: str | Path, name: str) -> pa.Array:
+    """One column of every shard, in store order, as one Arrow array (bytes, not objects)."""
+    chunks = [c for path in parts(folder) for c in pq.read_table(path, columns=[name])[0].chunks]
+    return pa.chunked_array(chunks, SCHEMA.field(name).type).combine_chunks()
+
+
 class Reader:
     """Bytes by `(shard, row)`: reads the row group that holds a row and keeps the last few, so
     locations in store order read each row group once."""
@@ -181,15 +194,82 @@ def read_music(folder: str | Path, locations: Iterable[tuple[str, int]]) -> Iter
         yield reader.music(shard, row)
 
 
+def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Piece ids as a fixed-width bytes NumPy array, sortable and searchable: md5s (all one
+    width) are cast in Arrow, 32 bytes a piece and no Python object per piece."""
+    if not len(ids):
+        return np.empty(0, "S1")
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    lengths = pc.binary_length(ids)
+    width = max(1, pc.max(lengths).as_py())
+    if pc.min(lengths).as_py() < width:  # ids of mixed widths (tests, hand-made manifests)
+        return np.array([pid.encode() for pid in ids.to_pylist()], f"S{width}")
+    fixed = pc.cast(ids, pa.binary(width))
+    return np.frombuffer(fixed.buffers()[1], f"S{width}", len(fixed), fixed.offset * width).copy()
+
+
+def contains(sorted_keys: np.ndarray, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which of `ids` are among `sorted_keys` (`id_keys`, sorted): a binary search per id, so a
+    batch costs O(batch log n), not a hash table of all n rebuilt for every batch."""
+    keys = id_keys(ids)
+    if not len(sorted_keys) or not len(keys):
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+class Locations:
+    """Where pieces lie, `(shard, row)` by piece id, for a corpus of any size: sorted id keys,
+    a shard number and a row per piece (44 bytes a piece with md5 ids). An id stored twice is
+    found at its first location given."""
+
+    def __init__(self, keys: np.ndarray, shards: list[str], shard: np.ndarray, row: np.ndarray):
+        order = np.argsort(keys, kind="stable")  # a second copy sorts after the first
+        self.keys, self.shards = keys[order], sorted(shards)  # shard numbers in name order
+        rank = np.array([self.shards.index(name) for name in shards], np.int32)
+        self.shard, self.row = rank[shard[order]], row[order].astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, piece_id: str) -> tuple[str, int] | None:
+        key = piece_id.encode()
+        i = int(np.searchsorted(self.keys, key))
+        if i == len(self.keys) or self.keys[i] != key:
+            return None
+        return self.shards[self.shard[i]], int(self.row[i])
+
+    def __getitem__(self, piece_id: str) -> tuple[str, int]:
+        found = self.find(piece_id)
+        if found is None:
+            raise KeyError(piece_id)
+        return found
+
+    def ids(self) -> Iterator[str]:
+        """Every piece id, sorted."""
+        return (key.decode() for key in self.keys)
+
+    def store_order(self, piece_ids: Iterable[str] | None = None) -> list[str]:
+        """Piece ids (all by default) sorted by where they lie: the cheapest order to read."""
+        if piece_ids is None:
+            return [self.keys[i].decode() for i in np.lexsort((self.row, self.shard))]
+        return sorted(piece_ids, key=self.__getitem__)
+
+
 class Corpus:
     """The organized corpus by piece id: the manifest's locations and the shards' bytes."""
 
     def __init__(
         self, folder: str | Path = "data/corpus", manifest: str | Path = "data/manifest.parquet"
     ):
-        table = pq.read_table(manifest, columns=["piece_id", "shard", "row"]).to_pydict()
-        self.where = dict(
-            zip(table["piece_id"], zip(table["shard"], table["row"], strict=True), strict=True)
+        table = pq.read_table(manifest, columns=["piece_id", "shard", "row"])
+        shard = table["shard"].combine_chunks().dictionary_encode()
+        self.where = Locations(
+            id_keys(table["piece_id"]),
+            shard.dictionary.to_pylist(),
+            shard.indices.to_numpy(zero_copy_only=False),
+            table["row"].to_numpy(),
         )
         self.reader = Reader(folder)
 
@@ -198,8 +278,7 @@ class Corpus:
 
     def in_store_order(self, piece_ids: Iterable[str] | None = None) -> list[str]:
         """Piece ids (all by default) sorted by where they lie: the cheapest order to read."""
-        ids = self.where if piece_ids is None else piece_ids
-        return sorted(ids, key=self.where.__getitem__)
+        return self.where.store_order(piece_ids)
 
     def iter_music(self, piece_ids: Iterable[str]) -> Iterator[bytes]:
         for pid in piece_ids:

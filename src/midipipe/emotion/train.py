@@ -85,7 +85,7 @@ def rules_only(io: EmotionPaths, p: EmotionParams, reason: str, labelled_pieces:
     write_csv(io.kfold_csv, [], TABLE_COLUMNS)
     corpus = Corpus(io.corpus, io.manifest)
     rows, shown = [], 0
-    for pid in sorted(corpus.where):
+    for pid in corpus.where.ids():
         if shown == p.examples:
             break
         try:

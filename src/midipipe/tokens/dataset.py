@@ -28,6 +28,13 @@ from midipipe.data.splits import SPLITS
 UNIT_ROWS = 256  # pieces per unit at most: a unit is what one slot reads at a time
 
 
+def release_arrow_memory() -> None:
+    """Hand Arrow's freed buffers back to the OS. Reading many token parts one after another
+    otherwise leaves the pool's high-water mark growing with the number of parts read: peak
+    RSS then grows with the corpus although one part is live at a time."""
+    pa.default_memory_pool().release_unused()
+
+
 @dataclass
 class SplitIndex:
     """Where each non-empty piece of one split lies in the token shards, in part/row order."""
@@ -103,6 +110,8 @@ def split_index(
         )
         rows = np.flatnonzero((pos >= 0) & (length > 0))
         found.append((np.full(len(rows), k), rows, length[rows], bars[rows], labels[pos[rows]]))
+        del part
+        release_arrow_memory()
     part_of, row, length, bars, label = (np.concatenate(c) for c in zip(*found, strict=True))
     return SplitIndex(
         parts,
@@ -152,6 +161,8 @@ class PartReader:
         self.columns: tuple[np.ndarray, ...] = ()
 
     def _load(self, part: int) -> None:
+        self.columns = ()
+        release_arrow_memory()  # the last part's buffers: else the pool keeps them per part read
         table = pq.read_table(self.index.parts[part], columns=["ids", "bar_starts"])
         arrays = [table[name].combine_chunks() for name in ("ids", "bar_starts")]
         self.columns = tuple(x for a in arrays for x in (a.values.to_numpy(), a.offsets.to_numpy()))

@@ -15,10 +15,13 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -26,9 +29,9 @@ from midipipe.core.code import code_version
 from midipipe.core.errors import BadMidi
 from midipipe.core.io import ShardWriter, write_json, write_table
 from midipipe.core.params import TokenizeParams
+from midipipe.data import store
 from midipipe.data.midi import load_score
 from midipipe.data.pool import Failure, robust_map
-from midipipe.data.store import Corpus
 from midipipe.tokens import remi
 from midipipe.tokens.shards import REJECTS_SCHEMA, TOKENS_SCHEMA, read_parts
 
@@ -47,10 +50,15 @@ def _init_worker(remi_overrides: dict, with_musetok: bool, max_notes: int) -> No
     _MAX_NOTES = max_notes
 
 
-def _tokenize_one(src: bytes | str) -> dict:
+# what the pool tokenizes: (piece id, its name in rejects, its bytes or a path read there)
+Item = tuple[str, str, bytes | str]
+
+
+def _tokenize_one(item: Item) -> dict:
     """Both token streams of one file (its bytes, or a path read here), or why each failed."""
     from midipipe.musetok.events import Fixes, MuseTokReject, encode_midi
 
+    src = item[2]
     data = src if isinstance(src, bytes) else Path(src).read_bytes()
     try:  # unreadable, empty or oversized: the same reason for both streams
         score = load_score(data, max_notes=_MAX_NOTES)
@@ -64,7 +72,9 @@ def _tokenize_one(src: bytes | str) -> dict:
     if _WITH_MUSETOK:
         out["musetok_fixes"] = fixes = Fixes()
         try:
-            out["musetok"] = encode_midi(data, fixes)
+            ids, bars = encode_midi(data, fixes)
+            # int32 arrays, as REMI's: compact to send back and to hold until a part is written
+            out["musetok"] = np.asarray(ids, np.int32), np.asarray(bars, np.int32)
         except MuseTokReject as exc:
             out["musetok"] = Failure(str(exc))
     return out
@@ -144,19 +154,25 @@ def _fingerprint(params: TokenizeParams) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _stored_ids(out_dir: Path) -> set[str]:
-    return {
-        pid
+def _stored_ids(out_dir: Path) -> pa.Array:
+    """The ids of the pieces the shards hold (each once), as one Arrow array (a few dozen
+    bytes a piece)."""
+    chunks = [
+        chunk
         for stream in STREAMS
         for part in sorted((out_dir / stream).glob("part-*.parquet"))
-        for pid in pq.read_table(part, columns=["piece_id"]).column(0).to_pylist()
-    }
+        for chunk in pq.read_table(part, columns=["piece_id"])[0].chunks
+    ]
+    return pa.chunked_array(chunks, pa.string()).combine_chunks().unique()
 
 
-def _checkpoint(out_dir: Path, resume: bool, fingerprint: str, wanted: set[str]) -> dict:
+def _checkpoint(
+    out_dir: Path, resume: bool, fingerprint: str, wanted: Callable[[], pa.Array]
+) -> dict:
     """The last checkpoint of a run (finished or not) with the same params and code, when all
-    the files it holds are still wanted (`have`: those files, not tokenized again); else a clean
-    folder. A file that left the corpus would leave stale rows: that starts clean too."""
+    the files it holds are still among `wanted()` (`have`: those files, not tokenized again);
+    else a clean folder. A file that left the corpus would leave stale rows: that starts clean
+    too."""
     progress = out_dir / PROGRESS_FILE
     if resume and progress.is_file():
         state = json.loads(progress.read_text())
@@ -165,16 +181,19 @@ def _checkpoint(out_dir: Path, resume: bool, fingerprint: str, wanted: set[str])
                 for part in sorted((out_dir / stream).glob("part-*.parquet"))[n:]:
                     part.unlink()
             have = _stored_ids(out_dir)
-            if have <= wanted:
+            gone = (
+                len(have) - pc.sum(pc.is_in(have, value_set=wanted())).as_py() if len(have) else 0
+            )
+            if not gone:
                 log.info("resuming after %d files (%s)", len(have), progress)
                 return {**state, "have": have}
-            log.info("%d tokenized files left the corpus: from scratch", len(have - wanted))
+            log.info("%d tokenized files left the corpus: from scratch", gone)
         else:
             log.info("%s is from other params or code: tokenizing from scratch", progress)
     for stream in STREAMS:
         shutil.rmtree(out_dir / stream, ignore_errors=True)
     (out_dir / "rejects.parquet").unlink(missing_ok=True)
-    return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "have": set()}
+    return {"fingerprint": fingerprint, "done": 0, "parts": {}, "summary": {}, "have": None}
 
 
 def tokenize_files(
@@ -196,8 +215,29 @@ def tokenize_files(
     shards lack (an interrupted run continues; files added to the corpus are appended; no file
     twice, none lost), unless a tokenized file is no longer among the items: then, as without
     `resume`, it starts clean."""
+    ids = pa.array([pid for pid, _ in items], pa.string())
+
+    def todo(have: pa.Array | None) -> Iterator[Item]:
+        done = pc.is_in(ids, value_set=have).to_pylist() if have is not None else [False] * len(ids)
+        keep = [item for item, old in zip(items, done, strict=True) if not old]
+        srcs = music(keep) if music is not None else (path for _, path in keep)
+        return ((pid, name, src) for (pid, name), src in zip(keep, srcs, strict=True))
+
+    return _tokenize(out_dir, params, lambda: ids, todo, total, resume)
+
+
+def _tokenize(
+    out_dir: str | Path,
+    params: TokenizeParams,
+    wanted: Callable[[], pa.Array],
+    todo: Callable[[pa.Array | None], Iterable[Item]],
+    total: int | None,
+    resume: bool,
+) -> Summary:
+    """`tokenize_files` over `todo(have)`: the items whose ids the shards kept at the
+    checkpoint (`have`, None when starting clean) lacks; `wanted()`: every item's id."""
     out_dir = Path(out_dir)
-    state = _checkpoint(out_dir, resume, _fingerprint(params), {pid for pid, _ in items})
+    state = _checkpoint(out_dir, resume, _fingerprint(params), wanted)
     have = state.pop("have")
     tokenizer = remi.make_tokenizer(params.remi)
     (out_dir / "remi").mkdir(parents=True, exist_ok=True)
@@ -213,11 +253,10 @@ def tokenize_files(
         for stream in STREAMS
         if stream != "musetok" or params.musetok
     }
-    todo = [item for item in items if item[0] not in have]
-    done = len(have)
+    done = len(have) if have is not None else 0
     results = robust_map(
         _tokenize_one,
-        music(todo) if music is not None else (path for _, path in todo),
+        todo(have),
         workers=params.workers,
         timeout=params.timeout_s,
         batch_size=params.batch_size,
@@ -225,7 +264,7 @@ def tokenize_files(
         initargs=(params.remi, params.musetok, params.max_notes),
     )
     bar = tqdm(results, total=total, initial=done, desc="tokenize", unit="file")
-    for (pid, path), (_, res) in zip(todo, bar, strict=True):
+    for (pid, path, _), res in bar:
         summary.files += 1
         if isinstance(res, Failure):  # the whole file: unreadable, crashed or hung
             res = {"remi": res, "musetok": res if params.musetok else None}
@@ -263,16 +302,19 @@ def tokenize_files(
     return summary
 
 
-def _store_items(manifest: Path) -> list[tuple[str, str]]:
-    """`(piece_id, "source:original")` of every piece in store order (shard, then row)."""
-    rows = pq.read_table(manifest, columns=["piece_id", "source", "original", "shard", "row"])
-    rows = rows.sort_by([("shard", "ascending"), ("row", "ascending")]).to_pydict()
-    return [
-        (pid, f"{source}:{original}")
-        for pid, source, original in zip(
-            rows["piece_id"], rows["source"], rows["original"], strict=True
-        )
-    ]
+_STORE_COLUMNS = ["md5", "source", "original", "music"]
+
+
+def _store_items(corpus: Path, have: pa.Array | None) -> Iterator[Item]:
+    """`(piece_id, "source:original", bytes)` of every piece of the store not in `have`, in
+    store order (shard, then row), one row group in memory at a time."""
+    done = np.sort(store.id_keys(have)) if have is not None else np.empty(0, "S1")
+    for batch in store.iter_batches(corpus, _STORE_COLUMNS, batch_size=64):
+        if len(done):
+            batch = batch.filter(pa.array(~store.contains(done, batch["md5"])))
+        pid, source, original, music = (batch.column(name).to_pylist() for name in _STORE_COLUMNS)
+        for i in range(batch.num_rows):
+            yield pid[i], f"{source[i]}:{original[i]}", music[i]
 
 
 def tokenize_corpus(
@@ -281,20 +323,18 @@ def tokenize_corpus(
     out_dir: str | Path | None = None,
     resume: bool = False,
 ) -> Summary:
-    """`tokenize_files` over the corpus store under `data_dir` (`corpus/`, `manifest.parquet`),
-    in store order so each row group is read once; tokens go to `out_dir` (`data_dir/tokens`),
-    rejects name each file as `source:original name`."""
-    data_dir = Path(data_dir)
-    manifest = data_dir / "manifest.parquet"
-    corpus = Corpus(data_dir / "corpus", manifest)
-    items = _store_items(manifest)
-    return tokenize_files(
-        items,
-        out_dir if out_dir is not None else data_dir / "tokens",
+    """`tokenize_files` over the corpus store under `data_dir` (`corpus/`: organize leaves
+    there exactly the manifest's pieces), read shard by shard in store order, so memory holds
+    no per-piece state; tokens go to `out_dir` (`data_dir/tokens`), rejects name each file as
+    `source:original name`."""
+    corpus = Path(data_dir) / "corpus"
+    return _tokenize(
+        out_dir if out_dir is not None else Path(data_dir) / "tokens",
         params,
-        total=len(items),
-        resume=resume,
-        music=lambda todo: corpus.iter_music(pid for pid, _ in todo),
+        lambda: store.column(corpus, "md5"),
+        lambda have: _store_items(corpus, have),
+        store.count(corpus),
+        resume,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,5 +79,12 @@ MIDI_SUFFIXES = (".mid", ".midi", ".MID", ".MIDI", ".kar")
 
 
 def find_midis(root: Path) -> Iterator[Path]:
-    """MIDI files under `root`, in a stable order."""
-    return iter(sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in MIDI_SUFFIXES))
+    """MIDI files under `root` in path order (as `sorted(root.rglob("*"))` has them, symlinked
+    folders not entered), walked a folder at a time: memory holds one folder's names, not a
+    `Path` per file of the corpus."""
+    for name in sorted(os.listdir(root)):
+        path = root / name
+        if path.is_dir() and not path.is_symlink():
+            yield from find_midis(path)
+        elif path.suffix in MIDI_SUFFIXES and path.is_file():
+            yield path
