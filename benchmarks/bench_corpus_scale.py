@@ -6,7 +6,8 @@ inputs sit inside it: a corrupted file, a zero-byte file, a file of millions of 
 files that hang and crash whatever parses them (the `data.midi.FAULT_ENV` hook). A copy of the
 project then runs `dvc repro` on it, stage by stage, as a user would, at each size:
 
-- organize and tokenize wall time and files/s, and each stage's peak RSS (process tree);
+- organize and tokenize wall time and files/s, and each stage's peak RSS and PSS (process
+  tree; RSS counts pages forked workers share with their parent once per process, PSS once);
 - one epoch of generator training (stage 08 with `epochs: 1`): its peak RSS;
 - no-op `dvc repro` and `dvc status` times; the DVC cache size against the corpus size;
 - the projection to GigaMIDI v2's 2.1M files (linear in files: both stages stream).
@@ -142,15 +143,15 @@ def make_project(dst: Path, corpus: Path) -> Path:
     return dst
 
 
-def timed(cwd: Path, env: dict, *cmd: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB, process tree) of one command; fails loudly."""
-    with PeakRSS() as rss:
+def timed(cwd: Path, env: dict, *cmd: str) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS and peak PSS (MB, process tree) of one command; fails loudly."""
+    with PeakRSS(pss=True) as rss:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return round(wall, 2), rss.peak_mb
+    return round(wall, 2), rss.peak_mb, rss.peak_pss_mb
 
 
 def du_mb(path: Path) -> float:
@@ -172,12 +173,12 @@ def measure(work: Path, corpus: Path, faults: dict[str, str]) -> dict:
     files = count_files(corpus)
     out: dict = {"files": files, "corpus_mb": du_mb(corpus)}
     for stage in ("organize", "tokenize", "bucket_composers", "train_generator"):
-        wall, peak = timed(repo, env, "dvc", "repro", "-s", stage)
-        out[f"{stage}_s"], out[f"{stage}_peak_rss_mb"] = wall, peak
+        wall, rss, pss = timed(repo, env, "dvc", "repro", "-s", stage)
+        out[f"{stage}_s"], out[f"{stage}_peak_rss_mb"], out[f"{stage}_peak_pss_mb"] = wall, rss, pss
     out["organize_tokenize_s"] = round(out["organize_s"] + out["tokenize_s"], 1)
     out["files_per_s"] = round(files / out["organize_tokenize_s"], 1)
-    out["noop_repro_s"], _ = timed(repo, env, "dvc", "repro", "train_generator")
-    out["status_s"], _ = timed(repo, env, "dvc", "status")
+    out["noop_repro_s"] = timed(repo, env, "dvc", "repro", "train_generator")[0]
+    out["status_s"] = timed(repo, env, "dvc", "status")[0]
     out["cache_mb"] = du_mb(repo / ".dvc" / "cache")
     out["cache_files"] = count_files(repo / ".dvc" / "cache")
     out["data_files"] = count_files(repo / "data")
@@ -218,9 +219,10 @@ def main() -> None:
             log.info("%d files: %s", size, json.dumps(result[str(size)]))
         small, large = (result[str(s)] for s in (min(args.sizes), max(args.sizes)))
         for key in ("organize", "tokenize", "train_generator"):
-            result[f"{key}_rss_ratio_large_over_small"] = round(
-                large[f"{key}_peak_rss_mb"] / small[f"{key}_peak_rss_mb"], 2
-            )
+            for kind in ("rss", "pss"):
+                result[f"{key}_{kind}_ratio_large_over_small"] = round(
+                    large[f"{key}_peak_{kind}_mb"] / small[f"{key}_peak_{kind}_mb"], 2
+                )
         result["files_per_s_ratio_large_over_small"] = round(
             large["files_per_s"] / small["files_per_s"], 2
         )
