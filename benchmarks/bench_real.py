@@ -15,7 +15,8 @@ vgmidi, a second row on that MuseTok's latents (`pretrained` in the JSON line), 
 four-way task its latents for the latent baseline.
 
 Each project is built under `--work` (default /tmp/midipipe-bench-real) and reused by later
-runs. One JSON line per task on stdout.
+runs (one built before the corpus store, without `data/corpus`, is rebuilt).
+One JSON line per task on stdout.
     python benchmarks/bench_real.py --tasks emopia asap [--budget-s 300]
     python benchmarks/bench_real.py --tasks emopia vgmidi --pretrained models/pretrained/musetok
 """
@@ -68,6 +69,9 @@ def project_params(sources: list[dict], workers: int, **split):
 def build(root: Path, sources: list[dict], workers: int, musetok: dict | None, **split) -> dict:
     """Stages 00-01 (and 03-04 with `musetok`) into `root`, skipped where already done."""
     data = root / "data"
+    if data.is_dir() and not (data / "corpus").is_dir():  # built before the corpus store
+        log.warning("%s predates the corpus store: rebuilding it", root)
+        shutil.rmtree(root)
     if not (data / "tokens" / "remi" / "tokenizer.json").exists():
         p = project_params(sources, workers, **split)
         organize(p, data)
