@@ -27,6 +27,7 @@ from midipipe.emotion import (
 )
 from midipipe.emotion.evaluate import bar_metrics, piece_folds
 from midipipe.emotion.regressor import (
+    EmotionMLP,
     MLPConfig,
     concordance,
     fit_mlp,
@@ -282,11 +283,12 @@ def test_ridge_branch_fits_on_training_rows_only_and_mixes_into_the_output():
     y2[test] = -y[test]
     again = fit_mlp(cfg, x, y2, np.ones(640), offsets, train, _tp(1), "mse")
     np.testing.assert_allclose(predict(again, x, offsets, test), pred, atol=1e-6)
-    # linear_mix 0: the MLP alone, the ridge untouched
+    # linear_mix 0: the MLP alone, no ridge (and a model saved without one loads)
     plain = fit_mlp(
         dataclasses.replace(cfg, linear_mix=0.0), x, y, np.ones(640), offsets, train, _tp(1), "mse"
     )
-    assert not plain.ridge_w.any()
+    assert "ridge_w" not in plain.state_dict()
+    EmotionMLP(plain.cfg).load_state_dict(plain.state_dict())
     with pytest.raises(ValueError, match="linear_mix"):
         regressor.MLPParams(linear_mix=1.5)
 

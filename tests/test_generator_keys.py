@@ -156,3 +156,20 @@ def test_novelty_compares_in_the_key_the_model_was_trained_in(tokenizer):
     seen = as_trained(pieces, keys)
     for _ in range(2):  # re-iterable: novelty passes over the training pieces several times
         assert [keys.shift_of(p) for p in seen] == [0, 0]
+
+
+def test_composer_token_sequence_starts_in_the_module_forward(tokenizer, monkeypatch):
+    """Unprimed sampling feeds BOS alone first: the module forward must take it (it adds the
+    composer position), never `decode_step` at position 0."""
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=len(tokenizer.vocab), context=64, composer_token=True)).eval()
+    starts = []
+    decode = model.decode_step
+
+    def spy(ids, composer, cache):
+        starts.append(cache.pos)
+        return decode(ids, composer, cache)
+
+    monkeypatch.setattr(model, "decode_step", spy)
+    generate(model, tokenizer, 3, cfg=SampleConfig(max_tokens=8, seed=7, guidance=2.0))
+    assert starts and min(starts) > 0

@@ -141,9 +141,10 @@ class EmotionMLP(nn.Module):
         else:
             self.register_buffer("mean", torch.zeros(cfg.width))
             self.register_buffer("std", torch.ones(cfg.width))
+            bar_width = cfg.width
+        if cfg.linear_mix:  # only then: a model saved without the ridge still loads
             self.register_buffer("ridge_w", torch.zeros(cfg.width, 2))
             self.register_buffer("ridge_b", torch.zeros(2))
-            bar_width = cfg.width
         self.net = nn.Sequential(
             nn.Linear((2 * cfg.window + 1) * bar_width, cfg.hidden),
             nn.GELU(),

@@ -488,7 +488,8 @@ def generate_batch(
         start = sampler.length - feed.shape[1]
         feed = feed.repeat(2, 1) if guided else feed
         with inference_precision(device):
-            if cache is not None and feed.shape[1] == 1:
+            # the module forward starts a sequence (it adds the composer position, if any)
+            if cache is not None and feed.shape[1] == 1 and cache.pos > 0:
                 last = model.decode_step(feed, composers, cache)
             else:
                 logits, _ = model(feed, composers, cache, start_pos=start, last_only=True)
