@@ -319,9 +319,15 @@ def _settle(corpus: Path, table: pa.Table, cache: _Cache, o) -> tuple[pa.Table, 
     used = {c["values"]: c["counts"] for c in pc.value_counts(table["shard"]).to_pylist()}
     dirty |= {s for s, t in cache.tables.items() if used.get(s, 0) < t.num_rows}
     row = table["row"].to_numpy().copy()
+    # the pieces grouped by shard, in row order, in one pass (not a scan per dirty shard)
+    codes = table["shard"].combine_chunks().dictionary_encode()
+    shard_of = codes.indices.to_numpy(zero_copy_only=False)
+    order = np.lexsort((row, shard_of))
+    bounds = np.searchsorted(shard_of[order], np.arange(len(codes.dictionary) + 1))
+    code = {s: c for c, s in enumerate(codes.dictionary.to_pylist())}
     for s in tqdm(sorted(dirty), desc="organize (rewrite shards)", unit="shard", disable=not dirty):
-        idx = np.flatnonzero(pc.equal(table["shard"], s).to_numpy(zero_copy_only=False))
-        idx = idx[np.argsort(row[idx], kind="stable")]
+        c = code.get(s)  # None: every piece of the shard left the sources
+        idx = order[bounds[c] : bounds[c + 1]] if c is not None else order[:0]
         store.rewrite(corpus / s, row[idx].tolist(), table.take(idx).to_pylist(), o.rows_per_group)
         row[idx] = np.arange(len(idx))
     if dirty:
