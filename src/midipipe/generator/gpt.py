@@ -492,6 +492,9 @@ class GPT(nn.Module):
         cos, sin = w.angles(cache.pos)
         bias = ring.bias[cache.pos] if cache.pos < len(ring.bias) else None  # None: full
         x = F.embedding(ids[:, 0], self.tok.weight) + F.embedding(composer, w.composer)
+        # bf16 under autocast, which addmm_ skips: cast back to x's dtype (a call saved a
+        # layer without it)
+        cast = torch.is_autocast_enabled(x.device.type)
         for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
             y = F.layer_norm(x, (d,), ln1) @ wqkv
             qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
@@ -501,10 +504,9 @@ class GPT(nn.Module):
             scores = torch.bmm(q, ring.keys[i])  # baddbmm with the bias took 1.25x as long
             if bias is not None:
                 scores += bias
-            att = torch.bmm(torch.softmax(scores, -1), ring.values[i])
-            # x += att @ wo in one op; type_as: bf16 under CUDA autocast, which addmm_ skips
-            x.addmm_(att.view(b, d).type_as(x), wo)
-            x.addmm_(F.gelu(F.layer_norm(x, (d,), ln2) @ up).type_as(x), down)
+            att = torch.bmm(torch.softmax(scores, -1), ring.values[i]).view(b, d)
+            h = F.gelu(F.layer_norm(x.addmm_(att.type_as(x) if cast else att, wo), (d,), ln2) @ up)
+            x.addmm_(h.type_as(x) if cast else h, down)  # x += att @ wo, h @ down in one op each
         cache.pos += 1
         return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 

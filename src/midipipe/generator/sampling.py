@@ -149,6 +149,7 @@ class RemiGrammar:
         length = torch.tensor(lengths)[None, :, None]
         self.position_ok = ((value < 0) | ((value > now) & (value < length))).flatten(0, 1)
         # what a token does to a row's state fields (FIELDS): set a field to a value, add
+        n_pos = len(self.position_ok)
         sets = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
         to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
         adds = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
@@ -157,7 +158,7 @@ class RemiGrammar:
             if k in SPECIAL:
                 continue
             state = index["ProgramDrum" if k == "Program" and v == "-1" else k]
-            field_values = {STATE: state}
+            field_values = {STATE: state, STATE_ROW: state * n_pos}
             if k == "Bar":
                 field_values[POSITION] = 0  # no position yet
                 adds[i, BARS] = adds[i, EPOCH] = 1  # a new bar, nothing played
@@ -168,27 +169,47 @@ class RemiGrammar:
                 field_values[LENGTH] = lengths.index(int(v.split("/")[0]) * per_beat)
             elif k == "Program":
                 field_values[PROGRAM] = programs.index(int(v))
+                field_values[PROGRAM_AT] = programs.index(int(v)) * (self.n + 1)
+            # its column of `played` (the spare one, n, unless a pitch)
+            field_values[COLUMN] = i if self.is_pitch[i] else self.n
             for f, x in field_values.items():
                 sets[i, f], to[i, f] = 1, x
-        # one row per token, [keep (1 - sets), to, adds, its column of `played` (the spare
-        # one, n, unless a pitch)]: a step is one index_select. PAD's row changes nothing
-        column = torch.where(self.is_pitch, torch.arange(self.n), self.n)[:, None]
-        self.effect = torch.cat([1 - sets, to, adds, column], 1)
+        # one row per token, [keep (1 - sets), to + adds]: a step is one index_select and an
+        # addcmul. PAD's row changes nothing
+        self.effect = torch.cat([1 - sets, to + adds], 1)
+        # succ_forward[state * positions + position row]: the successors of the state that
+        # also move forward in the bar (one lookup for the two masks)
+        self.succ_forward = (self.successors[:, None] & self.position_ok[None]).flatten(0, 1)
         self.initial = torch.zeros(len(FIELDS), dtype=torch.long)
-        self.initial[STATE], self.initial[POSITION] = index["start"], 0
+        self.initial[STATE], self.initial[STATE_ROW] = index["start"], index["start"] * n_pos
         self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
         self.initial[PROGRAM], self.initial[EPOCH] = programs.index(0), 1
+        self.initial[PROGRAM_AT] = programs.index(0) * (self.n + 1)
 
     def is_complete(self, token: int) -> bool:
         """Whether a sequence may end on `token` (a note, tempo or time signature is whole)."""
         return self.kind[token] in self.complete
 
 
-# a row's grammar state: last token's kind (or start/ProgramDrum), position in the bar (as
-# (position + 1) x the number of bar lengths, 0: none yet), bar length index, program index,
+# a row's grammar state: last token's kind (or start/ProgramDrum), the same times the rows of
+# `position_ok`, position in the bar (as (position + 1) x the number of bar lengths, 0: none
+# yet), bar length index, the row's first program row of `played`, program index, the row's
+# first element of `played` (flat), the program's offset there, the last token's column,
 # bars so far, and a counter that moves with each Bar or Position, so "played at this
-# position" is "played in this epoch" (POSITION and LENGTH side by side: `allowed` sums them)
-FIELDS = STATE, POSITION, LENGTH, PROGRAM, BARS, EPOCH = range(6)
+# position" is "played in this epoch". Fields that are summed into an index sit side by side
+FIELDS = (
+    STATE,
+    STATE_ROW,
+    POSITION,
+    LENGTH,
+    ROW,
+    PROGRAM,
+    FLAT,
+    PROGRAM_AT,
+    COLUMN,
+    BARS,
+    EPOCH,
+) = range(11)
 
 
 class GrammarState:
@@ -196,16 +217,17 @@ class GrammarState:
     (FIELDS) [n, 6], and for each program and pitch the epoch it was last played in."""
 
     def __init__(self, grammar: RemiGrammar, n: int, device: torch.device) -> None:
-        for name in ("successors", "position_ok", "effect", "is_pitch"):
+        for name in ("successors", "succ_forward", "effect", "is_pitch"):
             setattr(self, name, getattr(grammar, name).to(device))
-        self.n_vocab = grammar.n
-        # row r's program p is row r * programs + p of `played`
-        self.first_row = torch.arange(n, device=device) * grammar.n_programs
+        v = grammar.n
         self.fields = grammar.initial.to(device).repeat(n, 1)
-        # [row and program, token], one spare token column that non-pitch steps write to
-        self.played = torch.zeros(
-            n * grammar.n_programs, grammar.n + 1, dtype=torch.int32, device=device
-        )
+        # row r's program p is row r * programs + p of `played`
+        self.fields[:, ROW] = torch.arange(n, device=device) * grammar.n_programs
+        self.fields[:, FLAT] = self.fields[:, ROW] * (v + 1)
+        # [row and program, token] (flat), one spare token column that non-pitch steps write
+        # to; `rows` the same without the spare column
+        self.played = torch.zeros(n * grammar.n_programs * (v + 1), dtype=torch.long, device=device)
+        self.rows = self.played.as_strided((n * grammar.n_programs, v), (v + 1, 1))
 
     @property
     def bars(self) -> Tensor:
@@ -215,19 +237,18 @@ class GrammarState:
         """Bool mask [n, vocab]: the state's successors, positions forward inside the bar,
         no pitch twice at a position and program (unless that leaves nothing)."""
         f = self.fields
-        succ = self.successors.index_select(0, f[:, STATE])
-        played = self.played.index_select(0, self.first_row + f[:, PROGRAM])
-        fresh = played.narrow(1, 0, self.n_vocab) != f.narrow(1, EPOCH, 1)
-        forward = self.position_ok.index_select(0, f.narrow(1, POSITION, 2).sum(1))
-        mask = succ & forward & fresh
+        mask = self.succ_forward.index_select(0, f.narrow(1, STATE_ROW, 3).sum(1))
+        played = self.rows.index_select(0, f.narrow(1, ROW, 2).sum(1))
+        mask &= played != f.narrow(1, EPOCH, 1)
+        succ = self.successors.index_select(0, f.select(1, STATE))
         return torch.where(mask.any(1, keepdim=True), mask, succ)
 
     def step(self, tokens: Tensor) -> None:
         """Advance each row by its token [n]; special tokens (PAD for a finished row) change
-        nothing."""
-        keep, to, adds, column = self.effect.index_select(0, tokens).split(len(FIELDS), 1)
-        f = self.fields = keep * self.fields + to + adds
-        self.played.index_put_((self.first_row + f[:, PROGRAM], column[:, 0]), f[:, EPOCH].int())
+        nothing (a finished row's last pitch is marked played again, in the same epoch)."""
+        keep, change = self.effect.index_select(0, tokens).view(-1, 2, len(FIELDS)).unbind(1)
+        f = self.fields = torch.addcmul(change, keep, self.fields)
+        self.played.index_copy_(0, f.narrow(1, FLAT, 3).sum(1), f.select(1, EPOCH))
 
 
 # -- sampling --------------------------------------------------------------------------------
@@ -304,12 +325,17 @@ class TokenSampler:
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
+        self.not_eos = torch.arange(grammar.n, device=device) != grammar.eos
+        self.pad = torch.tensor(grammar.pad, device=device)
         self.live = torch.ones(self.n, dtype=torch.bool, device=device)
         # per step and row: whether the model's top token was allowed, the mass masked off
         self.top_ok = torch.zeros(cfg.max_tokens, self.n, 1, dtype=torch.bool, device=device)
         self.off = torch.zeros(cfg.max_tokens, self.n, dtype=torch.float32, device=device)
-        self.step_stats = list(zip(self.top_ok.unbind(), self.off.unbind(), strict=True))
-        self.done_at = torch.full((self.n,), -1, dtype=torch.long, device=device)
+        # and whether the row ended there
+        self.ends = torch.zeros(cfg.max_tokens, self.n, dtype=torch.bool, device=device)
+        self.step_stats = list(
+            zip(self.top_ok.unbind(), self.off.unbind(), self.ends.unbind(), strict=True)
+        )
         self.t = 0
         self.times: list[float] = []
         self.t0 = time.perf_counter()
@@ -335,20 +361,18 @@ class TokenSampler:
         cfg, g, t = self.cfg, self.g, self.t
         allowed = self.state.allowed()
         if t < cfg.min_tokens:
-            allowed[:, g.eos] = False
-        top_ok, off = self.step_stats[t]  # views: tuples, not a tensor index per step
+            allowed &= self.not_eos
+        top_ok, off, end = self.step_stats[t]  # views: tuples, not a tensor index per step
         torch.gather(allowed, 1, logits.argmax(1, keepdim=True), out=top_ok)
         torch.sum(torch.softmax(logits, 1).masked_fill_(allowed, 0.0), 1, out=off)
         tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t])
-        end = tokens == g.eos
+        torch.eq(tokens, g.eos, out=end)
         if cfg.max_bars and g.bar is not None:
             end |= (tokens == g.bar) & (self.state.bars >= cfg.max_bars)
         end &= self.live
-        self.done_at = torch.where(end, t, self.done_at)
-        self.live = self.live ^ end  # end only where live
-        fed = torch.where(self.live, tokens, g.pad)
+        self.live ^= end  # end only where live
+        fed = torch.where(self.live, tokens, self.pad, out=self.columns[self.length])
         self.state.step(fed)
-        self.columns[self.length].copy_(fed)
         self.length += 1
         self.t += 1
         self.times.append(time.perf_counter() - self.t0)
@@ -364,12 +388,14 @@ class TokenSampler:
         end = time.perf_counter() - self.t0
         hist = self.hist[:, : self.length].tolist()
         # a row was live at the steps up to the one that ended it
-        steps = torch.arange(self.t, device=self.done_at.device)[:, None]
-        live = (self.done_at < 0) | (steps <= self.done_at)
+        ends = self.ends[: self.t]
+        done = torch.where(ends.any(0), ends.int().argmax(0), -1)
+        steps = torch.arange(self.t, device=done.device)[:, None]
+        live = (done < 0) | (steps <= done)
         new = live.sum(0).tolist()
         repairs = (~self.top_ok[: self.t, :, 0] & live).sum(0).tolist()
         masked = torch.where(live, self.off[: self.t].double(), 0.0).sum(0).tolist()
-        done_at = self.done_at.tolist()
+        done_at = done.tolist()
         return [
             finish_row(
                 self.g,
