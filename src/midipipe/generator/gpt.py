@@ -241,6 +241,20 @@ class DecodeRing:
         filled = torch.arange(context)[None, :] <= torch.arange(context - 1)[:, None]
         bias = torch.zeros(context - 1, 1, context, dtype=like.dtype, device=like.device)
         self.bias = bias.masked_fill_(~filled[:, None, :].to(like.device), float("-inf")).unbind()
+        # a step's buffers, written with out= or in place, and views of them made once (a
+        # view per step is an op call): the q/k/v projection [B, 5d] (q, k, v, then the
+        # swapped q and k), its rotated part, the new keys and values as a slot wants them,
+        # q per head (a view at one row; more rows need a copy), the scores, attention out
+        d = heads * head_dim
+        self.y = like.new_empty(b, 5 * d)
+        self.y_qkv, self.y_qk = self.y.narrow(1, 0, 3 * d), self.y.narrow(1, 0, 2 * d)
+        self.y_swap = self.y.narrow(1, 3 * d, 2 * d)
+        self.y_kv = self.y.narrow(1, d, 2 * d).view(b, 2, heads, head_dim)
+        self.y_q = self.y.narrow(1, 0, d)
+        self.q = self.y_q.view(b * heads, 1, head_dim) if b == 1 else None
+        self.scores = like.new_empty(b * heads, 1, context)
+        self.att = like.new_empty(b * heads, 1, head_dim)
+        self.att_rows = self.att.view(b, d)
 
     def unwind(self, pos: int) -> list[Tensor]:
         """The window in position order, [2, B, heads, n, head_dim] per layer (n = the
@@ -492,21 +506,24 @@ class GPT(nn.Module):
         cos, sin = w.angles(cache.pos)
         bias = ring.bias[cache.pos] if cache.pos < len(ring.bias) else None  # None: full
         x = F.embedding(ids[:, 0], self.tok.weight) + F.embedding(composer, w.composer)
-        # bf16 under autocast, which addmm_ skips: cast back to x's dtype (a call saved a
-        # layer without it)
+        # h is bf16 under autocast, which addmm_ skips: cast back to x's dtype (a call saved
+        # without it)
         cast = torch.is_autocast_enabled(x.device.type)
         for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
-            y = F.layer_norm(x, (d,), ln1) @ wqkv
-            qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
-            qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
-            ring.slots[i][slot].copy_(qkv.narrow(1, d, 2 * d).view(b, 2, heads, -1))
-            q = qkv.narrow(1, 0, d).reshape(b * heads, 1, -1)  # already scaled
-            scores = torch.bmm(q, ring.keys[i])  # baddbmm with the bias took 1.25x as long
+            # out=: not autocast, so this projection stays float32 under autocast
+            torch.mm(F.layer_norm(x, (d,), ln1), wqkv, out=ring.y)
+            ring.y_qkv.mul_(cos)  # v's factor is 1
+            ring.y_qk.addcmul_(ring.y_swap, sin)
+            ring.slots[i][slot].copy_(ring.y_kv)
+            q = ring.q if ring.q is not None else ring.y_q.reshape(b * heads, 1, -1)  # scaled
+            # baddbmm with the bias took 1.25x as long as bmm and an add
+            scores = torch.bmm(q, ring.keys[i], out=ring.scores)
             if bias is not None:
                 scores += bias
-            att = torch.bmm(torch.softmax(scores, -1), ring.values[i]).view(b, d)
-            h = F.gelu(F.layer_norm(x.addmm_(att.type_as(x) if cast else att, wo), (d,), ln2) @ up)
-            x.addmm_(h.type_as(x) if cast else h, down)  # x += att @ wo, h @ down in one op each
+            torch.bmm(torch.softmax(scores, -1), ring.values[i], out=ring.att)
+            x.addmm_(ring.att_rows, wo)  # x += att @ wo in one op
+            h = F.gelu(F.layer_norm(x, (d,), ln2) @ up)
+            x.addmm_(h.type_as(x) if cast else h, down)
         cache.pos += 1
         return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
