@@ -505,13 +505,15 @@ class GPT(nn.Module):
         slot = cache.pos % ring.context
         cos, sin = w.angles(cache.pos)
         bias = ring.bias[cache.pos] if cache.pos < len(ring.bias) else None  # None: full
-        x = F.embedding(ids[:, 0], self.tok.weight) + F.embedding(composer, w.composer)
+        # torch.* rather than F.*: the functional wrappers' checks cost a µs a call here
+        x = self.tok.weight.index_select(0, ids.view(-1))
+        x += w.composer.index_select(0, composer)
         # h is bf16 under autocast, which addmm_ skips: cast back to x's dtype (a call saved
         # without it)
         cast = torch.is_autocast_enabled(x.device.type)
         for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
             # out=: not autocast, so this projection stays float32 under autocast
-            torch.mm(F.layer_norm(x, (d,), ln1), wqkv, out=ring.y)
+            torch.mm(torch.layer_norm(x, (d,), ln1), wqkv, out=ring.y)
             ring.y_qkv.mul_(cos)  # v's factor is 1
             ring.y_qk.addcmul_(ring.y_swap, sin)
             ring.slots[i][slot].copy_(ring.y_kv)
@@ -522,10 +524,10 @@ class GPT(nn.Module):
                 scores += bias
             torch.bmm(torch.softmax(scores, -1), ring.values[i], out=ring.att)
             x.addmm_(ring.att_rows, wo)  # x += att @ wo in one op
-            h = F.gelu(F.layer_norm(x, (d,), ln2) @ up)
+            h = F.gelu(torch.layer_norm(x, (d,), ln2) @ up)
             x.addmm_(h.type_as(x) if cast else h, down)
         cache.pos += 1
-        return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
+        return torch.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -443,7 +443,7 @@ def run_steps(
         fed = sampler.step(forward(feed))
         if t == sampler.cfg.max_tokens - 1 or ((t + 1) % every == 0 and sampler.finished()):
             return
-        feed = fed[:, None]
+        feed = fed.view(-1, 1)
 
 
 @dataclass
