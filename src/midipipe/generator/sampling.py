@@ -153,10 +153,10 @@ class RemiGrammar:
         self.position_ok = ((value < 0) | ((value > now) & (value < length))).flatten(0, 1)
         # what a token does to a row's state fields (FIELDS): set a field to a value, add
         n_pos = len(self.position_ok)
-        sets = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
-        to = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
-        adds = torch.zeros(self.n, len(FIELDS), dtype=torch.long)
-        self.is_pitch = torch.tensor([k in self.pitch_kinds for k in self.kind])
+        # Python lists, made a tensor at the end (an element write to a tensor is a µs call)
+        keep = [[1] * len(FIELDS) for _ in range(self.n)]
+        change = [[0] * len(FIELDS) for _ in range(self.n)]
+        is_pitch = [k in self.pitch_kinds for k in self.kind]
         for i, (k, v) in enumerate(pairs):
             if k in SPECIAL:
                 continue
@@ -164,22 +164,23 @@ class RemiGrammar:
             field_values = {STATE: state, STATE_ROW: state * n_pos}
             if k == "Bar":
                 field_values[POSITION] = 0  # no position yet
-                adds[i, BARS] = adds[i, EPOCH] = 1  # a new bar, nothing played
+                change[i][BARS] = change[i][EPOCH] = 1  # a new bar, nothing played
             elif k == "Position":
                 field_values[POSITION] = (int(v) + 1) * len(lengths)
-                adds[i, EPOCH] = 1
+                change[i][EPOCH] = 1
             elif k == "TimeSig":
                 field_values[LENGTH] = lengths.index(int(v.split("/")[0]) * per_beat)
             elif k == "Program":
                 field_values[PROGRAM] = programs.index(int(v))
                 field_values[PROGRAM_AT] = programs.index(int(v)) * (self.n + 1)
             # its column of `played` (the spare one, n, unless a pitch)
-            field_values[COLUMN] = i if self.is_pitch[i] else self.n
+            field_values[COLUMN] = i if is_pitch[i] else self.n
             for f, x in field_values.items():
-                sets[i, f], to[i, f] = 1, x
-        # one row per token, [keep (1 - sets), to + adds]: a step is one index_select and an
-        # addcmul. PAD's row changes nothing
-        self.effect = torch.cat([1 - sets, to + adds], 1)
+                keep[i][f], change[i][f] = 0, x
+        # one row per token, [keep, change]: a step is one index_select and an addcmul
+        # (fields * keep + change). PAD's row changes nothing
+        self.effect = torch.tensor([a + b for a, b in zip(keep, change, strict=True)])
+        self.is_pitch = torch.tensor(is_pitch)
         # succ_forward[state * positions + position row]: the successors of the state that
         # also move forward in the bar (one lookup for the two masks)
         self.succ_forward = (self.successors[:, None] & self.position_ok[None]).flatten(0, 1)
