@@ -100,6 +100,7 @@ class VAEParams:
     kl_weight: float = 1.0  # beta after annealing
     kl_anneal_frac: float = 0.5  # share of training over which beta ramps up (0 = off)
     free_bits: float = 0.1  # nats per latent dimension below which KL is not pushed (0 = off)
+    label_dropout: float = 0.0  # P(the decoder's label -> 0, unconditional): what guidance mixes
     key: str = "none"  # none | normalise: train on pieces transposed to C major / A minor
     max_windows: int = 256  # training windows per epoch (0 = as many as the corpus fills)
     eval_windows: int = 64  # validation windows (0 = all)
@@ -112,6 +113,7 @@ class VAEParams:
             (self.kl_weight >= 0, "kl_weight", ">= 0"),
             (0 <= self.kl_anneal_frac <= 1, "kl_anneal_frac", "in [0, 1]"),
             (self.free_bits >= 0, "free_bits", ">= 0"),
+            (0 <= self.label_dropout < 1, "label_dropout", "in [0, 1)"),
             (self.key in KEY_MODES, "key", f"one of {', '.join(KEY_MODES)}"),
             (self.max_windows >= 0, "max_windows", ">= 0 (0 = no cap)"),
             (self.eval_windows >= 0, "eval_windows", ">= 0 (0 = all)"),
@@ -228,10 +230,12 @@ def eval_windows(corpus: Corpus, window: int, per_piece: int) -> list[tuple[list
 
 
 def loss(model: LabelVAE, batch: dict, p: VAEParams, epochs: int) -> tuple[torch.Tensor, dict]:
-    """The annealed, free-bits ELBO per token; logs recon CE and KL (per window and per token)."""
+    """The annealed, free-bits ELBO per token; logs recon CE and KL (per window and per token).
+    The KL is always to the window's own component; only the decoder's label is dropped."""
     device = next(model.parameters()).device
     ids, labels = batch["ids"].to(device), batch["labels"].to(device)
-    logits, mu, logvar = model(ids, labels)
+    dropped = torch.rand(len(labels), device=device) < p.label_dropout
+    logits, mu, logvar = model(ids, labels, dec_labels=labels.masked_fill(dropped, 0))
     pad = model.config.pad_id
     recon = F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=pad)
     kl_d = model.kl_per_dim(mu, logvar, labels)
@@ -374,6 +378,9 @@ def train(
         "window": p.window,
         "kl_weight": p.kl_weight,
         "free_bits": p.free_bits,
+        "label_dropout": p.label_dropout,
+        "label_add": model.config.label_add,
+        "steps": len(job.history) * job.steps_per_epoch,
         "kl_anneal_frac": p.kl_anneal_frac,
         "train_pieces": len(train_set),
         "windows_per_epoch": n_windows,
