@@ -3,7 +3,8 @@ point behind `midipipe generate --model vae`.
 
 A piece is decoded from z drawn from its composer's prior component; the REMI grammar of
 `sampling` masks every step, so the output always decodes. Pieces of all composers are
-decoded together as one batch with a KV cache per layer.
+decoded together as one batch with a KV cache per layer; with classifier-free guidance
+their unconditional twins (label 0, same z) join that batch.
 """
 
 from __future__ import annotations
