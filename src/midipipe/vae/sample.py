@@ -136,7 +136,7 @@ def sample(
         return uncond + cfg.guidance * (cond - uncond)
 
     run_steps(sampler, forward, torch.zeros(n, 0, dtype=torch.long, device=device), device)
-    return sampler.results([guided and y > 0 for y in labels])
+    return sampler.results([guided and label > 0 for label in labels])
 
 
 def load(model_dir: str | Path, device: str = "auto") -> tuple[LabelVAE, object, dict]:
