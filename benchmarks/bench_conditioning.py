@@ -200,24 +200,26 @@ def judge_keys(root: Path, tokens: int, per_piece: int, seed: int) -> dict:
     return out
 
 
-def run_vae(
-    root: Path, pieces: int, top_p: float | None, epochs: int | None, key: str | None
-) -> dict:
-    """The VAE of the active profile (`epochs` and `key` override its epochs and `vae.key`;
-    reused when trained), sampled and judged like stage 13."""
+def run_vae(root: Path, pieces: int, args: argparse.Namespace) -> dict:
+    """The VAE of the active profile, `--vae-set` (JSON changes to `vae:`), `--vae-epochs`
+    and `--vae-key` applied (reused when trained with the same changes), sampled at
+    `--vae-top-p` / `--vae-guidance` and judged like stage 13."""
     data = root / "data"
     p = params.profiled(vae_train.VAEParams, ROOT / "params.yaml", "vae", vae_train.PROFILES)
-    if epochs:
-        p = dataclasses.replace(p, train={**p.train, "epochs": epochs})
-    p = dataclasses.replace(p, key=key or p.key)
+    changes = json.loads(args.vae_set or "{}")
+    if args.vae_epochs:
+        changes = merged(changes, {"train": {"epochs": args.vae_epochs}})
+    if args.vae_key:
+        changes["key"] = args.vae_key
+    p = params.build(vae_train.VAEParams, merged(dataclasses.asdict(p), changes), "vae")
     tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
-    keyed = "" if p.key == "none" else f"_key_{p.key}"
-    tag = f"e{tp.epochs}{keyed}"
-    model_dir = root / "models" / f"vae_epochs_{tp.epochs}{keyed}"
+    key = json.dumps(dataclasses.asdict(p), sort_keys=True)
+    tag = f"vae_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    model_dir = root / "models" / tag
     t0 = time.perf_counter()
     if not (model_dir / "model.safetensors").exists():  # else reused
         shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
-        vae_train.train(
+        _, trained = vae_train.train(
             p,
             tp,
             data / "tokens" / "remi",
@@ -226,31 +228,45 @@ def run_vae(
             model_dir,
             root / "checkpoints" / "vae",
         )
+        write_json(model_dir.with_suffix(".json"), trained)
     train_s = round(time.perf_counter() - t0, 1)
+    trained = json.loads(model_dir.with_suffix(".json").read_text())
     gp = params.build(
         GenerateVAEParams, params.section(ROOT / "params.yaml", "generate_vae"), "generate_vae"
     )
-    gp = dataclasses.replace(gp, pieces_per_composer=pieces, top_p=top_p or gp.top_p)
+    gp = dataclasses.replace(
+        gp,
+        pieces_per_composer=pieces,
+        top_p=args.vae_top_p or gp.top_p,
+        guidance=args.vae_guidance or gp.guidance,
+    )
+    sampled = f"{tag}_top_p_{gp.top_p}_g{gp.guidance}"
     m, _ = evaluate_vae(
         gp,
         model_dir,
         data / "tokens" / "remi",
         data / "manifest.parquet",
         root / "outputs" / "generated_vae",
-        root / "metrics" / f"vae_confusion_{tag}_top_p_{gp.top_p}.png",
+        root / "metrics" / f"vae_confusion_{sampled}.png",
         root / "metrics" / "vae_latent.png",
         root / "models" / "genre_phrase",
     )
-    write_json(root / "metrics" / f"vae_generation_{tag}_top_p_{gp.top_p}.json", m)
+    write_json(root / "metrics" / f"vae_generation_{sampled}.json", m)
     keep = ("vae_oa_mean", "silhouette", "relative_cosine", "relative_cosine_real_test")
     return {
+        "changes": changes,
         "top_p": gp.top_p,
-        "epochs": tp.epochs,
-        "key": p.key,
-        "train_s": train_s,
+        "guidance": gp.guidance,
+        "steps": trained.get("steps"),
+        "train_s": trained["train_s"],
+        "valid_recon_ce": trained["best_valid_recon_ce"],
+        "active_units": trained["best_valid_active_units"],
+        "repairs_per_piece": m["repairs_per_piece"],
+        "judged": m.get("composers_evaluated", 0) * pieces,
         **summary(m, ["cond_acc"]),
         **{k: m.get(k) for k in keep},
         "s": round(time.perf_counter() - t0, 1),
+        "fit_s": train_s,
     }
 
 
@@ -263,6 +279,8 @@ def main() -> None:
     ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
     ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
     ap.add_argument("--vae-key", choices=KEY_MODES, help="vae.key (default: params.yaml)")
+    ap.add_argument("--vae-set", help="JSON changes to `vae:`, e.g. '{\"label_dropout\": 0.2}'")
+    ap.add_argument("--vae-guidance", type=float, help="generate_vae.guidance")
     ap.add_argument(
         "--judge-keys", action="store_true", help="the judge on key-normalised real excerpts"
     )
@@ -299,7 +317,7 @@ def main() -> None:
         info["judge_keys"] = judge_keys(root, gp.max_tokens, gp.real_chunks_per_piece, gp.seed)
     info["gpt"] = {name: run_gpt(root, name, args.pieces) for name in args.variants}
     if not args.no_vae:
-        info["vae"] = run_vae(root, args.pieces, args.vae_top_p, args.vae_epochs, args.vae_key)
+        info["vae"] = run_vae(root, args.pieces, args)
     info["s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"bench": f"conditioning_{args.corpus}", **info}), flush=True)
 

@@ -1,4 +1,5 @@
-"""Ablations of the label-conditioned VAE (issue 7): LayerNorm on/off, KL weight, free bits.
+"""Ablations of the label-conditioned VAE (issues 7, 15): LayerNorm, KL weight, free bits, and
+the label (dropout for guidance, added at every decoder position).
 
 Each variant is the `vae:` section of params.yaml with a few keys changed; it is trained
 and sampled like stages 12 and 13, and every variant is judged by the same composer judge
@@ -34,6 +35,7 @@ VARIANTS = {  # changes to params.yaml's `vae:` (whose default has LayerNorm off
     "ln_on_free_bits_0": {"model": ON, "free_bits": 0.0},
     "ln_on_free_bits_0.5": {"model": ON, "free_bits": 0.5},
     "ln_on_prior_spread_0.1": {"model": {**ON, "prior_spread": 0.1}},
+    "label_plain": {"label_dropout": 0.0, "model": {"label_add": False}},  # before issue 15
 }
 KEEP = (
     "cond_acc",
@@ -41,6 +43,8 @@ KEEP = (
     "relative_cosine",
     "silhouette",
     "tokens_mean",
+    "repairs_per_piece",
+    "vae_oa_mean",
 )
 
 

@@ -113,9 +113,9 @@ def generated(trained):
 # -- the model -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer_norm", [True, False])
-def test_cached_decoding_matches_the_full_forward(layer_norm):
-    model = tiny(layer_norm=layer_norm)
+@pytest.mark.parametrize(("layer_norm", "label_add"), [(True, False), (False, True)])
+def test_cached_decoding_matches_the_full_forward(layer_norm, label_add):
+    model = tiny(layer_norm=layer_norm, label_add=label_add)
     ids, labels = torch.randint(4, 40, (2, 10)), torch.tensor([1, 2])
     memory = model.memory(torch.randn(2, 4), labels)
     full = model.decode(ids, memory, labels)
@@ -169,6 +169,43 @@ def test_sampling_always_decodes_and_respects_the_length():
     assert [ids for ids, _ in again] == [ids for ids, _ in out]  # seeded
 
 
+def test_guidance_mixes_the_same_z_with_label_0():
+    """Where label 1 reads like label 0, guided logits equal the conditional ones: so guided
+    pieces equal unguided pieces exactly only if both streams share z and the cache."""
+    tok = make_tokenizer()
+    model = tiny(vocab_size=len(tok.vocab), pad_id=tok.pad_token_id, window=40, label_add=True)
+    plain = SampleConfig(guidance=1.0, max_tokens=40, seed=3)
+    guided = SampleConfig(guidance=3.0, max_tokens=40, seed=3)
+    unguided = VS.sample(model, tok, [1, 2], plain)
+    mixed = VS.sample(model, tok, [1, 2], guided)
+    assert [s["guided"] for _, s in mixed] == [True, True]
+    assert [ids for ids, _ in mixed] != [ids for ids, _ in unguided]
+    with torch.no_grad():
+        model.label.weight[1] = model.label.weight[0]
+    same = VS.sample(model, tok, [1], guided)[0][0]
+    assert same == VS.sample(model, tok, [1], plain)[0][0]
+    for ids, _ in mixed:
+        tok.decode(ids)
+
+
+def test_label_dropout_drops_the_decoders_label_not_the_kls():
+    model = tiny()
+    batch = {"ids": torch.randint(4, 40, (2, 8)), "labels": torch.tensor([1, 2]), "progress": 1.0}
+    p = VT.VAEParams(kl_anneal_frac=0.0, label_dropout=0.999)
+    torch.manual_seed(0)
+    _, dropped = VT.loss(model, batch, p, 1)
+    torch.manual_seed(0)
+    torch.rand(2)  # the draw that drops labels
+    logits, mu, logvar = model(batch["ids"], batch["labels"], dec_labels=torch.zeros(2).long())
+    recon = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["ids"].flatten())
+    assert dropped["recon_ce"] == pytest.approx(recon.item(), rel=1e-5)
+    kl = model.kl_per_dim(mu, logvar, batch["labels"]).sum(1).mean().item()
+    assert dropped["kl"] == pytest.approx(kl, rel=1e-5)  # to the own component still
+    torch.manual_seed(0)
+    _, kept = VT.loss(model, batch, VT.VAEParams(kl_anneal_frac=0.0), 1)
+    assert kept["recon_ce"] != pytest.approx(dropped["recon_ce"], rel=1e-6)
+
+
 # -- params and annealing --------------------------------------------------------------------
 
 
@@ -177,6 +214,10 @@ def test_params_are_checked_by_key():
         VT.VAEParams(model={"vocab_size": 3})
     with pytest.raises(ParamError, match="vae.free_bits"):
         VT.VAEParams(free_bits=-1.0)
+    with pytest.raises(ParamError, match="vae.label_dropout"):
+        VT.VAEParams(label_dropout=1.0)
+    with pytest.raises(ParamError, match="generate_vae: guidance"):
+        VS.GenerateVAEParams(guidance=0.5)
     with pytest.raises(ParamError, match="generate_vae: top_p"):
         VS.GenerateVAEParams(top_p=0.0)
     with pytest.raises(ParamError, match="generate_vae.judge_min_ratio"):

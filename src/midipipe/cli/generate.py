@@ -20,8 +20,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--model",
         choices=("gpt", "vae"),
         default="gpt",
-        help="gpt (models/generator) or vae (models/vae: temperature, top-p, max-tokens, seed "
-        "and device apply; the other options are the GPT's)",
+        help="gpt (models/generator) or vae (models/vae: guidance, temperature, top-p, "
+        "max-tokens, seed and device apply; the other options are the GPT's)",
     )
     g.add_argument(
         "--composer",
@@ -84,6 +84,7 @@ def cmd_generate(args) -> None:
             seed=args.seed,
             max_tokens=args.max_tokens or 0,
             device=args.device,
+            guidance=args.guidance,
         )
         print(json.dumps(summary))
         return

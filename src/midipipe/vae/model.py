@@ -8,8 +8,11 @@ latent space, and sampling a composer means drawing z from its component.
 
 The decoder is causal and reads the label twice: as the first token of its self-attention
 (standing in for BOS) and, with z, in the memory its cross-attention reads (z as
-`n_memory` vectors plus the label's embedding). `layer_norm: false` drops every LayerNorm,
-one of the ablations the users' plan found decisive.
+`n_memory` vectors plus the label's embedding); with `label_add`, its embedding is also added
+to every decoder position, so no layer has to fetch it by attention. `layer_norm: false`
+drops every LayerNorm, one of the ablations the users' plan found decisive. Label 0 (no known
+composer) doubles as the unconditional label of classifier-free guidance: training drops
+the decoder's label to 0 now and then (`vae.label_dropout`), and sampling mixes the two.
 
 Attention, the MLP and rotary embeddings are the GPT's (`models.gpt`), and so is the
 decoder's KV cache (`KVCache`), so sampling costs one token's forward per step. Embeddings
@@ -59,6 +62,7 @@ class VAEConfig:
     n_memory: int = 4  # cross-attention memory vectors made from z
     dropout: float = 0.1
     layer_norm: bool = True
+    label_add: bool = False  # the label's embedding also added to every decoder position
     prior_spread: float = 1.0  # std of the initial component means: labels start apart
     rope_base: float = 10000.0
 
@@ -221,6 +225,8 @@ class LabelVAE(nn.Module):
         ids continue what it holds (an empty cache starts with the label token)."""
         b, t = ids.shape
         x = self.tok(ids)
+        if self.config.label_add:
+            x = x + self.label(labels)[:, None]
         start = cache.pos if cache is not None else 0
         if start == 0:
             x = torch.cat([self.label(labels)[:, None], x], dim=1)
@@ -243,13 +249,15 @@ class LabelVAE(nn.Module):
         return KVCache(self.config.n_dec_layer, self.config.window)
 
     def forward(
-        self, ids: Tensor, labels: Tensor, sample: bool = True
+        self, ids: Tensor, labels: Tensor, sample: bool = True, dec_labels: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(logits [B, T, vocab], mu, logvar) for windows ids [B, T] of labels [B]; z is drawn
-        from the posterior (reparameterised) or, with `sample=False`, its mean."""
+        from the posterior (reparameterised) or, with `sample=False`, its mean. The decoder
+        reads `dec_labels` when given (labels dropped for guidance), else `labels`."""
         mu, logvar = self.posterior(ids)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
-        return self.decode(ids, self.memory(z, labels), labels), mu, logvar
+        dec = labels if dec_labels is None else dec_labels
+        return self.decode(ids, self.memory(z, dec), dec), mu, logvar
 
 
 # -- checkpoints -----------------------------------------------------------------------------

@@ -3,7 +3,8 @@ point behind `midipipe generate --model vae`.
 
 A piece is decoded from z drawn from its composer's prior component; the REMI grammar of
 `sampling` masks every step, so the output always decodes. Pieces of all composers are
-decoded together as one batch with a KV cache per layer.
+decoded together as one batch with a KV cache per layer; with classifier-free guidance
+their unconditional twins (label 0, same z) join that batch.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class GenerateVAEParams:
     pieces_per_composer: int = 4
     temperature: float = 1.0
     top_p: float = 0.95
+    guidance: float = 1.0  # classifier-free guidance on the decoder's label (1 = off)
     max_tokens: int = 0  # new tokens per piece (0 = the model's window)
     seed: int = 1234
     real_chunks_per_piece: int = 4  # real excerpts per piece for the judge and references
@@ -84,7 +86,7 @@ class GenerateVAEParams:
         return SampleConfig(
             temperature=self.temperature,
             top_p=self.top_p,
-            guidance=1.0,
+            guidance=self.guidance,
             max_tokens=self.max_tokens or max_tokens,
             seed=seed,
         )
@@ -99,7 +101,10 @@ def sample(
 ) -> list[tuple[list[int], dict]]:
     """One piece per label, all decoded as one batch: z from the label's prior component,
     then grammar-masked temperature/top-p decoding until EOS or `cfg.max_tokens`. Piece i
-    draws from its own generator seeded `cfg.seed + i`. Returns (ids, stats) per piece."""
+    draws from its own generator seeded `cfg.seed + i`. With `cfg.guidance` != 1 each piece
+    is also decoded from the same z with label 0 (unconditional) in the same batch, and the
+    logits mixed as in the GPT's sampler: uncond + guidance * (cond - uncond). Returns
+    (ids, stats) per piece."""
     check_vocab(model, tokenizer)
     n_labels = model.config.n_labels
     if any(not 0 <= y < n_labels for y in labels):
@@ -113,6 +118,9 @@ def sample(
     gens = [torch.Generator().manual_seed(cfg.seed + i) for i in range(n)]
     y = torch.tensor(list(labels), dtype=torch.long, device=device)
     z = torch.stack([model.sample_prior(y[i : i + 1], g)[0] for i, g in enumerate(gens)])
+    guided = cfg.guidance != 1.0 and any(labels)
+    if guided:
+        z, y = z.repeat(2, 1), torch.cat([y, torch.zeros_like(y)])
     memory = model.memory(z, y)
     bos = tokenizer.vocab["BOS_None"]
     sampler = TokenSampler(RemiGrammar(tokenizer), cfg, gens, [[] for _ in labels], bos, device)
@@ -120,10 +128,15 @@ def sample(
 
     def forward(feed: torch.Tensor) -> torch.Tensor:
         with inference_precision(device):
-            return model.decode(feed, memory, y, cache)[:, -1].float()
+            last = model.decode(feed.repeat(2, 1) if guided else feed, memory, y, cache)
+        last = last[:, -1].float()
+        if not guided:
+            return last
+        cond, uncond = last.view(2, n, -1).unbind()
+        return uncond + cfg.guidance * (cond - uncond)
 
     run_steps(sampler, forward, torch.zeros(n, 0, dtype=torch.long, device=device), device)
-    return sampler.results([False] * n)
+    return sampler.results([guided and label > 0 for label in labels])
 
 
 def load(model_dir: str | Path, device: str = "auto") -> tuple[LabelVAE, object, dict]:
@@ -156,6 +169,7 @@ def generate_file(
     seed: int = 0,
     max_tokens: int = 0,
     device: str = "auto",
+    guidance: float = 1.0,
 ) -> dict:
     """One piece for `composer` (a name from the folder's composers.json, case-insensitive,
     or 'any' for pieces of no known composer) as a MIDI file plus its ids as JSON; returns a
@@ -166,7 +180,7 @@ def generate_file(
     cfg = SampleConfig(
         temperature=temperature,
         top_p=top_p,
-        guidance=1.0,
+        guidance=guidance,
         max_tokens=max_tokens or model.config.window,
         seed=seed,
     )
@@ -274,6 +288,7 @@ def evaluate_vae(
         "max_tokens": cfg.max_tokens,
         "temperature": gp.temperature,
         "top_p": gp.top_p,
+        "guidance": gp.guidance,
         "tokens_mean": float(np.mean(tokens)) if tokens else 0.0,
         "bars_mean": float(np.mean([s["bars"] for s in stats_all])) if stats_all else 0.0,
         "repairs_per_piece": float(np.mean([s["repairs"] for s in stats_all]))
