@@ -182,6 +182,8 @@ def test_bar_cues_hold_the_rule_cues_bar_statistics_context_and_piece_means():
     np.testing.assert_allclose(cues[:, k : 2 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
     np.testing.assert_allclose(cues[:, 2 * k : 3 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
     np.testing.assert_allclose(cues[:, 3 * k :], np.tile(cues[:, :k].std(0), (n, 1)))
+    summary = np.concatenate([cues[:, :k].mean(0), cues[:, :k].std(0)])
+    np.testing.assert_allclose(quadrant.cue_summary(cues), summary)  # the hand-crafted model's
     # the rule estimate reads only the first five columns
     p = RuleParams()
     np.testing.assert_allclose(rules.combine(cues, p), estimate(score, grid, p))
