@@ -548,7 +548,7 @@ def test_quadrant_ensemble_averages_heads_of_different_seeds(tmp_path):
     x, offsets, labels = _quadrant_bars()
     p = quadrant.QuadrantParams(epochs=5, hidden=16, batch_size=16, seeds=3)
     train, held = np.arange(60), np.arange(60, 80)
-    heads = quadrant.fit_ensemble(p, x, offsets, train, labels[train], TrainParams(lr=1e-3))
+    heads = quadrant.fit_ensemble(p, TrainParams(lr=1e-3), x, offsets, train, labels[train])
     assert len(heads.members) == 3
     first = [m.net[0].weight for m in heads.members]
     assert not torch.allclose(first[0], first[1]) and not torch.allclose(first[1], first[2])

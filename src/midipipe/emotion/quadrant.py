@@ -174,19 +174,11 @@ def fit(
     return model.eval()
 
 
-def fit_ensemble(
-    p: QuadrantParams,
-    x: np.ndarray,
-    offsets: np.ndarray,
-    pieces: np.ndarray,
-    labels: np.ndarray,
-    tp: TrainParams,
-) -> QuadrantEnsemble:
-    """`p.seeds` heads on the same pieces, seeds tp.seed, tp.seed + 1, ..."""
+def fit_ensemble(p: QuadrantParams, tp: TrainParams, *data: np.ndarray) -> QuadrantEnsemble:
+    """`p.seeds` heads, each `fit` on `data` (x, offsets, pieces, labels) with seeds tp.seed,
+    tp.seed + 1, ..."""
     seeds = range(tp.seed, tp.seed + p.seeds)
-    return QuadrantEnsemble(
-        [fit(p, x, offsets, pieces, labels, dataclasses.replace(tp, seed=s)) for s in seeds]
-    )
+    return QuadrantEnsemble([fit(p, *data, dataclasses.replace(tp, seed=s)) for s in seeds])
 
 
 @torch.inference_mode()

@@ -203,7 +203,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
                 choice[pl, w] = quad.log_likelihood(quad.served_probs(w, mlp_oof, hand_oof, pl), y)
         pool, weight = max(choice, key=choice.get)
     served = quad.served_name(weight)
-    heads = quad.fit_ensemble(p.quadrant, x, off, train, labels[train], tp)
+    heads = quad.fit_ensemble(p.quadrant, tp, x, off, train, labels[train])
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
     info = {"input": p.mlp.input, "piece_std": p.quadrant.piece_std}
     quad.save(heads, io.out, {**info, "served": served, "head_weight": weight, "pool": pool})
