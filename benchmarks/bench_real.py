@@ -164,7 +164,12 @@ def run_emopia(
     )
     train_emotion(p, tp, io)
     m = json.loads((metrics / "emotion.json").read_text())
-    keys = [k for k in m if k.endswith("_accuracy") or k.startswith("quadrant_")]
+    keys = [  # the per-weight choice scores stay in the metrics file
+        k
+        for k in m
+        if (k.endswith("_accuracy") or k.startswith(("quadrant_", "handcrafted_c")))
+        and not k.endswith("_loglik")
+    ]
     return {
         "input": m["input"],
         "eval_split": m.get("eval_split"),

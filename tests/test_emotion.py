@@ -11,6 +11,7 @@ import pytest
 import symusic
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from midipipe.core.errors import ParamError
 from midipipe.core.io import write_rows
@@ -181,6 +182,8 @@ def test_bar_cues_hold_the_rule_cues_bar_statistics_context_and_piece_means():
     np.testing.assert_allclose(cues[:, k : 2 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
     np.testing.assert_allclose(cues[:, 2 * k : 3 * k], np.tile(cues[:, :k].mean(0), (n, 1)))
     np.testing.assert_allclose(cues[:, 3 * k :], np.tile(cues[:, :k].std(0), (n, 1)))
+    summary = np.concatenate([cues[:, :k].mean(0), cues[:, :k].std(0)])
+    np.testing.assert_allclose(quadrant.cue_summary(cues), summary)  # the hand-crafted model's
     # the rule estimate reads only the first five columns
     p = RuleParams()
     np.testing.assert_allclose(rules.combine(cues, p), estimate(score, grid, p))
@@ -519,13 +522,7 @@ def test_quadrant_from_label_signs_and_binary_accuracies():
 
 
 def test_quadrant_head_learns_quadrants_from_bars_and_ignores_padding():
-    rng = np.random.default_rng(0)
-    labels = np.arange(80) % 4
-    lengths = rng.integers(3, 12, size=80)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    x = rng.normal(size=(offsets[-1], 6)).astype(np.float32)
-    for k, q in enumerate(labels):  # bar features carry the quadrant's signs, noisily
-        x[offsets[k] : offsets[k + 1], :2] += 2.0 * quadrant.SIGNS[q]
+    x, offsets, labels = _quadrant_bars()
     p = quadrant.QuadrantParams(epochs=80, hidden=32, batch_size=16)
     train, held = np.arange(60), np.arange(60, 80)
     model = quadrant.fit(p, x, offsets, train, labels[train], TrainParams(lr=1e-3, seed=0))
@@ -536,22 +533,109 @@ def test_quadrant_head_learns_quadrants_from_bars_and_ignores_padding():
     assert np.allclose(one, probs[:1], atol=1e-5)
 
 
+def _quadrant_bars(n: int = 80, seed: int = 0):
+    """Bars whose first two features carry their piece's quadrant signs, noisily."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(3, 12, size=n))])
+    x = rng.normal(size=(offsets[-1], 6)).astype(np.float32)
+    for k, q in enumerate(labels):
+        x[offsets[k] : offsets[k + 1], :2] += 2.0 * quadrant.SIGNS[q]
+    return x, offsets, labels
+
+
+def test_quadrant_ensemble_averages_heads_of_different_seeds(tmp_path):
+    x, offsets, labels = _quadrant_bars()
+    p = quadrant.QuadrantParams(epochs=5, hidden=16, batch_size=16, seeds=3)
+    train, held = np.arange(60), np.arange(60, 80)
+    heads = quadrant.fit_ensemble(p, TrainParams(lr=1e-3), x, offsets, train, labels[train])
+    assert len(heads.members) == 3
+    first = [m.net[0].weight for m in heads.members]
+    assert not torch.allclose(first[0], first[1]) and not torch.allclose(first[1], first[2])
+    probs = quadrant.predict(heads, x, offsets, held)
+    assert probs.shape == (20, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    each = [quadrant.predict(m, x, offsets, held) for m in heads.members]
+    assert np.allclose(probs, np.mean(each, 0), atol=1e-5)  # the mean of the heads' probabilities
+    quadrant.save(heads, tmp_path, {})
+    assert np.allclose(
+        quadrant.predict(quadrant.load(tmp_path), x, offsets, held), probs, atol=1e-6
+    )
+    # a folder of one head, as stage 07 saved it before ensembles, still loads
+    single = tmp_path / "single"
+    quadrant.save(quadrant.QuadrantEnsemble([heads.members[0]]), single, {})
+    state = {k.removeprefix("members.0."): v for k, v in heads.members[0].state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(single / "quadrant.safetensors"))
+    config = json.loads((single / "quadrant.json").read_text())
+    del config["members"]
+    (single / "quadrant.json").write_text(json.dumps(config))
+    assert np.allclose(
+        quadrant.predict(quadrant.load(single), x, offsets, held), each[0], atol=1e-6
+    )
+    with pytest.raises(ValueError, match="seeds"):
+        quadrant.QuadrantParams(seeds=0)
+
+
+def test_served_probs_pool_linearly_or_in_log_space():
+    head = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    hand = np.array([[0.1, 0.7, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]])
+    assert quadrant.served_probs(1.0, head, None, "log") is head
+    assert quadrant.served_probs(0.0, None, hand, "log") is hand
+    linear = quadrant.served_probs(0.5, head, hand, "linear")
+    np.testing.assert_allclose(linear, (head + hand) / 2)
+    log = quadrant.served_probs(0.5, head, hand, "log")
+    geometric = np.sqrt(head * hand)
+    np.testing.assert_allclose(log, geometric / geometric.sum(1, keepdims=True), rtol=1e-6)
+    # with a uniform head the log pool keeps the hand-crafted model's ranking, flattened
+    assert log[1].argmax() == 0 and log[1].max() < hand[1].max()
+
+
+def test_choice_folds_keep_songs_together_and_give_up_on_one_quadrant():
+    from types import SimpleNamespace
+
+    from midipipe.emotion.train import choice_folds
+
+    signs = quadrant.SIGNS[np.arange(24) % 4] * 0.5
+    bars = SimpleNamespace(groups=[f"s{k // 2}" for k in range(24)], piece_targets=signs)
+    train = np.arange(24)
+    folds = choice_folds(bars, train, 5)
+    assert len(folds) == 5
+    for a, b in folds:
+        assert not {bars.groups[k] for k in a} & {bars.groups[k] for k in b}
+    assert sorted(np.concatenate([b for _, b in folds]).tolist()) == list(range(24))
+    assert choice_folds(SimpleNamespace(groups=["one"] * 24, piece_targets=signs), train, 5) is None
+    same = np.tile([0.5, 0.5], (24, 1))  # every piece Q1
+    assert choice_folds(SimpleNamespace(groups=bars.groups, piece_targets=same), train, 5) is None
+
+
 def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     tmp_path, monkeypatch, capsys
 ):
     paths = _project(
-        tmp_path, labelled=False, words=True, mlp={"input": "cues"}, min_quadrant_pieces=2
+        tmp_path,
+        labelled=False,
+        words=True,
+        mlp={"input": "cues"},
+        min_quadrant_pieces=2,
+        quadrant={"seeds": 2, "folds": 2, "epochs": 10},
     )
     metrics = _run_stage(tmp_path, monkeypatch)
     assert metrics["quadrant_status"] == "done" and metrics["eval_split"] == "test"
     for prefix in ("", "handcrafted_", "majority_", "served_"):
         for key in ("quadrant", "valence", "arousal"):
             assert 0 <= metrics[f"{prefix}{key}_accuracy"] <= 1
-    weight = metrics["quadrant_head_weight"]
+    weight, pool = metrics["quadrant_head_weight"], metrics["quadrant_pool"]
     assert metrics["quadrant_served"] == quadrant.served_name(weight)
-    # the weight is the one with the best log-likelihood on the train part it was chosen on
-    choice = {w: metrics[f"quadrant_choice_w{w:g}_loglik"] for w in quadrant.HEAD_WEIGHTS}
-    assert weight == max(quadrant.HEAD_WEIGHTS, key=lambda w: choice[w])
+    # the mix is the one with the best out-of-fold log-likelihood on train
+    assert metrics["quadrant_choice_folds"] == 2
+    choice = {
+        (pl, w): metrics[f"quadrant_choice_{pl}_w{w:g}_loglik"]
+        for pl in quadrant.POOLS
+        for w in quadrant.HEAD_WEIGHTS
+    }
+    assert (pool, weight) == max(choice, key=choice.get)
+    assert metrics["quadrant_seeds"] == 2
+    low, mean, high = (metrics[f"quadrant_member_accuracy_{s}"] for s in ("min", "mean", "max"))
+    assert 0 <= low <= mean <= high <= 1
     folder = tmp_path / "models" / "emotion"
     got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
     assert set(got["probabilities"]) == {"Q1", "Q2", "Q3", "Q4"}

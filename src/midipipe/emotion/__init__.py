@@ -160,7 +160,7 @@ def predict_quadrants(
         x = regressor.assemble(name, latents, cues if regressor.reads_cues(name) else None)
         x = quadrant.head_input(x, name, info["piece_std"])
         mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
-    probs = quadrant.served_probs(weight, mlp, hand)[0]
+    probs = quadrant.served_probs(weight, mlp, hand, info.get("pool", "linear"))[0]
     return {
         "served": info["served"],
         "probabilities": {q: float(v) for q, v in zip(quadrant.QUADRANTS, probs, strict=True)},

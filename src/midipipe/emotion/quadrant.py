@@ -3,6 +3,9 @@ an MLP applied to every bar (the same per-bar input as the regressor: MuseTok la
 rule cues), its logits averaged over the piece's bars (padding masked), trained with
 cross-entropy on the pieces' quadrant labels.
 
+Trained `seeds` times (seed, seed + 1, ..) and served as the mean of those heads'
+probabilities: on EMOPIA val single heads move by a few clips between seeds (README).
+
 A piece's quadrant is read from the signs of its own valence/arousal label (an EMOPIA
 quadrant, an emotion word, or binary labels), so any corpus with piece labels trains it.
 Binary valence (arousal) is scored from the summed probabilities of the quadrants on each side.
@@ -12,6 +15,7 @@ Saved beside the regressor as `quadrant.safetensors` + `quadrant.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -33,8 +37,12 @@ log = logging.getLogger(__name__)
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 SIGNS = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])  # valence, arousal per quadrant
 # the head's weight in the served mix with the hand-crafted model (1: the head alone, 0: the
-# hand-crafted model alone), chosen by stage 07 on a song-grouped part of train; ties: the first
-HEAD_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)
+# hand-crafted model alone), chosen by stage 07 on out-of-fold predictions of train; ties: the
+# first. Steps of 0.05: on EMOPIA two fold draws tied 0.3 and 0.4 in tenths and both chose 0.35
+HEAD_WEIGHTS = tuple(round(1 - i / 20, 2) for i in range(21))
+# how the two are mixed: their probabilities' weighted mean, or their log-probabilities'
+# (a product of experts: a confident, wrong side is outvoted more easily)
+POOLS = ("linear", "log")
 
 
 @dataclass
@@ -47,6 +55,14 @@ class QuadrantParams:
     batch_size: int = 32  # pieces per step (learning rate, weight decay: emotion's `train`)
     max_bars: int = 32  # bars per piece per step in training (a random window); all at inference
     piece_std: bool = False  # read the cues' piece-std columns (the head pools the bars itself)
+    seeds: int = 5  # heads trained with seeds seed..seed + n - 1, served as their mean probability
+    folds: int = 5  # song-grouped folds of train whose out-of-fold predictions choose the mix
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"emotion.quadrant.seeds must be >= 1, got {self.seeds}")
+        if self.folds < 2:
+            raise ValueError(f"emotion.quadrant.folds must be >= 2, got {self.folds}")
 
 
 def head_input(x: np.ndarray, input_name: str, piece_std: bool) -> np.ndarray:
@@ -87,6 +103,19 @@ class QuadrantMLP(nn.Module):
         logits = self.net((x - self.mean) / self.std)
         m = mask.unsqueeze(-1).to(logits.dtype)
         return (logits * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class QuadrantEnsemble(nn.Module):
+    """Heads of different seeds; the logits are the log of their mean probability, so a
+    softmax gives that mean back."""
+
+    def __init__(self, members: list[QuadrantMLP]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x, mask), -1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp(min=1e-12))
 
 
 def _pad(x: np.ndarray, offsets: np.ndarray, pieces: np.ndarray, spans=None):
@@ -146,8 +175,15 @@ def fit(
     return model.eval()
 
 
+def fit_ensemble(p: QuadrantParams, tp: TrainParams, *data: np.ndarray) -> QuadrantEnsemble:
+    """`p.seeds` heads, each `fit` on `data` (x, offsets, pieces, labels) with seeds tp.seed,
+    tp.seed + 1, ..."""
+    seeds = range(tp.seed, tp.seed + p.seeds)
+    return QuadrantEnsemble([fit(p, *data, dataclasses.replace(tp, seed=s)) for s in seeds])
+
+
 @torch.inference_mode()
-def predict(model: QuadrantMLP, x: np.ndarray, offsets: np.ndarray, pieces: np.ndarray):
+def predict(model: nn.Module, x: np.ndarray, offsets: np.ndarray, pieces: np.ndarray):
     """[len(pieces), 4] quadrant probabilities from all of each piece's bars."""
     out = []
     for lo in range(0, len(pieces), 64):
@@ -162,23 +198,31 @@ def served_name(head_weight: float) -> str:
 
 
 def served_probs(
-    head_weight: float, mlp: np.ndarray | None, handcrafted: np.ndarray | None
+    head_weight: float,
+    mlp: np.ndarray | None,
+    handcrafted: np.ndarray | None,
+    pool: str = "linear",
 ) -> np.ndarray:
-    """The served probabilities: the head's and the hand-crafted model's, mixed (a side with
-    weight 0 may be None)."""
+    """The served probabilities: the head's and the hand-crafted model's, mixed by `pool` (a
+    side with weight 0 may be None)."""
     if head_weight == 1.0:
         return mlp
     if head_weight == 0.0:
         return handcrafted
-    return head_weight * mlp + (1 - head_weight) * handcrafted
+    if pool == "linear":
+        return head_weight * mlp + (1 - head_weight) * handcrafted
+    logp = head_weight * np.log(np.maximum(mlp, 1e-12))
+    logp = logp + (1 - head_weight) * np.log(np.maximum(handcrafted, 1e-12))
+    probs = np.exp(logp - logp.max(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True)
 
 
 def cue_summary(cues: np.ndarray) -> np.ndarray:
-    """[2 * len(BAR_STATS)]: the mean and std over a piece's bars of its per-bar statistics
-    (`rules.bar_cues`' first columns), which the hand-crafted model reads beside
-    `evaluation.features` (on EMOPIA val they lift it from 0.652 to 0.682; README)."""
-    stats = cues[:, : len(BAR_STATS)]
-    return np.concatenate([stats.mean(0), stats.std(0)])
+    """[2 * len(BAR_STATS)]: the mean and std over a piece's bars of its per-bar statistics,
+    which the hand-crafted model reads beside `evaluation.features` (on EMOPIA val they lift
+    it from 0.652 to 0.682; README): the piece-mean and piece-std blocks `rules.bar_cues`
+    repeats on every bar (its last two), read off the first bar."""
+    return cues[0, -2 * len(BAR_STATS) :]
 
 
 CUE_SUMMARY = (*(f"{s}_mean" for s in BAR_STATS), *(f"{s}_std" for s in BAR_STATS))
@@ -199,14 +243,16 @@ def accuracies(probs: np.ndarray, labels: np.ndarray, prefix: str = "") -> dict[
     return out
 
 
-def save(model: QuadrantMLP, folder: str | Path, extra: dict) -> None:
+def save(model: QuadrantEnsemble, folder: str | Path, extra: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "quadrant.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    first = model.members[0]
     config = {
-        "width": int(model.mean.shape[0]),
-        "hidden": model.net[0].out_features,
+        "width": int(first.mean.shape[0]),
+        "hidden": first.net[0].out_features,
+        "members": len(model.members),
         "classes": list(QUADRANTS),
         **extra,
     }
@@ -214,12 +260,21 @@ def save(model: QuadrantMLP, folder: str | Path, extra: dict) -> None:
         tmp.write_text(json.dumps(config, indent=1) + "\n")
 
 
-def load(folder: str | Path) -> QuadrantMLP | None:
-    """The saved head, or None when `folder` holds none."""
+def load(folder: str | Path) -> nn.Module | None:
+    """The saved heads (one head, as older models hold it, or an ensemble), or None when
+    `folder` holds none."""
     folder = Path(folder)
     if not (folder / "quadrant.json").exists():
         return None
     config = json.loads((folder / "quadrant.json").read_text())
-    model = QuadrantMLP(config["width"], config["hidden"], 0.0)
+
+    def head() -> QuadrantMLP:
+        return QuadrantMLP(config["width"], config["hidden"], 0.0)
+
+    model = (
+        QuadrantEnsemble([head() for _ in range(config["members"])])
+        if "members" in config
+        else head()
+    )
     model.load_state_dict(load_file(str(folder / "quadrant.safetensors")))
     return model.eval()

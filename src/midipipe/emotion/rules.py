@@ -190,54 +190,77 @@ def seconds_at(score: symusic.Score, ticks: np.ndarray) -> np.ndarray:
     return elapsed[seg] + (np.asarray(ticks, np.float64) - times[seg]) * sec_per_tick[seg]
 
 
-def _mode(histograms: np.ndarray) -> np.ndarray:
-    """Best major minus best minor key-profile correlation per pitch-class histogram row."""
-    corr = key_correlations(histograms)
-    return corr[:, :12].max(1) - corr[:, 12:].max(1)
-
-
 def _bar_of(ticks: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Bar index of each tick (-1 before the grid, n_bars after it)."""
     return np.searchsorted(bounds, ticks, side="right") - 1
 
 
-def bar_features(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) -> np.ndarray:
-    """[n_bars, len(FEATURES)] cues, each scaled to [-1, 1] as the module docstring says."""
-    n = grid.n_bars
-    bounds = grid.bounds()
-    starts = bounds[:-1]
-    qpm = tempo_at(score, starts)
-    out = np.zeros((n, len(FEATURES)))
-    out[:, FEATURES.index("tempo")] = (qpm - 100.0) / 50.0
+@dataclass
+class _Placed:
+    """A score's notes placed on a grid, once for the five cues and the further statistics."""
 
-    notes = _notes(score)
+    bounds: np.ndarray  # [n_bars + 1] ticks
+    tpq: int
+    qpm: np.ndarray  # [n_bars] tempo at each bar start
+    notes: np.ndarray  # every note inside the grid (`_notes` columns) ...
+    bar: np.ndarray  # ... and its bar
+    pitched_all: np.ndarray  # every pitched note (drums excluded), inside the grid or not
+    pitched: np.ndarray  # pitched notes inside the grid ...
+    pbar: np.ndarray  # ... and their bars
+    hist: np.ndarray  # [n_bars, 12] duration-weighted pitch-class histogram
+    key_corr: np.ndarray  # [n_bars, 24] key profiles against the histogram over +-window bars
+
+    @property
+    def n(self) -> int:
+        return len(self.bounds) - 1
+
+
+def _inside(notes: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bar = _bar_of(notes[:, 0], bounds)
-    keep = (bar >= 0) & (bar < n)
-    notes, bar = notes[keep], bar[keep]
-    onsets = np.bincount(bar, minlength=n)
-    per_second = onsets / (np.diff(bounds) / grid.tpq) * qpm / 60.0
-    density = np.log2(np.maximum(per_second, 1e-3) / 4.0) / 2.0
-    out[:, FEATURES.index("density")] = np.where(onsets > 0, density, -1.0)
-    velocity = np.bincount(bar, weights=notes[:, 3], minlength=n)
-    mean_velocity = np.divide(velocity, onsets, out=np.full(n, 80.0), where=onsets > 0)
-    out[:, FEATURES.index("velocity")] = (mean_velocity - 80.0) / 30.0
+    keep = (bar >= 0) & (bar < len(bounds) - 1)
+    return notes[keep], bar[keep]
 
-    pitched = _notes(score, drums=False)
-    pbar = _bar_of(pitched[:, 0], bounds)
-    keep = (pbar >= 0) & (pbar < n)
-    pitched, pbar = pitched[keep], pbar[keep]
-    count = np.bincount(pbar, minlength=n)
-    pitch_sum = np.bincount(pbar, weights=pitched[:, 2], minlength=n)
-    mean_pitch = np.divide(pitch_sum, count, out=np.full(n, 64.0), where=count > 0)
-    out[:, FEATURES.index("register")] = (mean_pitch - 64.0) / 12.0
 
+def _place(score: symusic.Score, grid: BarGrid | MeterGrid, window: int) -> _Placed:
+    bounds = grid.bounds()
+    n = len(bounds) - 1
+    notes, bar = _inside(_notes(score), bounds)
+    pitched_all = _notes(score, drums=False)
+    pitched, pbar = _inside(pitched_all, bounds)
     hist = np.zeros((n, 12))
     np.add.at(hist, (pbar, pitched[:, 2] % 12), pitched[:, 1].astype(np.float64))
     cumulative = np.concatenate([np.zeros((1, 12)), np.cumsum(hist, 0)])
     lo = np.clip(np.arange(n) - window, 0, n)
     hi = np.clip(np.arange(n) + window + 1, 0, n)
-    out[:, FEATURES.index("mode")] = _mode(cumulative[hi] - cumulative[lo]) / MODE_SCALE
+    key_corr = key_correlations(cumulative[hi] - cumulative[lo])
+    qpm = tempo_at(score, bounds[:-1])
+    return _Placed(bounds, grid.tpq, qpm, notes, bar, pitched_all, pitched, pbar, hist, key_corr)
+
+
+def _features(b: _Placed) -> np.ndarray:
+    """The five cues of `bar_features` from placed notes."""
+    n = b.n
+    out = np.zeros((n, len(FEATURES)))
+    out[:, FEATURES.index("tempo")] = (b.qpm - 100.0) / 50.0
+    onsets = np.bincount(b.bar, minlength=n)
+    per_second = onsets / (np.diff(b.bounds) / b.tpq) * b.qpm / 60.0
+    density = np.log2(np.maximum(per_second, 1e-3) / 4.0) / 2.0
+    out[:, FEATURES.index("density")] = np.where(onsets > 0, density, -1.0)
+    velocity = np.bincount(b.bar, weights=b.notes[:, 3], minlength=n)
+    mean_velocity = np.divide(velocity, onsets, out=np.full(n, 80.0), where=onsets > 0)
+    out[:, FEATURES.index("velocity")] = (mean_velocity - 80.0) / 30.0
+    count = np.bincount(b.pbar, minlength=n)
+    pitch_sum = np.bincount(b.pbar, weights=b.pitched[:, 2], minlength=n)
+    mean_pitch = np.divide(pitch_sum, count, out=np.full(n, 64.0), where=count > 0)
+    out[:, FEATURES.index("register")] = (mean_pitch - 64.0) / 12.0
+    mode = b.key_corr[:, :12].max(1) - b.key_corr[:, 12:].max(1)  # best major - best minor
+    out[:, FEATURES.index("mode")] = mode / MODE_SCALE
     return np.clip(out, -1.0, 1.0)
+
+
+def bar_features(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) -> np.ndarray:
+    """[n_bars, len(FEATURES)] cues, each scaled to [-1, 1] as the module docstring says."""
+    return _features(_place(score, grid, window))
 
 
 def weight_matrix(p: RuleParams) -> np.ndarray:
@@ -284,17 +307,13 @@ CUE_COLUMNS = (
 def bar_stats(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) -> np.ndarray:
     """[n_bars, len(BAR_STATS)]: the rule cues, then further statistics of each bar, roughly
     centred and scaled (the learned estimators standardise them anyway)."""
-    n = grid.n_bars
-    bounds = grid.bounds()
+    b = _place(score, grid, window)
+    n, bounds, notes, bar = b.n, b.bounds, b.notes, b.bar
     out = np.zeros((n, len(BAR_STATS)))
-    out[:, : len(FEATURES)] = bar_features(score, grid, window)
+    out[:, : len(FEATURES)] = _features(b)
     col = {name: i for i, name in enumerate(BAR_STATS)}
-    seconds = np.diff(bounds) / grid.tpq * 60.0 / tempo_at(score, bounds[:-1])
+    seconds = np.diff(bounds) / grid.tpq * 60.0 / b.qpm
 
-    notes = _notes(score)
-    bar = _bar_of(notes[:, 0], bounds)
-    keep = (bar >= 0) & (bar < n)
-    notes, bar = notes[keep], bar[keep]
     count = np.bincount(bar, minlength=n)
     has = count > 0
     order = np.lexsort((notes[:, 0], bar))
@@ -310,18 +329,15 @@ def bar_stats(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) 
     out[:, col["velocity_std"]] = np.sqrt(np.maximum(sq - mean_v**2, 0.0)) / 30.0
     offbeat = np.bincount(bar, (notes[:, 0] % grid.tpq) != 0, n)
     out[:, col["offbeat"]] = np.divide(offbeat, count, out=np.zeros(n), where=has)
-    pitched_all = _notes(score, drums=False)
     out[:, col["drums"]] = np.divide(
-        count - np.bincount(_clip_bars(pitched_all[:, 0], bounds), minlength=n + 1)[:n],
+        count - np.bincount(_clip_bars(b.pitched_all[:, 0], bounds), minlength=n + 1)[:n],
         count,
         out=np.zeros(n),
         where=has,
     )
     out[:, col["empty"]] = (~has).astype(np.float64)
 
-    pbar = _bar_of(pitched_all[:, 0], bounds)
-    keep = (pbar >= 0) & (pbar < n)
-    pitched, pbar = pitched_all[keep], pbar[keep]
+    pitched, pbar = b.pitched, b.pbar
     pcount = np.bincount(pbar, minlength=n)
     phas = pcount > 0
     low, high = np.full(n, 64.0), np.full(n, 64.0)
@@ -337,13 +353,8 @@ def bar_stats(score: symusic.Score, grid: BarGrid | MeterGrid, window: int = 2) 
     out[:, col["note_length"]] = np.divide(length, pcount, out=np.zeros(n), where=phas)
     sounding = np.bincount(pbar, np.minimum(quarters, np.diff(bounds)[pbar] / grid.tpq), n)
     out[:, col["polyphony"]] = np.log2(1.0 + sounding / (np.diff(bounds) / grid.tpq))
-    hist = np.zeros((n, 12))
-    np.add.at(hist, (pbar, pitched[:, 2] % 12), pitched[:, 1].astype(np.float64))
-    out[:, col["pitch_classes"]] = (hist > 0).sum(1) / 12.0
-    cumulative = np.concatenate([np.zeros((1, 12)), np.cumsum(hist, 0)])
-    lo = np.clip(np.arange(n) - window, 0, n)
-    hi = np.clip(np.arange(n) + window + 1, 0, n)
-    out[:, col["key_strength"]] = key_correlations(cumulative[hi] - cumulative[lo]).max(1)
+    out[:, col["pitch_classes"]] = (b.hist > 0).sum(1) / 12.0
+    out[:, col["key_strength"]] = b.key_corr.max(1)
     return out
 
 

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,21 +121,57 @@ def quadrant_split(bars: Bars, labels: np.ndarray, min_pieces: int):
     return train, held, eval_split
 
 
-def choice_split(bars: Bars, train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train pieces split by song (about 1/5 held out) to choose between the learned head and
-    the hand-crafted model without looking at the eval split."""
-    from sklearn.model_selection import GroupShuffleSplit
+def choice_folds(bars: Bars, train: np.ndarray, folds: int) -> list | None:
+    """Song-grouped folds of the train pieces (index pairs into `train`) whose out-of-fold
+    predictions choose the served mix without looking at the eval split, each quadrant spread
+    over the folds; None when there are too few songs, or a fold would fit on one quadrant."""
+    from sklearn.model_selection import StratifiedGroupKFold
 
     groups = [bars.groups[k] for k in train]
-    splitter = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=seed)
-    fit_idx, choose_idx = next(splitter.split(train, groups=groups))
-    return train[fit_idx], train[choose_idx]
+    n = min(folds, len(set(groups)))
+    if n < 2:
+        return None
+    labels = quad.quadrant_of(bars.piece_targets)[train]
+    with warnings.catch_warnings():  # a quadrant with fewer songs than folds: said below
+        warnings.simplefilter("ignore", UserWarning)
+        split = list(StratifiedGroupKFold(n_splits=n).split(train, labels, groups))
+    return None if any(len(set(labels[a])) < 2 for a, _ in split) else split
+
+
+def out_of_fold(folds: list, fit_predict, n: int) -> np.ndarray:
+    """[n, 4] probabilities of each train piece from a model fitted without its fold:
+    `fit_predict(fold, fit_idx, held_idx)` gives the held pieces'."""
+    out = np.zeros((n, len(quad.QUADRANTS)), np.float32)
+    for i, (a, b) in enumerate(folds):
+        out[b] = fit_predict(i, a, b)
+    return out
+
+
+HANDCRAFTED_C = (0.003, 0.01, 0.03, 0.1, 0.3)  # inverse L2 strengths tried out of fold
+
+
+def tune_handcrafted(feats: np.ndarray, labels: np.ndarray, folds: list, seed: int):
+    """(C, out-of-fold probabilities) of the hand-crafted model with the best out-of-fold
+    log-likelihood over `HANDCRAFTED_C`."""
+    best = None
+    for c in HANDCRAFTED_C:
+
+        def fit_predict(_, a, b, c=c):
+            model = hand.fit_linear(feats[a], labels[a], quad.QUADRANTS, c, seed)
+            return model.predict_proba(feats[b])
+
+        probs = out_of_fold(folds, fit_predict, len(labels))
+        score = quad.log_likelihood(probs, labels)
+        if best is None or score > best[0]:
+            best = (score, c, probs)
+    return best[1], best[2]
 
 
 def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, x) -> dict:
-    """Train the 4-quadrant head and the hand-crafted model beside it, serve whichever of
-    them (or their mean) has the best log-likelihood on a song-grouped part of train, and
-    score all, with the majority, on the eval split."""
+    """Train the 4-quadrant heads (`quadrant.seeds`, averaged) and the hand-crafted model
+    beside them, serve their mix (pool and head weight) with the best out-of-fold
+    log-likelihood on song-grouped folds of train, and score all, with the majority, on the
+    eval split."""
     labels = quad.quadrant_of(bars.piece_targets)
     got = quadrant_split(bars, labels, p.min_quadrant_pieces)
     if isinstance(got, str):
@@ -147,44 +184,60 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         [quad.cue_summary(bars.cues[off[k] : off[k + 1]]) for k in range(len(off) - 1)]
     )
     feats = np.concatenate([hand.feature_matrix(bars.music), summary], 1)
-    fit_part, choose = choice_split(bars, train, tp.seed)
-    choice: dict[str, float] = {}
-    weight, c = 1.0, hand.DEFAULT_C
-    if len(set(labels[fit_part])) >= 2:  # else too few songs to choose: the head is served
-        head = quad.fit(p.quadrant, x, off, fit_part, labels[fit_part], tp)
-        split_x = (feats[fit_part], labels[fit_part], feats[choose], labels[choose])
-        _, c = hand.fit_tuned(*split_x, classes, seed=tp.seed)
-        linear = hand.fit_linear(*split_x[:2], classes, c, tp.seed)
-        mlp_p = quad.predict(head, x, off, choose)
-        hand_p = linear.predict_proba(split_x[2])
-        for w in quad.HEAD_WEIGHTS:
-            choice[w] = quad.log_likelihood(quad.served_probs(w, mlp_p, hand_p), labels[choose])
-        weight = max(quad.HEAD_WEIGHTS, key=lambda w: choice[w])
+    folds = choice_folds(bars, train, p.quadrant.folds)
+    choice: dict[tuple[str, float], float] = {}
+    pool, weight, c = "linear", 1.0, hand.DEFAULT_C
+    if folds is not None:  # else too few songs to choose: the heads are served
+        y = labels[train]
+
+        def head_oof(i, a, b):  # one head per fold: the mix is chosen on single heads
+            fold_tp = dataclasses.replace(tp, seed=tp.seed + i)
+            head = quad.fit(p.quadrant, x, off, train[a], y[a], fold_tp)
+            return quad.predict(head, x, off, train[b])
+
+        log.info("quadrant head: choosing the served mix on %d song-grouped folds", len(folds))
+        mlp_oof = out_of_fold(folds, head_oof, len(train))
+        c, hand_oof = tune_handcrafted(feats[train], y, folds, tp.seed)
+        for pl in quad.POOLS:
+            for w in quad.HEAD_WEIGHTS:
+                choice[pl, w] = quad.log_likelihood(quad.served_probs(w, mlp_oof, hand_oof, pl), y)
+        pool, weight = max(choice, key=choice.get)
     served = quad.served_name(weight)
-    head = quad.fit(p.quadrant, x, off, train, labels[train], tp)
+    heads = quad.fit_ensemble(p.quadrant, tp, x, off, train, labels[train])
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
     info = {"input": p.mlp.input, "piece_std": p.quadrant.piece_std}
-    quad.save(head, io.out, {**info, "served": served, "head_weight": weight})
+    quad.save(heads, io.out, {**info, "served": served, "head_weight": weight, "pool": pool})
     names = [*hand.FEATURES, *quad.CUE_SUMMARY]
     linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": names})
     majority = np.bincount(labels[train], minlength=len(classes)).argmax()
-    mlp_p = quad.predict(head, x, off, held)
+    mlp_p = quad.predict(heads, x, off, held)
     hand_p = linear.predict_proba(feats[held])
     probs = {
         "": mlp_p,
         "handcrafted_": hand_p,
         "majority_": np.eye(len(classes))[np.full(len(held), majority)],
-        "served_": quad.served_probs(weight, mlp_p, hand_p),
+        "served_": quad.served_probs(weight, mlp_p, hand_p, pool),
     }
+    members = [
+        quad.accuracies(quad.predict(m, x, off, held), labels[held])["quadrant_accuracy"]
+        for m in heads.members
+    ]
     out = {
         "quadrant_status": "done",
         "eval_split": eval_split,
         "quadrant_train_pieces": len(train),
         "quadrant_eval_pieces": len(held),
+        "quadrant_seeds": len(members),
+        "quadrant_choice_folds": len(folds or ()),
         "quadrant_served": served,
+        "quadrant_pool": pool,
         "quadrant_head_weight": weight,
-        **{f"quadrant_choice_w{w:g}_loglik": v for w, v in choice.items()},
+        **{f"quadrant_choice_{pl}_w{w:g}_loglik": v for (pl, w), v in choice.items()},
         "handcrafted_c": c,
+        # the spread of the ensemble's single heads on the eval split
+        "quadrant_member_accuracy_min": min(members),
+        "quadrant_member_accuracy_mean": float(np.mean(members)),
+        "quadrant_member_accuracy_max": max(members),
     }
     for prefix, pr in probs.items():
         out.update(quad.accuracies(pr, labels[held], prefix))
