@@ -1,0 +1,141 @@
+"""Corpus-sized state on disk, for passes that must not hold a row per piece: a set of keys
+(sqlite3, stdlib) and an external sort (sorted Parquet runs, merged by streaming). Both live
+in a temporary folder that the caller owns."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from midipipe.core.io import atomic_path
+
+
+class DiskSet:
+    """Keys seen so far, in an sqlite3 file: memory is sqlite's page cache, not the keys."""
+
+    def __init__(self, path: str | Path):
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "CREATE TABLE keys (key TEXT PRIMARY KEY) WITHOUT ROWID; BEGIN;"
+        )
+
+    def add(self, key: str) -> bool:
+        """Record `key`; True if it was new."""
+        return self.db.execute("INSERT OR IGNORE INTO keys VALUES (?)", (key,)).rowcount == 1
+
+    def update(self, keys: Iterable[str]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO keys VALUES (?)", ((k,) for k in keys))
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM keys").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+SortKey = Callable[[pa.RecordBatch], np.ndarray]
+
+
+def sorted_batches(
+    batches: Iterable[pa.RecordBatch],
+    key: SortKey,
+    schema: pa.Schema,
+    folder: str | Path,
+    run_rows: int = 8192,
+    merge_rows: int = 256,
+) -> Iterator[pa.RecordBatch]:
+    """`batches` in the order of `key` (one NumPy value per row, unique): runs of `run_rows`
+    rows are sorted in memory and spilled to `folder`, then merged. Memory: one run while
+    spilling, `merge_rows` rows of each run while merging."""
+    runs: list[Path] = []
+    pending: list[pa.RecordBatch] = []
+    held = 0
+
+    def spill() -> None:
+        table = pa.Table.from_batches(pending, schema)
+        runs.append(Path(folder) / f"run-{id(runs)}-{len(runs):05d}.parquet")
+        sorted_ = table.take(np.argsort(key(table), kind="stable"))
+        pq.write_table(sorted_, runs[-1], row_group_size=merge_rows)
+        pending.clear()
+
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= run_rows:
+            spill()
+            held = 0
+    if held:
+        spill()
+    yield from _merge(runs, key, schema, merge_rows)
+    for run in runs:
+        run.unlink()
+
+
+def _merge(runs: list[Path], key: SortKey, schema: pa.Schema, rows: int) -> Iterator:
+    """Merge sorted runs a slice at a time: every row up to the smallest of the runs' current
+    last keys can go out (no later row sorts before it), sorted among themselves."""
+    readers = [pq.ParquetFile(run).iter_batches(batch_size=rows) for run in runs]
+    heads: dict[int, tuple[pa.RecordBatch, np.ndarray]] = {}
+    for i, reader in enumerate(readers):
+        _advance(heads, i, reader, key)
+    while heads:
+        bound = min(keys[-1] for _, keys in heads.values())
+        parts, part_keys = [], []
+        for i in list(heads):
+            batch, keys = heads[i]
+            cut = int(np.searchsorted(keys, bound, side="right"))
+            parts.append(batch.slice(0, cut))
+            part_keys.append(keys[:cut])
+            if cut == len(keys):
+                del heads[i]
+                _advance(heads, i, readers[i], key)
+            else:
+                heads[i] = (batch.slice(cut), keys[cut:])
+        table = pa.Table.from_batches(parts, schema)
+        yield from table.take(np.argsort(np.concatenate(part_keys), kind="stable")).to_batches()
+
+
+def _advance(heads: dict, i: int, reader: Iterator[pa.RecordBatch], key: SortKey) -> None:
+    for batch in reader:
+        if batch.num_rows:
+            heads[i] = (batch, key(batch))
+            return
+
+
+class TableWriter:
+    """A Parquet file written in row groups of `group_rows` from batches of any size, renamed
+    into place on close: the same bytes as `pq.write_table` of the whole table while it has
+    fewer rows than one group."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema, group_rows: int = 1 << 16):
+        self.schema, self.group_rows = schema, group_rows
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(path))
+        self._writer = self._stack.enter_context(pq.ParquetWriter(tmp, schema))
+        self._pending: list[pa.RecordBatch] = []
+        self._held = self._groups = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._held += batch.num_rows
+        while self._held >= self.group_rows:
+            table = pa.Table.from_batches(self._pending, self.schema)
+            self._writer.write_table(table.slice(0, self.group_rows))
+            self._groups += 1
+            rest = table.slice(self.group_rows)
+            self._pending, self._held = rest.to_batches(), rest.num_rows
+
+    def close(self) -> None:
+        if self._held or not self._groups:  # an empty table still gets written once
+            self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
+        self._stack.close()  # closes the writer, then renames the file into place
+
+    def abort(self) -> None:
+        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
