@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import BadMidi
+from midipipe.core.io import iter_matching
 from midipipe.data.midi import load_score
 from midipipe.data.store import Corpus
 from midipipe.emotion.rules import CUE_COLUMNS, BarGrid, RuleParams, bar_cues, bar_grid, combine
-from midipipe.tokens.shards import iter_pieces
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,12 @@ def collect(
     wanted = pa.array([r["piece_id"] for r in pieces], pa.string())
     tokens = {
         r["piece_id"]: (r["ids"], r["bar_starts"])
-        for r in iter_pieces(tokens_dir, wanted, ["piece_id", "ids", "bar_starts"])
+        for r in iter_matching(
+            sorted(Path(tokens_dir).glob("part-*.parquet")),
+            "piece_id",
+            wanted,
+            ["piece_id", "ids", "bar_starts"],
+        )
         if r["bar_starts"]
     }
     kept, grids, cues = [], [], []

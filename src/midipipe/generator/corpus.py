@@ -15,10 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import NothingToLearn
+from midipipe.core.io import iter_matching
 from midipipe.data import composers as C
 from midipipe.data.splits import unit_hash
 from midipipe.tokens.dataset import Piece, SplitIndex, load_pieces, split_index
-from midipipe.tokens.shards import iter_pieces
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ def test_pieces_of(
     wanted = table["piece_id"].filter(test)
     return [
         (r["ids"], r["bar_starts"])
-        for r in iter_pieces(tokens_dir, wanted, ["piece_id", "ids", "bar_starts"])
+        for r in iter_matching(
+            sorted(Path(tokens_dir).glob("part-*.parquet")),
+            "piece_id",
+            wanted,
+            ["ids", "bar_starts"],
+        )
         if r["ids"]
     ]

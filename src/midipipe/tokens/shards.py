@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 TOKENS_SCHEMA = pa.schema(
@@ -42,19 +41,6 @@ def iter_parts(folder: str | Path, columns: Iterable[str] | None = None) -> Iter
     cols = list(columns) if columns is not None else None
     for part in sorted(Path(folder).glob("part-*.parquet")):
         yield from pq.read_table(part, columns=cols).to_pylist()
-
-
-def iter_pieces(
-    folder: str | Path, piece_ids: pa.Array | pa.ChunkedArray, columns: Iterable[str] | None = None
-) -> Iterator[dict]:
-    """Rows of the pieces `piece_ids` only, part by part: the filter runs in Arrow, so no other
-    row becomes a Python object."""
-    if not len(piece_ids):
-        return
-    wanted = pc.field("piece_id").isin(piece_ids)
-    cols = list(columns) if columns is not None else None
-    for part in sorted(Path(folder).glob("part-*.parquet")):
-        yield from pq.read_table(part, columns=cols, filters=wanted).to_pylist()
 
 
 def tokens_by_split(tokens_dir: str | Path, manifest: str | Path) -> dict[str, list[tuple]]:
