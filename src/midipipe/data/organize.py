@@ -123,14 +123,15 @@ class _Rows:
 
 
 class _Cache:
-    """The shards already in the store: their metadata as Arrow tables (bytes left on disk)
-    and where each md5 lies (`store.Locations`: no Python object per piece). Shards of another
-    schema or facts version, and half-written temporaries, are removed."""
+    """The shards already in the store: where each md5 lies (`store.Locations`: 44 bytes a
+    piece, no Python object), each shard's row count, and their metadata read a row group at a
+    time (bytes left on disk). Shards of another schema or facts version, and half-written
+    temporaries, are removed."""
 
     def __init__(self, corpus: Path):
         for tmp in corpus.glob(".part-*.tmp"):
             tmp.unlink()
-        self.tables: dict[str, pa.Table] = {}
+        self.sizes: dict[str, int] = {}
         self.next_part = 0
         keys, shards, rows = [np.empty(0, "S1")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
         for path in store.parts(corpus):
@@ -139,18 +140,18 @@ class _Cache:
                 log.info("%s: other schema or version; its pieces are parsed again", path)
                 path.unlink()
                 continue
-            table = pq.read_table(path, columns=store.META_COLUMNS)
-            keys.append(store.id_keys(table["md5"]))
-            shards.append(np.full(table.num_rows, len(self.tables), np.int32))
-            rows.append(np.arange(table.num_rows))
-            self.tables[path.name] = table
+            md5 = pq.read_table(path, columns=["md5"])["md5"]
+            keys.append(store.id_keys(md5))
+            shards.append(np.full(len(md5), len(self.sizes), np.int32))
+            rows.append(np.arange(len(md5)))
+            self.sizes[path.name] = len(md5)
         self.where = store.Locations(
-            np.concatenate(keys), list(self.tables), np.concatenate(shards), np.concatenate(rows)
+            np.concatenate(keys), list(self.sizes), np.concatenate(shards), np.concatenate(rows)
         )
+        self.reader = store.Reader(corpus, groups=64, columns=store.META_COLUMNS)
 
     def meta(self, where: tuple[str, int]) -> dict:
-        shard, row = where
-        return store.meta_of(self.tables[shard].slice(row, 1).to_pylist()[0])
+        return store.meta_of(self.reader.row(*where))
 
 
 def _same_labels(a: dict, b: dict) -> bool:
@@ -349,7 +350,7 @@ def _settle(corpus: Path, rows: Path, cache: _Cache, o, tmp: Path) -> tuple[Path
         changed = pc.or_(b["stale"], pc.not_equal(b["split"], b["stored_split"]))
         dirty.update(pc.unique(b["shard"].filter(changed)).to_pylist())
         used.update({c["values"]: c["counts"] for c in pc.value_counts(b["shard"]).to_pylist()})
-    dirty |= {s for s, t in cache.tables.items() if used.get(s, 0) < t.num_rows}
+    dirty |= {s for s, n in cache.sizes.items() if used.get(s, 0) < n}
     names = pa.array(sorted(dirty), pa.string())
     settled = tmp / "settled.parquet"
     with pq.ParquetWriter(settled, _WORK_SCHEMA) as out:
