@@ -11,10 +11,13 @@ memory); the manifest is rebuilt every run. Every source is validated before any
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import operator
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -331,20 +334,18 @@ def _scan(
 def _settle(corpus: Path, rows: Path, cache: _Cache, o, tmp: Path) -> tuple[Path, int, list]:
     """Final splits (one per song), then rewrite every shard whose rows differ from the final
     metadata or hold pieces no source has now; returns a Parquet file of the final rows. Reads
-    `rows` in batches: memory holds the songs with official splits, a batch and one shard."""
+    `rows` in batches: memory holds a batch and one shard (songs' official splits: sqlite)."""
     work = pq.ParquetFile(rows)
 
     def batches(columns=None) -> Iterator[pa.RecordBatch]:
         for batch in work.iter_batches(8192, columns=columns):
-            yield _final_split(batch, chosen) if chosen else batch
+            yield _final_split(batch, official) if official.songs else batch
 
-    chosen = {}
-    official = (
-        b.filter(pc.is_valid(b["official_split"])) for b in batches(["song_id", "official_split"])
-    )
-    chosen, conflicts = splits.official_choice(
-        (song, split) for b in official for song, split in zip(*b.to_pydict().values(), strict=True)
-    )
+    official = _Official(tmp / "official.sqlite")  # removed with `tmp`
+    for b in work.iter_batches(8192, columns=["song_id", "official_split"]):
+        b = b.filter(pc.is_valid(b["official_split"]))
+        official.vote(zip(*b.to_pydict().values(), strict=True))
+    conflicts = official.settle()
     used, dirty = Counter(), set()
     for b in batches(["shard", "song_id", "split", "stored_split", "stale"]):
         changed = pc.or_(b["stale"], pc.not_equal(b["split"], b["stored_split"]))
@@ -382,12 +383,47 @@ def _settle(corpus: Path, rows: Path, cache: _Cache, o, tmp: Path) -> tuple[Path
     return settled, len(dirty), conflicts
 
 
-def _final_split(batch: pa.RecordBatch, chosen: dict[str, str]) -> pa.RecordBatch:
+def _final_split(batch: pa.RecordBatch, official: _Official) -> pa.RecordBatch:
     """A song's clips follow the song's official split; other pieces keep their own."""
-    final = pa.array(
-        map(chosen.get, batch["song_id"].to_pylist(), batch["split"].to_pylist()), pa.string()
-    )
+    songs, own = batch["song_id"].to_pylist(), batch["split"].to_pylist()
+    chosen = official.of(set(songs))
+    final = pa.array(map(chosen.get, songs, own), pa.string())
     return batch.set_column(batch.schema.get_field_index("split"), "split", final)
+
+
+class _Official:
+    """Songs' official splits, voted by their clips (`splits.choose`), in sqlite: a corpus whose
+    every piece has an official split (GigaMIDI) holds no dict of its songs."""
+
+    def __init__(self, path: Path):
+        self.db = spill.connect(
+            path,
+            "CREATE TABLE votes (song TEXT, split TEXT, n INTEGER, PRIMARY KEY (song, split))"
+            " WITHOUT ROWID; CREATE TABLE chosen (song TEXT PRIMARY KEY, split TEXT) WITHOUT ROWID",
+        )
+        self.songs = 0
+
+    def vote(self, pieces: Iterable[tuple[str, str]]) -> None:
+        self.db.executemany(
+            "INSERT INTO votes VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1", pieces
+        )
+
+    def settle(self) -> list[str]:
+        """Choose every song's split; returns the songs whose clips disagree."""
+        conflicts = []
+        rows = self.db.execute("SELECT song, split, n FROM votes ORDER BY song")
+        for song, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+            votes = {split: n for _, split, n in group}
+            self.db.execute("INSERT INTO chosen VALUES (?, ?)", (song, splits.choose(song, votes)))
+            self.songs += 1
+            if len(votes) > 1:
+                conflicts.append(song)
+        return conflicts
+
+    def of(self, songs: Iterable[str]) -> dict[str, str]:
+        """The chosen split of those of `songs` that have one."""
+        query = "SELECT song, split FROM chosen WHERE song IN (SELECT value FROM json_each(?))"
+        return dict(self.db.execute(query, (json.dumps(list(songs)),)))
 
 
 def _place_key(names: pa.Array) -> spill.SortKey:

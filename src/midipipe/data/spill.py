@@ -16,15 +16,19 @@ import pyarrow.parquet as pq
 from midipipe.core.io import atomic_path
 
 
+def connect(path: str | Path, schema: str) -> sqlite3.Connection:
+    """A scratch sqlite3 database (no journal, no fsync: it dies with its run) with `schema`,
+    inside one open transaction."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; {schema}; BEGIN;")
+    return db
+
+
 class DiskSet:
     """Keys seen so far, in an sqlite3 file: memory is sqlite's page cache, not the keys."""
 
     def __init__(self, path: str | Path):
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-            "CREATE TABLE keys (key TEXT PRIMARY KEY) WITHOUT ROWID; BEGIN;"
-        )
+        self.db = connect(path, "CREATE TABLE keys (key TEXT PRIMARY KEY) WITHOUT ROWID")
 
     def add(self, key: str) -> bool:
         """Record `key`; True if it was new."""
