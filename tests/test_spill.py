@@ -26,7 +26,9 @@ def test_sorted_batches_merges_many_runs_into_one_order(tmp_path):
     keys = [f"{k:08d}" for k in rng.permutation(5000)]
     table_in = pa.table({"key": keys, "n": range(5000)}, SCHEMA)
     batches = table_in.to_batches(max_chunksize=97)
-    out = list(spill.sorted_batches(batches, _key, SCHEMA, tmp_path, run_rows=700, merge_rows=64))
+    out = list(
+        spill.sorted_batches(batches, _key, SCHEMA, tmp_path, run_rows=300, merge_rows=64, fan_in=4)
+    )
     table = pa.Table.from_batches(out, SCHEMA)
     expected = table_in.sort_by("key")
     assert table.equals(expected)

@@ -5,6 +5,7 @@ in a temporary folder that the caller owns."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -54,17 +55,20 @@ def sorted_batches(
     folder: str | Path,
     run_rows: int = 8192,
     merge_rows: int = 256,
+    fan_in: int = 64,
 ) -> Iterator[pa.RecordBatch]:
     """`batches` in the order of `key` (one NumPy value per row, unique): runs of `run_rows`
-    rows are sorted in memory and spilled to `folder`, then merged. Memory: one run while
-    spilling, `merge_rows` rows of each run while merging."""
+    rows are sorted in memory and spilled to `folder`, merged `fan_in` at a time into longer
+    runs while there are more, then merged as they are read. Memory: one run while spilling,
+    `merge_rows` rows of at most `fan_in` runs while merging."""
+    names = (Path(folder) / f"run-{id(batches)}-{i:06d}.parquet" for i in itertools.count())
     runs: list[Path] = []
     pending: list[pa.RecordBatch] = []
     held = 0
 
     def spill() -> None:
         table = pa.Table.from_batches(pending, schema)
-        runs.append(Path(folder) / f"run-{id(runs)}-{len(runs):05d}.parquet")
+        runs.append(next(names))
         sorted_ = table.take(np.argsort(key(table), kind="stable"))
         pq.write_table(sorted_, runs[-1], row_group_size=merge_rows)
         pending.clear()
@@ -77,6 +81,14 @@ def sorted_batches(
             held = 0
     if held:
         spill()
+    while len(runs) > fan_in:
+        group, runs = runs[:fan_in], runs[fan_in:]
+        runs.append(next(names))
+        with pq.ParquetWriter(runs[-1], schema) as out:
+            for merged in _merge(group, key, schema, merge_rows):
+                out.write_table(pa.Table.from_batches([merged]), row_group_size=merge_rows)
+        for run in group:
+            run.unlink()
     yield from _merge(runs, key, schema, merge_rows)
     for run in runs:
         run.unlink()
