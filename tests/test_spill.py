@@ -36,20 +36,16 @@ def test_sorted_batches_merges_many_runs_into_one_order(tmp_path):
     assert list(spill.sorted_batches([], _key, SCHEMA, tmp_path)) == []
 
 
-def test_table_writer_matches_write_table_below_one_group(tmp_path):
+def test_write_batches_matches_write_table_below_one_group(tmp_path):
     table = pa.table({"key": [f"{k:08d}" for k in range(300)], "n": range(300)}, SCHEMA)
     pq.write_table(table, tmp_path / "whole.parquet")
-    writer = spill.TableWriter(tmp_path / "streamed.parquet", SCHEMA, group_rows=1000)
-    for batch in table.to_batches(max_chunksize=37):
-        writer.write(batch)
-    writer.close()
+    spill.write_batches(tmp_path / "streamed.parquet", table.to_batches(37), SCHEMA, 1000)
     assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "streamed.parquet").read_bytes()
-    grouped = spill.TableWriter(tmp_path / "groups.parquet", SCHEMA, group_rows=100)
-    for batch in table.to_batches(max_chunksize=37):
-        grouped.write(batch)
-    grouped.close()
+    spill.write_batches(tmp_path / "groups.parquet", table.to_batches(37), SCHEMA, 100)
     read = pq.ParquetFile(tmp_path / "groups.parquet")
     assert read.num_row_groups == 3 and read.read().equals(table)
-    empty = spill.TableWriter(tmp_path / "empty.parquet", SCHEMA)
-    empty.close()
-    assert pq.read_table(tmp_path / "empty.parquet").num_rows == 0
+    pq.write_table(SCHEMA.empty_table(), tmp_path / "empty_whole.parquet")
+    spill.write_batches(tmp_path / "empty.parquet", [], SCHEMA)
+    assert (tmp_path / "empty.parquet").read_bytes() == (
+        tmp_path / "empty_whole.parquet"
+    ).read_bytes()

@@ -233,11 +233,9 @@ def _write_manifest(path: Path, settled: Path, tmp: Path) -> tuple[dict, list[di
     corpus); return its counts (pieces, songs, per split, per source) and its rejects."""
     counts, sources, rejects = Counter(), Counter(), []
     songs = spill.DiskSet(tmp / "songs.sqlite")
-    batches = pq.ParquetFile(settled).iter_batches(8192, columns=MANIFEST_SCHEMA.names)
-    writer = spill.TableWriter(path, MANIFEST_SCHEMA)
-    try:
-        for batch in spill.sorted_batches(batches, _piece_key, MANIFEST_SCHEMA, tmp):
-            writer.write(batch)
+
+    def tallied(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
             songs.update(batch["song_id"].to_pylist())
             counts["pieces"] += batch.num_rows
             for c in pc.value_counts(batch["split"]).to_pylist():
@@ -254,14 +252,13 @@ def _write_manifest(path: Path, settled: Path, tmp: Path) -> tuple[dict, list[di
                 }
                 for r in bad.select(["piece_id", "original", "parse_error"]).to_pylist()
             )
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        counts["songs"] = len(songs)
-        songs.close()
-    summary = {"pieces": counts["pieces"], "songs": counts["songs"]}
+            yield batch
+
+    rows = pq.ParquetFile(settled).iter_batches(8192, columns=MANIFEST_SCHEMA.names)
+    ordered = spill.sorted_batches(rows, _piece_key, MANIFEST_SCHEMA, tmp)
+    spill.write_batches(path, tallied(ordered), MANIFEST_SCHEMA)
+    summary = {"pieces": counts["pieces"], "songs": len(songs)}
+    songs.close()
     for split in splits.SPLITS:
         summary[f"split_{split}"] = counts[f"split_{split}"]
     for source, n in sorted(sources.items()):

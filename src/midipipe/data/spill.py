@@ -4,7 +4,6 @@ in a temporary folder that the caller owns."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -84,20 +83,21 @@ def sorted_batches(
     while len(runs) > fan_in:
         group, runs = runs[:fan_in], runs[fan_in:]
         runs.append(next(names))
-        with pq.ParquetWriter(runs[-1], schema) as out:
-            for merged in _merge(group, key, schema, merge_rows):
-                out.write_table(pa.Table.from_batches([merged]), row_group_size=merge_rows)
+        with pq.ParquetWriter(runs[-1], schema) as out:  # groups of 16 * merge_rows: a
+            # writer holds ~3 KB of footer per group until it closes, and these runs are long
+            for merged in _batched(_merge(group, key, schema), 16 * merge_rows, schema):
+                out.write_table(merged)
         for run in group:
             run.unlink()
-    yield from _merge(runs, key, schema, merge_rows)
+    yield from _merge(runs, key, schema)
     for run in runs:
         run.unlink()
 
 
-def _merge(runs: list[Path], key: SortKey, schema: pa.Schema, rows: int) -> Iterator:
+def _merge(runs: list[Path], key: SortKey, schema: pa.Schema) -> Iterator:
     """Merge sorted runs a slice at a time: every row up to the smallest of the runs' current
     last keys can go out (no later row sorts before it), sorted among themselves."""
-    readers = [pq.ParquetFile(run).iter_batches(batch_size=rows) for run in runs]
+    readers = [_row_groups(run) for run in runs]
     heads: dict[int, tuple[pa.RecordBatch, np.ndarray]] = {}
     for i, reader in enumerate(readers):
         _advance(heads, i, reader, key)
@@ -118,6 +118,28 @@ def _merge(runs: list[Path], key: SortKey, schema: pa.Schema, rows: int) -> Iter
         yield from table.take(np.argsort(np.concatenate(part_keys), kind="stable")).to_batches()
 
 
+def _batched(batches: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> Iterator:
+    """Tables of `rows` rows (the last one shorter) from batches of any size."""
+    pending, held = [], 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= rows:
+            table = pa.Table.from_batches(pending, schema)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending, schema)
+
+
+def _row_groups(path: Path) -> Iterator[pa.RecordBatch]:
+    """A run a row group at a time (`iter_batches` reads ahead: a run wholly in memory)."""
+    handle = pq.ParquetFile(path)
+    for i in range(handle.num_row_groups):
+        yield from handle.read_row_group(i).to_batches()
+
+
 def _advance(heads: dict, i: int, reader: Iterator[pa.RecordBatch], key: SortKey) -> None:
     for batch in reader:
         if batch.num_rows:
@@ -125,33 +147,19 @@ def _advance(heads: dict, i: int, reader: Iterator[pa.RecordBatch], key: SortKey
             return
 
 
-class TableWriter:
-    """A Parquet file written in row groups of `group_rows` from batches of any size, renamed
-    into place on close: the same bytes as `pq.write_table` of the whole table while it has
-    fewer rows than one group."""
-
-    def __init__(self, path: str | Path, schema: pa.Schema, group_rows: int = 1 << 16):
-        self.schema, self.group_rows = schema, group_rows
-        self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(atomic_path(path))
-        self._writer = self._stack.enter_context(pq.ParquetWriter(tmp, schema))
-        self._pending: list[pa.RecordBatch] = []
-        self._held = self._groups = 0
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._pending.append(batch)
-        self._held += batch.num_rows
-        while self._held >= self.group_rows:
-            table = pa.Table.from_batches(self._pending, self.schema)
-            self._writer.write_table(table.slice(0, self.group_rows))
-            self._groups += 1
-            rest = table.slice(self.group_rows)
-            self._pending, self._held = rest.to_batches(), rest.num_rows
-
-    def close(self) -> None:
-        if self._held or not self._groups:  # an empty table still gets written once
-            self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
-        self._stack.close()  # closes the writer, then renames the file into place
-
-    def abort(self) -> None:
-        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+def write_batches(
+    path: str | Path,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    group_rows: int = 1 << 16,
+) -> None:
+    """A Parquet file, renamed into place when complete, from batches of any size in row groups
+    of `group_rows`: the same bytes as `pq.write_table` of the whole table while it has at most
+    one group's rows. Memory: one group."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as out:
+        empty = True
+        for table in _batched(iter(batches), group_rows, schema):
+            out.write_table(table)
+            empty = False
+        if empty:  # an empty table is still written once, as `pq.write_table` does
+            out.write_table(schema.empty_table())
