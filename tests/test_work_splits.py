@@ -162,3 +162,38 @@ def test_emopia_official_split_keeps_songs_whole(external_data):
     assert all(len(s) == 1 for s in by_song.values())
     assert all(p.split in ("train", "valid") for p in pieces)
     assert sum(p.split == "valid" for p in pieces) == 198
+
+
+def test_organize_sends_each_song_where_most_of_its_official_clips_are(tmp_path, caplog):
+    """Renditions of one song in several official splits: the song goes where most are (a tie
+    to the held-out side), its shard rows are rewritten to match, and both songs are named."""
+    import pyarrow.parquet as pq
+
+    from midipipe.core.params import Params, build
+    from midipipe.data.organize import organize
+
+    rows = gigamidi_rows(5)
+    official = ["train", "train", "test", "train", "validation"]
+    for i, row in enumerate(rows):
+        row |= {"artist": "A", "title": "One" if i < 3 else "Two", "split": official[i]}
+    path = write_gigamidi_parquet(tmp_path / "g.parquet", rows)
+    params = build(
+        Params,
+        {"data": {"sources": [{"kind": "gigamidi", "parquet": str(path)}]}, "organize": {}},
+    )
+    with caplog.at_level(logging.WARNING):
+        summary = organize(params, tmp_path / "data")
+    assert summary["split_conflicting_songs"] == 2 and summary["shards_rewritten"] == 1
+    assert "several official splits" in caplog.text
+    manifest = pq.read_table(tmp_path / "data" / "manifest.parquet").to_pylist()
+    by_song = defaultdict(set)
+    for r in manifest:
+        by_song[r["song_id"]].add(r["split"])
+    assert by_song == {"gigamidi:a/one": {"train"}, "gigamidi:a/two": {"valid"}}
+    shard = pq.read_table(tmp_path / "data" / "corpus" / "part-00000.parquet")
+    stored = dict(zip(shard["md5"].to_pylist(), shard["split"].to_pylist(), strict=True))
+    assert sorted(stored.values()) == ["train"] * 3 + ["validation"] * 2
+    assert all(
+        stored[r["piece_id"]] == {"valid": "validation"}.get(r["split"], r["split"])
+        for r in manifest
+    )

@@ -6,11 +6,12 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 _UMASK = os.umask(0o022)
@@ -51,6 +52,21 @@ def write_table(path: str | Path, table: pa.Table) -> None:
 
 def write_rows(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
     write_table(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+def iter_matching(
+    paths: Iterable[str | Path],
+    column: str,
+    values: pa.Array | pa.ChunkedArray,
+    columns: list[str] | None = None,
+) -> Iterator[dict]:
+    """Rows of Parquet files whose `column` is among `values`, file by file: the filter runs in
+    Arrow, so no other row becomes a Python object."""
+    if not len(values):
+        return
+    wanted = pc.field(column).isin(values)
+    for path in paths:
+        yield from pq.read_table(path, columns=columns, filters=wanted).to_pylist()
 
 
 def _column(values: list, type_: pa.DataType) -> pa.Array:

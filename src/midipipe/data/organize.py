@@ -11,10 +11,13 @@ memory); the manifest is rebuilt every run. Every source is validated before any
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import operator
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from midipipe.core.errors import BadMidi
 from midipipe.core.io import write_json, write_rows, write_table
 from midipipe.core.params import Params
-from midipipe.data import splits, store
+from midipipe.data import spill, splits, store
 from midipipe.data.midi import load_score, piece_id, stats
 from midipipe.data.pool import Failure, robust_map
 from midipipe.data.sources import iter_source
@@ -116,21 +119,22 @@ class _Rows:
             self.writer.write_batch(pa.RecordBatch.from_pylist(self.pending, schema=_WORK_SCHEMA))
             self.pending = []
 
-    def table(self) -> pa.Table:
+    def close(self) -> Path:
         self._flush()
         self.writer.close()
-        return pq.read_table(self.path, schema=_WORK_SCHEMA)
+        return self.path
 
 
 class _Cache:
-    """The shards already in the store: their metadata as Arrow tables (bytes left on disk)
-    and where each md5 lies (`store.Locations`: no Python object per piece). Shards of another
-    schema or facts version, and half-written temporaries, are removed."""
+    """The shards already in the store: where each md5 lies (`store.Locations`: 44 bytes a
+    piece, no Python object), each shard's row count, and their metadata read a row group at a
+    time (bytes left on disk). Shards of another schema or facts version, and half-written
+    temporaries, are removed."""
 
     def __init__(self, corpus: Path):
         for tmp in corpus.glob(".part-*.tmp"):
             tmp.unlink()
-        self.tables: dict[str, pa.Table] = {}
+        self.sizes: dict[str, int] = {}
         self.next_part = 0
         keys, shards, rows = [np.empty(0, "S1")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
         for path in store.parts(corpus):
@@ -139,18 +143,18 @@ class _Cache:
                 log.info("%s: other schema or version; its pieces are parsed again", path)
                 path.unlink()
                 continue
-            table = pq.read_table(path, columns=store.META_COLUMNS)
-            keys.append(store.id_keys(table["md5"]))
-            shards.append(np.full(table.num_rows, len(self.tables), np.int32))
-            rows.append(np.arange(table.num_rows))
-            self.tables[path.name] = table
+            md5 = pq.read_table(path, columns=["md5"])["md5"]
+            keys.append(store.id_keys(md5))
+            shards.append(np.full(len(md5), len(self.sizes), np.int32))
+            rows.append(np.arange(len(md5)))
+            self.sizes[path.name] = len(md5)
         self.where = store.Locations(
-            np.concatenate(keys), list(self.tables), np.concatenate(shards), np.concatenate(rows)
+            np.concatenate(keys), list(self.sizes), np.concatenate(shards), np.concatenate(rows)
         )
+        self.reader = store.Reader(corpus, groups=64, columns=store.META_COLUMNS)
 
     def meta(self, where: tuple[str, int]) -> dict:
-        shard, row = where
-        return store.meta_of(self.tables[shard].slice(row, 1).to_pylist()[0])
+        return store.meta_of(self.reader.row(*where))
 
 
 def _same_labels(a: dict, b: dict) -> bool:
@@ -177,8 +181,9 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     bar_rows, counts = [], Counter()
     writer = store.StoreWriter(corpus, cache.next_part, o.rows_per_file, o.rows_per_group)
     with tempfile.TemporaryDirectory(prefix="midipipe-organize-") as tmp:
-        rows = _Rows(Path(tmp))
-        new = _scan(sources, cache, rows, bar_rows, counts, o)
+        tmp = Path(tmp)
+        rows, seen = _Rows(tmp), spill.DiskSet(tmp / "seen.sqlite")
+        new = _scan(sources, cache, rows, seen, bar_rows, counts, o)
         try:
             results = robust_map(_facts_of, new, o.workers, o.timeout_s, batch_size=16)
             for (meta, data), got in tqdm(results, desc="organize (new files)", unit="file"):
@@ -190,60 +195,86 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
         except BaseException:
             writer.abort()
             raise
-        table = rows.table()
-    table, rewritten, conflicts = _settle(corpus, table, cache, o)
+        finally:
+            seen.close()
+        settled, rewritten, conflicts = _settle(corpus, rows.close(), cache, o, tmp)
+        found, rejects = _write_manifest(data_dir / "manifest.parquet", settled, tmp)
     if not store.parts(corpus):  # no piece at all: one empty shard, so the output exists
         write_table(corpus / store.part_name(0), store.SCHEMA.empty_table())
-    table = table.select(MANIFEST_SCHEMA.names).sort_by("piece_id")
-    write_table(data_dir / "manifest.parquet", table.cast(MANIFEST_SCHEMA))
     write_rows(data_dir / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
-    rejects = table.filter(pc.is_valid(table["parse_error"]))
-    write_rows(
-        data_dir / "organize_rejects.parquet",
-        [
-            {
-                "piece_id": r["piece_id"],
-                "path": r["original"],
-                "stage": "organize",
-                "reason": r["parse_error"],
-            }
-            for r in rejects.select(["piece_id", "original", "parse_error"]).to_pylist()
-        ],
-        REJECTS_SCHEMA,
-    )
+    write_rows(data_dir / "organize_rejects.parquet", rejects, REJECTS_SCHEMA)
     summary = {
-        "pieces": table.num_rows,
-        "songs": pc.count_distinct(table["song_id"]).as_py(),
+        "pieces": found.pop("pieces"),
+        "songs": found.pop("songs"),
         "bar_labels": len(bar_rows),
         "duplicates": counts["duplicates"],
         "unreadable": counts["unreadable"],
-        "rejects": rejects.num_rows,
+        "rejects": len(rejects),
         "parsed": counts["parsed"],  # new md5s this run; the others came from the store
         "reused": counts["reused"],
         "shards": len(store.parts(corpus)),
         "shards_rewritten": rewritten,
         "split_conflicting_songs": len(conflicts),
+        **found,  # pieces per split, then per source
     }
-    for split in splits.SPLITS:
-        summary[f"split_{split}"] = pc.sum(pc.equal(table["split"], split)).as_py() or 0
-    sources_n = pc.value_counts(table["source"]).to_pylist()
-    for source, n in sorted((c["values"], c["counts"]) for c in sources_n):
-        summary[f"source_{source}"] = n
     if metrics_path:
         write_json(metrics_path, summary)
     log.info(
         "organized %d pieces from %d sources (%d parsed)",
-        table.num_rows,
+        summary["pieces"],
         len(sources),
         counts["parsed"],
     )
     return summary
 
 
-def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, o) -> Iterator:
+def _write_manifest(path: Path, settled: Path, tmp: Path) -> tuple[dict, list[dict]]:
+    """Write the manifest sorted by piece id (an external sort: memory holds a run, not the
+    corpus); return its counts (pieces, songs, per split, per source) and its rejects."""
+    counts, sources, rejects = Counter(), Counter(), []
+    songs = spill.DiskSet(tmp / "songs.sqlite")
+
+    def tallied(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            songs.update(batch["song_id"].to_pylist())
+            counts["pieces"] += batch.num_rows
+            for c in pc.value_counts(batch["split"]).to_pylist():
+                counts[f"split_{c['values']}"] += c["counts"]
+            for c in pc.value_counts(batch["source"]).to_pylist():
+                sources[c["values"]] += c["counts"]
+            bad = batch.filter(pc.is_valid(batch["parse_error"]))
+            rejects.extend(
+                {
+                    "piece_id": r["piece_id"],
+                    "path": r["original"],
+                    "stage": "organize",
+                    "reason": r["parse_error"],
+                }
+                for r in bad.select(["piece_id", "original", "parse_error"]).to_pylist()
+            )
+            yield batch
+
+    rows = pq.ParquetFile(settled).iter_batches(8192, columns=MANIFEST_SCHEMA.names)
+    ordered = spill.sorted_batches(rows, _piece_key, MANIFEST_SCHEMA, tmp)
+    spill.write_batches(path, tallied(ordered), MANIFEST_SCHEMA)
+    summary = {"pieces": counts["pieces"], "songs": len(songs)}
+    songs.close()
+    for split in splits.SPLITS:
+        summary[f"split_{split}"] = counts[f"split_{split}"]
+    for source, n in sorted(sources.items()):
+        summary[f"source_{source}"] = n
+    return summary, rejects
+
+
+def _piece_key(batch) -> np.ndarray:
+    return store.id_keys(batch["piece_id"])
+
+
+def _scan(
+    sources, cache: _Cache, rows: _Rows, seen: spill.DiskSet, bar_rows, counts, o
+) -> Iterator:
     """Read every source once; yield `(metadata, bytes)` of each md5 the store lacks, record
-    the others (with the store's facts) straight into `rows`."""
-    seen: set[str] = set()
+    the others (with the store's facts) straight into `rows`. `seen`: the md5s read so far."""
     for pieces in sources:
         for piece in pieces:
             try:
@@ -253,10 +284,9 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
                 log.warning("cannot read %s from source %s: %s", piece.name, piece.source, exc)
                 continue
             pid = piece_id(data)
-            if pid in seen:  # the same bytes twice: keep the first, labels included
+            if not seen.add(pid):  # the same bytes twice: keep the first, labels included
                 counts["duplicates"] += 1
                 continue
-            seen.add(pid)
             song_id = f"{piece.source}:{piece.song_id}"
             provisional = piece.split or splits.assign(song_id, o.seed, o.valid_frac, o.test_frac)
             meta = {
@@ -298,39 +328,124 @@ def _scan(sources, cache: _Cache, rows: _Rows, bar_rows: list, counts: Counter, 
             rows.add(meta)
 
 
-def _settle(corpus: Path, table: pa.Table, cache: _Cache, o) -> tuple[pa.Table, int, list[str]]:
+def _settle(corpus: Path, rows: Path, cache: _Cache, o, tmp: Path) -> tuple[Path, int, list]:
     """Final splits (one per song), then rewrite every shard whose rows differ from the final
-    metadata or hold pieces no source has now; returns the table with final rows. Works on
-    Arrow columns: Python objects only for the songs with official splits and one shard."""
-    official = table.filter(pc.is_valid(table["official_split"]))
-    chosen, conflicts = splits.official_choice(
-        zip(official["song_id"].to_pylist(), official["official_split"].to_pylist(), strict=True)
-    )
-    final = table["split"]  # each piece's own: its official split, else its song's draw
-    if chosen:  # a song's clips follow the song's official split
-        batches = table.select(["song_id", "split"]).to_batches(max_chunksize=8192)
-        final = pa.chunked_array(
-            [pa.array(map(chosen.get, *b.to_pydict().values()), pa.string()) for b in batches],
-            pa.string(),
+    metadata or hold pieces no source has now; returns a Parquet file of the final rows. Reads
+    `rows` in batches: memory holds a batch and one shard (songs' official splits: sqlite)."""
+    work = pq.ParquetFile(rows)
+
+    def batches(columns=None) -> Iterator[pa.RecordBatch]:
+        for batch in work.iter_batches(8192, columns=columns):
+            yield _final_split(batch, official) if official.songs else batch
+
+    official = _Official(tmp / "official.sqlite")  # removed with `tmp`
+    for b in work.iter_batches(8192, columns=["song_id", "official_split"]):
+        b = b.filter(pc.is_valid(b["official_split"]))
+        official.vote(zip(*b.to_pydict().values(), strict=True))
+    conflicts = official.settle()
+    used, dirty = Counter(), set()
+    for b in batches(["shard", "song_id", "split", "stored_split", "stale"]):
+        changed = pc.or_(b["stale"], pc.not_equal(b["split"], b["stored_split"]))
+        dirty.update(pc.unique(b["shard"].filter(changed)).to_pylist())
+        used.update({c["values"]: c["counts"] for c in pc.value_counts(b["shard"]).to_pylist()})
+    dirty |= {s for s, n in cache.sizes.items() if used.get(s, 0) < n}
+    names = pa.array(sorted(dirty), pa.string())
+    settled = tmp / "settled.parquet"
+    with pq.ParquetWriter(settled, _WORK_SCHEMA) as out:
+        for b in batches():  # rows of clean shards stay as they are
+            keep = b.filter(pc.invert(pc.is_in(b["shard"], names)))
+            if keep.num_rows:
+                out.write_batch(keep)
+        if not dirty:
+            return settled, 0, conflicts
+        dirty_rows = (b.filter(pc.is_in(b["shard"], names)) for b in batches())
+        place = spill.sorted_batches(dirty_rows, _place_key(names), _WORK_SCHEMA, tmp)
+        done = set()
+        progress = tqdm(total=len(dirty), desc="organize (rewrite shards)", unit="shard")
+        for shard, group in _by_shard(place, names):
+            store.rewrite(
+                corpus / shard, group["row"].to_pylist(), group.to_pylist(), o.rows_per_group
+            )
+            at = group.schema.get_field_index("row")
+            out.write_table(
+                group.set_column(at, "row", pa.array(range(group.num_rows), pa.int64()))
+            )
+            done.add(shard)
+            progress.update()
+        for shard in dirty - done:  # every piece of the shard left the sources
+            store.rewrite(corpus / shard, [], [], o.rows_per_group)
+            progress.update()
+        progress.close()
+    log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
+    return settled, len(dirty), conflicts
+
+
+def _final_split(batch: pa.RecordBatch, official: _Official) -> pa.RecordBatch:
+    """A song's clips follow the song's official split; other pieces keep their own."""
+    songs, own = batch["song_id"].to_pylist(), batch["split"].to_pylist()
+    chosen = official.of(set(songs))
+    final = pa.array(map(chosen.get, songs, own), pa.string())
+    return batch.set_column(batch.schema.get_field_index("split"), "split", final)
+
+
+class _Official:
+    """Songs' official splits, voted by their clips (`splits.choose`), in sqlite: a corpus whose
+    every piece has an official split (GigaMIDI) holds no dict of its songs."""
+
+    def __init__(self, path: Path):
+        self.db = spill.connect(
+            path,
+            "CREATE TABLE votes (song TEXT, split TEXT, n INTEGER, PRIMARY KEY (song, split))"
+            " WITHOUT ROWID; CREATE TABLE chosen (song TEXT PRIMARY KEY, split TEXT) WITHOUT ROWID",
         )
-        table = table.set_column(table.schema.get_field_index("split"), "split", final)
-    changed = pc.or_(table["stale"], pc.not_equal(final, table["stored_split"]))
-    dirty = set(pc.unique(table["shard"].filter(changed)).to_pylist())
-    used = {c["values"]: c["counts"] for c in pc.value_counts(table["shard"]).to_pylist()}
-    dirty |= {s for s, t in cache.tables.items() if used.get(s, 0) < t.num_rows}
-    row = table["row"].to_numpy().copy()
-    # the pieces grouped by shard, in row order, in one pass (not a scan per dirty shard)
-    codes = table["shard"].combine_chunks().dictionary_encode()
-    shard_of = codes.indices.to_numpy(zero_copy_only=False)
-    order = np.lexsort((row, shard_of))
-    bounds = np.searchsorted(shard_of[order], np.arange(len(codes.dictionary) + 1))
-    code = {s: c for c, s in enumerate(codes.dictionary.to_pylist())}
-    for s in tqdm(sorted(dirty), desc="organize (rewrite shards)", unit="shard", disable=not dirty):
-        c = code.get(s)  # None: every piece of the shard left the sources
-        idx = order[bounds[c] : bounds[c + 1]] if c is not None else order[:0]
-        store.rewrite(corpus / s, row[idx].tolist(), table.take(idx).to_pylist(), o.rows_per_group)
-        row[idx] = np.arange(len(idx))
-    if dirty:
-        log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
-    table = table.set_column(table.schema.get_field_index("row"), "row", pa.array(row, pa.int64()))
-    return table, len(dirty), conflicts
+        self.songs = 0
+
+    def vote(self, pieces: Iterable[tuple[str, str]]) -> None:
+        self.db.executemany(
+            "INSERT INTO votes VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1", pieces
+        )
+
+    def settle(self) -> list[str]:
+        """Choose every song's split; returns the songs whose clips disagree."""
+        conflicts = []
+        rows = self.db.execute("SELECT song, split, n FROM votes ORDER BY song")
+        for song, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+            votes = {split: n for _, split, n in group}
+            self.db.execute("INSERT INTO chosen VALUES (?, ?)", (song, splits.choose(song, votes)))
+            self.songs += 1
+            if len(votes) > 1:
+                conflicts.append(song)
+        return conflicts
+
+    def of(self, songs: Iterable[str]) -> dict[str, str]:
+        """The chosen split of those of `songs` that have one."""
+        query = "SELECT song, split FROM chosen WHERE song IN (SELECT value FROM json_each(?))"
+        return dict(self.db.execute(query, (json.dumps(list(songs)),)))
+
+
+def _place_key(names: pa.Array) -> spill.SortKey:
+    """Sort key of rows by shard (its index in `names`) then row: one uint64 a row."""
+
+    def key(batch) -> np.ndarray:
+        shard = pc.index_in(batch["shard"], value_set=names).to_numpy(zero_copy_only=False)
+        return (shard.astype(np.uint64) << np.uint64(32)) | batch["row"].to_numpy().astype(
+            np.uint64
+        )
+
+    return key
+
+
+def _by_shard(batches: Iterator[pa.RecordBatch], names: pa.Array) -> Iterator[tuple[str, pa.Table]]:
+    """Rows sorted by `_place_key`, one shard's rows at a time."""
+    held, current = [], None
+    for batch in batches:
+        index = pc.index_in(batch["shard"], value_set=names).to_numpy(zero_copy_only=False)
+        cuts = [0, *(np.flatnonzero(np.diff(index)) + 1).tolist(), len(index)]
+        for lo, hi in zip(cuts, cuts[1:], strict=False):
+            if index[lo] != current and held:
+                yield names[current].as_py(), pa.Table.from_batches(held)
+                held = []
+            current = index[lo]
+            held.append(batch.slice(lo, hi - lo))
+    if held:
+        yield names[current].as_py(), pa.Table.from_batches(held)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,29 @@ def check_fractions(valid_frac: float, test_frac: float) -> None:
 
 
 def official_choice(pieces: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
-    """The split of each song from its clips' official `(song_id, split)`, and the songs whose
-    official splits disagree (each then goes where most of its clips are; ties go to the
-    held-out side, so that no test clip is trained on). Memory: the songs with official splits."""
+    """The split of each song from its clips' official `(song_id, split)` (`choose`), and the
+    songs whose official splits disagree. Memory: the songs with official splits."""
     official: dict[str, Counter] = defaultdict(Counter)
     for song, split in pieces:
         official[song][split] += 1
-    chosen: dict[str, str] = {}
-    conflicts = []
-    for song, votes in official.items():
-        chosen[song] = max(votes, key=lambda sp: (votes[sp], SPLITS.index(sp)))
-        if len(votes) > 1:
-            conflicts.append(song)
-            found = ", ".join(f"{sp} ({n} clips)" for sp, n in sorted(votes.items()))
-            log.warning(
-                "song %s has clips in several official splits: %s; all its clips go to %s",
-                song,
-                found,
-                chosen[song],
-            )
-    return chosen, sorted(conflicts)
+    chosen = {song: choose(song, votes) for song, votes in official.items()}
+    return chosen, sorted(song for song, votes in official.items() if len(votes) > 1)
+
+
+def choose(song: str, votes: Mapping[str, int]) -> str:
+    """A song's split from its clips' official splits (`votes`: clips per split): where most of
+    its clips are; ties go to the held-out side, so that no test clip is trained on. A song in
+    several splits is named in a warning."""
+    pick = max(votes, key=lambda sp: (votes[sp], SPLITS.index(sp)))
+    if len(votes) > 1:
+        found = ", ".join(f"{sp} ({n} clips)" for sp, n in sorted(votes.items()))
+        log.warning(
+            "song %s has clips in several official splits: %s; all its clips go to %s",
+            song,
+            found,
+            pick,
+        )
+    return pick
 
 
 def assign_songs(

@@ -151,14 +151,15 @@ def column(folder: str | Path, name: str) -> pa.Array:
 
 
 class Reader:
-    """Bytes by `(shard, row)`: reads the row group that holds a row and keeps the last few, so
-    locations in store order read each row group once."""
+    """Rows by `(shard, row)`: reads the row group that holds a row (its `columns` only) and
+    keeps the last few, so locations in store order read each row group once."""
 
-    def __init__(self, folder: str | Path, groups: int = 8):
+    def __init__(self, folder: str | Path, groups: int = 8, columns: Sequence[str] = ("music",)):
         self.folder = Path(folder)
         self.groups = groups
+        self.columns = list(columns)
         self._files: dict[str, tuple[pq.ParquetFile, list[int]]] = {}
-        self._music: OrderedDict[tuple[str, int], pa.Array] = OrderedDict()
+        self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
 
     def _file(self, shard: str) -> tuple[pq.ParquetFile, list[int]]:
         if shard not in self._files:
@@ -172,19 +173,29 @@ class Reader:
             self._files[shard] = (handle, starts)
         return self._files[shard]
 
-    def music(self, shard: str, row: int) -> bytes:
+    def _group(self, shard: str, row: int) -> tuple[pa.Table, int]:
+        """The row group holding `row`, and the row's index in it."""
         handle, starts = self._file(shard)
         if not 0 <= row < starts[-1]:
             raise SourceError(f"{self.folder / shard}: no row {row} ({starts[-1]} rows)")
         group = bisect.bisect_right(starts, row) - 1
         key = (shard, group)
-        if key in self._music:
-            self._music.move_to_end(key)
+        if key in self._groups:
+            self._groups.move_to_end(key)
         else:
-            if len(self._music) >= self.groups:
-                self._music.popitem(last=False)
-            self._music[key] = handle.read_row_group(group, columns=["music"]).column(0)
-        return self._music[key][row - starts[group]].as_py()
+            if len(self._groups) >= self.groups:
+                self._groups.popitem(last=False)
+            self._groups[key] = handle.read_row_group(group, columns=self.columns)
+        return self._groups[key], row - starts[group]
+
+    def music(self, shard: str, row: int) -> bytes:
+        table, i = self._group(shard, row)
+        return table.column("music")[i].as_py()
+
+    def row(self, shard: str, row: int) -> dict:
+        """One row's `columns` as a dict."""
+        table, i = self._group(shard, row)
+        return table.slice(i, 1).to_pylist()[0]
 
 
 def read_music(folder: str | Path, locations: Iterable[tuple[str, int]]) -> Iterator[bytes]:

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import BadMidi
+from midipipe.core.io import iter_matching
 from midipipe.data.midi import load_score
 from midipipe.data.store import Corpus
 from midipipe.emotion.rules import CUE_COLUMNS, BarGrid, RuleParams, bar_cues, bar_grid, combine
-from midipipe.tokens.shards import iter_parts
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,16 @@ def collect(
     """Join labelled pieces (from `labelled`) with their MuseTok tokens and MIDI: bar targets on
     MuseTok's bars, and the rule cues and estimate of every bar. Pieces without tokens are
     skipped."""
-    wanted = {r["piece_id"] for r in pieces}
+    wanted = pa.array([r["piece_id"] for r in pieces], pa.string())
     tokens = {
         r["piece_id"]: (r["ids"], r["bar_starts"])
-        for r in iter_parts(tokens_dir)
-        if r["piece_id"] in wanted and r["bar_starts"]
+        for r in iter_matching(
+            sorted(Path(tokens_dir).glob("part-*.parquet")),
+            "piece_id",
+            wanted,
+            ["piece_id", "ids", "bar_starts"],
+        )
+        if r["bar_starts"]
     }
     kept, grids, cues = [], [], []
     for row in pieces:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import NothingToLearn
+from midipipe.core.io import iter_matching
 from midipipe.data import composers as C
 from midipipe.data.splits import unit_hash
 from midipipe.tokens.dataset import Piece, SplitIndex, load_pieces, split_index
@@ -116,18 +118,15 @@ def _capped(tokens_dir: str | Path, manifest: str | Path | pa.Table, table: dict
 def _hold_out_songs(manifest: pa.Table) -> pa.Table:
     """`manifest` with the train pieces of about HELD_OUT_FRAC of the train songs (at least
     one song when there are two) relabelled `valid`, chosen by a keyed hash of the song."""
-    split = manifest["split"].to_pylist()
-    songs = sorted(
-        {s for s, sp in zip(manifest["song_id"].to_pylist(), split, strict=False) if sp == "train"}
-    )
+    train = pc.equal(manifest["split"], "train")
+    songs = pc.unique(manifest["song_id"].filter(train)).to_pylist()
     ranked = sorted(songs, key=lambda s: unit_hash(s, 0))
     n = min(len(songs) - 1, max(1, round(HELD_OUT_FRAC * len(songs))))
-    held = set(ranked[:n]) if n > 0 else set()
-    new = [
-        "valid" if sp == "train" and song in held else sp
-        for song, sp in zip(manifest["song_id"].to_pylist(), split, strict=True)
-    ]
-    return manifest.set_column(manifest.schema.get_field_index("split"), "split", pa.array(new))
+    held = pa.array(ranked[: max(n, 0)], pa.string())
+    new = pc.if_else(
+        pc.and_(train, pc.is_in(manifest["song_id"], held)), "valid", manifest["split"]
+    )
+    return manifest.set_column(manifest.schema.get_field_index("split"), "split", new)
 
 
 def read_table(path: str | Path) -> dict:
@@ -139,14 +138,18 @@ def test_pieces_of(
 ) -> list[tuple[list[int], list[int]]]:
     """(ids, bar_starts) of the test-split pieces of one composer (any composer if None),
     reading only their rows from the token shards."""
-    rows = pq.read_table(manifest, columns=["piece_id", "split", "composer"]).to_pylist()
-    wanted = {
-        r["piece_id"]
-        for r in rows
-        if r["split"] == "test" and (composer is None or r["composer"] == composer)
-    }
-    out: list[tuple[list[int], list[int]]] = []
-    for part in sorted(Path(tokens_dir).glob("part-*.parquet")) if wanted else []:
-        rows = pq.read_table(part, filters=[("piece_id", "in", sorted(wanted))]).to_pylist()
-        out += [(r["ids"], r["bar_starts"]) for r in rows if r["ids"]]
-    return out
+    table = pq.read_table(manifest, columns=["piece_id", "split", "composer"])
+    test = pc.equal(table["split"], "test")
+    if composer is not None:
+        test = pc.and_(test, pc.equal(table["composer"], composer))
+    wanted = table["piece_id"].filter(test)
+    return [
+        (r["ids"], r["bar_starts"])
+        for r in iter_matching(
+            sorted(Path(tokens_dir).glob("part-*.parquet")),
+            "piece_id",
+            wanted,
+            ["ids", "bar_starts"],
+        )
+        if r["ids"]
+    ]
