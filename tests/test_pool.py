@@ -29,3 +29,34 @@ def test_robust_map_isolates_raise_hang_and_crash():
 
 def test_robust_map_empty_input():
     assert list(robust_map(_work, [], workers=2)) == []
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_a_broken_pool_is_replaced_and_nothing_is_lost():
+    """pebble breaks the whole pool ("All workers expired") when a worker dies before its
+    task is seen to start; the batches then in flight must be sent again, not lost."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from midipipe.data.pool import RobustPool
+
+    with RobustPool(workers=2) as pool:
+        broken = pool.pool
+        schedule = broken.schedule
+        calls = []
+
+        def breaking(fn, args, timeout):
+            calls.append(args[1])
+            if len(calls) == 2:  # the second batch: its future and the pool break
+                future = Future()
+                future.set_exception(BrokenProcessPool("All workers expired"))
+                return future
+            return schedule(fn, args=args, timeout=timeout)
+
+        broken.schedule = breaking
+        out = list(pool.map(_square, range(20), timeout=10, batch_size=3))
+        assert pool.pool is not broken  # replaced
+    assert out == [(x, x * x) for x in range(20)]

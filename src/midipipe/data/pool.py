@@ -2,8 +2,11 @@
 
 Work goes out in small batches for throughput. When a batch times out or its worker dies
 (a segfault in a parser), each of its items is retried alone, so only the culprit is
-recorded as failed and every other item still lands. Results come back in input order,
-with at most `window` batches in flight, so memory stays bounded on any corpus size.
+recorded as failed and every other item still lands. A worker that dies before pebble has
+seen it take its task leaves the pool broken ("All workers expired", every task in flight
+aborted): the pool is then replaced, the batches in flight are sent again, and the broken
+batch is retried item by item like a crashed one. Results come back in input order, with at
+most `window` batches in flight, so memory stays bounded on any corpus size.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -44,11 +49,17 @@ def _run_batch(fn: Callable, items: list) -> list:
     return out
 
 
+_LOST = (FutureTimeout, ProcessExpired, BrokenProcessPool)  # the task's worker, not fn, failed
+_ATTEMPTS = 2  # an item alone in a pool that breaks twice is recorded as crashed
+
+
 def _failure_of(exc: BaseException, timeout: float) -> Failure:
     if isinstance(exc, FutureTimeout):
         return Failure(f"timed out after {timeout:g} s")
     if isinstance(exc, ProcessExpired):
         return Failure(f"worker crashed (exit code {exc.exitcode})")
+    if isinstance(exc, BrokenProcessPool):
+        return Failure(f"worker crashed (the pool broke: {exc})")
     return Failure(f"{type(exc).__name__}: {exc}")
 
 
@@ -65,9 +76,10 @@ class RobustPool:
     ):
         self.workers = default_workers(workers)
         ctx = multiprocessing.get_context(context) if context else multiprocessing
-        self.pool = ProcessPool(
+        self._start = lambda: ProcessPool(
             max_workers=self.workers, initializer=initializer, initargs=initargs, context=ctx
         )
+        self.pool = self._start()
 
     def __enter__(self) -> RobustPool:
         return self
@@ -78,6 +90,12 @@ class RobustPool:
     def close(self) -> None:
         self.pool.close()
         self.pool.join()
+
+    def _restart(self, error: BrokenProcessPool) -> None:
+        log.warning("worker pool broke (%s); starting a new one", error)
+        self.pool.stop()
+        self.pool.join()
+        self.pool = self._start()
 
     def map(
         self,
@@ -98,7 +116,26 @@ class RobustPool:
         def submit(batch: list):
             return self.pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
 
-        pending: deque = deque()
+        def resubmit(pending: deque) -> None:
+            """After a restart: send again what the broken pool aborted or never finished."""
+            for i, (batch, future) in enumerate(pending):
+                if not future.done() or future.exception() is not None:
+                    pending[i] = (batch, submit(batch))
+
+        def alone(item: Any, pending: deque) -> Any:
+            """One item in its own task (the culprit hunt), waited for at once."""
+            for attempt in range(_ATTEMPTS):
+                try:
+                    return submit([item]).result()[0]
+                except BrokenProcessPool as exc:
+                    self._restart(exc)
+                    resubmit(pending)
+                    if attempt == _ATTEMPTS - 1:
+                        return _failure_of(exc, timeout)
+                except (FutureTimeout, ProcessExpired) as exc:
+                    return _failure_of(exc, timeout)
+
+        pending: deque[tuple[list, Future]] = deque()
         while True:
             while len(pending) < window:
                 batch = list(islice(it, batch_size))
@@ -110,20 +147,16 @@ class RobustPool:
             batch, future = pending.popleft()
             try:
                 results = future.result()
-            except (FutureTimeout, ProcessExpired) as exc:
-                if len(batch) == 1:
+            except _LOST as exc:
+                broke = isinstance(exc, BrokenProcessPool)
+                if broke:  # every task in flight was aborted, the culprit is unknown
+                    self._restart(exc)
+                    resubmit(pending)
+                if len(batch) == 1 and not broke:
                     results = [_failure_of(exc, timeout)]
-                else:  # isolate the culprit: retry each item alone
-                    log.warning(
-                        "batch of %d failed (%s); retrying items one by one", len(batch), exc
-                    )
-                    singles = [submit([item]) for item in batch]
-                    results = []
-                    for single in singles:
-                        try:
-                            results.extend(single.result())
-                        except (FutureTimeout, ProcessExpired) as single_exc:
-                            results.append(_failure_of(single_exc, timeout))
+                else:
+                    log.warning("batch of %d failed (%s); retrying items alone", len(batch), exc)
+                    results = [alone(item, pending) for item in batch]
             yield from zip(batch, results, strict=True)
 
 
