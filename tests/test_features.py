@@ -51,11 +51,3 @@ def test_linear_model_serves_the_fitted_probabilities_and_round_trips(tmp_path):
     again = hf.LinearModel.load(tmp_path)
     assert again.classes == ["a", "b", "c"]
     assert np.allclose(again.predict_proba(x), probs, atol=1e-5)
-
-
-def test_tuning_picks_c_on_valid():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(80, 20))
-    y = (x[:, 0] + 0.3 * rng.normal(size=80) > 0).astype(int)
-    model, c = hf.fit_tuned(x[:60], y[:60], x[60:], y[60:], ["n", "p"], grid=(1e-4, 1.0))
-    assert c == 1.0 and (model.predict_proba(x[60:]).argmax(1) == y[60:]).mean() > 0.8

@@ -31,32 +31,41 @@ def test_robust_map_empty_input():
     assert list(robust_map(_work, [], workers=2)) == []
 
 
-def _square(x: int) -> int:
+_PARENT = os.getpid()
+
+
+def _unpickle_in_parent_fails():
+    if os.getpid() == _PARENT:
+        raise TypeError("cannot be rebuilt in the parent")
+    return "rebuilt"
+
+
+class _Poison:
+    """A result pebble cannot unpickle in the parent: it breaks the whole pool for real."""
+
+    def __reduce__(self):
+        return (_unpickle_in_parent_fails, ())
+
+
+def _breaks_pool(x: int):
+    if x == 1:
+        time.sleep(0.2)
+        return _Poison()
+    time.sleep(0.05 * (x % 3))
     return x * x
 
 
-def test_a_broken_pool_is_replaced_and_nothing_is_lost():
-    """pebble breaks the whole pool ("All workers expired") when a worker dies before its
-    task is seen to start; the batches then in flight must be sent again, not lost."""
-    from concurrent.futures import Future
-    from concurrent.futures.process import BrokenProcessPool
-
+def test_a_broken_pool_is_replaced_and_nothing_else_is_lost():
+    """When pebble breaks the whole pool (every task in flight aborted, new work refused), the
+    pool is replaced, the other batches go out again, and only the culprit is a failure."""
     from midipipe.data.pool import RobustPool
 
-    with RobustPool(workers=2) as pool:
-        broken = pool.pool
-        schedule = broken.schedule
-        calls = []
-
-        def breaking(fn, args, timeout):
-            calls.append(args[1])
-            if len(calls) == 2:  # the second batch: its future and the pool break
-                future = Future()
-                future.set_exception(BrokenProcessPool("All workers expired"))
-                return future
-            return schedule(fn, args=args, timeout=timeout)
-
-        broken.schedule = breaking
-        out = list(pool.map(_square, range(20), timeout=10, batch_size=3))
-        assert pool.pool is not broken  # replaced
-    assert out == [(x, x * x) for x in range(20)]
+    with RobustPool(workers=2, context="fork") as pool:
+        first = pool.pool
+        out = list(pool.map(_breaks_pool, range(12), timeout=10, batch_size=1, window=3))
+        assert pool.pool is not first
+    assert [item for item, _ in out] == list(range(12))
+    results = dict(out)
+    assert isinstance(results[1], Failure) and "pool broke" in results[1].reason
+    for x in set(range(12)) - {1}:
+        assert results[x] == x * x

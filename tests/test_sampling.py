@@ -138,3 +138,15 @@ def test_nucleus_from_candidates_is_the_nucleus_of_a_full_sort(top_p):
     sizes = (ref > 0).sum(1)
     assert sizes.min() < 16 and sizes.max() > 16  # both kinds of rows
     assert torch.equal(nucleus(probs, top_p, 16), ref)
+
+
+def test_grammar_index_sums_without_integer_matmul():
+    """CUDA has no integer matmul: the broadcast sum used there gives the same indexes."""
+    from midipipe.generator.sampling import _sum_fields
+
+    g = torch.Generator().manual_seed(0)
+    fields = torch.randint(0, 1000, (5, 9), generator=g)
+    sums = torch.randint(0, 2, (9, 4), generator=g)
+    out = torch.empty(5, 4, dtype=torch.long)
+    _sum_fields(fields, sums, out=out)
+    assert torch.equal(out, torch.mm(fields, sums))

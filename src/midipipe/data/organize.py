@@ -11,6 +11,7 @@ memory); the manifest is rebuilt every run. Every source is validated before any
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -180,7 +181,8 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
     cache = _Cache(corpus)
     bar_rows, counts = [], Counter()
     writer = store.StoreWriter(corpus, cache.next_part, o.rows_per_file, o.rows_per_group)
-    with tempfile.TemporaryDirectory(prefix="midipipe-organize-") as tmp:
+    # spilled state beside the outputs, not in a /tmp that may be memory (tmpfs)
+    with tempfile.TemporaryDirectory(prefix=".organize-", dir=data_dir) as tmp:
         tmp = Path(tmp)
         rows, seen = _Rows(tmp), spill.DiskSet(tmp / "seen.sqlite")
         new = _scan(sources, cache, rows, seen, bar_rows, counts, o)
@@ -256,9 +258,9 @@ def _write_manifest(path: Path, settled: Path, tmp: Path) -> tuple[dict, list[di
 
     rows = pq.ParquetFile(settled).iter_batches(8192, columns=MANIFEST_SCHEMA.names)
     ordered = spill.sorted_batches(rows, _piece_key, MANIFEST_SCHEMA, tmp)
-    spill.write_batches(path, tallied(ordered), MANIFEST_SCHEMA)
-    summary = {"pieces": counts["pieces"], "songs": len(songs)}
-    songs.close()
+    with contextlib.closing(songs):
+        spill.write_batches(path, tallied(ordered), MANIFEST_SCHEMA)
+        summary = {"pieces": counts["pieces"], "songs": len(songs)}
     for split in splits.SPLITS:
         summary[f"split_{split}"] = counts[f"split_{split}"]
     for source, n in sorted(sources.items()):
@@ -338,46 +340,46 @@ def _settle(corpus: Path, rows: Path, cache: _Cache, o, tmp: Path) -> tuple[Path
         for batch in work.iter_batches(8192, columns=columns):
             yield _final_split(batch, official) if official.songs else batch
 
-    official = _Official(tmp / "official.sqlite")  # removed with `tmp`
-    for b in work.iter_batches(8192, columns=["song_id", "official_split"]):
-        b = b.filter(pc.is_valid(b["official_split"]))
-        official.vote(zip(*b.to_pydict().values(), strict=True))
-    conflicts = official.settle()
-    used, dirty = Counter(), set()
-    for b in batches(["shard", "song_id", "split", "stored_split", "stale"]):
-        changed = pc.or_(b["stale"], pc.not_equal(b["split"], b["stored_split"]))
-        dirty.update(pc.unique(b["shard"].filter(changed)).to_pylist())
-        used.update({c["values"]: c["counts"] for c in pc.value_counts(b["shard"]).to_pylist()})
-    dirty |= {s for s, n in cache.sizes.items() if used.get(s, 0) < n}
-    names = pa.array(sorted(dirty), pa.string())
-    settled = tmp / "settled.parquet"
-    with pq.ParquetWriter(settled, _WORK_SCHEMA) as out:
-        for b in batches():  # rows of clean shards stay as they are
-            keep = b.filter(pc.invert(pc.is_in(b["shard"], names)))
-            if keep.num_rows:
-                out.write_batch(keep)
-        if not dirty:
-            return settled, 0, conflicts
-        dirty_rows = (b.filter(pc.is_in(b["shard"], names)) for b in batches())
-        place = spill.sorted_batches(dirty_rows, _place_key(names), _WORK_SCHEMA, tmp)
-        done = set()
-        progress = tqdm(total=len(dirty), desc="organize (rewrite shards)", unit="shard")
-        for shard, group in _by_shard(place, names):
-            store.rewrite(
-                corpus / shard, group["row"].to_pylist(), group.to_pylist(), o.rows_per_group
-            )
-            at = group.schema.get_field_index("row")
-            out.write_table(
-                group.set_column(at, "row", pa.array(range(group.num_rows), pa.int64()))
-            )
-            done.add(shard)
-            progress.update()
-        for shard in dirty - done:  # every piece of the shard left the sources
-            store.rewrite(corpus / shard, [], [], o.rows_per_group)
-            progress.update()
-        progress.close()
-    log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
-    return settled, len(dirty), conflicts
+    with contextlib.closing(_Official(tmp / "official.sqlite")) as official:
+        for b in work.iter_batches(8192, columns=["song_id", "official_split"]):
+            b = b.filter(pc.is_valid(b["official_split"]))
+            official.vote(zip(*b.to_pydict().values(), strict=True))
+        conflicts = official.settle()
+        used, dirty = Counter(), set()
+        for b in batches(["shard", "song_id", "split", "stored_split", "stale"]):
+            changed = pc.or_(b["stale"], pc.not_equal(b["split"], b["stored_split"]))
+            dirty.update(pc.unique(b["shard"].filter(changed)).to_pylist())
+            used.update({c["values"]: c["counts"] for c in pc.value_counts(b["shard"]).to_pylist()})
+        dirty |= {s for s, n in cache.sizes.items() if used.get(s, 0) < n}
+        names = pa.array(sorted(dirty), pa.string())
+        settled = tmp / "settled.parquet"
+        with pq.ParquetWriter(settled, _WORK_SCHEMA) as out:
+            for b in batches():  # rows of clean shards stay as they are
+                keep = b.filter(pc.invert(pc.is_in(b["shard"], names)))
+                if keep.num_rows:
+                    out.write_batch(keep)
+            if not dirty:
+                return settled, 0, conflicts
+            dirty_rows = (b.filter(pc.is_in(b["shard"], names)) for b in batches())
+            place = spill.sorted_batches(dirty_rows, _place_key(names), _WORK_SCHEMA, tmp)
+            done = set()
+            progress = tqdm(total=len(dirty), desc="organize (rewrite shards)", unit="shard")
+            for shard, group in _by_shard(place, names):
+                store.rewrite(
+                    corpus / shard, group["row"].to_pylist(), group.to_pylist(), o.rows_per_group
+                )
+                at = group.schema.get_field_index("row")
+                out.write_table(
+                    group.set_column(at, "row", pa.array(range(group.num_rows), pa.int64()))
+                )
+                done.add(shard)
+                progress.update()
+            for shard in dirty - done:  # every piece of the shard left the sources
+                store.rewrite(corpus / shard, [], [], o.rows_per_group)
+                progress.update()
+            progress.close()
+        log.info("rewrote %d shards (pieces removed, or labels or splits changed)", len(dirty))
+        return settled, len(dirty), conflicts
 
 
 def _final_split(batch: pa.RecordBatch, official: _Official) -> pa.RecordBatch:
@@ -399,6 +401,9 @@ class _Official:
             " WITHOUT ROWID; CREATE TABLE chosen (song TEXT PRIMARY KEY, split TEXT) WITHOUT ROWID",
         )
         self.songs = 0
+
+    def close(self) -> None:
+        self.db.close()
 
     def vote(self, pieces: Iterable[tuple[str, str]]) -> None:
         self.db.executemany(

@@ -113,29 +113,38 @@ class RobustPool:
         window = window or 4 * self.workers
         it = iter(items)
 
-        def submit(batch: list):
-            return self.pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
+        pending: deque[tuple[list, Future]] = deque()
 
-        def resubmit(pending: deque) -> None:
-            """After a restart: send again what the broken pool aborted or never finished."""
+        def submit(batch: list) -> Future:
+            try:
+                return self.pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
+            except RuntimeError:  # pebble refuses work once a task of ours has broken it
+                if self.pool.active:
+                    raise
+                heal(BrokenProcessPool("the pool broke"))
+                return self.pool.schedule(_run_batch, args=(fn, batch), timeout=timeout)
+
+        def heal(error: BrokenProcessPool) -> None:
+            """Replace a broken pool (once) and send again what it aborted or never finished."""
+            if self.pool.active:
+                return  # already replaced when another of its tasks failed
+            self._restart(error)
             for i, (batch, future) in enumerate(pending):
                 if not future.done() or future.exception() is not None:
                     pending[i] = (batch, submit(batch))
 
-        def alone(item: Any, pending: deque) -> Any:
+        def alone(item: Any) -> Any:
             """One item in its own task (the culprit hunt), waited for at once."""
             for attempt in range(_ATTEMPTS):
                 try:
                     return submit([item]).result()[0]
                 except BrokenProcessPool as exc:
-                    self._restart(exc)
-                    resubmit(pending)
+                    heal(exc)
                     if attempt == _ATTEMPTS - 1:
                         return _failure_of(exc, timeout)
                 except (FutureTimeout, ProcessExpired) as exc:
                     return _failure_of(exc, timeout)
 
-        pending: deque[tuple[list, Future]] = deque()
         while True:
             while len(pending) < window:
                 batch = list(islice(it, batch_size))
@@ -150,13 +159,12 @@ class RobustPool:
             except _LOST as exc:
                 broke = isinstance(exc, BrokenProcessPool)
                 if broke:  # every task in flight was aborted, the culprit is unknown
-                    self._restart(exc)
-                    resubmit(pending)
+                    heal(exc)
                 if len(batch) == 1 and not broke:
                     results = [_failure_of(exc, timeout)]
                 else:
                     log.warning("batch of %d failed (%s); retrying items alone", len(batch), exc)
-                    results = [alone(item, pending) for item in batch]
+                    results = [alone(item) for item in batch]
             yield from zip(batch, results, strict=True)
 
 

@@ -5,7 +5,9 @@ in a temporary folder that the caller owns."""
 from __future__ import annotations
 
 import itertools
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -58,9 +60,19 @@ def sorted_batches(
 ) -> Iterator[pa.RecordBatch]:
     """`batches` in the order of `key` (one NumPy value per row, unique): runs of `run_rows`
     rows are sorted in memory and spilled to `folder`, merged `fan_in` at a time into longer
-    runs while there are more, then merged as they are read. Memory: one run while spilling,
-    `merge_rows` rows of at most `fan_in` runs while merging."""
-    names = (Path(folder) / f"run-{id(batches)}-{i:06d}.parquet" for i in itertools.count())
+    runs while there are more, then merged as they are read. Memory, whatever the corpus size:
+    one run while spilling, one row group of at most `fan_in` runs while merging (`merge_rows`
+    rows of a first run, 16 x that of a merged one). The runs live in a folder of their own
+    inside `folder`, removed when the sort ends or is abandoned."""
+    own = Path(tempfile.mkdtemp(prefix="sort-", dir=folder))
+    try:
+        yield from _sort(batches, key, schema, own, run_rows, merge_rows, fan_in)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _sort(batches, key, schema, folder: Path, run_rows, merge_rows, fan_in) -> Iterator:
+    names = (folder / f"run-{i:06d}.parquet" for i in itertools.count())
     runs: list[Path] = []
     pending: list[pa.RecordBatch] = []
     held = 0
@@ -90,8 +102,6 @@ def sorted_batches(
         for run in group:
             run.unlink()
     yield from _merge(runs, key, schema)
-    for run in runs:
-        run.unlink()
 
 
 def _merge(runs: list[Path], key: SortKey, schema: pa.Schema) -> Iterator:

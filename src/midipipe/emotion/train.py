@@ -132,7 +132,7 @@ def choice_folds(bars: Bars, train: np.ndarray, folds: int) -> list | None:
     if n < 2:
         return None
     labels = quad.quadrant_of(bars.piece_targets)[train]
-    with warnings.catch_warnings():  # a quadrant with fewer songs than folds: said below
+    with warnings.catch_warnings():  # a quadrant with fewer songs than folds: sklearn warns
         warnings.simplefilter("ignore", UserWarning)
         split = list(StratifiedGroupKFold(n_splits=n).split(train, labels, groups))
     return None if any(len(set(labels[a])) < 2 for a, _ in split) else split
@@ -171,7 +171,8 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     """Train the 4-quadrant heads (`quadrant.seeds`, averaged) and the hand-crafted model
     beside them, serve their mix (pool and head weight) with the best out-of-fold
     log-likelihood on song-grouped folds of train, and score all, with the majority, on the
-    eval split."""
+    eval split. The mix is chosen on one head per fold, not on a seed ensemble per fold
+    (`seeds` times the cost): the served ensemble is somewhat less confident than that."""
     labels = quad.quadrant_of(bars.piece_targets)
     got = quadrant_split(bars, labels, p.min_quadrant_pieces)
     if isinstance(got, str):
@@ -187,7 +188,13 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     folds = choice_folds(bars, train, p.quadrant.folds)
     choice: dict[tuple[str, float], float] = {}
     pool, weight, c = "linear", 1.0, hand.DEFAULT_C
-    if folds is not None:  # else too few songs to choose: the heads are served
+    if folds is None:
+        log.warning(
+            "quadrant head: too few train songs for %d song-grouped folds with two quadrants"
+            " each; the heads are served alone (quadrant_choice_folds: 0)",
+            p.quadrant.folds,
+        )
+    else:
         y = labels[train]
 
         def head_oof(i, a, b):  # one head per fold: the mix is chosen on single heads

@@ -190,29 +190,3 @@ def fit_linear(
         coef[model.classes_] = model.coef_
         bias[model.classes_] = model.intercept_
     return LinearModel(scaler.mean_, scale, coef, bias, list(classes))
-
-
-def fit_tuned(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_valid: np.ndarray,
-    y_valid: np.ndarray,
-    classes: Sequence[str],
-    grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
-    seed: int = 0,
-) -> tuple[LinearModel, float]:
-    """`fit_linear` with the regularisation C of the best valid accuracy (then refitted on
-    train + valid); the chosen C."""
-    best_c, best = grid[0], -1.0
-    for c in grid:
-        acc = float(
-            (
-                fit_linear(x_train, y_train, classes, c, seed).predict_proba(x_valid).argmax(1)
-                == y_valid
-            ).mean()
-        )
-        if acc > best:
-            best_c, best = c, acc
-    x = np.concatenate([x_train, x_valid])
-    y = np.concatenate([y_train, y_valid])
-    return fit_linear(x, y, classes, best_c, seed), best_c

@@ -189,6 +189,7 @@ class RemiGrammar:
         self.initial[LENGTH] = lengths.index(4 * per_beat)  # 4/4 until a TimeSig says otherwise
         self.initial[PROGRAM], self.initial[EPOCH] = programs.index(0), 1
         self.initial[PROGRAM_AT] = programs.index(0) * (self.n + 1)
+        self.initial[COLUMN] = self.n  # the spare column until a pitch is played
 
     def is_complete(self, token: int) -> bool:
         """Whether a sequence may end on `token` (a note, tempo or time signature is whole)."""
@@ -246,7 +247,9 @@ class GrammarState:
         self.sums = torch.zeros(len(FIELDS), len(INDEXES), dtype=torch.long, device=device)
         for j, fields in enumerate(INDEXES):
             self.sums[list(fields), j] = 1
-        self.index = torch.mm(self.fields, self.sums)
+        # integer matmul exists on CPU only (cuBLAS has none): elsewhere a broadcast sum
+        self.sum_fields = torch.mm if self.fields.device.type == "cpu" else _sum_fields
+        self.index = self.sum_fields(self.fields, self.sums)
         self.forward_row, self.played_row, self.flat, self.state, self.epoch = self.index.unbind(1)
         self.epoch_col = self.index.narrow(1, len(INDEXES) - 1, 1)
 
@@ -268,8 +271,13 @@ class GrammarState:
         nothing (a finished row's last pitch is marked played again, in the same epoch)."""
         keep, change = self.effect.index_select(0, tokens).view(-1, 2, len(FIELDS)).unbind(1)
         self.fields = torch.addcmul(change, keep, self.fields)
-        torch.mm(self.fields, self.sums, out=self.index)
+        self.sum_fields(self.fields, self.sums, out=self.index)
         self.played.index_copy_(0, self.flat, self.epoch)
+
+
+def _sum_fields(fields: Tensor, sums: Tensor, out: Tensor | None = None) -> Tensor:
+    """`fields @ sums` for integer tensors on devices without an integer matmul."""
+    return torch.sum(fields[:, :, None] * sums, dim=1, out=out)  # [n, fields, 1] x [fields, k]
 
 
 # -- sampling --------------------------------------------------------------------------------
