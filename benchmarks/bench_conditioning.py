@@ -77,6 +77,7 @@ CHANGES: dict[str, dict] = {
     "key_none": {"generator": {"key": "none"}},
     "composer_token": {"generator": {"model": {"composer_token": True}}},
     "seed_7": {"generator": {"train": {"seed": 7}}},
+    "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },

@@ -117,6 +117,38 @@ def test_decode_step_is_the_cached_forward_bit_for_bit():
     assert a.pos == b.pos == 40
 
 
+def test_every_layer_conditioning_starts_as_input_and_decodes_exactly():
+    """The per-layer FiLM is zero at init (the same function as `input`); once trained
+    (random here) it moves the logits by composer, and `decode_step` and gradient
+    checkpointing still match the module forward."""
+    torch.manual_seed(0)
+    plain = GPT(tiny(context=16)).eval()
+    film = GPT(tiny(context=16, condition="every_layer")).eval()
+    film.load_state_dict({**film.state_dict(), **plain.state_dict()})
+    ids, composer = torch.randint(4, 40, (3, 30)), torch.tensor([1, 3, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(film(ids, composer)[0], plain(ids, composer)[0])
+        film.film.weight.normal_(std=0.3)
+        moved = film(ids, composer)[0]
+        assert (moved - plain(ids, composer)[0]).abs().max() > 1e-2
+    with torch.inference_mode():
+        a, b = film.new_cache(), film.new_cache()
+        film(ids[:, :4], composer, a)
+        film(ids[:, :4], composer, b)
+        for i in range(4, 30):
+            ref, _ = film(ids[:, i : i + 1], composer, a, last_only=True)
+            out = film.decode_step(ids[:, i : i + 1], composer, b)
+            torch.testing.assert_close(out, ref[:, -1], atol=1e-5, rtol=1e-5)
+    ckpt = GPT(tiny(context=16, condition="every_layer", grad_checkpointing=True))
+    ckpt.load_state_dict(film.state_dict())
+    for model in (film, ckpt):
+        model.train()
+        model(ids, composer)[0].square().mean().backward()
+    torch.testing.assert_close(film.film.weight.grad, ckpt.film.weight.grad, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="condition must be one of"):
+        tiny(condition="adaln")
+
+
 def test_forward_and_decode_step_take_turns_on_one_cache():
     """The module forward continues where decode_step left off (its ring of keys written
     back in order) and the other way round, before and past the context."""

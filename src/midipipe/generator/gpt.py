@@ -43,6 +43,7 @@ from midipipe.core.io import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CONDITIONS = ("input", "every_layer")
 
 
 def check_heads(d_model: int, n_head: int) -> None:
@@ -65,6 +66,7 @@ class GPTConfig:
     n_composers: int = 2  # composer ids, 0 (unconditional) and OTHER included
     composer_scale: float = 0.25
     composer_token: bool = False  # also a composer position before the first token
+    condition: str = "input"  # input | every_layer: also a per-layer FiLM of the layer norms
     dropout: float = 0.1
     grad_checkpointing: bool = False
     pad_id: int = 0
@@ -82,6 +84,10 @@ class GPTConfig:
             )
         if self.context < 1:
             raise ValueError(f"context must be >= 1, got {self.context}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(
+                f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}"
+            )
 
     @classmethod
     def gpu_profile(cls, **overrides: Any) -> GPTConfig:
@@ -285,6 +291,14 @@ class DecodeWeights:
                     )
                 )
             self.head = (model.tok.weight * d**-0.5).t().contiguous()
+            self.film: Tensor | None = None  # [composer, layer * 4 * d], the norm weights in
+            if cfg.condition == "every_layer":
+                film = model.film.weight.view(cfg.n_composers, cfg.n_layer, 4, d).clone()
+                norms = torch.stack(
+                    [torch.stack([blk.ln1.weight, blk.ln2.weight]) for blk in model.blocks]
+                )
+                film[:, :, 0::2] = norms * (1 + film[:, :, 0::2])
+                self.film = film.flatten(1)
         self.cos: tuple[Tensor, ...] = ()  # rows per position: a step indexes a tuple
         self.sin: tuple[Tensor, ...] = ()
 
@@ -366,12 +380,17 @@ class Block(nn.Module):
         causal: bool,
         cache: KVCache | None = None,
         layer: int = 0,
+        film: Tensor | None = None,
     ) -> Tensor:
+        """`film` ([4, B, 1, d]: scale and shift of ln1, then of ln2) modulates the norms'
+        outputs by composer (`condition: every_layer`)."""
         # F.dropout, not the module: a decoding step is a chain of tiny calls, each module
         # call adds Python overhead
         p, train = self.drop.p, self.training
-        x = x + F.dropout(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer), p, train)
-        return x + F.dropout(self.mlp(self.ln2(x)), p, train)
+        h = self.ln1(x) if film is None else self.ln1(x) * (1 + film[0]) + film[1]
+        x = x + F.dropout(self.attn(h, cos, sin, mask, causal, cache, layer), p, train)
+        h = self.ln2(x) if film is None else self.ln2(x) * (1 + film[2]) + film[3]
+        return x + F.dropout(self.mlp(h), p, train)
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -385,6 +404,8 @@ class GPT(nn.Module):
         self.composer = nn.Embedding(config.n_composers, config.d_model)
         if config.composer_token:
             self.composer_in = nn.Embedding(config.n_composers, config.d_model)
+        if config.condition == "every_layer":  # per layer: scale, shift of ln1 and of ln2
+            self.film = nn.Embedding(config.n_composers, config.n_layer * 4 * config.d_model)
         self.window = config.context + int(config.composer_token)  # keys a token may see
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -394,6 +415,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: residual outputs shrink with depth
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.condition == "every_layer":  # zero: training starts as `input` does
+            nn.init.zeros_(self.film.weight)
 
     @staticmethod
     def _init(m: nn.Module, embedding_std: float) -> None:
@@ -463,12 +486,18 @@ class GPT(nn.Module):
         if prefix:
             x = torch.cat([self.composer_in(composer)[:, None, :], x], 1)
         x = self.drop(x)
+        film = [None] * len(self.blocks)
+        if self.config.condition == "every_layer":  # [layer][4, B, 1, d]
+            d = self.config.d_model
+            film = self.film(composer).view(b, -1, 4, 1, d).permute(1, 2, 0, 3, 4).unbind()
         ckpt = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if ckpt:
-                x = checkpoint(block, x, cos, sin, mask, causal, use_reentrant=False)
+                x = checkpoint(
+                    block, x, cos, sin, mask, causal, None, i, film[i], use_reentrant=False
+                )
             else:
-                x = block(x, cos, sin, mask, causal, cache, i)
+                x = block(x, cos, sin, mask, causal, cache, i, film[i])
         if cache is not None:
             cache.advance(t)
         if last_only:
@@ -492,8 +521,9 @@ class GPT(nn.Module):
         cos, sin = w.angles(cache.pos)
         bias = ring.bias[cache.pos] if cache.pos < len(ring.bias) else None  # None: full
         x = F.embedding(ids[:, 0], self.tok.weight) + F.embedding(composer, w.composer)
+        film = None if w.film is None else F.embedding(composer, w.film).view(b, -1, 4, d)
         for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
-            y = F.layer_norm(x, (d,), ln1) @ wqkv
+            y = _norm(x, ln1, film, i, 0) @ wqkv
             qkv = y.narrow(1, 0, 3 * d) * cos  # v's factor is 1
             qkv.narrow(1, 0, 2 * d).addcmul_(y.narrow(1, 3 * d, 2 * d), sin)
             ring.slots[i][slot].copy_(qkv.narrow(1, d, 2 * d).view(b, 2, heads, -1))
@@ -504,12 +534,20 @@ class GPT(nn.Module):
             att = torch.bmm(torch.softmax(scores, -1), ring.values[i])
             # x += att @ wo in one op; type_as: bf16 under CUDA autocast, which addmm_ skips
             x.addmm_(att.view(b, d).type_as(x), wo)
-            x.addmm_(F.gelu(F.layer_norm(x, (d,), ln2) @ up).type_as(x), down)
+            x.addmm_(F.gelu(_norm(x, ln2, film, i, 2) @ up).type_as(x), down)
         cache.pos += 1
         return F.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _norm(x: Tensor, weight: Tensor, film: Tensor | None, layer: int, k: int) -> Tensor:
+    """`decode_step`'s layer norm: with `film` ([B, layer, 4, d], the norm's weight folded
+    into its scale) the composer's scale and shift at `layer`, norm `k` (0: ln1, 2: ln2)."""
+    if film is None:
+        return F.layer_norm(x, x.shape[-1:], weight)
+    return torch.addcmul(film[:, layer, k + 1], F.layer_norm(x, x.shape[-1:]), film[:, layer, k])
 
 
 # -- checkpoints -----------------------------------------------------------------------------
