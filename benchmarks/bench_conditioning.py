@@ -78,6 +78,11 @@ CHANGES: dict[str, dict] = {
     "composer_token": {"generator": {"model": {"composer_token": True}}},
     "seed_7": {"generator": {"train": {"seed": 7}}},
     "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
+    "every_layer_seed_7": {
+        "generator": {"model": {"condition": "every_layer"}, "train": {"seed": 7}}
+    },
+    "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
+    "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
