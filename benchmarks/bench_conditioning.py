@@ -78,9 +78,6 @@ CHANGES: dict[str, dict] = {
     "composer_token": {"generator": {"model": {"composer_token": True}}},
     "seed_7": {"generator": {"train": {"seed": 7}}},
     "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
-    "every_layer_seed_7": {
-        "generator": {"model": {"condition": "every_layer"}, "train": {"seed": 7}}
-    },
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "composer_token_seed_7": {
@@ -88,6 +85,7 @@ CHANGES: dict[str, dict] = {
     },
 }
 KEY = {"generator": {"key": "normalise"}}
+EVERY = {"generator": {"model": {"condition": "every_layer"}}}
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -102,6 +100,11 @@ VARIANTS: dict[str, dict] = {
         f"key_normalise_{k}": {**v, "generator": merged(v.get("generator", {}), KEY["generator"])}
         for k, v in CHANGES.items()
         if not k.startswith("key_")
+    },
+    **{
+        f"every_layer_{k}": {**v, "generator": merged(v.get("generator", {}), EVERY["generator"])}
+        for k, v in CHANGES.items()
+        if k != "every_layer"
     },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
