@@ -12,6 +12,9 @@ its music sat nearer chance for the composer classifier (README). At std 1 it wo
 predicting its input token with logit sqrt(d_model) (loss ~12). A learned composer embedding,
 times `composer_scale`, is added to every token embedding; id 0 is the unconditional row that
 composer dropout trains, which is what classifier-free guidance contrasts against. With
+`condition: every_layer` the composer also scales and shifts the output of each block's two
+layer norms (FiLM, a learned per-composer row, zero at init so training starts as `input`):
+added at the input only, the id is one vector among the tokens' and fades with depth. With
 `composer_token` a sequence that starts at position 0 (a training window, or the first
 forward of sampling) is also preceded by one position whose input is a second learned
 composer embedding, so attention can read the composer as it reads a token; the attention
