@@ -78,6 +78,7 @@ CHANGES: dict[str, dict] = {
     "composer_token": {"generator": {"model": {"composer_token": True}}},
     "seed_7": {"generator": {"train": {"seed": 7}}},
     "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
+    "input": {"generator": {"model": {"condition": "input"}}},  # the default before
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "composer_token_seed_7": {
@@ -104,7 +105,7 @@ VARIANTS: dict[str, dict] = {
     **{
         f"every_layer_{k}": {**v, "generator": merged(v.get("generator", {}), EVERY["generator"])}
         for k, v in CHANGES.items()
-        if k != "every_layer"
+        if k not in ("every_layer", "input")
     },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
