@@ -100,10 +100,14 @@ def test_kv_cache_matches_full_forward():
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
 
-def test_decode_step_is_the_cached_forward_bit_for_bit():
-    """Past the context too (a sliding window of keys)."""
+@pytest.mark.parametrize("condition", ["input", "every_layer"])
+def test_decode_step_is_the_cached_forward_bit_for_bit(condition):
+    """Past the context too (a sliding window of keys); with the composer's FiLM at every
+    layer (random, as if trained) too."""
     torch.manual_seed(0)
-    model = GPT(tiny(context=16)).eval()
+    model = GPT(tiny(context=16, condition=condition)).eval()
+    if condition == "every_layer":
+        torch.nn.init.normal_(model.film.weight, std=0.3)
     ids = torch.randint(4, 40, (3, 40))
     composer = torch.tensor([1, 3, 0])
     with torch.inference_mode():
@@ -117,10 +121,10 @@ def test_decode_step_is_the_cached_forward_bit_for_bit():
     assert a.pos == b.pos == 40
 
 
-def test_every_layer_conditioning_starts_as_input_and_decodes_exactly():
+def test_every_layer_conditioning_starts_as_input():
     """The per-layer FiLM is zero at init (the same function as `input`); once trained
-    (random here) it moves the logits by composer, and `decode_step` and gradient
-    checkpointing still match the module forward."""
+    (random here) it moves the logits by composer, and gradient checkpointing still
+    matches (`decode_step`: the test above)."""
     torch.manual_seed(0)
     plain = GPT(tiny(context=16)).eval()
     film = GPT(tiny(context=16, condition="every_layer")).eval()
@@ -131,14 +135,6 @@ def test_every_layer_conditioning_starts_as_input_and_decodes_exactly():
         film.film.weight.normal_(std=0.3)
         moved = film(ids, composer)[0]
         assert (moved - plain(ids, composer)[0]).abs().max() > 1e-2
-    with torch.inference_mode():
-        a, b = film.new_cache(), film.new_cache()
-        film(ids[:, :4], composer, a)
-        film(ids[:, :4], composer, b)
-        for i in range(4, 30):
-            ref, _ = film(ids[:, i : i + 1], composer, a, last_only=True)
-            out = film.decode_step(ids[:, i : i + 1], composer, b)
-            torch.testing.assert_close(out, ref[:, -1], atol=1e-5, rtol=1e-5)
     ckpt = GPT(tiny(context=16, condition="every_layer", grad_checkpointing=True))
     ckpt.load_state_dict(film.state_dict())
     for model in (film, ckpt):
