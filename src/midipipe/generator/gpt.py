@@ -390,9 +390,9 @@ class Block(nn.Module):
         # F.dropout, not the module: a decoding step is a chain of tiny calls, each module
         # call adds Python overhead
         p, train = self.drop.p, self.training
-        h = self.ln1(x) if film is None else self.ln1(x) * (1 + film[0]) + film[1]
+        h = self.ln1(x) if film is None else torch.addcmul(film[1], self.ln1(x), 1 + film[0])
         x = x + F.dropout(self.attn(h, cos, sin, mask, causal, cache, layer), p, train)
-        h = self.ln2(x) if film is None else self.ln2(x) * (1 + film[2]) + film[3]
+        h = self.ln2(x) if film is None else torch.addcmul(film[3], self.ln2(x), 1 + film[2])
         return x + F.dropout(self.mlp(h), p, train)
 
 
