@@ -21,7 +21,7 @@ from midipipe.core.params import TrainParams
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, TRAINING_FILE
 from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
-from midipipe.generator.gpt import GPT, GPTConfig, save_model
+from midipipe.generator.gpt import CONDITIONS, GPT, GPTConfig, save_model
 from midipipe.generator.keys import KEY_MODES, KeyShift
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, loader
@@ -105,6 +105,11 @@ class GeneratorParams:
         for key in self.model:
             if key not in fields or key in ("vocab_size", "pad_id", "n_composers", "context"):
                 raise ParamError(f"generator.model.{key}: not a GPTConfig override")
+        if self.model.get("condition", "input") not in CONDITIONS:
+            raise ParamError(
+                f"generator.model.condition: {self.model['condition']!r}, "
+                f"expected one of {', '.join(CONDITIONS)}"
+            )
 
 
 def build_model(p: GeneratorParams, tokenizer, n_composers: int) -> GPT:
