@@ -79,6 +79,7 @@ CHANGES: dict[str, dict] = {
     "seed_7": {"generator": {"train": {"seed": 7}}},
     "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
     "input": {"generator": {"model": {"condition": "input"}}},  # the default before
+    "input_seed_7": {"generator": {"model": {"condition": "input"}, "train": {"seed": 7}}},
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "composer_token_seed_7": {
