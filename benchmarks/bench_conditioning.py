@@ -77,9 +77,11 @@ CHANGES: dict[str, dict] = {
     "key_none": {"generator": {"key": "none"}},
     "composer_token": {"generator": {"model": {"composer_token": True}}},
     "seed_7": {"generator": {"train": {"seed": 7}}},
+    "seed_3": {"generator": {"train": {"seed": 3}}},
     "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
     "input": {"generator": {"model": {"condition": "input"}}},  # the default before
     "input_seed_7": {"generator": {"model": {"condition": "input"}, "train": {"seed": 7}}},
+    "input_seed_3": {"generator": {"model": {"condition": "input"}, "train": {"seed": 3}}},
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "composer_token_seed_7": {
