@@ -41,8 +41,8 @@ _GPU = GPTConfig.gpu_profile()
 # composer_scale 1.0, not the plan's 0.25, because in that budget the id at 0.25 moved the
 # music too little for the classifier at guidance 1 (0.28 against 0.41). condition
 # every_layer (the composer's FiLM of every layer norm, `gpt.py`): judged conditioning at
-# guidance 3 0.46 -> 0.56-0.61 on the embedded corpus (three runs), on ASAP 0.33 -> 0.44 and
-# 0.37 -> 0.36 (two seeds; README, issue 15);
+# guidance 3, paired by training seed, 0.52 -> 0.59 on the embedded corpus (mean of three),
+# on ASAP 0.33 -> 0.44 and 0.37 -> 0.36 (README, issue 15), at about no cost in time;
 # the gpu profile takes it, untried there (GPTConfig's default stays `input`, what the
 # configs of older checkpoints mean). gpu: the plan's 8 x 512 GPT at context 8192, batch
 # 2 x 8 accumulated windows per step, lr 3e-4 (train.lr x 0.3) after 5% warm-up, cosine.
