@@ -77,11 +77,19 @@ CHANGES: dict[str, dict] = {
     "key_none": {"generator": {"key": "none"}},
     "composer_token": {"generator": {"model": {"composer_token": True}}},
     "seed_7": {"generator": {"train": {"seed": 7}}},
+    "seed_3": {"generator": {"train": {"seed": 3}}},
+    "every_layer": {"generator": {"model": {"condition": "every_layer"}}},
+    "input": {"generator": {"model": {"condition": "input"}}},  # the default before
+    "input_seed_7": {"generator": {"model": {"condition": "input"}, "train": {"seed": 7}}},
+    "input_seed_3": {"generator": {"model": {"condition": "input"}, "train": {"seed": 3}}},
+    "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
+    "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
 }
 KEY = {"generator": {"key": "normalise"}}
+EVERY = {"generator": {"model": {"condition": "every_layer"}}}
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -96,6 +104,11 @@ VARIANTS: dict[str, dict] = {
         f"key_normalise_{k}": {**v, "generator": merged(v.get("generator", {}), KEY["generator"])}
         for k, v in CHANGES.items()
         if not k.startswith("key_")
+    },
+    **{
+        f"every_layer_{k}": {**v, "generator": merged(v.get("generator", {}), EVERY["generator"])}
+        for k, v in CHANGES.items()
+        if k not in ("every_layer", "input")
     },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")

@@ -158,6 +158,8 @@ def test_params_are_checked_by_key():
         tr.GeneratorParams(grad_accum=0)
     with pytest.raises(ParamError, match="generator.model.vocab_size"):
         tr.GeneratorParams(model={"vocab_size": 3})
+    with pytest.raises(ParamError, match="generator.model.condition"):
+        tr.GeneratorParams(model={"condition": "adaln"})
     with pytest.raises(ParamError, match="guidance must be >= 1"):
         gen.GenerateParams(guidance=[1.0, 0.5])
 

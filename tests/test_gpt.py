@@ -101,11 +101,15 @@ def test_kv_cache_matches_full_forward():
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_decode_step_is_the_cached_forward_bit_for_bit(rows):
+@pytest.mark.parametrize("condition", ["input", "every_layer"])
+def test_decode_step_is_the_cached_forward_bit_for_bit(rows, condition):
     """Past the context too (a sliding window of keys); one row reads q per head as a view
-    of the projection, more rows as a copy."""
+    of the projection, more rows as a copy; with the composer's FiLM at every layer (random,
+    as if trained) too, which one row applies inside its layer norms."""
     torch.manual_seed(0)
-    model = GPT(tiny(context=16)).eval()
+    model = GPT(tiny(context=16, condition=condition)).eval()
+    if condition == "every_layer":
+        torch.nn.init.normal_(model.film.weight, std=0.3)
     ids = torch.randint(4, 40, (3, 40))[:rows]
     composer = torch.tensor([1, 3, 0])[:rows]
     with torch.inference_mode():
@@ -117,6 +121,30 @@ def test_decode_step_is_the_cached_forward_bit_for_bit(rows):
             out = model.decode_step(ids[:, i : i + 1], composer, b)
             torch.testing.assert_close(out, ref[:, -1], atol=1e-5, rtol=1e-5)
     assert a.pos == b.pos == 40
+
+
+def test_every_layer_conditioning_starts_as_input():
+    """The per-layer FiLM is zero at init (the same function as `input`); once trained
+    (random here) it moves the logits by composer, and gradient checkpointing still
+    matches (`decode_step`: the test above)."""
+    torch.manual_seed(0)
+    plain = GPT(tiny(context=16)).eval()
+    film = GPT(tiny(context=16, condition="every_layer")).eval()
+    film.load_state_dict({**film.state_dict(), **plain.state_dict()})
+    ids, composer = torch.randint(4, 40, (3, 30)), torch.tensor([1, 3, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(film(ids, composer)[0], plain(ids, composer)[0])
+        film.film.weight.normal_(std=0.3)
+        moved = film(ids, composer)[0]
+        assert (moved - plain(ids, composer)[0]).abs().max() > 1e-2
+    ckpt = GPT(tiny(context=16, condition="every_layer", grad_checkpointing=True))
+    ckpt.load_state_dict(film.state_dict())
+    for model in (film, ckpt):
+        model.train()
+        model(ids, composer)[0].square().mean().backward()
+    torch.testing.assert_close(film.film.weight.grad, ckpt.film.weight.grad, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="condition must be one of"):
+        tiny(condition="adaln")
 
 
 def test_forward_and_decode_step_take_turns_on_one_cache():

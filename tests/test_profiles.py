@@ -38,9 +38,8 @@ def test_cpu_profile_is_todays_cpu_run():
     r = resolved(str(ROOT / "params.yaml"))
     assert r["profile"] == "cpu"
     g = r["generator"]
-    assert arch(g, "n_layer", "n_head", "d_model", "d_ff", "context", "composer_scale") == (
-        4, 4, 128, 512, 128, 1.0,
-    )  # fmt: skip
+    keys = ("n_layer", "n_head", "d_model", "d_ff", "context", "composer_scale", "condition")
+    assert arch(g, *keys) == (4, 4, 128, 512, 128, 1.0, "every_layer")
     assert {k: g["budget"][k] for k in ("grad_accum", "max_windows", "eval_windows")} == {
         "grad_accum": 1,
         "max_windows": 640,

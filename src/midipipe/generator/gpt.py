@@ -12,6 +12,9 @@ its music sat nearer chance for the composer classifier (README). At std 1 it wo
 predicting its input token with logit sqrt(d_model) (loss ~12). A learned composer embedding,
 times `composer_scale`, is added to every token embedding; id 0 is the unconditional row that
 composer dropout trains, which is what classifier-free guidance contrasts against. With
+`condition: every_layer` the composer also scales and shifts the output of each block's two
+layer norms (FiLM, a learned per-composer row, zero at init so training starts as `input`):
+added at the input only, the id is one vector among the tokens' and fades with depth. With
 `composer_token` a sequence that starts at position 0 (a training window, or the first
 forward of sampling) is also preceded by one position whose input is a second learned
 composer embedding, so attention can read the composer as it reads a token; the attention
@@ -43,6 +46,7 @@ from midipipe.core.io import atomic_path, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CONDITIONS = ("input", "every_layer")
 
 
 def check_heads(d_model: int, n_head: int) -> None:
@@ -65,6 +69,7 @@ class GPTConfig:
     n_composers: int = 2  # composer ids, 0 (unconditional) and OTHER included
     composer_scale: float = 0.25
     composer_token: bool = False  # also a composer position before the first token
+    condition: str = "input"  # input | every_layer: also a per-layer FiLM of the layer norms
     dropout: float = 0.1
     grad_checkpointing: bool = False
     pad_id: int = 0
@@ -82,6 +87,10 @@ class GPTConfig:
             )
         if self.context < 1:
             raise ValueError(f"context must be >= 1, got {self.context}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(
+                f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}"
+            )
 
     @classmethod
     def gpu_profile(cls, **overrides: Any) -> GPTConfig:
@@ -299,6 +308,14 @@ class DecodeWeights:
                     )
                 )
             self.head = (model.tok.weight * d**-0.5).t().contiguous()
+            self.film: Tensor | None = None  # [composer, layer * 4 * d], the norm weights in
+            if cfg.condition == "every_layer":
+                film = model.film.weight.view(cfg.n_composers, cfg.n_layer, 4, d).clone()
+                norms = torch.stack(
+                    [torch.stack([blk.ln1.weight, blk.ln2.weight]) for blk in model.blocks]
+                )
+                film[:, :, 0::2] = norms * (1 + film[:, :, 0::2])
+                self.film = film.flatten(1)
         self.cos: tuple[Tensor, ...] = ()  # rows per position: a step indexes a tuple
         self.sin: tuple[Tensor, ...] = ()
 
@@ -380,12 +397,17 @@ class Block(nn.Module):
         causal: bool,
         cache: KVCache | None = None,
         layer: int = 0,
+        film: Tensor | None = None,
     ) -> Tensor:
+        """`film` ([4, B, 1, d]: scale and shift of ln1, then of ln2) modulates the norms'
+        outputs by composer (`condition: every_layer`)."""
         # F.dropout, not the module: a decoding step is a chain of tiny calls, each module
         # call adds Python overhead
         p, train = self.drop.p, self.training
-        x = x + F.dropout(self.attn(self.ln1(x), cos, sin, mask, causal, cache, layer), p, train)
-        return x + F.dropout(self.mlp(self.ln2(x)), p, train)
+        h = self.ln1(x) if film is None else torch.addcmul(film[1], self.ln1(x), 1 + film[0])
+        x = x + F.dropout(self.attn(h, cos, sin, mask, causal, cache, layer), p, train)
+        h = self.ln2(x) if film is None else torch.addcmul(film[3], self.ln2(x), 1 + film[2])
+        return x + F.dropout(self.mlp(h), p, train)
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -399,6 +421,8 @@ class GPT(nn.Module):
         self.composer = nn.Embedding(config.n_composers, config.d_model)
         if config.composer_token:
             self.composer_in = nn.Embedding(config.n_composers, config.d_model)
+        if config.condition == "every_layer":  # per layer: scale, shift of ln1 and of ln2
+            self.film = nn.Embedding(config.n_composers, config.n_layer * 4 * config.d_model)
         self.window = config.context + int(config.composer_token)  # keys a token may see
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -408,6 +432,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: residual outputs shrink with depth
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.condition == "every_layer":  # zero: training starts as `input` does
+            nn.init.zeros_(self.film.weight)
 
     @staticmethod
     def _init(m: nn.Module, embedding_std: float) -> None:
@@ -477,12 +503,18 @@ class GPT(nn.Module):
         if prefix:
             x = torch.cat([self.composer_in(composer)[:, None, :], x], 1)
         x = self.drop(x)
+        film = [None] * len(self.blocks)
+        if self.config.condition == "every_layer":  # [layer][4, B, 1, d]
+            d = self.config.d_model
+            film = self.film(composer).view(b, -1, 4, 1, d).permute(1, 2, 0, 3, 4).unbind()
         ckpt = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if ckpt:
-                x = checkpoint(block, x, cos, sin, mask, causal, use_reentrant=False)
+                x = checkpoint(
+                    block, x, cos, sin, mask, causal, None, i, film[i], use_reentrant=False
+                )
             else:
-                x = block(x, cos, sin, mask, causal, cache, i)
+                x = block(x, cos, sin, mask, causal, cache, i, film[i])
         if cache is not None:
             cache.advance(t)
         if last_only:
@@ -508,12 +540,16 @@ class GPT(nn.Module):
         # torch.* rather than F.*: the functional wrappers' checks cost a µs a call here
         x = self.tok.weight.index_select(0, ids.view(-1))
         x += w.composer.index_select(0, composer)
+        film = None  # per layer: ln1's scale, shift, ln2's scale, shift ([d] at one row)
+        if w.film is not None:
+            rows = w.film.index_select(0, composer).view(b, -1, d)
+            film = rows[0].unbind(0) if b == 1 else rows.unbind(1)
         # h is bf16 under autocast, which addmm_ skips: cast back to x's dtype (a call saved
         # without it)
         cast = torch.is_autocast_enabled(x.device.type)
         for i, (ln1, wqkv, wo, ln2, up, down) in enumerate(w.layers):
             # out=: not autocast, so this projection stays float32 under autocast
-            torch.mm(torch.layer_norm(x, (d,), ln1), wqkv, out=ring.y)
+            torch.mm(_norm(x, ln1, film, 4 * i), wqkv, out=ring.y)
             ring.y_qkv.mul_(cos)  # v's factor is 1
             ring.y_qk.addcmul_(ring.y_swap, sin)
             ring.slots[i][slot].copy_(ring.y_kv)
@@ -524,13 +560,25 @@ class GPT(nn.Module):
                 scores += bias
             torch.bmm(torch.softmax(scores, -1), ring.values[i], out=ring.att)
             x.addmm_(ring.att_rows, wo)  # x += att @ wo in one op
-            h = F.gelu(torch.layer_norm(x, (d,), ln2) @ up)
+            h = F.gelu(_norm(x, ln2, film, 4 * i + 2) @ up)
             x.addmm_(h.type_as(x) if cast else h, down)
         cache.pos += 1
         return torch.layer_norm(x, (d,), self.ln_f.weight) @ w.head
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _norm(x: Tensor, weight: Tensor, film: tuple[Tensor, ...] | None, j: int) -> Tensor:
+    """`decode_step`'s layer norm: with `film` (the composer's scales and shifts, the norm's
+    weight folded into the scales) the scale `film[j]` and shift `film[j + 1]`; at one row
+    they are [d] and the layer norm applies them itself (one op call, not two)."""
+    if film is None:
+        return torch.layer_norm(x, x.shape[-1:], weight)
+    scale, shift = film[j], film[j + 1]
+    if scale.dim() == 1:
+        return torch.layer_norm(x, x.shape[-1:], scale, shift)
+    return torch.addcmul(shift, torch.layer_norm(x, x.shape[-1:]), scale)
 
 
 # -- checkpoints -----------------------------------------------------------------------------
