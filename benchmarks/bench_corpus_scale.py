@@ -143,15 +143,17 @@ def make_project(dst: Path, corpus: Path) -> Path:
     return dst
 
 
-def timed(cwd: Path, env: dict, *cmd: str) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS and peak PSS (MB, process tree) of one command; fails loudly."""
+def timed(cwd: Path, env: dict, *cmd: str) -> tuple[float, float, float, list[float]]:
+    """Wall seconds, peak RSS and peak PSS (MB, process tree) of one command, and the peak PSS
+    of the benchmark's own process, of the command (`dvc`) and of what it runs (the stage and
+    its workers); fails loudly."""
     with PeakRSS(pss=True) as rss:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return round(wall, 2), rss.peak_mb, rss.peak_pss_mb
+    return round(wall, 2), rss.peak_mb, rss.peak_pss_mb, rss.peak_pss_by_depth_mb
 
 
 def du_mb(path: Path) -> float:
@@ -173,8 +175,11 @@ def measure(work: Path, corpus: Path, faults: dict[str, str]) -> dict:
     files = count_files(corpus)
     out: dict = {"files": files, "corpus_mb": du_mb(corpus)}
     for stage in ("organize", "tokenize", "bucket_composers", "train_generator"):
-        wall, rss, pss = timed(repo, env, "dvc", "repro", "-s", stage)
+        wall, rss, pss, (bench, dvc, own) = timed(repo, env, "dvc", "repro", "-s", stage)
         out[f"{stage}_s"], out[f"{stage}_peak_rss_mb"], out[f"{stage}_peak_pss_mb"] = wall, rss, pss
+        out[f"{stage}_peak_pss_bench_mb"] = bench  # this script, holding nothing of the stage
+        out[f"{stage}_peak_pss_dvc_mb"] = dvc  # `dvc repro` itself (hashing, lock, state)
+        out[f"{stage}_peak_pss_stage_mb"] = own  # the stage's process and its workers
     out["organize_tokenize_s"] = round(out["organize_s"] + out["tokenize_s"], 1)
     out["files_per_s"] = round(files / out["organize_tokenize_s"], 1)
     out["noop_repro_s"] = timed(repo, env, "dvc", "repro", "train_generator")[0]
@@ -219,7 +224,7 @@ def main() -> None:
             log.info("%d files: %s", size, json.dumps(result[str(size)]))
         small, large = (result[str(s)] for s in (min(args.sizes), max(args.sizes)))
         for key in ("organize", "tokenize", "train_generator"):
-            for kind in ("rss", "pss"):
+            for kind in ("rss", "pss", "pss_dvc", "pss_stage"):
                 result[f"{key}_{kind}_ratio_large_over_small"] = round(
                     large[f"{key}_peak_{kind}_mb"] / small[f"{key}_peak_{kind}_mb"], 2
                 )

@@ -42,30 +42,39 @@ class PeakRSS:
 
     `peak` sums each process's RSS, which counts a page that forked workers share with their
     parent once per process; `peak_pss` sums the proportional set size (a shared page split
-    among its sharers), the tree's real footprint. `pss=False` skips the slower smaps read."""
+    among its sharers), the tree's real footprint. `pss=False` skips the slower smaps read.
+    With `pss`, the tree's PSS is also kept apart by depth: `peak_pss_by_depth[0]` this process
+    (the benchmark itself), `[1]` its children (a tool such as `dvc repro`), `[2]` everything
+    below them (the command the tool runs, and its workers)."""
 
     def __init__(self, interval: float = 0.05, pss: bool = False):
         self.interval = interval
         self.pss = pss
         self.peak = self.peak_pss = 0
+        self.peak_pss_by_depth = [0, 0, 0]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            rss = pss = 0
+            rss, by_depth = 0, [0, 0, 0]
+            direct = {c.pid for c in me.children()}
             for proc in [me, *me.children(recursive=True)]:
                 try:
                     if self.pss:
                         info = proc.memory_full_info()
-                        pss += info.pss
+                        depth = 0 if proc.pid == me.pid else 1 if proc.pid in direct else 2
+                        by_depth[depth] += info.pss
                     else:
                         info = proc.memory_info()
                     rss += info.rss
                 except psutil.Error:
                     pass
-            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, sum(by_depth))
+            self.peak_pss_by_depth = [
+                max(a, b) for a, b in zip(self.peak_pss_by_depth, by_depth, strict=True)
+            ]
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRSS:
@@ -83,3 +92,7 @@ class PeakRSS:
     @property
     def peak_pss_mb(self) -> float:
         return round(self.peak_pss / 2**20, 1)
+
+    @property
+    def peak_pss_by_depth_mb(self) -> list[float]:
+        return [round(x / 2**20, 1) for x in self.peak_pss_by_depth]
