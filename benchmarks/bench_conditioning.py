@@ -144,7 +144,7 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     key = json.dumps(dataclasses.asdict(p), sort_keys=True)  # the resolved params
     model_dir = root / "models" / f"generator_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     out: dict = {"changes": change}
-    if not (model_dir / "model.safetensors").exists():
+    if not (model_dir / "fit.json").exists():  # written last: else the model is reused
         t0 = time.perf_counter()
         tp = params.merged_train(params.load(ROOT / "params.yaml"), p.train)
         shutil.rmtree(root / "checkpoints" / "generator", ignore_errors=True)  # no resume
@@ -230,7 +230,8 @@ def run_vae(root: Path, pieces: int, args: argparse.Namespace) -> dict:
     tag = f"vae_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     model_dir = root / "models" / tag
     t0 = time.perf_counter()
-    if not (model_dir / "model.safetensors").exists():  # else reused
+    # reused only when its training metrics landed too (written last)
+    if not model_dir.with_suffix(".json").exists():
         shutil.rmtree(root / "checkpoints" / "vae", ignore_errors=True)
         _, trained = vae_train.train(
             p,
