@@ -564,13 +564,17 @@ def generate_batch(
                 logits, _ = model(feed, composers, cache, start_pos=start, last_only=True)
                 last = logits[:, -1]
         last = last.float()
-        if not guided:
-            return last
-        cond, uncond = last.view(2, n, -1).unbind()
-        return torch.sub(cond, uncond).mul_(cfg.guidance).add_(uncond)  # uncond + g * (c - u)
+        return mix_guidance(last, cfg.guidance) if guided else last
 
     run_steps(sampler, forward, sampler.seen(sampler.length), device)
     return sampler.results([bool(i) and guided for i in ids])
+
+
+def mix_guidance(logits: Tensor, guidance: float) -> Tensor:
+    """Classifier-free guidance: [2n, vocab] logits of n conditional rows then their n
+    unconditional twins -> [n, vocab], uncond + guidance * (cond - uncond)."""
+    cond, uncond = logits.view(2, logits.shape[0] // 2, -1).unbind()
+    return torch.sub(cond, uncond).mul_(guidance).add_(uncond)
 
 
 def finish_row(

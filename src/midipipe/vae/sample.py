@@ -40,6 +40,7 @@ from midipipe.generator.sampling import (
     SampleConfig,
     TokenSampler,
     inference_precision,
+    mix_guidance,
     run_steps,
     to_midi,
 )
@@ -103,7 +104,7 @@ def sample(
     then grammar-masked temperature/top-p decoding until EOS or `cfg.max_tokens`. Piece i
     draws from its own generator seeded `cfg.seed + i`. With `cfg.guidance` != 1 each piece
     is also decoded from the same z with label 0 (unconditional) in the same batch, and the
-    logits mixed as in the GPT's sampler: uncond + guidance * (cond - uncond). Returns
+    logits mixed by the GPT sampler's `mix_guidance`. Returns
     (ids, stats) per piece."""
     check_vocab(model, tokenizer)
     n_labels = model.config.n_labels
@@ -130,10 +131,7 @@ def sample(
         with inference_precision(device):
             last = model.decode(feed.repeat(2, 1) if guided else feed, memory, y, cache)
         last = last[:, -1].float()
-        if not guided:
-            return last
-        cond, uncond = last.view(2, n, -1).unbind()
-        return uncond + cfg.guidance * (cond - uncond)
+        return mix_guidance(last, cfg.guidance) if guided else last
 
     run_steps(sampler, forward, torch.zeros(n, 0, dtype=torch.long, device=device), device)
     return sampler.results([guided and label > 0 for label in labels])
