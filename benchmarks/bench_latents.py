@@ -2,7 +2,7 @@
 
 The naive approach encodes one bar per forward pass (batch size 1); that is the baseline each
 row's ``speedup_vs_bs1`` is measured against, in the same run.  Memory is the peak resident set
-size (RSS, sampled every 2 ms by a thread via psutil) minus the RSS just before the timed
+size (RSS, sampled every 2 ms by `common.PeakRSS`) minus the RSS just before the timed
 batches; on CUDA it is ``torch.cuda.max_memory_allocated`` minus the allocation before them.
 
 Prints one JSON line: {"benchmark": ..., "rows": [...], ...}.
@@ -15,15 +15,18 @@ import json
 import logging
 import os
 import platform
-import threading
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 from midipipe.musetok.model import MuseTok, MuseTokConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakRSS  # noqa: E402
 
 log = logging.getLogger("bench_latents")
 
@@ -50,33 +53,6 @@ PLANS = {
     "small": (Plan(2, 32, 2.0), Plan(1, 64, 0.0)),
     "large": (Plan(2, 32, 2.0), Plan(1, 64, 0.0)),
 }
-
-
-class PeakRSS:
-    """Samples this process's RSS in a thread; ``peak`` is the largest value seen."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.proc = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.start = self.proc.memory_info().rss
-        self.peak = self.start
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
 def random_bars(n: int, cfg: MuseTokConfig, rng: np.random.Generator):
@@ -107,7 +83,7 @@ def time_batches(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    with torch.inference_mode(), PeakRSS() as rss:
+    with torch.inference_mode(), PeakRSS(interval=0.002) as rss:
         sync(device)
         t0 = time.perf_counter()
         while done < n_batches or (time.perf_counter() - t0 < plan.min_seconds and done < 50):

@@ -55,22 +55,27 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def _sample(self) -> tuple[int, list[int]]:
+        """The tree's RSS and its PSS by depth (zeros without `pss`), now."""
         me = psutil.Process()
+        rss, by_depth = 0, [0, 0, 0]
+        direct = {c.pid for c in me.children()}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                if self.pss:
+                    info = proc.memory_full_info()
+                    depth = 0 if proc.pid == me.pid else 1 if proc.pid in direct else 2
+                    by_depth[depth] += info.pss
+                else:
+                    info = proc.memory_info()
+                rss += info.rss
+            except psutil.Error:
+                pass
+        return rss, by_depth
+
+    def _run(self) -> None:
         while not self._stop.is_set():
-            rss, by_depth = 0, [0, 0, 0]
-            direct = {c.pid for c in me.children()}
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    if self.pss:
-                        info = proc.memory_full_info()
-                        depth = 0 if proc.pid == me.pid else 1 if proc.pid in direct else 2
-                        by_depth[depth] += info.pss
-                    else:
-                        info = proc.memory_info()
-                    rss += info.rss
-                except psutil.Error:
-                    pass
+            rss, by_depth = self._sample()
             self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, sum(by_depth))
             self.peak_pss_by_depth = [
                 max(a, b) for a, b in zip(self.peak_pss_by_depth, by_depth, strict=True)
@@ -78,12 +83,14 @@ class PeakRSS:
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRSS:
+        self.start = self.peak = self._sample()[0]
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak = max(self.peak, self._sample()[0])
 
     @property
     def peak_mb(self) -> float:
