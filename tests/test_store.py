@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from midipipe.core.errors import SourceError
+from midipipe.core.io import part_files
 from midipipe.core.params import Params, build
 from midipipe.data import organize as org
 from midipipe.data import store
@@ -44,12 +45,12 @@ def test_organize_writes_a_gigamidi_store_the_manifest_indexes(lab, tmp_path):
     summary = org.organize(_params(lab), data)
     corpus = data / "corpus"
     assert summary["pieces"] == 9 and summary["duplicates"] == 1 and summary["rejects"] == 2
-    assert summary["shards"] == 3 == len(store.parts(corpus))  # 9 pieces, 3 per shard
+    assert summary["shards"] == 3 == len(part_files(corpus))  # 9 pieces, 3 per shard
     assert not (data / "midi").exists()
-    meta = pq.ParquetFile(store.parts(corpus)[0]).metadata
+    meta = pq.ParquetFile(part_files(corpus)[0]).metadata
     assert meta.num_row_groups == 2  # 3 rows in groups of 2: a piece is read without its shard
     assert (
-        pq.read_schema(store.parts(corpus)[0])
+        pq.read_schema(part_files(corpus)[0])
         .remove_metadata()
         .equals(store.SCHEMA.remove_metadata())
     )
@@ -88,10 +89,10 @@ def test_rerun_parses_only_new_files_and_drops_removed_ones(lab, tmp_path, make_
     data = tmp_path / "data"
     org.organize(_params(lab), data)
     corpus = data / "corpus"
-    stamps = {p.name: p.stat().st_mtime_ns for p in store.parts(corpus)}
+    stamps = {p.name: p.stat().st_mtime_ns for p in part_files(corpus)}
     again = org.organize(_params(lab), data)
     assert again["parsed"] == 0 and again["reused"] == 9 and again["shards_rewritten"] == 0
-    assert {p.name: p.stat().st_mtime_ns for p in store.parts(corpus)} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in part_files(corpus)} == stamps
 
     make_midi("haydn/h0.mid", folder=lab, n_bars=7, pitch=40)
     (lab / "bach" / "b0.mid").unlink()
@@ -122,7 +123,7 @@ def test_interrupted_organize_resumes_without_duplicates(lab, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         org.organize(_params(lab), data)
     monkeypatch.undo()
-    assert len(store.parts(data / "corpus")) == 1  # the complete shard survived, no temporaries
+    assert len(part_files(data / "corpus")) == 1  # the complete shard survived, no temporaries
     assert not list((data / "corpus").glob(".*"))
     summary = org.organize(_params(lab), data)
     assert summary["reused"] == 3 and summary["parsed"] == 6 and summary["pieces"] == 9

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from midipipe.annotate.annotator import RULES
 from midipipe.annotate.params import INSTRUMENT_COLUMN
 from midipipe.annotate.store import OK
-from midipipe.core.io import atomic_path
+from midipipe.core.io import atomic_path, part_files
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ def curve_rows(folder: str | Path, keys: list[str], meta: dict[str, dict]) -> li
     """Per-bar rows of `keys` from the parts (filtered by md5 on read)."""
     import pyarrow.dataset as pds
 
-    parts = sorted(Path(folder).glob("part-*.parquet"))
+    parts = part_files(folder)
     if not parts or not keys:
         return []
     table = pds.dataset([str(p) for p in parts], format="parquet").to_table(

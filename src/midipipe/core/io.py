@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ import pyarrow.parquet as pq
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+PART_NAME = re.compile(r"^part-\d{5,}\.parquet$")  # what `ShardWriter` writes
+
+
+def part_files(folder: str | Path) -> list[Path]:
+    """A folder's Parquet shards in order (none when the folder does not exist)."""
+    return sorted(p for p in Path(folder).glob("part-*.parquet") if PART_NAME.match(p.name))
 
 
 @contextlib.contextmanager

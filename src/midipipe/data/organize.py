@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from midipipe.core.errors import BadMidi
-from midipipe.core.io import write_json, write_rows, write_table
+from midipipe.core.io import part_files, write_json, write_rows, write_table
 from midipipe.core.params import Params
 from midipipe.data import spill, splits, store
 from midipipe.data.midi import load_score, piece_id, stats
@@ -138,7 +138,7 @@ class _Cache:
         self.sizes: dict[str, int] = {}
         self.next_part = 0
         keys, shards, rows = [np.empty(0, "S1")], [np.empty(0, np.int32)], [np.empty(0, np.int64)]
-        for path in store.parts(corpus):
+        for path in part_files(corpus):
             self.next_part = int(path.stem.split("-")[1]) + 1
             if not store.is_current(path):
                 log.info("%s: other schema or version; its pieces are parsed again", path)
@@ -201,7 +201,7 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
             seen.close()
         settled, rewritten, conflicts = _settle(corpus, rows.close(), cache, o, tmp)
         found, rejects = _write_manifest(data_dir / "manifest.parquet", settled, tmp)
-    if not store.parts(corpus):  # no piece at all: one empty shard, so the output exists
+    if not part_files(corpus):  # no piece at all: one empty shard, so the output exists
         write_table(corpus / store.part_name(0), store.SCHEMA.empty_table())
     write_rows(data_dir / "labels" / "bar_va.parquet", bar_rows, BAR_VA_SCHEMA)
     write_rows(data_dir / "organize_rejects.parquet", rejects, REJECTS_SCHEMA)
@@ -214,7 +214,7 @@ def organize(params: Params, data_dir: str | Path = "data", metrics_path: str | 
         "rejects": len(rejects),
         "parsed": counts["parsed"],  # new md5s this run; the others came from the store
         "reused": counts["reused"],
-        "shards": len(store.parts(corpus)),
+        "shards": len(part_files(corpus)),
         "shards_rewritten": rewritten,
         "split_conflicting_songs": len(conflicts),
         **found,  # pieces per split, then per source

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import SourceError
-from midipipe.core.io import atomic_path
+from midipipe.core.io import PART_NAME, atomic_path, part_files
 
 INSTRUMENT_COLUMN = "instrument_category__drums-only__0__all-instruments-with-drums__1_no-drums__2"
 VERSION = b"1"  # bump when the facts computed from the bytes change: cached rows are re-parsed
@@ -65,7 +64,6 @@ SCHEMA = pa.schema(GIGAMIDI_FIELDS + LABEL_FIELDS + FACT_FIELDS, metadata=_META)
 META_COLUMNS = [name for name in SCHEMA.names if name != "music"]  # everything but the bytes
 SPLITS = {"train": "train", "valid": "validation", "test": "test"}  # ours -> GigaMIDI's
 OUR_SPLIT = {v: k for k, v in SPLITS.items()}
-_PART = re.compile(r"^part-\d{5,}\.parquet$")
 
 
 def store_row(meta: dict, music: bytes) -> dict:
@@ -109,15 +107,9 @@ def part_name(index: int) -> str:
 def part_path(folder: str | Path, shard: str) -> Path:
     """A shard's file; a name from a manifest that is not `part-NNNNN.parquet` is refused, so
     no path can leave the store."""
-    if not isinstance(shard, str) or not _PART.match(shard):
+    if not isinstance(shard, str) or not PART_NAME.match(shard):
         raise SourceError(f"{folder}: not a corpus shard name: {shard!r}")
     return Path(folder) / shard
-
-
-def parts(folder: str | Path) -> list[Path]:
-    """The store's shards in order (none when the folder does not exist)."""
-    folder = Path(folder)
-    return sorted(p for p in folder.glob("part-*.parquet") if _PART.match(p.name))
 
 
 def is_current(path: Path) -> bool:
@@ -135,18 +127,19 @@ def iter_batches(
     folder: str | Path, columns: Sequence[str] | None = None, batch_size: int = 1024
 ) -> Iterator[pa.RecordBatch]:
     """Every shard's rows in batches of the chosen columns; one batch in memory at a time."""
-    for path in parts(folder):
+    for path in part_files(folder):
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
 
 
 def count(folder: str | Path) -> int:
     """Rows in the store, from the shards' footers."""
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in parts(folder))
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in part_files(folder))
 
 
 def column(folder: str | Path, name: str) -> pa.Array:
     """One column of every shard, in store order, as one Arrow array (bytes, not objects)."""
-    chunks = [c for path in parts(folder) for c in pq.read_table(path, columns=[name])[0].chunks]
+    tables = (pq.read_table(path, columns=[name]) for path in part_files(folder))
+    chunks = [c for table in tables for c in table[0].chunks]
     return pa.chunked_array(chunks, SCHEMA.field(name).type).combine_chunks()
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from midipipe.core.device import inference_mode, resolve_device
 from midipipe.core.errors import ParamError
-from midipipe.core.io import atomic_path, write_rows
+from midipipe.core.io import atomic_path, part_files, write_rows
 from midipipe.musetok import checkpoint
 from midipipe.musetok.encode import encode_pieces
 
@@ -136,7 +136,7 @@ def extract_latents(
     shutil.rmtree(out_dir, ignore_errors=True)
     writer = LatentWriter(out_dir, p.pieces_per_part, metadata={"representation": p.representation})
     stats = {"pieces": 0, "skipped_no_bars": 0, "bars": 0, "bars_truncated": 0}
-    parts = sorted(Path(tokens_dir).glob("part-*.parquet"))
+    parts = part_files(tokens_dir)
     with inference_mode(device, p.precision), tqdm(desc="latents", unit="piece") as bar:
         for part in parts:  # one token part in memory at a time
             rows = pq.read_table(part).to_pylist()

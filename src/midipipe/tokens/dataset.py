@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from midipipe.core.io import part_files
 from midipipe.data.splits import SPLITS
 
 UNIT_ROWS = 256  # pieces per unit at most: a unit is what one slot reads at a time
@@ -81,7 +82,7 @@ def split_index(
     """The pieces of `split` (by the manifest) with at least one token; `label_of` maps the
     manifest's `label_column` value to the label id. Reads one part at a time. The manifest
     is a path or a table already read (a relabelled one)."""
-    parts = sorted(str(p) for p in Path(tokens_dir).glob("part-*.parquet"))
+    parts = [str(p) for p in part_files(tokens_dir)]
     if not parts:
         raise FileNotFoundError(f"no part-*.parquet in {tokens_dir}")
     columns = ["piece_id", "split"] + ([label_column] if label_column else [])
@@ -131,7 +132,7 @@ def split_rows(
     small pieces of their own (phrases, chunks)."""
     table = pq.read_table(manifest, columns=["piece_id", "split"])
     wanted = table.filter(pc.equal(table["split"], split))["piece_id"].combine_chunks()
-    for path in sorted(Path(tokens_dir).glob("part-*.parquet")):
+    for path in part_files(tokens_dir):
         part = pq.read_table(path)
         part = part.filter(pc.is_in(part["piece_id"], value_set=wanted))
         ids, bars = (part[name].combine_chunks() for name in ("ids", "bar_starts"))

@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from midipipe.core.io import part_files
+
 TOKENS_SCHEMA = pa.schema(
     [
         ("piece_id", pa.string()),
@@ -29,7 +31,7 @@ REJECTS_SCHEMA = pa.schema(
 
 def read_parts(folder: str | Path, columns: Iterable[str] | None = None) -> pa.Table:
     """All `part-*.parquet` of a folder as one table, in part order."""
-    parts = sorted(Path(folder).glob("part-*.parquet"))
+    parts = part_files(folder)
     if not parts:
         raise FileNotFoundError(f"no part-*.parquet in {folder}")
     cols = list(columns) if columns is not None else None
@@ -39,7 +41,7 @@ def read_parts(folder: str | Path, columns: Iterable[str] | None = None) -> pa.T
 def iter_parts(folder: str | Path, columns: Iterable[str] | None = None) -> Iterator[dict]:
     """Rows of all parts, one part in memory at a time."""
     cols = list(columns) if columns is not None else None
-    for part in sorted(Path(folder).glob("part-*.parquet")):
+    for part in part_files(folder):
         yield from pq.read_table(part, columns=cols).to_pylist()
 
 

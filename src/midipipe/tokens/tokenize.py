@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from midipipe.core.code import code_version
 from midipipe.core.errors import BadMidi
-from midipipe.core.io import ShardWriter, write_json, write_table
+from midipipe.core.io import ShardWriter, part_files, write_json, write_table
 from midipipe.core.params import TokenizeParams
 from midipipe.data import store
 from midipipe.data.midi import load_score
@@ -160,7 +160,7 @@ def _stored_ids(out_dir: Path) -> pa.Array:
     chunks = [
         chunk
         for stream in STREAMS
-        for part in sorted((out_dir / stream).glob("part-*.parquet"))
+        for part in part_files(out_dir / stream)
         for chunk in pq.read_table(part, columns=["piece_id"])[0].chunks
     ]
     return pa.chunked_array(chunks, pa.string()).combine_chunks().unique()
@@ -178,7 +178,7 @@ def _checkpoint(
         state = json.loads(progress.read_text())
         if state.get("fingerprint") == fingerprint:
             for stream, n in state["parts"].items():  # parts written after the checkpoint
-                for part in sorted((out_dir / stream).glob("part-*.parquet"))[n:]:
+                for part in part_files(out_dir / stream)[n:]:
                     part.unlink()
             have = _stored_ids(out_dir)
             gone = (
