@@ -18,8 +18,10 @@ install: $(STAMP)
 run: install
 	PATH="$(BIN):$$PATH" dvc repro
 
+# One pytest-xdist worker per core (4 at most), a test file's tests on one worker (they share
+# module fixtures); tests/conftest.py starts the DVC workflow first and splits torch's threads.
 test: install
-	PATH="$(BIN):$$PATH" $(PY) -m pytest
+	PATH="$(BIN):$$PATH" $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 test-slow: install
 	PATH="$(BIN):$$PATH" $(PY) -m pytest -m slow

@@ -11,6 +11,24 @@ import torch
 
 from midipipe.tokens.remi import make_tokenizer
 
+# Modules whose shared fixture runs a long chain of subprocesses (the whole DVC DAG): started
+# first, so that under pytest-xdist (`make test`) the other workers fill the time around it.
+LONG_FIRST = ("test_dvc_workflow.py",)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch gets its share of the cores (and so do the
+    processes it starts): two workers of two threads each on two cores spin against each other."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)
+
 
 def _env_dir(var: str) -> Path:
     value = os.environ.get(var)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,19 @@ def ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+def stage_status(project: Path) -> dict[str, str]:
+    """`dvc status`, as {stage: the lines that say what changed in it}."""
+    blocks: dict[str, str] = {}
+    stage = None
+    for line in run(project, "dvc", "status").splitlines():
+        if line.strip().endswith(":") and not line.startswith("\t"):
+            stage = line.rstrip(":").strip()
+            blocks[stage] = ""
+        elif stage:
+            blocks[stage] += line.strip() + "\n"
+    return blocks
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     base = tmp_path_factory.mktemp("dvc")
@@ -124,15 +138,10 @@ def test_param_change_reruns_only_its_stage(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["composers"]["min_pieces"] = 6  # read by bucket_composers alone
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(project, "dvc", "status")
-    changed = {
-        line.rstrip(":").strip()
-        for line in status.splitlines()
-        if line.strip().endswith(":") and not line.startswith("\t")
-    }
+    status = stage_status(project)
     # only the stage that reads the param is out of date (the generator stages only follow
     # if composers.json itself changes)
-    assert changed == {"bucket_composers"}, status
+    assert set(status) == {"bucket_composers"}, status
     run(project, "dvc", "repro", "bucket_composers")
     table = json.loads((project / "data/composers.json").read_text())
     assert [c["name"] for c in table["composers"]] == ["bach"]
@@ -141,13 +150,14 @@ def test_param_change_reruns_only_its_stage(project):
     assert ran(run(project, "dvc", "repro")) == set()
 
 
-# every stage that trains a model, and the params section whose `train:` it reads
+# every stage that trains a model: its metrics file, its dvc stage, and the params section whose
+# `train:` it reads
 TRAINED = {
-    "musetok": "musetok",
-    "genre_phrase": "genre",
-    "genre_hier": "genre_hier",
-    "generator": "generator",
-    "vae": "vae",
+    "musetok": ("train_musetok", "musetok"),
+    "genre_phrase": ("train_genre", "genre"),
+    "genre_hier": ("train_genre_hier", "genre_hier"),
+    "generator": ("train_generator", "generator"),
+    "vae": ("train_vae", "vae"),
 }
 
 
@@ -158,36 +168,93 @@ def learning_rates(project: Path) -> dict[str, float]:
     }
 
 
-def test_exp_run_metrics_diff_and_plots(project):
+def expected_lrs(project: Path, base_lr: float) -> dict[str, float]:
+    """Each trained model's lr when `train.lr` is `base_lr`: its `lr_scale` (the profile's when
+    null) times `base_lr`, or its own `lr` where set."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     profiled = resolved(str(project / "params.yaml"))  # null keys: the profile's values
+    out = {}
+    for name, (_, section) in TRAINED.items():
+        own = params[section].get("train") or {}
+        if own.get("lr") is not None:
+            out[name] = own["lr"]
+            continue
+        scale = own.get("lr_scale", 1.0)
+        if scale is None:
+            scale = profiled[section]["train"]["lr"] / params["train"]["lr"]
+        out[name] = base_lr * scale
+    return out
+
+
+def test_train_lr_is_a_param_of_every_trained_model(project):
+    """What `dvc exp run -S train.lr=1e-4` relies on, without retraining every model (the slow
+    test below does): each model trained at the lr its params give, and a new `train.lr` puts
+    every training stage out of date on that param."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    got = learning_rates(project)
+    assert got == pytest.approx(expected_lrs(project, params["train"]["lr"]))
+    params["train"]["lr"] = 1e-4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    moved = expected_lrs(project, 1e-4)
+    try:
+        status = stage_status(project)
+    finally:
+        run(project, "git", "checkout", "-q", "params.yaml")
+    for name, (stage, _) in TRAINED.items():
+        assert moved[name] != got[name], name
+        assert re.search(r"modified:\s+train\n", status.get(stage, "")), (stage, status)
+
+
+def test_exp_run_moves_the_generator_alone_metrics_diff_and_plots(project):
+    """A real `dvc exp run`: the generator's own lr re-runs it (and what reads its model) at
+    that lr, every other model keeps its own; then exp show, metrics diff and plots."""
     before = learning_rates(project)
-    # one experiment: train.lr moves every model by its scale; the generator's own lr, set
-    # beside it, moves the generator alone
     out = run(
         project,
         "dvc", "exp", "run",
-        "-S", "train.lr=1e-4",
         "-S", "generator.train.lr=0.002",
         "-S", "composers.min_pieces=5",
     )  # fmt: skip
     assert "Ran experiment" in out or "Experiment" in out
+    assert ran(out) >= {"train_generator"}
+    assert not ran(out) & {stage for stage, _ in TRAINED.values()} - {
+        "train_generator",
+        "train_genre_hier",  # reads the generator's model
+    }
     after = learning_rates(project)
     assert after["generator"] == pytest.approx(0.002) != before["generator"]
-    for name, section in TRAINED.items():
-        if name == "generator":
-            continue
-        own = params[section].get("train") or {}
-        scale = own.get("lr_scale", 1.0)
-        if scale is None:
-            scale = profiled[section]["train"]["lr"] / params["train"]["lr"]
-        assert after[name] != before[name], name
-        assert after[name] == pytest.approx(1e-4 * scale), name
-    assert "train.lr" in run(project, "dvc", "exp", "show", "--no-pager", "--csv")
+    assert {k: v for k, v in after.items() if k != "generator"} == {
+        k: v for k, v in before.items() if k != "generator"
+    }
+    assert "generator.train.lr" in run(project, "dvc", "exp", "show", "--no-pager", "--csv")
     diff = run(project, "dvc", "metrics", "diff", "--all")
-    assert "metrics/tokenize.json" in diff
+    assert "metrics/tokenize.json" in diff and "metrics/generator.json" in diff
     run(project, "dvc", "plots", "show", "-o", "plots_html")
     assert (project / "plots_html" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_exp_run_train_lr_retrains_every_model(project):
+    """`dvc exp run -S train.lr=1e-4` for real: every model retrains at its scale of it, and the
+    generator's own lr set beside it holds for the generator alone (re-runs ~every stage)."""
+    before = learning_rates(project)
+    expected = expected_lrs(project, 1e-4)
+    out = run(
+        project,
+        "dvc", "exp", "run",
+        "-S", "train.lr=1e-4",
+        "-S", "generator.train.lr=0.0025",
+        "-S", "composers.min_pieces=5",
+    )  # fmt: skip
+    assert "Ran experiment" in out or "Experiment" in out
+    after = learning_rates(project)
+    assert after["generator"] == pytest.approx(0.0025) != before["generator"]
+    for name in TRAINED:
+        if name == "generator":
+            continue
+        assert after[name] != before[name], name
+        assert after[name] == pytest.approx(expected[name]), name
+    assert "train.lr" in run(project, "dvc", "exp", "show", "--no-pager", "--csv")
 
 
 def test_remote_push_pull_into_a_second_clone(project, tmp_path):
