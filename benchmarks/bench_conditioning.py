@@ -84,6 +84,7 @@ CHANGES: dict[str, dict] = {
     "input_seed_3": {"generator": {"model": {"condition": "input"}, "train": {"seed": 3}}},
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
+    "pitch_order": {"generator": {"note_order": "pitch"}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
@@ -141,7 +142,10 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     gp_raw = merged(params.section(ROOT / "params.yaml", "generate"), change.get("generate", {}))
     gp = params.build(GenerateParams, {**gp_raw, "pieces_per_composer": pieces}, "generate")
     p = gpt_params(change.get("generator", {}))
-    key = json.dumps(dataclasses.asdict(p), sort_keys=True)  # the resolved params
+    resolved = dataclasses.asdict(p)
+    if resolved["note_order"] == "tokenizer":  # folders of models from before the field
+        del resolved["note_order"]
+    key = json.dumps(resolved, sort_keys=True)  # the resolved params
     model_dir = root / "models" / f"generator_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     out: dict = {"changes": change}
     if not (model_dir / "fit.json").exists():  # written last: else the model is reused

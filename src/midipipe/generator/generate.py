@@ -24,6 +24,7 @@ from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.keys import as_trained, primer_keys
+from midipipe.generator.order import in_order, trained_order
 from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import Piece, TokenLists, iter_pieces
@@ -69,7 +70,7 @@ class GenerateParams:
             except ValueError as exc:
                 raise ParamError(f"generate: {exc}") from None
 
-    def sample_config(self, guidance: float, seed: int) -> SampleConfig:
+    def sample_config(self, guidance: float, seed: int, ascending: bool = False) -> SampleConfig:
         return SampleConfig(
             temperature=self.temperature,
             top_k=self.top_k,
@@ -78,6 +79,7 @@ class GenerateParams:
             guidance=float(guidance),
             max_tokens=self.max_tokens,
             seed=seed,
+            ascending=ascending,
         )
 
 
@@ -127,11 +129,13 @@ def generate_for_composers(
     gp: GenerateParams,
     out_dir: str | Path,
     primers: dict[int, list[tuple[list[int], list[int]]]] | None = None,
+    ascending: bool = False,
 ) -> list[Take]:
     """`gp.pieces_per_composer` pieces per (name, id) at every guidance value, written as
     `<composer>_g<guidance>_<k>.mid` (+ .json ids). Take k of every guidance uses the same
     seed (and primer), so guidance values are compared on paired samples. Pieces with the
-    same guidance and primer length are sampled together, `gp.batch_size` at a time."""
+    same guidance and primer length are sampled together, `gp.batch_size` at a time;
+    `ascending` for a model trained with chords bottom-up (`order.py`)."""
     out_dir = Path(out_dir)
     grammar = RemiGrammar(tokenizer)
     groups: dict[tuple[float, int], list[tuple[str, int, int, list[int]]]] = {}
@@ -150,7 +154,8 @@ def generate_for_composers(
     bar = tqdm(total=sum(len(jobs) for _, jobs in batches), desc="generate", unit="piece")
     for g, jobs in batches:
         requests = [Request(cid, primer, gp.seed + 1000 * cid + k) for _, cid, k, primer in jobs]
-        results = generate_batch(model, tokenizer, requests, gp.sample_config(g, gp.seed))
+        cfg = gp.sample_config(g, gp.seed, ascending)
+        results = generate_batch(model, tokenizer, requests, cfg)
         for (name, cid, k, primer), (ids, stats) in zip(jobs, results, strict=True):
             path = to_midi(tokenizer, ids, out_dir / f"{slug(name)}_g{g!r}_{k}.mid")
             takes.append(Take(name, cid, g, k, path, ids, len(primer), stats))
@@ -195,11 +200,17 @@ def evaluate_generator(
     valid = eval_corpus(tokens_dir, manifest, table, "valid")
     held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
     keys = primer_keys(model_dir, tokenizer.vocab)  # a key-normalised model: C major primers
+    order = trained_order(model_dir, tokenizer.vocab)  # and chords bottom-up, if so trained
+
+    def as_trained_piece(ids: np.ndarray) -> np.ndarray:
+        ids = keys.normalise(ids) if keys is not None else ids
+        return order.sort(ids) if order is not None else ids
+
     primers = None
     if gp.seed_length:
         primers = {
             cid: [
-                (keys.normalise(i) if keys is not None else i, b)
+                (as_trained_piece(i), b)
                 for i, b, c in zip(
                     held_out.pieces, held_out.bar_starts, held_out.composers, strict=True
                 )
@@ -210,7 +221,13 @@ def evaluate_generator(
     shutil.rmtree(out_dir, ignore_errors=True)  # no stale takes from a larger earlier run
     with sampling_threads(next(model.parameters()).device):
         takes = generate_for_composers(
-            model, tokenizer, composers or [(C.ANY, C.UNCONDITIONAL)], gp, out_dir, primers
+            model,
+            tokenizer,
+            composers or [(C.ANY, C.UNCONDITIONAL)],
+            gp,
+            out_dir,
+            primers,
+            order is not None,
         )
     generated = [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes]
     real = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)
@@ -233,7 +250,7 @@ def evaluate_generator(
         ),
         **novelty(
             [p.ids for p in generated],
-            list(as_trained([p.ids for p in real], keys)),
-            as_trained(TokenLists(train), keys),
+            list(in_order(as_trained([p.ids for p in real], keys), order)),
+            in_order(as_trained(TokenLists(train), keys), order),
         ),
     }

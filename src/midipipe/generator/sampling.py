@@ -10,8 +10,10 @@ a token sequence miditok decodes without errors: the token-type successions of m
 (Program -1 before PitchDrum and other programs before Pitch; a time signature only right
 after a Bar; notes only after a Position), plus the value rules of `tokens_errors`
 (positions move forward inside the bar's length, no pitch twice at one position and
-program). A `repair` is a step where the model's most likely token broke the grammar, or an
-unfinished note cut off the end.
+program). With `SampleConfig.ascending` (a model trained with `generator.note_order:
+pitch`, chords bottom-up) a pitch must also lie above the pitches already played at its
+position and program. A `repair` is a step where the model's most likely token broke the
+grammar, or an unfinished note cut off the end.
 
 Everything a token step does after the model runs on tensors on the model's device, for all
 rows at once: the grammar is a table of successor masks indexed by each row's state, the
@@ -67,6 +69,7 @@ class SampleConfig:
     max_bars: int = 0  # most bars in the output, primer included (0 = no limit)
     seed: int = 0
     repetition_window: int = 64
+    ascending: bool = False  # pitches at a position and program only go up (`order.py`)
 
     def __post_init__(self) -> None:
         checks = [
@@ -157,6 +160,11 @@ class RemiGrammar:
         keep = [[1] * len(FIELDS) for _ in range(self.n)]
         change = [[0] * len(FIELDS) for _ in range(self.n)]
         is_pitch = [k in self.pitch_kinds for k in self.kind]
+        # Pitch tokens (not drums) from low to high: what `ascending` orders
+        pitches = [i for i in range(self.n) if self.kind[i] == "Pitch"]
+        self.pitch_cols = torch.tensor(
+            sorted(pitches, key=lambda i: int(self.value[i])), dtype=torch.long
+        )
         for i, (k, v) in enumerate(pairs):
             if k in SPECIAL:
                 continue
@@ -230,9 +238,12 @@ class GrammarState:
     """Where each row of a batch stands in the grammar, as tensors on `device`: its fields
     (FIELDS) [n, 11], and for each program and pitch the epoch it was last played in."""
 
-    def __init__(self, grammar: RemiGrammar, n: int, device: torch.device) -> None:
-        for name in ("successors", "succ_forward", "effect", "is_pitch"):
+    def __init__(
+        self, grammar: RemiGrammar, n: int, device: torch.device, ascending: bool = False
+    ) -> None:
+        for name in ("successors", "succ_forward", "effect", "is_pitch", "pitch_cols"):
             setattr(self, name, getattr(grammar, name).to(device))
+        self.ascending = ascending and len(self.pitch_cols) > 0
         v = grammar.n
         self.fields = grammar.initial.to(device).repeat(n, 1)
         # row r's program p is row r * programs + p of `played`
@@ -259,10 +270,17 @@ class GrammarState:
 
     def allowed(self, out: Tensor | None = None) -> Tensor:
         """Bool mask [n, vocab] (into `out` if given): the state's successors, positions
-        forward inside the bar, no pitch twice at a position and program (unless that leaves
-        nothing)."""
+        forward inside the bar, no pitch twice at a position and program, and with
+        `ascending` none below one played there (unless that leaves nothing)."""
         mask = self.succ_forward.index_select(0, self.forward_row)
-        mask &= self.rows.index_select(0, self.played_row) != self.epoch_col
+        here = self.rows.index_select(0, self.played_row)
+        if self.ascending:  # a pitch with one at or above it played here is out
+            now = here == self.epoch_col
+            mask &= ~now
+            played = now.index_select(1, self.pitch_cols).flip(1).cumsum(1).flip(1) > 0
+            mask.index_copy_(1, self.pitch_cols, mask.index_select(1, self.pitch_cols) & ~played)
+        else:
+            mask &= here != self.epoch_col
         succ = self.successors.index_select(0, self.state)
         return torch.where(mask.any(1, keepdim=True), mask, succ, out=out)
 
@@ -348,7 +366,7 @@ class TokenSampler:
         )
         self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
         self.columns = self.hist.unbind(1)  # views, one per position
-        self.state = GrammarState(grammar, self.n, device)
+        self.state = GrammarState(grammar, self.n, device, cfg.ascending)
         for j in range(1, self.length):
             self.state.step(self.hist[:, j])
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)

@@ -1,0 +1,103 @@
+"""Chords bottom-up (`generator.note_order: pitch`).
+
+miditok writes the notes of one onset by (duration, pitch), track by track, so a chord's
+pitches go up, then start again lower when a longer note comes. The issue-15 GPT, sampling
+the pitch before it knows the duration, broke that order in a third of its steps and wrote
+clusters: 23-31% of the intervals between neighbouring notes of its chords were one or two
+semitones, against 0-1.6% in the real music of every composer (and the judge took such
+clusters for Monteverdi, the most dissonant real composer). Sorted by pitch at each
+position and program, a chord is a walk upwards whose every step is an interval above the
+note before; sampling then only allows pitches above the last one at the position
+(`sampling.SampleConfig.ascending`). The order says nothing about the music: the notes
+decode the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from midipipe.generator import TRAINING_FILE
+
+NOTE_ORDERS = ("tokenizer", "pitch")
+_NOTE_KINDS = ("Program", "Pitch", "PitchDrum", "Velocity", "Duration")
+
+
+class PitchOrder:
+    """Sorts the notes at each position of REMI ids by (program, pitch)."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        size = max(vocab.values()) + 1
+        self.pitch = np.full(size, -1, dtype=np.int64)  # id -> MIDI pitch (Pitch, PitchDrum)
+        self.program = np.full(size, -2, dtype=np.int64)  # id -> program (-2: not a Program)
+        self.in_note = np.zeros(size, dtype=bool)
+        self.duration = np.zeros(size, dtype=bool)
+        for token, i in vocab.items():
+            kind, _, value = token.partition("_")
+            self.in_note[i] = kind in _NOTE_KINDS
+            self.duration[i] = kind == "Duration"
+            if kind in ("Pitch", "PitchDrum"):
+                self.pitch[i] = int(value)
+            elif kind == "Program":
+                self.program[i] = int(value)
+
+    def sort(self, ids: np.ndarray) -> np.ndarray:
+        """`ids` with each position's notes (a Program, if any, then Pitch, Velocity,
+        Duration) reordered by program, then pitch; everything else stays where it is. A
+        note cut off by the end of `ids` stays last."""
+        ids = np.asarray(ids)
+        if not len(ids):
+            return ids
+        inside = (ids >= 0) & (ids < len(self.pitch))
+        safe = np.where(inside, ids, 0)
+        note = inside & self.in_note[safe]
+        is_program = inside & (self.program[safe] > -2)
+        is_pitch = inside & (self.pitch[safe] >= 0)
+        after_program = np.r_[False, is_program[:-1]]
+        starts = ~note | is_program | (is_pitch & ~after_program)
+        unit = np.cumsum(starts) - 1  # each note, and each other token, is one unit
+        segment = np.cumsum(~note)  # notes between two other tokens sort among themselves
+        n_units = int(unit[-1]) + 1
+        program = np.full(n_units, -1, dtype=np.int64)
+        program[unit[is_program]] = self.program[safe[is_program]]
+        pitch = np.full(n_units, -1, dtype=np.int64)
+        pitch[unit[is_pitch]] = self.pitch[safe[is_pitch]]
+        # a unit that is not a note comes first in its segment (it opened it)
+        first = np.full(n_units, 0, dtype=np.int64)
+        first[unit[~note]] = -1
+        tail = np.zeros(n_units, dtype=np.int64)
+        if note[-1] and not self.duration[safe[-1]]:  # an unfinished note: it stays last
+            tail[unit[-1]] = 1
+        seg_of_unit = np.zeros(n_units, dtype=np.int64)
+        seg_of_unit[unit] = segment
+        order = np.lexsort((np.arange(n_units), pitch, program, first, tail, seg_of_unit))
+        rank = np.empty(n_units, dtype=np.int64)
+        rank[order] = np.arange(n_units)
+        return ids[np.argsort(rank[unit], kind="stable")]
+
+
+class Sorted:
+    """Pieces (re-iterable) with their chords bottom-up as they are read: what a model trained
+    so is compared with for copies (novelty)."""
+
+    def __init__(self, pieces: Iterable[np.ndarray], order: PitchOrder) -> None:
+        self.pieces, self.order = pieces, order
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.order.sort(p) for p in self.pieces)
+
+
+def in_order(pieces: Iterable[np.ndarray], order: PitchOrder | None) -> Iterable[np.ndarray]:
+    """`pieces` in the note order of a model with this `trained_order`."""
+    return pieces if order is None else Sorted(pieces, order)
+
+
+def trained_order(model_dir: str | Path, vocab: dict[str, int]) -> PitchOrder | None:
+    """A `PitchOrder` when the model of `model_dir` was trained with chords bottom-up (its
+    `training.json`; sampling then keeps them so, and primers are sorted alike), else None."""
+    path = Path(model_dir) / TRAINING_FILE
+    order = json.loads(path.read_text()).get("note_order") if path.exists() else None
+    return PitchOrder(vocab) if order == "pitch" else None
