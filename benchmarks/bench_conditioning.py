@@ -85,6 +85,14 @@ CHANGES: dict[str, dict] = {
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "pitch_order": {"generator": {"note_order": "pitch"}},
+    "pitch_order_prior": {
+        "generator": {"note_order": "pitch"},
+        "generate": {"interval_prior": 1.0},
+    },
+    "pitch_order_prior_0.5": {
+        "generator": {"note_order": "pitch"},
+        "generate": {"interval_prior": 0.5},
+    },
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },

@@ -23,6 +23,7 @@ import numpy as np
 from midipipe.generator import TRAINING_FILE
 
 NOTE_ORDERS = ("tokenizer", "pitch")
+INTERVALS_FILE = "intervals.json"  # a bottom-up model's chord intervals, counted in training
 _NOTE_KINDS = ("Program", "Pitch", "PitchDrum", "Velocity", "Duration")
 
 
@@ -35,12 +36,14 @@ class PitchOrder:
         self.program = np.full(size, -2, dtype=np.int64)  # id -> program (-2: not a Program)
         self.in_note = np.zeros(size, dtype=bool)
         self.duration = np.zeros(size, dtype=bool)
+        self.drum = np.zeros(size, dtype=bool)
         for token, i in vocab.items():
             kind, _, value = token.partition("_")
             self.in_note[i] = kind in _NOTE_KINDS
             self.duration[i] = kind == "Duration"
             if kind in ("Pitch", "PitchDrum"):
                 self.pitch[i] = int(value)
+                self.drum[i] = kind == "PitchDrum"
             elif kind == "Program":
                 self.program[i] = int(value)
 
@@ -78,6 +81,22 @@ class PitchOrder:
         rank[order] = np.arange(n_units)
         return ids[np.argsort(rank[unit], kind="stable")]
 
+    def intervals(self, ids: np.ndarray) -> np.ndarray:
+        """Counts [128] of the semitones from each pitched note up to the next one at its
+        position and program, in `ids` already sorted (drums left out)."""
+        ids = np.asarray(ids)
+        inside = (ids >= 0) & (ids < len(self.pitch))
+        safe = np.where(inside, ids, 0)
+        segment = np.cumsum(~(inside & self.in_note[safe]))
+        is_program = inside & (self.program[safe] > -2)
+        last = np.maximum.accumulate(np.where(is_program, np.arange(len(ids)), -1))
+        program = np.where(last >= 0, self.program[safe[np.maximum(last, 0)]], -1)
+        keep = inside & (self.pitch[safe] >= 0) & ~self.drum[safe]
+        pitch, seg, prog = self.pitch[safe[keep]], segment[keep], program[keep]
+        same = (seg[1:] == seg[:-1]) & (prog[1:] == prog[:-1])
+        steps = (pitch[1:] - pitch[:-1])[same]
+        return np.bincount(steps[(steps >= 0) & (steps < 128)], minlength=128)
+
 
 class Sorted:
     """Pieces (re-iterable) with their chords bottom-up as they are read: what a model trained
@@ -101,3 +120,18 @@ def trained_order(model_dir: str | Path, vocab: dict[str, int]) -> PitchOrder | 
     path = Path(model_dir) / TRAINING_FILE
     order = json.loads(path.read_text()).get("note_order") if path.exists() else None
     return PitchOrder(vocab) if order == "pitch" else None
+
+
+def chord_intervals(pieces: Iterable[np.ndarray], order: PitchOrder) -> list[int]:
+    """`PitchOrder.intervals` summed over pieces as a model trains on them (key-normalised
+    if so), streamed: what stage 08 stores beside a bottom-up model (`INTERVALS_FILE`)."""
+    total = np.zeros(128, dtype=np.int64)
+    for ids in pieces:
+        total += order.intervals(order.sort(ids))
+    return total.tolist()
+
+
+def interval_log_probs(counts: np.ndarray) -> list[float]:
+    """log P(interval) per semitone 0..127 from `PitchOrder.intervals` counts (add-one)."""
+    counts = np.asarray(counts, dtype=np.float64) + 1.0
+    return np.log(counts / counts.sum()).round(4).tolist()

@@ -12,7 +12,9 @@ after a Bar; notes only after a Position), plus the value rules of `tokens_error
 (positions move forward inside the bar's length, no pitch twice at one position and
 program). With `SampleConfig.ascending` (a model trained with `generator.note_order:
 pitch`, chords bottom-up) a pitch must also lie above the pitches already played at its
-position and program. A `repair` is a step where the model's most likely token broke the
+position and program, and `SampleConfig.interval_prior` adds to each such pitch's logit
+the log-probability of its interval above the last one there, as counted in the training
+pieces (`order.py`). A `repair` is a step where the model's most likely token broke the
 grammar, or an unfinished note cut off the end.
 
 Everything a token step does after the model runs on tensors on the model's device, for all
@@ -70,6 +72,9 @@ class SampleConfig:
     seed: int = 0
     repetition_window: int = 64
     ascending: bool = False  # pitches at a position and program only go up (`order.py`)
+    # weighted log P(interval) per semitone 0..127 above the last pitch at the position and
+    # program, added to the logits (with `ascending`; empty = off)
+    interval_prior: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -87,6 +92,10 @@ class SampleConfig:
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}",
             ),
             (self.max_bars >= 0, f"max_bars must be >= 0 (0 = no limit), got {self.max_bars}"),
+            (
+                not self.interval_prior or (self.ascending and len(self.interval_prior) == 128),
+                "interval_prior needs ascending and one value per semitone 0..127",
+            ),
             (
                 self.repetition_window >= 0,
                 f"repetition_window must be >= 0, got {self.repetition_window}",
@@ -165,6 +174,7 @@ class RemiGrammar:
         self.pitch_cols = torch.tensor(
             sorted(pitches, key=lambda i: int(self.value[i])), dtype=torch.long
         )
+        self.pitch_midi = torch.tensor([int(self.value[i]) for i in self.pitch_cols.tolist()])
         for i, (k, v) in enumerate(pairs):
             if k in SPECIAL:
                 continue
@@ -241,7 +251,14 @@ class GrammarState:
     def __init__(
         self, grammar: RemiGrammar, n: int, device: torch.device, ascending: bool = False
     ) -> None:
-        for name in ("successors", "succ_forward", "effect", "is_pitch", "pitch_cols"):
+        for name in (
+            "successors",
+            "succ_forward",
+            "effect",
+            "is_pitch",
+            "pitch_cols",
+            "pitch_midi",
+        ):
             setattr(self, name, getattr(grammar, name).to(device))
         self.ascending = ascending and len(self.pitch_cols) > 0
         v = grammar.n
@@ -283,6 +300,17 @@ class GrammarState:
             mask &= here != self.epoch_col
         succ = self.successors.index_select(0, self.state)
         return torch.where(mask.any(1, keepdim=True), mask, succ, out=out)
+
+    def interval_bias(self, prior: Tensor) -> Tensor:
+        """Float [n, vocab]: `prior` [128] at each pitch's interval above the highest pitch
+        played at the row's position and program, 0 elsewhere (and where none was)."""
+        here = self.rows.index_select(0, self.played_row) == self.epoch_col
+        now = here.index_select(1, self.pitch_cols)
+        top = torch.where(now, self.pitch_midi, -1).amax(1, keepdim=True)
+        step = self.pitch_midi - top
+        bias = torch.where((top >= 0) & (step > 0), prior[step.clamp(0, 127)], 0.0)
+        out = torch.zeros(here.shape, dtype=prior.dtype, device=prior.device)
+        return out.index_copy_(1, self.pitch_cols, bias)
 
     def step(self, tokens: Tensor) -> None:
         """Advance each row by its token [n]; special tokens (PAD for a finished row) change
@@ -372,6 +400,11 @@ class TokenSampler:
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
+        self.prior = (
+            torch.tensor(cfg.interval_prior, dtype=torch.float32, device=device)
+            if cfg.interval_prior
+            else None
+        )
         self.not_eos = torch.arange(grammar.n, device=device) != grammar.eos
         self.pad = torch.tensor(grammar.pad, device=device)
         self.live = torch.ones(self.n, dtype=torch.bool, device=device)
@@ -412,6 +445,8 @@ class TokenSampler:
         allowed = self.state.allowed(out=self.allowed_at[i])
         if t < cfg.min_tokens:
             allowed &= self.not_eos
+        if self.prior is not None:
+            logits = logits + self.state.interval_bias(self.prior)
         self.logits_at[i].copy_(logits)
         tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t])
         end = self.ends_at[t]

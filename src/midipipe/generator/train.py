@@ -22,10 +22,10 @@ from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, TRAINING_FILE
 from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import CONDITIONS, GPT, GPTConfig, save_model
-from midipipe.generator.keys import KEY_MODES, KeyShift
-from midipipe.generator.order import NOTE_ORDERS, PitchOrder
+from midipipe.generator.keys import KEY_MODES, KeyShift, as_trained
+from midipipe.generator.order import INTERVALS_FILE, NOTE_ORDERS, PitchOrder, chord_intervals
 from midipipe.tokens import remi
-from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, loader
+from midipipe.tokens.dataset import SampleStream, SplitIndex, TokenLists, epoch_seed, loader
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -136,13 +136,16 @@ def save_generator(
     tokenizer_json: str | Path,
     key: str = "none",
     note_order: str = "tokenizer",
+    intervals: list[int] | None = None,
 ):
     """The GPT plus the composer table, tokenizer, key normalisation and note order it was
-    trained with."""
+    trained with (and a bottom-up model's chord intervals in its training pieces)."""
     out_dir = Path(out_dir)
     save_model(model, out_dir)
     write_json(out_dir / COMPOSERS_FILE, table)
     write_json(out_dir / TRAINING_FILE, {"key": key, "note_order": note_order})
+    if intervals is not None:
+        write_json(out_dir / INTERVALS_FILE, {"counts": intervals})
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
@@ -174,8 +177,10 @@ def train(
     order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
     if keys is not None:  # validate on what the model is trained for
         valid_set.pieces = [keys.normalise(ids) for ids in valid_set.pieces]
+    intervals = None
     if order is not None:
         valid_set.pieces = [order.sort(ids) for ids in valid_set.pieces]
+        intervals = chord_intervals(as_trained(TokenLists(train_set), keys), order)
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
@@ -211,7 +216,9 @@ def train(
         job,
         tp,
         resume_dir,
-        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json, p.key, p.note_order),
+        save_best=lambda m: save_generator(
+            m, out_dir, table, tokenizer_json, p.key, p.note_order, intervals
+        ),
         fingerprint={
             "generator": dataclasses.asdict(p),
             "pieces": len(train_set),
