@@ -85,6 +85,8 @@ CHANGES: dict[str, dict] = {
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
     "pitch_order": {"generator": {"note_order": "pitch"}},
+    "tokenizer_order": {"generator": {"note_order": "tokenizer"}},  # the default before
+    "no_prior": {"generate": {"interval_prior": 0.0}},
     "pitch_order_prior": {
         "generator": {"note_order": "pitch"},
         "generate": {"interval_prior": 1.0},

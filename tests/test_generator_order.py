@@ -11,7 +11,13 @@ import torch
 from midipipe.core.errors import ParamError
 from midipipe.generator import windows as gd
 from midipipe.generator.gpt import GPT, GPTConfig
-from midipipe.generator.order import PitchOrder, in_order, trained_order
+from midipipe.generator.order import (
+    PitchOrder,
+    chord_intervals,
+    in_order,
+    interval_log_probs,
+    trained_order,
+)
 from midipipe.generator.sampling import GrammarState, RemiGrammar, SampleConfig, generate
 from midipipe.generator.train import GeneratorParams, save_generator
 from midipipe.tokens.dataset import Piece
@@ -143,3 +149,32 @@ def test_the_model_folder_says_the_note_order(tmp_path, tokenizer):
     sorted_ = in_order(pieces, PitchOrder(tokenizer.vocab))
     for _ in range(2):  # re-iterable, as novelty reads the training pieces more than once
         assert all(r == sorted(r) for p in sorted_ for r in runs(tokenizer, p))
+
+
+def test_chord_intervals_are_counted_upwards_within_a_position_and_program(tokenizer):
+    ids = np.asarray(tokenizer.encode(chords_score()).ids)
+    order = PitchOrder(tokenizer.vocab)
+    counts = chord_intervals([(ids, 1), (ids, 2), (ids, 2)], order, 4)  # sorted first
+    # each chord is -5, 0, +4, +7 around its base: 5, 4 and 3 semitones up, 4 bars x 2 tracks
+    assert {k: c for k, c in enumerate(counts[2]) if c} == {3: 16, 4: 16, 5: 16}
+    assert sum(counts[0]) == 3 * 24 and sum(counts[1]) == 24 and not any(counts[3])
+    logp = np.array(interval_log_probs(counts))
+    assert (logp[:, 4] > logp[:, 2]).all() and np.allclose(np.exp(logp).sum(1), 1, atol=1e-3)
+    assert logp[2, 4] > logp[1, 4] > logp[3, 4]  # more chords, further from the pooled
+
+
+def test_the_interval_prior_biases_pitches_by_their_step_above_the_last(tokenizer):
+    grammar = RemiGrammar(tokenizer)
+    state = GrammarState(grammar, 2, torch.device("cpu"), True)
+    chord = ["Bar_None", "Position_0", "Program_0", "Pitch_60", "Velocity_79", "Duration_1.0.8"]
+    for t in [*chord, "Program_0"]:
+        token = tokenizer.vocab[t]
+        state.step(torch.tensor([token, token if t.startswith(("Bar", "Pos")) else 0]))
+    prior = torch.arange(128, dtype=torch.float32).repeat(2, 1)
+    bias = state.interval_bias(prior)
+    vocab = tokenizer.vocab
+    assert bias[0, vocab["Pitch_64"]] == 4 and bias[0, vocab["Pitch_72"]] == 12
+    assert bias[0, vocab["Pitch_59"]] == 0 and bias[0, vocab["Bar_None"]] == 0
+    assert not bias[1].any()  # nothing played at the position yet
+    with pytest.raises(ValueError, match="interval_prior"):
+        SampleConfig(interval_prior=((0.0,) * 128,))  # without ascending

@@ -81,11 +81,17 @@ class GenerateParams:
                 raise ParamError(f"generate: {exc}") from None
 
     def sample_config(
-        self, guidance: float, seed: int, ascending: bool = False, prior: Sequence[float] = ()
+        self,
+        guidance: float,
+        seed: int,
+        ascending: bool = False,
+        prior: Sequence[Sequence[float]] = (),
     ) -> SampleConfig:
-        """The sampling settings; `prior`, log P(interval) of a bottom-up model's training
-        chords, is weighted by `interval_prior` here."""
-        weighted = tuple(self.interval_prior * x for x in prior) if self.interval_prior else ()
+        """The sampling settings; `prior`, log P(interval) per composer id of a bottom-up
+        model's training chords, is weighted by `interval_prior` here."""
+        weighted = tuple(
+            tuple(self.interval_prior * x for x in row) for row in prior if self.interval_prior
+        )
         return SampleConfig(
             temperature=self.temperature,
             top_k=self.top_k,
@@ -146,7 +152,7 @@ def generate_for_composers(
     out_dir: str | Path,
     primers: dict[int, list[tuple[list[int], list[int]]]] | None = None,
     ascending: bool = False,
-    prior: Sequence[float] = (),
+    prior: Sequence[Sequence[float]] = (),
 ) -> list[Take]:
     """`gp.pieces_per_composer` pieces per (name, id) at every guidance value, written as
     `<composer>_g<guidance>_<k>.mid` (+ .json ids). Take k of every guidance uses the same
@@ -182,8 +188,9 @@ def generate_for_composers(
     return takes
 
 
-def chord_prior(model_dir: Path) -> list[float]:
-    """log P(interval) of the chords a bottom-up model was trained on (its `INTERVALS_FILE`)."""
+def chord_prior(model_dir: Path) -> list[list[float]]:
+    """log P(interval) per composer id of the chords a bottom-up model was trained on (its
+    `INTERVALS_FILE`)."""
     path = model_dir / INTERVALS_FILE
     if not path.exists():
         raise ParamError(f"generate.interval_prior: {path} is missing (retrain the generator)")

@@ -122,16 +122,30 @@ def trained_order(model_dir: str | Path, vocab: dict[str, int]) -> PitchOrder | 
     return PitchOrder(vocab) if order == "pitch" else None
 
 
-def chord_intervals(pieces: Iterable[np.ndarray], order: PitchOrder) -> list[int]:
-    """`PitchOrder.intervals` summed over pieces as a model trains on them (key-normalised
-    if so), streamed: what stage 08 stores beside a bottom-up model (`INTERVALS_FILE`)."""
-    total = np.zeros(128, dtype=np.int64)
-    for ids in pieces:
-        total += order.intervals(order.sort(ids))
+def chord_intervals(
+    pieces: Iterable[tuple[np.ndarray, int]], order: PitchOrder, n_ids: int
+) -> list[list[int]]:
+    """`PitchOrder.intervals` of (ids, composer id) pieces as a model trains on them
+    (key-normalised if so), summed per composer id (row 0: all pieces), streamed: what stage
+    08 stores beside a bottom-up model (`INTERVALS_FILE`)."""
+    total = np.zeros((n_ids, 128), dtype=np.int64)
+    for ids, composer in pieces:
+        counts = order.intervals(order.sort(ids))
+        total[0] += counts
+        if 0 < composer < n_ids:
+            total[composer] += counts
     return total.tolist()
 
 
-def interval_log_probs(counts: np.ndarray) -> list[float]:
-    """log P(interval) per semitone 0..127 from `PitchOrder.intervals` counts (add-one)."""
-    counts = np.asarray(counts, dtype=np.float64) + 1.0
-    return np.log(counts / counts.sum()).round(4).tolist()
+PRIOR_WEIGHT = 128.0  # pseudo-counts of the pooled intervals in each composer's estimate
+
+
+def interval_log_probs(counts: np.ndarray) -> list[list[float]]:
+    """log P(interval) per composer id and semitone 0..127 from `chord_intervals` counts:
+    row 0 add-one smoothed, the other rows shrunk towards it by `PRIOR_WEIGHT` pseudo-counts
+    (a composer with few chords gets about the pooled intervals)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    pooled = (counts[0] + 1.0) / (counts[0] + 1.0).sum()
+    probs = (counts + PRIOR_WEIGHT * pooled) / (counts.sum(1, keepdims=True) + PRIOR_WEIGHT)
+    probs[0] = pooled
+    return np.log(probs).round(4).tolist()

@@ -14,8 +14,8 @@ program). With `SampleConfig.ascending` (a model trained with `generator.note_or
 pitch`, chords bottom-up) a pitch must also lie above the pitches already played at its
 position and program, and `SampleConfig.interval_prior` adds to each such pitch's logit
 the log-probability of its interval above the last one there, as counted in the training
-pieces (`order.py`). A `repair` is a step where the model's most likely token broke the
-grammar, or an unfinished note cut off the end.
+pieces of the row's composer (`order.py`). A `repair` is a step where the model's most
+likely token broke the grammar, or an unfinished note cut off the end.
 
 Everything a token step does after the model runs on tensors on the model's device, for all
 rows at once: the grammar is a table of successor masks indexed by each row's state, the
@@ -72,9 +72,9 @@ class SampleConfig:
     seed: int = 0
     repetition_window: int = 64
     ascending: bool = False  # pitches at a position and program only go up (`order.py`)
-    # weighted log P(interval) per semitone 0..127 above the last pitch at the position and
-    # program, added to the logits (with `ascending`; empty = off)
-    interval_prior: tuple[float, ...] = ()
+    # weighted log P(interval) per composer id (0: all) and semitone 0..127 above the last
+    # pitch at the position and program, added to the logits (with `ascending`; empty = off)
+    interval_prior: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -93,8 +93,9 @@ class SampleConfig:
             ),
             (self.max_bars >= 0, f"max_bars must be >= 0 (0 = no limit), got {self.max_bars}"),
             (
-                not self.interval_prior or (self.ascending and len(self.interval_prior) == 128),
-                "interval_prior needs ascending and one value per semitone 0..127",
+                not self.interval_prior
+                or (self.ascending and {len(r) for r in self.interval_prior} == {128}),
+                "interval_prior needs ascending and, per composer, one value per semitone 0..127",
             ),
             (
                 self.repetition_window >= 0,
@@ -302,13 +303,14 @@ class GrammarState:
         return torch.where(mask.any(1, keepdim=True), mask, succ, out=out)
 
     def interval_bias(self, prior: Tensor) -> Tensor:
-        """Float [n, vocab]: `prior` [128] at each pitch's interval above the highest pitch
-        played at the row's position and program, 0 elsewhere (and where none was)."""
+        """Float [n, vocab]: each row's `prior` [n, 128] at each pitch's interval above the
+        highest pitch played at its position and program, 0 elsewhere (and where none was)."""
         here = self.rows.index_select(0, self.played_row) == self.epoch_col
         now = here.index_select(1, self.pitch_cols)
         top = torch.where(now, self.pitch_midi, -1).amax(1, keepdim=True)
         step = self.pitch_midi - top
-        bias = torch.where((top >= 0) & (step > 0), prior[step.clamp(0, 127)], 0.0)
+        at = prior.gather(1, step.clamp(0, 127))
+        bias = torch.where((top >= 0) & (step > 0), at, 0.0)
         out = torch.zeros(here.shape, dtype=prior.dtype, device=prior.device)
         return out.index_copy_(1, self.pitch_cols, bias)
 
@@ -385,6 +387,7 @@ class TokenSampler:
         primers: Sequence[Sequence[int]],
         bos: int,
         device: torch.device,
+        composers: Sequence[int] = (),
     ) -> None:
         self.g, self.cfg, self.n = grammar, cfg, len(primers)
         start = [[bos, *p] for p in primers]
@@ -400,11 +403,11 @@ class TokenSampler:
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
-        self.prior = (
-            torch.tensor(cfg.interval_prior, dtype=torch.float32, device=device)
-            if cfg.interval_prior
-            else None
-        )
+        self.prior = None  # each row's composer's interval prior (row 0's without composers)
+        if cfg.interval_prior:
+            rows = torch.tensor(list(composers) or [0] * self.n, device=device)
+            table = torch.tensor(cfg.interval_prior, dtype=torch.float32, device=device)
+            self.prior = table.index_select(0, rows.clamp(0, len(table) - 1))
         self.not_eos = torch.arange(grammar.n, device=device) != grammar.eos
         self.pad = torch.tensor(grammar.pad, device=device)
         self.live = torch.ones(self.n, dtype=torch.bool, device=device)
@@ -600,7 +603,7 @@ def generate_batch(
     guided = cfg.guidance != 1.0 and any(ids)
     composers = torch.tensor(ids + [0] * n if guided else ids, device=device)
     gens = [torch.Generator().manual_seed(r.seed) for r in requests]
-    sampler = TokenSampler(grammar, cfg, gens, primers, tokenizer.vocab["BOS_None"], device)
+    sampler = TokenSampler(grammar, cfg, gens, primers, tokenizer.vocab["BOS_None"], device, ids)
     cache = model.new_cache() if use_cache else None
     model.eval()
 

@@ -22,10 +22,10 @@ from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, TRAINING_FILE
 from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import CONDITIONS, GPT, GPTConfig, save_model
-from midipipe.generator.keys import KEY_MODES, KeyShift, as_trained
+from midipipe.generator.keys import KEY_MODES, KeyShift
 from midipipe.generator.order import INTERVALS_FILE, NOTE_ORDERS, PitchOrder, chord_intervals
 from midipipe.tokens import remi
-from midipipe.tokens.dataset import SampleStream, SplitIndex, TokenLists, epoch_seed, loader
+from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, iter_pieces, loader
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -136,7 +136,7 @@ def save_generator(
     tokenizer_json: str | Path,
     key: str = "none",
     note_order: str = "tokenizer",
-    intervals: list[int] | None = None,
+    intervals: list[list[int]] | None = None,
 ):
     """The GPT plus the composer table, tokenizer, key normalisation and note order it was
     trained with (and a bottom-up model's chord intervals in its training pieces)."""
@@ -180,7 +180,11 @@ def train(
     intervals = None
     if order is not None:
         valid_set.pieces = [order.sort(ids) for ids in valid_set.pieces]
-        intervals = chord_intervals(as_trained(TokenLists(train_set), keys), order)
+        pieces = (
+            (keys.normalise(p.ids) if keys is not None else p.ids, p.label)
+            for p in iter_pieces(train_set)
+        )
+        intervals = chord_intervals(pieces, order, table["n_ids"])
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
