@@ -15,12 +15,13 @@ decode the same.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from midipipe.generator import TRAINING_FILE
+from midipipe.generator.keys import Mapped
 
 NOTE_ORDERS = ("tokenizer", "pitch")
 INTERVALS_FILE = "intervals.json"  # a bottom-up model's chord intervals, counted in training
@@ -98,20 +99,9 @@ class PitchOrder:
         return np.bincount(steps[(steps >= 0) & (steps < 128)], minlength=128)
 
 
-class Sorted:
-    """Pieces (re-iterable) with their chords bottom-up as they are read: what a model trained
-    so is compared with for copies (novelty)."""
-
-    def __init__(self, pieces: Iterable[np.ndarray], order: PitchOrder) -> None:
-        self.pieces, self.order = pieces, order
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return (self.order.sort(p) for p in self.pieces)
-
-
 def in_order(pieces: Iterable[np.ndarray], order: PitchOrder | None) -> Iterable[np.ndarray]:
     """`pieces` in the note order of a model with this `trained_order`."""
-    return pieces if order is None else Sorted(pieces, order)
+    return pieces if order is None else Mapped(pieces, order.sort)
 
 
 def trained_order(model_dir: str | Path, vocab: dict[str, int]) -> PitchOrder | None:
