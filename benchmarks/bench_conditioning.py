@@ -84,23 +84,15 @@ CHANGES: dict[str, dict] = {
     "input_seed_3": {"generator": {"model": {"condition": "input"}, "train": {"seed": 3}}},
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
-    "pitch_order": {"generator": {"note_order": "pitch"}},
-    "tokenizer_order": {"generator": {"note_order": "tokenizer"}},  # the default before
     "no_prior": {"generate": {"interval_prior": 0.0}},
-    "pitch_order_prior": {
-        "generator": {"note_order": "pitch"},
-        "generate": {"interval_prior": 1.0},
-    },
-    "pitch_order_prior_0.5": {
-        "generator": {"note_order": "pitch"},
-        "generate": {"interval_prior": 0.5},
-    },
+    "prior_0.5": {"generate": {"interval_prior": 0.5}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
 }
 KEY = {"generator": {"key": "normalise"}}
 EVERY = {"generator": {"model": {"condition": "every_layer"}}}
+PITCH = {"generator": {"note_order": "pitch"}}  # chords bottom-up (generator/order.py)
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -120,6 +112,11 @@ VARIANTS: dict[str, dict] = {
         f"every_layer_{k}": {**v, "generator": merged(v.get("generator", {}), EVERY["generator"])}
         for k, v in CHANGES.items()
         if k not in ("every_layer", "input")
+    },
+    "pitch_order": PITCH,
+    **{
+        f"pitch_order_{k}": {**v, "generator": merged(v.get("generator", {}), PITCH["generator"])}
+        for k, v in CHANGES.items()
     },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")

@@ -10,6 +10,7 @@ import torch
 
 from midipipe.core.errors import ParamError
 from midipipe.generator import windows as gd
+from midipipe.generator.generate import GenerateParams, chord_prior
 from midipipe.generator.gpt import GPT, GPTConfig
 from midipipe.generator.order import (
     PitchOrder,
@@ -178,3 +179,10 @@ def test_the_interval_prior_biases_pitches_by_their_step_above_the_last(tokenize
     assert not bias[1].any()  # nothing played at the position yet
     with pytest.raises(ValueError, match="interval_prior"):
         SampleConfig(interval_prior=((0.0,) * 128,))  # without ascending
+
+
+def test_the_interval_prior_needs_its_counts(tmp_path):
+    with pytest.raises(ParamError, match="generate.interval_prior"):
+        GenerateParams(interval_prior=-1.0)
+    with pytest.raises(ParamError, match="intervals.json"):
+        chord_prior(tmp_path)  # a bottom-up model from before the file: retrain
