@@ -84,12 +84,15 @@ CHANGES: dict[str, dict] = {
     "input_seed_3": {"generator": {"model": {"condition": "input"}, "train": {"seed": 3}}},
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
+    "no_prior": {"generate": {"interval_prior": 0.0}},
+    "prior_0.5": {"generate": {"interval_prior": 0.5}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
 }
 KEY = {"generator": {"key": "normalise"}}
 EVERY = {"generator": {"model": {"condition": "every_layer"}}}
+PITCH = {"generator": {"note_order": "pitch"}}  # chords bottom-up (generator/order.py)
 EPOCHS_9 = {"generator": {"train": {"epochs": 9}}}  # the cpu profile before issue 15
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -109,6 +112,11 @@ VARIANTS: dict[str, dict] = {
         f"every_layer_{k}": {**v, "generator": merged(v.get("generator", {}), EVERY["generator"])}
         for k, v in CHANGES.items()
         if k not in ("every_layer", "input")
+    },
+    "pitch_order": PITCH,
+    **{
+        f"pitch_order_{k}": {**v, "generator": merged(v.get("generator", {}), PITCH["generator"])}
+        for k, v in CHANGES.items()
     },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
@@ -141,7 +149,10 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     gp_raw = merged(params.section(ROOT / "params.yaml", "generate"), change.get("generate", {}))
     gp = params.build(GenerateParams, {**gp_raw, "pieces_per_composer": pieces}, "generate")
     p = gpt_params(change.get("generator", {}))
-    key = json.dumps(dataclasses.asdict(p), sort_keys=True)  # the resolved params
+    resolved = dataclasses.asdict(p)
+    if resolved["note_order"] == "tokenizer":  # folders of models from before the field
+        del resolved["note_order"]
+    key = json.dumps(resolved, sort_keys=True)  # the resolved params
     model_dir = root / "models" / f"generator_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     out: dict = {"changes": change}
     if not (model_dir / "fit.json").exists():  # written last: else the model is reused

@@ -22,6 +22,7 @@ from midipipe.generator.corpus import read_table, test_pieces_of
 from midipipe.generator.generate import primer_of, sampling_threads
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.keys import primer_keys
+from midipipe.generator.order import trained_order
 from midipipe.generator.sampling import RemiGrammar, SampleConfig, generate, to_midi
 from midipipe.tokens import remi
 
@@ -36,12 +37,14 @@ def _tokenizer_path(opts: GenerateOptions) -> Path:
 def _primer(
     opts: GenerateOptions, composer: str, tokenizer, grammar: RemiGrammar
 ) -> tuple[list[int], str]:
-    """Primer ids (key-normalised, whole piece, when the model was trained so) and where
-    they came from."""
+    """Primer ids (key-normalised and chords bottom-up, whole piece, when the model was
+    trained so) and where they came from."""
     keys = primer_keys(opts.model_dir, tokenizer.vocab)
+    order = trained_order(opts.model_dir, tokenizer.vocab)
 
     def primer(ids, bars, n: int) -> list[int]:
         ids = keys.normalise(np.asarray(ids)) if keys is not None else ids
+        ids = order.sort(np.asarray(ids)) if order is not None else ids
         return primer_of(ids, bars, n, grammar)
 
     if opts.primer:
@@ -85,6 +88,7 @@ def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:
         max_tokens=opts.max_tokens,
         max_bars=opts.max_bars,
         seed=opts.seed,
+        ascending=trained_order(opts.model_dir, tokenizer.vocab) is not None,
     )
     grammar = RemiGrammar(tokenizer)
     primer, source = _primer(opts, name, tokenizer, grammar)

@@ -3,6 +3,7 @@ against real held-out music (`evaluation`)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import eval_corpus, read_table, split_pieces
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.keys import as_trained, primer_keys
+from midipipe.generator.order import (
+    INTERVALS_FILE,
+    in_order,
+    interval_log_probs,
+    trained_order,
+)
 from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import Piece, TokenLists, iter_pieces
@@ -46,6 +53,8 @@ class GenerateParams:
     batch_size: int = 64  # pieces sampled together (one row each)
     device: str = "auto"
     judge_min_ratio: float = 2.0  # judge accuracy / chance on real excerpts for figures to count
+    # weight of the training pieces' chord intervals beside a bottom-up model's logits (0 = off)
+    interval_prior: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pieces_per_composer < 1:
@@ -54,6 +63,8 @@ class GenerateParams:
             )
         if not self.guidance:
             raise ParamError("generate.guidance: give at least one value")
+        if self.interval_prior < 0:
+            raise ParamError(f"generate.interval_prior: must be >= 0, got {self.interval_prior}")
         if self.judge_min_ratio < 1:
             raise ParamError(
                 f"generate.judge_min_ratio: must be >= 1 (chance), got {self.judge_min_ratio}"
@@ -69,7 +80,18 @@ class GenerateParams:
             except ValueError as exc:
                 raise ParamError(f"generate: {exc}") from None
 
-    def sample_config(self, guidance: float, seed: int) -> SampleConfig:
+    def sample_config(
+        self,
+        guidance: float,
+        seed: int,
+        ascending: bool = False,
+        prior: Sequence[Sequence[float]] = (),
+    ) -> SampleConfig:
+        """The sampling settings; `prior`, log P(interval) per composer id of a bottom-up
+        model's training chords, is weighted by `interval_prior` here."""
+        weighted = tuple(
+            tuple(self.interval_prior * x for x in row) for row in prior if self.interval_prior
+        )
         return SampleConfig(
             temperature=self.temperature,
             top_k=self.top_k,
@@ -78,6 +100,8 @@ class GenerateParams:
             guidance=float(guidance),
             max_tokens=self.max_tokens,
             seed=seed,
+            ascending=ascending,
+            interval_prior=weighted,
         )
 
 
@@ -127,11 +151,15 @@ def generate_for_composers(
     gp: GenerateParams,
     out_dir: str | Path,
     primers: dict[int, list[tuple[list[int], list[int]]]] | None = None,
+    ascending: bool = False,
+    prior: Sequence[Sequence[float]] = (),
 ) -> list[Take]:
     """`gp.pieces_per_composer` pieces per (name, id) at every guidance value, written as
     `<composer>_g<guidance>_<k>.mid` (+ .json ids). Take k of every guidance uses the same
     seed (and primer), so guidance values are compared on paired samples. Pieces with the
-    same guidance and primer length are sampled together, `gp.batch_size` at a time."""
+    same guidance and primer length are sampled together, `gp.batch_size` at a time;
+    `ascending` for a model trained with chords bottom-up (`order.py`), `prior` its
+    training chords' log P(interval)."""
     out_dir = Path(out_dir)
     grammar = RemiGrammar(tokenizer)
     groups: dict[tuple[float, int], list[tuple[str, int, int, list[int]]]] = {}
@@ -150,13 +178,23 @@ def generate_for_composers(
     bar = tqdm(total=sum(len(jobs) for _, jobs in batches), desc="generate", unit="piece")
     for g, jobs in batches:
         requests = [Request(cid, primer, gp.seed + 1000 * cid + k) for _, cid, k, primer in jobs]
-        results = generate_batch(model, tokenizer, requests, gp.sample_config(g, gp.seed))
+        cfg = gp.sample_config(g, gp.seed, ascending, prior)
+        results = generate_batch(model, tokenizer, requests, cfg)
         for (name, cid, k, primer), (ids, stats) in zip(jobs, results, strict=True):
             path = to_midi(tokenizer, ids, out_dir / f"{slug(name)}_g{g!r}_{k}.mid")
             takes.append(Take(name, cid, g, k, path, ids, len(primer), stats))
         bar.update(len(jobs))
     bar.close()
     return takes
+
+
+def chord_prior(model_dir: Path) -> list[list[float]]:
+    """log P(interval) per composer id of the chords a bottom-up model was trained on (its
+    `INTERVALS_FILE`)."""
+    path = model_dir / INTERVALS_FILE
+    if not path.exists():
+        raise ParamError(f"generate.interval_prior: {path} is missing (retrain the generator)")
+    return interval_log_probs(json.loads(path.read_text())["counts"])
 
 
 def real_excerpts(pieces: Iterable[Piece], max_tokens: int, per_piece: int) -> list[ev.Piece]:
@@ -195,11 +233,17 @@ def evaluate_generator(
     valid = eval_corpus(tokens_dir, manifest, table, "valid")
     held_out = eval_corpus(tokens_dir, manifest, table, "test").joined(valid)
     keys = primer_keys(model_dir, tokenizer.vocab)  # a key-normalised model: C major primers
+    order = trained_order(model_dir, tokenizer.vocab)  # and chords bottom-up, if so trained
+
+    def as_trained_piece(ids: np.ndarray) -> np.ndarray:
+        ids = keys.normalise(ids) if keys is not None else ids
+        return order.sort(ids) if order is not None else ids
+
     primers = None
     if gp.seed_length:
         primers = {
             cid: [
-                (keys.normalise(i) if keys is not None else i, b)
+                (as_trained_piece(i), b)
                 for i, b, c in zip(
                     held_out.pieces, held_out.bar_starts, held_out.composers, strict=True
                 )
@@ -210,7 +254,14 @@ def evaluate_generator(
     shutil.rmtree(out_dir, ignore_errors=True)  # no stale takes from a larger earlier run
     with sampling_threads(next(model.parameters()).device):
         takes = generate_for_composers(
-            model, tokenizer, composers or [(C.ANY, C.UNCONDITIONAL)], gp, out_dir, primers
+            model,
+            tokenizer,
+            composers or [(C.ANY, C.UNCONDITIONAL)],
+            gp,
+            out_dir,
+            primers,
+            order is not None,
+            chord_prior(model_dir) if order is not None and gp.interval_prior else (),
         )
     generated = [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes]
     real = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)
@@ -233,7 +284,7 @@ def evaluate_generator(
         ),
         **novelty(
             [p.ids for p in generated],
-            list(as_trained([p.ids for p in real], keys)),
-            as_trained(TokenLists(train), keys),
+            list(in_order(as_trained([p.ids for p in real], keys), order)),
+            in_order(as_trained(TokenLists(train), keys), order),
         ),
     }

@@ -13,7 +13,7 @@ pitch range moves an octave back in.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,21 +74,23 @@ class KeyShift:
         return self.transpose(ids, self.shift_of(ids))
 
 
-class Normalised:
-    """Pieces (re-iterable) key-normalised as they are read: what the output of a
-    key-normalised model is compared with for copies (novelty), so a training piece it
-    reproduced in C major still counts."""
+class Mapped:
+    """Pieces (re-iterable) changed by `change` as they are read: what the output of a
+    model trained on changed pieces (key-normalised, chords bottom-up) is compared with for
+    copies (novelty), so a training piece it reproduced in C major still counts."""
 
-    def __init__(self, pieces: Iterable[np.ndarray], keys: KeyShift) -> None:
-        self.pieces, self.keys = pieces, keys
+    def __init__(
+        self, pieces: Iterable[np.ndarray], change: Callable[[np.ndarray], np.ndarray]
+    ) -> None:
+        self.pieces, self.change = pieces, change
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return (self.keys.normalise(p) for p in self.pieces)
+        return (self.change(p) for p in self.pieces)
 
 
 def as_trained(pieces: Iterable[np.ndarray], keys: KeyShift | None) -> Iterable[np.ndarray]:
     """`pieces` as a model with these `primer_keys` saw its training data."""
-    return pieces if keys is None else Normalised(pieces, keys)
+    return pieces if keys is None else Mapped(pieces, keys.normalise)
 
 
 def primer_keys(model_dir: str | Path, vocab: dict[str, int]) -> KeyShift | None:

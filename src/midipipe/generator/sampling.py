@@ -10,8 +10,12 @@ a token sequence miditok decodes without errors: the token-type successions of m
 (Program -1 before PitchDrum and other programs before Pitch; a time signature only right
 after a Bar; notes only after a Position), plus the value rules of `tokens_errors`
 (positions move forward inside the bar's length, no pitch twice at one position and
-program). A `repair` is a step where the model's most likely token broke the grammar, or an
-unfinished note cut off the end.
+program). With `SampleConfig.ascending` (a model trained with `generator.note_order:
+pitch`, chords bottom-up) a pitch must also lie above the pitches already played at its
+position and program, and `SampleConfig.interval_prior` adds to each such pitch's logit
+the log-probability of its interval above the last one there, as counted in the training
+pieces of the row's composer (`order.py`). A `repair` is a step where the model's most
+likely token broke the grammar, or an unfinished note cut off the end.
 
 Everything a token step does after the model runs on tensors on the model's device, for all
 rows at once: the grammar is a table of successor masks indexed by each row's state, the
@@ -67,6 +71,10 @@ class SampleConfig:
     max_bars: int = 0  # most bars in the output, primer included (0 = no limit)
     seed: int = 0
     repetition_window: int = 64
+    ascending: bool = False  # pitches at a position and program only go up (`order.py`)
+    # weighted log P(interval) per composer id (0: all) and semitone 0..127 above the last
+    # pitch at the position and program, added to the logits (with `ascending`; empty = off)
+    interval_prior: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +92,11 @@ class SampleConfig:
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}",
             ),
             (self.max_bars >= 0, f"max_bars must be >= 0 (0 = no limit), got {self.max_bars}"),
+            (
+                not self.interval_prior
+                or (self.ascending and {len(r) for r in self.interval_prior} == {128}),
+                "interval_prior needs ascending and, per composer, one value per semitone 0..127",
+            ),
             (
                 self.repetition_window >= 0,
                 f"repetition_window must be >= 0, got {self.repetition_window}",
@@ -157,6 +170,12 @@ class RemiGrammar:
         keep = [[1] * len(FIELDS) for _ in range(self.n)]
         change = [[0] * len(FIELDS) for _ in range(self.n)]
         is_pitch = [k in self.pitch_kinds for k in self.kind]
+        # Pitch tokens (not drums) from low to high: what `ascending` orders
+        pitches = [i for i in range(self.n) if self.kind[i] == "Pitch"]
+        self.pitch_cols = torch.tensor(
+            sorted(pitches, key=lambda i: int(self.value[i])), dtype=torch.long
+        )
+        self.pitch_midi = torch.tensor([int(self.value[i]) for i in self.pitch_cols.tolist()])
         for i, (k, v) in enumerate(pairs):
             if k in SPECIAL:
                 continue
@@ -230,9 +249,19 @@ class GrammarState:
     """Where each row of a batch stands in the grammar, as tensors on `device`: its fields
     (FIELDS) [n, 11], and for each program and pitch the epoch it was last played in."""
 
-    def __init__(self, grammar: RemiGrammar, n: int, device: torch.device) -> None:
-        for name in ("successors", "succ_forward", "effect", "is_pitch"):
+    def __init__(
+        self, grammar: RemiGrammar, n: int, device: torch.device, ascending: bool = False
+    ) -> None:
+        for name in (
+            "successors",
+            "succ_forward",
+            "effect",
+            "is_pitch",
+            "pitch_cols",
+            "pitch_midi",
+        ):
             setattr(self, name, getattr(grammar, name).to(device))
+        self.ascending = ascending and len(self.pitch_cols) > 0
         v = grammar.n
         self.fields = grammar.initial.to(device).repeat(n, 1)
         # row r's program p is row r * programs + p of `played`
@@ -259,12 +288,31 @@ class GrammarState:
 
     def allowed(self, out: Tensor | None = None) -> Tensor:
         """Bool mask [n, vocab] (into `out` if given): the state's successors, positions
-        forward inside the bar, no pitch twice at a position and program (unless that leaves
-        nothing)."""
+        forward inside the bar, no pitch twice at a position and program, and with
+        `ascending` none below one played there (unless that leaves nothing)."""
         mask = self.succ_forward.index_select(0, self.forward_row)
-        mask &= self.rows.index_select(0, self.played_row) != self.epoch_col
+        here = self.rows.index_select(0, self.played_row)
+        if self.ascending:  # a pitch with one at or above it played here is out
+            now = here == self.epoch_col
+            mask &= ~now
+            played = now.index_select(1, self.pitch_cols).flip(1).cumsum(1).flip(1) > 0
+            mask.index_copy_(1, self.pitch_cols, mask.index_select(1, self.pitch_cols) & ~played)
+        else:
+            mask &= here != self.epoch_col
         succ = self.successors.index_select(0, self.state)
         return torch.where(mask.any(1, keepdim=True), mask, succ, out=out)
+
+    def interval_bias(self, prior: Tensor) -> Tensor:
+        """Float [n, vocab]: each row's `prior` [n, 128] at each pitch's interval above the
+        highest pitch played at its position and program, 0 elsewhere (and where none was)."""
+        here = self.rows.index_select(0, self.played_row) == self.epoch_col
+        now = here.index_select(1, self.pitch_cols)
+        top = torch.where(now, self.pitch_midi, -1).amax(1, keepdim=True)
+        step = self.pitch_midi - top
+        at = prior.gather(1, step.clamp(0, 127))
+        bias = torch.where((top >= 0) & (step > 0), at, 0.0)
+        out = torch.zeros(here.shape, dtype=prior.dtype, device=prior.device)
+        return out.index_copy_(1, self.pitch_cols, bias)
 
     def step(self, tokens: Tensor) -> None:
         """Advance each row by its token [n]; special tokens (PAD for a finished row) change
@@ -339,6 +387,7 @@ class TokenSampler:
         primers: Sequence[Sequence[int]],
         bos: int,
         device: torch.device,
+        composers: Sequence[int] = (),
     ) -> None:
         self.g, self.cfg, self.n = grammar, cfg, len(primers)
         start = [[bos, *p] for p in primers]
@@ -348,12 +397,17 @@ class TokenSampler:
         )
         self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
         self.columns = self.hist.unbind(1)  # views, one per position
-        self.state = GrammarState(grammar, self.n, device)
+        self.state = GrammarState(grammar, self.n, device, cfg.ascending)
         for j in range(1, self.length):
             self.state.step(self.hist[:, j])
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
+        self.prior = None  # each row's composer's interval prior (row 0's without composers)
+        if cfg.interval_prior:
+            rows = torch.tensor(list(composers) or [0] * self.n, device=device)
+            table = torch.tensor(cfg.interval_prior, dtype=torch.float32, device=device)
+            self.prior = table.index_select(0, rows.clamp(0, len(table) - 1))
         self.not_eos = torch.arange(grammar.n, device=device) != grammar.eos
         self.pad = torch.tensor(grammar.pad, device=device)
         self.live = torch.ones(self.n, dtype=torch.bool, device=device)
@@ -394,6 +448,8 @@ class TokenSampler:
         allowed = self.state.allowed(out=self.allowed_at[i])
         if t < cfg.min_tokens:
             allowed &= self.not_eos
+        if self.prior is not None:
+            logits = logits + self.state.interval_bias(self.prior)
         self.logits_at[i].copy_(logits)
         tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t])
         end = self.ends_at[t]
@@ -547,7 +603,7 @@ def generate_batch(
     guided = cfg.guidance != 1.0 and any(ids)
     composers = torch.tensor(ids + [0] * n if guided else ids, device=device)
     gens = [torch.Generator().manual_seed(r.seed) for r in requests]
-    sampler = TokenSampler(grammar, cfg, gens, primers, tokenizer.vocab["BOS_None"], device)
+    sampler = TokenSampler(grammar, cfg, gens, primers, tokenizer.vocab["BOS_None"], device, ids)
     cache = model.new_cache() if use_cache else None
     model.eval()
 

@@ -23,8 +23,9 @@ from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import CONDITIONS, GPT, GPTConfig, save_model
 from midipipe.generator.keys import KEY_MODES, KeyShift
+from midipipe.generator.order import INTERVALS_FILE, NOTE_ORDERS, PitchOrder, chord_intervals
 from midipipe.tokens import remi
-from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, loader
+from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, iter_pieces, loader
 from midipipe.training import distributed as ddp
 from midipipe.training.fit import Fit, fit
 
@@ -83,6 +84,7 @@ class GeneratorParams:
     start_frac: float = 0.25  # P(a training window starts at the piece's BOS)
     label_smoothing: float = 0.1
     key: str = "none"  # none | normalise: train on pieces transposed to C major / A minor
+    note_order: str = "tokenizer"  # tokenizer | pitch: each position's notes by pitch (order.py)
     grad_accum: int = 1  # micro-batches per optimizer step (recomputed: memory of one)
     max_windows: int = 0  # training windows per epoch (0 = as many as the corpus fills)
     eval_windows: int = 0  # validation windows per epoch (0 = all)
@@ -97,6 +99,7 @@ class GeneratorParams:
             (0 <= self.start_frac <= 1, "start_frac", "in [0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.key in KEY_MODES, "key", f"one of {', '.join(KEY_MODES)}"),
+            (self.note_order in NOTE_ORDERS, "note_order", f"one of {', '.join(NOTE_ORDERS)}"),
             (self.grad_accum >= 1, "grad_accum", ">= 1"),
             (self.max_windows >= 0, "max_windows", ">= 0 (0 = no cap)"),
             (self.eval_windows >= 0, "eval_windows", ">= 0 (0 = all)"),
@@ -127,13 +130,22 @@ def build_model(p: GeneratorParams, tokenizer, n_composers: int) -> GPT:
 
 
 def save_generator(
-    model: GPT, out_dir: str | Path, table: dict, tokenizer_json: str | Path, key: str = "none"
+    model: GPT,
+    out_dir: str | Path,
+    table: dict,
+    tokenizer_json: str | Path,
+    key: str = "none",
+    note_order: str = "tokenizer",
+    intervals: list[list[int]] | None = None,
 ):
-    """The GPT plus the composer table, tokenizer and key normalisation it was trained with."""
+    """The GPT plus the composer table, tokenizer, key normalisation and note order it was
+    trained with (and a bottom-up model's chord intervals in its training pieces)."""
     out_dir = Path(out_dir)
     save_model(model, out_dir)
     write_json(out_dir / COMPOSERS_FILE, table)
-    write_json(out_dir / TRAINING_FILE, {"key": key})
+    write_json(out_dir / TRAINING_FILE, {"key": key, "note_order": note_order})
+    if intervals is not None:
+        write_json(out_dir / INTERVALS_FILE, {"counts": intervals})
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
@@ -162,8 +174,17 @@ def train(
     )
     n_windows = gd.total_windows(train_set.length, wcfg)
     keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
+    order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
     if keys is not None:  # validate on what the model is trained for
         valid_set.pieces = [keys.normalise(ids) for ids in valid_set.pieces]
+    intervals = None
+    if order is not None:
+        valid_set.pieces = [order.sort(ids) for ids in valid_set.pieces]
+        pieces = (
+            (keys.normalise(p.ids) if keys is not None else p.ids, p.label)
+            for p in iter_pieces(train_set)
+        )
+        intervals = chord_intervals(pieces, order, table["n_ids"])
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
@@ -176,7 +197,9 @@ def train(
 
     job = Fit(
         model=model,
-        train_batches=lambda epoch, rng: train_stream(train_set, wcfg, n_windows, tp, rng, keys),
+        train_batches=lambda epoch, rng: train_stream(
+            train_set, wcfg, n_windows, tp, rng, keys, order
+        ),
         steps_per_epoch=-(-n_windows // (tp.batch_size * p.grad_accum)),
         sharded=True,
         loss=lambda m, b: gd.loss(m, b, p.label_smoothing),
@@ -197,7 +220,9 @@ def train(
         job,
         tp,
         resume_dir,
-        save_best=lambda m: save_generator(m, out_dir, table, tokenizer_json, p.key),
+        save_best=lambda m: save_generator(
+            m, out_dir, table, tokenizer_json, p.key, p.note_order, intervals
+        ),
         fingerprint={
             "generator": dataclasses.asdict(p),
             "pieces": len(train_set),
@@ -218,11 +243,12 @@ def train_stream(
     tp: TrainParams,
     rng,
     keys: KeyShift | None = None,
+    order: PitchOrder | None = None,
 ) -> DataLoader:
     """This process's share of one epoch's windows, streamed from the token shards."""
     stream = SampleStream(
         index,
-        gd.WindowSampler(cfg, keys),
+        gd.WindowSampler(cfg, keys, order),
         n_windows,
         tp.batch_size,
         epoch_seed(rng),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from midipipe.generator.gpt import GPT
 from midipipe.generator.keys import KeyShift
+from midipipe.generator.order import PitchOrder
 from midipipe.tokens.dataset import Piece, epoch_seed
 
 
@@ -112,10 +113,12 @@ class WindowSampler:
     """The epoch's windows as draws over pieces (`tokens.dataset.Sampler`): a share
     `start_frac` of them openings, any piece alike (kind 1), the rest by the windows a piece
     fills (kind 0). With `keys`, each window is transposed so its piece's key is C major / A
-    minor (`generator.key: normalise`)."""
+    minor (`generator.key: normalise`); with `order`, its chords go bottom-up
+    (`generator.note_order: pitch`)."""
 
     cfg: WindowConfig
     keys: KeyShift | None = None
+    order: PitchOrder | None = None
 
     def plan(self, length: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         counts = window_counts(length, self.cfg.context).astype(np.float64)
@@ -130,10 +133,12 @@ class WindowSampler:
         n_starts = len(piece.ids) + 2 - (cfg.context + 1) + 1  # valid starts of a full window
         start = min(int(start_u * n_starts), n_starts - 1) if n_starts > 1 and not kind else 0
         composer = 0 if drop_u < cfg.composer_dropout else piece.label
-        out = window(piece.ids, start, cfg)
+        ids = piece.ids
         if self.keys is not None:
-            out = self.keys.transpose(out, self.keys.shift_of(piece.ids))
-        return out, composer
+            ids = self.keys.transpose(ids, self.keys.shift_of(ids))
+        if self.order is not None:  # after the transposition, which may fold a note down
+            ids = self.order.sort(ids)
+        return window(ids, start, cfg), composer
 
     def collate(self, samples: list, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         batch = collate([w for w, _ in samples], [c for _, c in samples], self.cfg.pad_id)

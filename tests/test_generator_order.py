@@ -1,0 +1,188 @@
+"""Chords bottom-up (`generator.note_order: pitch`): the training pieces' notes sorted by pitch
+at each position and program, and sampling that only goes up there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import symusic
+import torch
+
+from midipipe.core.errors import ParamError
+from midipipe.generator import windows as gd
+from midipipe.generator.generate import GenerateParams, chord_prior
+from midipipe.generator.gpt import GPT, GPTConfig
+from midipipe.generator.order import (
+    PitchOrder,
+    chord_intervals,
+    in_order,
+    interval_log_probs,
+    trained_order,
+)
+from midipipe.generator.sampling import GrammarState, RemiGrammar, SampleConfig, generate
+from midipipe.generator.train import GeneratorParams, save_generator
+from midipipe.tokens.dataset import Piece
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def chords_score() -> symusic.Score:
+    """Two tracks (piano, strings) with chords whose notes differ in length, so miditok's
+    (duration, pitch) order is not the pitch order."""
+    score = symusic.Score(480)
+    for program, base in ((0, 60), (48, 40)):
+        track = symusic.Track(program=program)
+        for bar in range(4):
+            t = bar * 1920
+            for k, (step, length) in enumerate(((0, 1920), (7, 480), (4, 960), (-5, 240))):
+                track.notes.append(symusic.Note(t, length, base + step + bar, 80 - k))
+        score.tracks.append(track)
+    return score
+
+
+def notes(tokenizer, ids) -> list[tuple]:
+    score = tokenizer.decode([int(i) for i in ids])
+    return sorted(
+        (t.program, n.time, n.pitch, n.duration, n.velocity) for t in score.tracks for n in t.notes
+    )
+
+
+def runs(tokenizer, ids) -> list[list[tuple[int, int]]]:
+    """(program, pitch) of the notes of each position, in token order."""
+    inv = {i: t for t, i in tokenizer.vocab.items()}
+    out, program = [], 0
+    for i in ids:
+        kind, _, value = inv[int(i)].partition("_")
+        if kind in ("Bar", "Position"):
+            out.append([])
+        elif kind == "Program":
+            program = int(value)
+        elif kind == "Pitch" and out:
+            out[-1].append((program, int(value)))
+    return out
+
+
+def bottom_up(run: list[tuple[int, int]]) -> bool:
+    """Whether each program's pitches go up within one position's notes."""
+    return all(
+        (pitches := [p for q, p in run if q == program]) == sorted(pitches)
+        for program in {q for q, _ in run}
+    )
+
+
+def test_sorting_keeps_the_music_and_puts_chords_bottom_up(tokenizer):
+    ids = np.asarray(tokenizer.encode(chords_score()).ids)
+    order = PitchOrder(tokenizer.vocab)
+    out = order.sort(ids)
+    assert sorted(out.tolist()) == sorted(ids.tolist())
+    assert notes(tokenizer, out) == notes(tokenizer, ids)  # the same notes decode
+    assert any(r != sorted(r) for r in runs(tokenizer, ids))  # miditok's order is not pitch's
+    assert all(r == sorted(r) for r in runs(tokenizer, out))
+    assert (order.sort(out) == out).all()
+    assert len(order.sort(ids[:0])) == 0
+
+
+def test_an_unfinished_note_stays_last(tokenizer):
+    ids = np.asarray(tokenizer.encode(chords_score()).ids)
+    inv = {i: t for t, i in tokenizer.vocab.items()}
+    cut = next(k for k in range(len(ids) - 1, 0, -1) if inv[int(ids[k])].startswith("Pitch_"))
+    out = PitchOrder(tokenizer.vocab).sort(ids[: cut + 1])
+    assert out[-1] == ids[cut]
+
+
+def test_training_windows_and_valid_pieces_are_sorted(tokenizer):
+    ids = np.asarray(tokenizer.encode(chords_score()).ids)
+    cfg = gd.WindowConfig.for_tokenizer(tokenizer, len(ids) + 1, start_frac=1.0)
+    order = PitchOrder(tokenizer.vocab)
+    window, _ = gd.WindowSampler(cfg, None, order).sample(
+        Piece(ids, np.zeros(0), 1), 1, np.random.default_rng(0)
+    )
+    assert (window[1 : len(ids) + 1] == order.sort(ids)).all()
+    assert GeneratorParams(note_order="pitch").note_order == "pitch"
+    with pytest.raises(ParamError, match="generator.note_order"):
+        GeneratorParams(note_order="random")
+
+
+def allowed_pitches(tokenizer, tokens: list[str], ascending: bool) -> set[int]:
+    grammar = RemiGrammar(tokenizer)
+    state = GrammarState(grammar, 1, torch.device("cpu"), ascending)
+    for t in tokens:
+        state.step(torch.tensor([tokenizer.vocab[t]]))
+    mask = state.allowed()[0]
+    return {int(grammar.value[i]) for i in mask.nonzero()[:, 0] if grammar.kind[i] == "Pitch"}
+
+
+def test_ascending_allows_only_pitches_above_those_played_at_the_position(tokenizer):
+    note = ["Velocity_79", "Duration_1.0.8"]
+    chord = ["Bar_None", "Position_0", "Program_0", "Pitch_60", *note, "Program_0"]
+    free = allowed_pitches(tokenizer, chord, False)
+    assert 50 in free and 60 not in free  # no pitch twice, else anything
+    assert min(allowed_pitches(tokenizer, chord, True)) == 61
+    other = [*chord[:-1], "Program_48"]  # another program starts its own chord
+    assert 50 in allowed_pitches(tokenizer, other, True)
+    later = [*chord[:-1], "Position_4", "Program_0"]  # and so does the next position
+    assert {50, 60} <= allowed_pitches(tokenizer, later, True)
+
+
+def test_ascending_sampling_writes_chords_bottom_up(tokenizer):
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        vocab_size=len(tokenizer.vocab), n_layer=1, n_head=2, d_model=32, d_ff=64, context=64
+    )
+    model = GPT(cfg).eval()
+    ids, _ = generate(model, tokenizer, 0, cfg=SampleConfig(max_tokens=300, seed=3, ascending=True))
+    assert all(map(bottom_up, runs(tokenizer, ids)))
+    assert tokenizer.tokens_errors(ids) == 0
+
+
+def test_the_model_folder_says_the_note_order(tmp_path, tokenizer):
+    tokenizer_json = tmp_path / "tokenizer.json"
+    tokenizer.save(tokenizer_json)
+    model = GPT(GPTConfig(vocab_size=len(tokenizer.vocab), n_layer=1, d_model=16, n_head=2))
+    save_generator(model, tmp_path / "p", {"n_ids": 2}, tokenizer_json, "none", "pitch")
+    save_generator(model, tmp_path / "t", {"n_ids": 2}, tokenizer_json)
+    assert trained_order(tmp_path / "p", tokenizer.vocab) is not None
+    assert trained_order(tmp_path / "t", tokenizer.vocab) is None
+    (tmp_path / "t" / "training.json").unlink()  # a folder from before the file
+    assert trained_order(tmp_path / "t", tokenizer.vocab) is None
+    pieces = [np.asarray(tokenizer.encode(chords_score()).ids)]
+    assert in_order(pieces, None) is pieces
+    sorted_ = in_order(pieces, PitchOrder(tokenizer.vocab))
+    for _ in range(2):  # re-iterable, as novelty reads the training pieces more than once
+        assert all(r == sorted(r) for p in sorted_ for r in runs(tokenizer, p))
+
+
+def test_chord_intervals_are_counted_upwards_within_a_position_and_program(tokenizer):
+    ids = np.asarray(tokenizer.encode(chords_score()).ids)
+    order = PitchOrder(tokenizer.vocab)
+    counts = chord_intervals([(ids, 1), (ids, 2), (ids, 2)], order, 4)  # sorted first
+    # each chord is -5, 0, +4, +7 around its base: 5, 4 and 3 semitones up, 4 bars x 2 tracks
+    assert {k: c for k, c in enumerate(counts[2]) if c} == {3: 16, 4: 16, 5: 16}
+    assert sum(counts[0]) == 3 * 24 and sum(counts[1]) == 24 and not any(counts[3])
+    logp = np.array(interval_log_probs(counts))
+    assert (logp[:, 4] > logp[:, 2]).all() and np.allclose(np.exp(logp).sum(1), 1, atol=1e-3)
+    assert logp[2, 4] > logp[1, 4] > logp[3, 4]  # more chords, further from the pooled
+
+
+def test_the_interval_prior_biases_pitches_by_their_step_above_the_last(tokenizer):
+    grammar = RemiGrammar(tokenizer)
+    state = GrammarState(grammar, 2, torch.device("cpu"), True)
+    chord = ["Bar_None", "Position_0", "Program_0", "Pitch_60", "Velocity_79", "Duration_1.0.8"]
+    for t in [*chord, "Program_0"]:
+        token = tokenizer.vocab[t]
+        state.step(torch.tensor([token, token if t.startswith(("Bar", "Pos")) else 0]))
+    prior = torch.arange(128, dtype=torch.float32).repeat(2, 1)
+    bias = state.interval_bias(prior)
+    vocab = tokenizer.vocab
+    assert bias[0, vocab["Pitch_64"]] == 4 and bias[0, vocab["Pitch_72"]] == 12
+    assert bias[0, vocab["Pitch_59"]] == 0 and bias[0, vocab["Bar_None"]] == 0
+    assert not bias[1].any()  # nothing played at the position yet
+    with pytest.raises(ValueError, match="interval_prior"):
+        SampleConfig(interval_prior=((0.0,) * 128,))  # without ascending
+
+
+def test_the_interval_prior_needs_its_counts(tmp_path):
+    with pytest.raises(ParamError, match="generate.interval_prior"):
+        GenerateParams(interval_prior=-1.0)
+    with pytest.raises(ParamError, match="intervals.json"):
+        chord_prior(tmp_path)  # a bottom-up model from before the file: retrain
