@@ -3,6 +3,8 @@ at each position and program, and sampling that only goes up there."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import symusic
@@ -10,7 +12,7 @@ import torch
 
 from midipipe.core.errors import ParamError
 from midipipe.generator import windows as gd
-from midipipe.generator.generate import GenerateParams, chord_prior
+from midipipe.generator.generate import GenerateParams, trained_sampling
 from midipipe.generator.gpt import GPT, GPTConfig
 from midipipe.generator.order import (
     PitchOrder,
@@ -181,8 +183,28 @@ def test_the_interval_prior_biases_pitches_by_their_step_above_the_last(tokenize
         SampleConfig(interval_prior=((0.0,) * 128,))  # without ascending
 
 
-def test_the_interval_prior_needs_its_counts(tmp_path):
+def test_the_interval_prior_needs_its_counts(tmp_path, tokenizer):
     with pytest.raises(ParamError, match="generate.interval_prior"):
         GenerateParams(interval_prior=-1.0)
+    assert trained_sampling(tmp_path, tokenizer.vocab, 1.0) == {}  # not a bottom-up model
+    (tmp_path / "training.json").write_text(json.dumps({"note_order": "pitch"}))
+    assert trained_sampling(tmp_path, tokenizer.vocab, 0.0) == {"ascending": True}
     with pytest.raises(ParamError, match="intervals.json"):
-        chord_prior(tmp_path)  # a bottom-up model from before the file: retrain
+        trained_sampling(tmp_path, tokenizer.vocab, 1.0)  # a model from before the file: retrain
+
+
+def test_the_interval_prior_has_a_row_for_every_composer_sampled(tokenizer):
+    cfg = GPTConfig(
+        vocab_size=len(tokenizer.vocab),
+        n_layer=1,
+        n_head=2,
+        d_model=32,
+        d_ff=64,
+        context=64,
+        n_composers=4,
+    )
+    prior = ((0.0,) * 128,) * 2  # the pooled row and composer 1 only
+    sample = SampleConfig(max_tokens=8, ascending=True, interval_prior=prior)
+    generate(GPT(cfg).eval(), tokenizer, 1, cfg=sample)
+    with pytest.raises(ValueError, match="composer id 3"):
+        generate(GPT(cfg).eval(), tokenizer, 3, cfg=sample)

@@ -4,6 +4,7 @@ loads once, on the first request."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from midipipe.data.composers import ANY, composer_id_of
 from midipipe.demo import audio
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE
 from midipipe.generator.corpus import read_table
-from midipipe.generator.generate import sampling_threads
+from midipipe.generator.generate import GenerateParams, sampling_threads, trained_sampling
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.sampling import SampleConfig, generate, to_midi
 from midipipe.tokens import remi
@@ -78,6 +79,8 @@ class Composer:
             raise FileNotFoundError(reason)
         name, cid = composer_id_of(read_table(self.folder / COMPOSERS_FILE), composer)
         model, tokenizer = self._load()
+        trained = trained_sampling(self.folder, tokenizer.vocab, GenerateParams.interval_prior)
+        cfg = dataclasses.replace(cfg, **trained)
         t0 = time.perf_counter()
         with sampling_threads(next(model.parameters()).device):
             ids, stats = generate(model, tokenizer, cid, [], cfg)

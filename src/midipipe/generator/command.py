@@ -19,7 +19,7 @@ from midipipe.data.composers import ANY, composer_id_of
 from midipipe.data.midi import load_score
 from midipipe.generator import COMPOSERS_FILE, TOKENIZER_FILE, GenerateOptions
 from midipipe.generator.corpus import read_table, test_pieces_of
-from midipipe.generator.generate import primer_of, sampling_threads
+from midipipe.generator.generate import primer_of, sampling_threads, trained_sampling
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.keys import primer_keys
 from midipipe.generator.order import trained_order
@@ -88,7 +88,7 @@ def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:
         max_tokens=opts.max_tokens,
         max_bars=opts.max_bars,
         seed=opts.seed,
-        ascending=trained_order(opts.model_dir, tokenizer.vocab) is not None,
+        **trained_sampling(opts.model_dir, tokenizer.vocab, opts.interval_prior),
     )
     grammar = RemiGrammar(tokenizer)
     primer, source = _primer(opts, name, tokenizer, grammar)

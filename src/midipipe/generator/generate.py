@@ -54,7 +54,7 @@ class GenerateParams:
     device: str = "auto"
     judge_min_ratio: float = 2.0  # judge accuracy / chance on real excerpts for figures to count
     # weight of the training pieces' chord intervals beside a bottom-up model's logits (0 = off)
-    interval_prior: float = 0.0
+    interval_prior: float = 1.0
 
     def __post_init__(self) -> None:
         if self.pieces_per_composer < 1:
@@ -81,17 +81,9 @@ class GenerateParams:
                 raise ParamError(f"generate: {exc}") from None
 
     def sample_config(
-        self,
-        guidance: float,
-        seed: int,
-        ascending: bool = False,
-        prior: Sequence[Sequence[float]] = (),
+        self, guidance: float, seed: int, trained: dict | None = None
     ) -> SampleConfig:
-        """The sampling settings; `prior`, log P(interval) per composer id of a bottom-up
-        model's training chords, is weighted by `interval_prior` here."""
-        weighted = tuple(
-            tuple(self.interval_prior * x for x in row) for row in prior if self.interval_prior
-        )
+        """The sampling settings, with those the model's training fixes (`trained_sampling`)."""
         return SampleConfig(
             temperature=self.temperature,
             top_k=self.top_k,
@@ -100,8 +92,7 @@ class GenerateParams:
             guidance=float(guidance),
             max_tokens=self.max_tokens,
             seed=seed,
-            ascending=ascending,
-            interval_prior=weighted,
+            **(trained or {}),
         )
 
 
@@ -151,15 +142,13 @@ def generate_for_composers(
     gp: GenerateParams,
     out_dir: str | Path,
     primers: dict[int, list[tuple[list[int], list[int]]]] | None = None,
-    ascending: bool = False,
-    prior: Sequence[Sequence[float]] = (),
+    trained: dict | None = None,
 ) -> list[Take]:
     """`gp.pieces_per_composer` pieces per (name, id) at every guidance value, written as
     `<composer>_g<guidance>_<k>.mid` (+ .json ids). Take k of every guidance uses the same
     seed (and primer), so guidance values are compared on paired samples. Pieces with the
     same guidance and primer length are sampled together, `gp.batch_size` at a time;
-    `ascending` for a model trained with chords bottom-up (`order.py`), `prior` its
-    training chords' log P(interval)."""
+    `trained`: the sampling settings the model's training fixes (`trained_sampling`)."""
     out_dir = Path(out_dir)
     grammar = RemiGrammar(tokenizer)
     groups: dict[tuple[float, int], list[tuple[str, int, int, list[int]]]] = {}
@@ -178,7 +167,7 @@ def generate_for_composers(
     bar = tqdm(total=sum(len(jobs) for _, jobs in batches), desc="generate", unit="piece")
     for g, jobs in batches:
         requests = [Request(cid, primer, gp.seed + 1000 * cid + k) for _, cid, k, primer in jobs]
-        cfg = gp.sample_config(g, gp.seed, ascending, prior)
+        cfg = gp.sample_config(g, gp.seed, trained)
         results = generate_batch(model, tokenizer, requests, cfg)
         for (name, cid, k, primer), (ids, stats) in zip(jobs, results, strict=True):
             path = to_midi(tokenizer, ids, out_dir / f"{slug(name)}_g{g!r}_{k}.mid")
@@ -188,13 +177,21 @@ def generate_for_composers(
     return takes
 
 
-def chord_prior(model_dir: Path) -> list[list[float]]:
-    """log P(interval) per composer id of the chords a bottom-up model was trained on (its
-    `INTERVALS_FILE`)."""
-    path = model_dir / INTERVALS_FILE
+def trained_sampling(model_dir: str | Path, vocab: dict, interval_prior: float) -> dict:
+    """The `SampleConfig` fields a model's training fixes, so that stage 09, `midipipe
+    generate` and the demo sample one model alike: a bottom-up model (`order.py`) samples each
+    chord ascending, with log P(interval) per composer id of its training chords (its
+    `INTERVALS_FILE`) weighted by `interval_prior`."""
+    if trained_order(model_dir, vocab) is None:
+        return {}
+    path = Path(model_dir) / INTERVALS_FILE
+    if not interval_prior:
+        return {"ascending": True}
     if not path.exists():
         raise ParamError(f"generate.interval_prior: {path} is missing (retrain the generator)")
-    return interval_log_probs(json.loads(path.read_text())["counts"])
+    prior = interval_log_probs(json.loads(path.read_text())["counts"])
+    weighted = tuple(tuple(interval_prior * x for x in row) for row in prior)
+    return {"ascending": True, "interval_prior": weighted}
 
 
 def real_excerpts(pieces: Iterable[Piece], max_tokens: int, per_piece: int) -> list[ev.Piece]:
@@ -260,8 +257,7 @@ def evaluate_generator(
             gp,
             out_dir,
             primers,
-            order is not None,
-            chord_prior(model_dir) if order is not None and gp.interval_prior else (),
+            trained_sampling(model_dir, tokenizer.vocab, gp.interval_prior),
         )
     generated = [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes]
     real = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)

@@ -62,6 +62,7 @@ class PitchOrder:
         is_pitch = inside & (self.pitch[safe] >= 0)
         after_program = np.r_[False, is_program[:-1]]
         starts = ~note | is_program | (is_pitch & ~after_program)
+        starts[0] = True  # ids that open mid-note: the fragment is a unit of its own
         unit = np.cumsum(starts) - 1  # each note, and each other token, is one unit
         segment = np.cumsum(~note)  # notes between two other tokens sort among themselves
         n_units = int(unit[-1]) + 1

@@ -406,8 +406,13 @@ class TokenSampler:
         self.prior = None  # each row's composer's interval prior (row 0's without composers)
         if cfg.interval_prior:
             rows = torch.tensor(list(composers) or [0] * self.n, device=device)
+            if max(composers, default=0) >= len(cfg.interval_prior):
+                raise ValueError(
+                    f"interval_prior has {len(cfg.interval_prior)} composer rows; a row asks "
+                    f"for composer id {max(composers)}"
+                )
             table = torch.tensor(cfg.interval_prior, dtype=torch.float32, device=device)
-            self.prior = table.index_select(0, rows.clamp(0, len(table) - 1))
+            self.prior = table.index_select(0, rows)
         self.not_eos = torch.arange(grammar.n, device=device) != grammar.eos
         self.pad = torch.tensor(grammar.pad, device=device)
         self.live = torch.ones(self.n, dtype=torch.bool, device=device)

@@ -133,12 +133,12 @@ class WindowSampler:
         n_starts = len(piece.ids) + 2 - (cfg.context + 1) + 1  # valid starts of a full window
         start = min(int(start_u * n_starts), n_starts - 1) if n_starts > 1 and not kind else 0
         composer = 0 if drop_u < cfg.composer_dropout else piece.label
-        ids = piece.ids
-        if self.keys is not None:
-            ids = self.keys.transpose(ids, self.keys.shift_of(ids))
-        if self.order is not None:  # after the transposition, which may fold a note down
-            ids = self.order.sort(ids)
-        return window(ids, start, cfg), composer
+        move = self.keys.transpose if self.keys is not None else (lambda ids, _: ids)
+        shift = self.keys.shift_of(piece.ids) if self.keys is not None else 0
+        if self.order is None:  # cut, then transpose the window only
+            return move(window(piece.ids, start, cfg), shift), composer
+        # sorted whole: the transposition may fold a note down, and a window can start mid-note
+        return window(self.order.sort(move(piece.ids, shift)), start, cfg), composer
 
     def collate(self, samples: list, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         batch = collate([w for w, _ in samples], [c for _, c in samples], self.cfg.pad_id)
