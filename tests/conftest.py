@@ -9,6 +9,7 @@ import pytest
 import symusic
 import torch
 
+from midipipe.generator.gpt import GPT, GPTConfig
 from midipipe.tokens.remi import make_tokenizer
 
 # Modules whose shared fixture runs a long chain of subprocesses (the whole DVC DAG): started
@@ -114,3 +115,19 @@ def write_corpus(corpus_dir: Path, pieces: list[tuple[dict, bytes]]) -> list[dic
         out.append({**meta, "shard": shard, "row": row})
     writer.close()
     return out
+
+
+def tiny_model(tokenizer, context: int = 64) -> GPT:
+    """A 2-layer GPT over `tokenizer`'s vocabulary with 4 composer ids, seeded, eval mode."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        vocab_size=len(tokenizer.vocab),
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        d_ff=64,
+        context=context,
+        n_composers=4,
+        dropout=0.0,
+    )
+    return GPT(cfg).eval()

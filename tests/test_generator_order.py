@@ -24,6 +24,7 @@ from midipipe.generator.order import (
 from midipipe.generator.sampling import GrammarState, RemiGrammar, SampleConfig, generate
 from midipipe.generator.train import GeneratorParams, save_generator
 from midipipe.tokens.dataset import Piece
+from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,12 +128,12 @@ def test_ascending_allows_only_pitches_above_those_played_at_the_position(tokeni
 
 
 def test_ascending_sampling_writes_chords_bottom_up(tokenizer):
-    torch.manual_seed(0)
-    cfg = GPTConfig(
-        vocab_size=len(tokenizer.vocab), n_layer=1, n_head=2, d_model=32, d_ff=64, context=64
+    ids, _ = generate(
+        tiny_model(tokenizer),
+        tokenizer,
+        0,
+        cfg=SampleConfig(max_tokens=300, seed=3, ascending=True),
     )
-    model = GPT(cfg).eval()
-    ids, _ = generate(model, tokenizer, 0, cfg=SampleConfig(max_tokens=300, seed=3, ascending=True))
     assert all(map(bottom_up, runs(tokenizer, ids)))
     assert tokenizer.tokens_errors(ids) == 0
 
@@ -194,17 +195,9 @@ def test_the_interval_prior_needs_its_counts(tmp_path, tokenizer):
 
 
 def test_the_interval_prior_has_a_row_for_every_composer_sampled(tokenizer):
-    cfg = GPTConfig(
-        vocab_size=len(tokenizer.vocab),
-        n_layer=1,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
-        context=64,
-        n_composers=4,
-    )
+    model = tiny_model(tokenizer)  # composer ids 0..3
     prior = ((0.0,) * 128,) * 2  # the pooled row and composer 1 only
     sample = SampleConfig(max_tokens=8, ascending=True, interval_prior=prior)
-    generate(GPT(cfg).eval(), tokenizer, 1, cfg=sample)
+    generate(model, tokenizer, 1, cfg=sample)
     with pytest.raises(ValueError, match="composer id 3"):
-        generate(GPT(cfg).eval(), tokenizer, 3, cfg=sample)
+        generate(model, tokenizer, 3, cfg=sample)

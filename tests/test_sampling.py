@@ -10,7 +10,6 @@ import symusic
 import torch
 
 from benchmarks import baseline_sampling as old
-from midipipe.generator.gpt import GPT, GPTConfig
 from midipipe.generator.sampling import (
     GrammarState,
     RemiGrammar,
@@ -20,24 +19,9 @@ from midipipe.generator.sampling import (
     nucleus,
 )
 from midipipe.tokens.remi import encode
-from tests.conftest import build_midi
+from tests.conftest import build_midi, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_model(tokenizer, context: int = 64) -> GPT:
-    torch.manual_seed(0)
-    cfg = GPTConfig(
-        vocab_size=len(tokenizer.vocab),
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
-        context=context,
-        n_composers=4,
-        dropout=0.0,
-    )
-    return GPT(cfg).eval()
 
 
 CONFIGS = {
