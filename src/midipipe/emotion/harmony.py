@@ -44,9 +44,13 @@ _DISSONANT = np.isin(_INTERVAL, (1, 6)).astype(float)
 _PAIRS = (_INTERVAL > 0).astype(float)
 
 
+MAX_BEATS_A_NOTE = 32  # a longer note counts in its first 32 beats (a stray hour-long note)
+
+
 def beat_chroma(score: symusic.Score) -> np.ndarray:
-    """[beats, 12]: quarter-note windows' pitch classes, each note weighted by how long it
-    sounds in the window (in quarters)."""
+    """[beats with a sounding note, 12]: quarter-note windows' pitch classes, each note
+    weighted by how long it sounds in the window (in quarters); beats without a note are left
+    out, so a stray far-off note costs nothing."""
     tpq = score.ticks_per_quarter
     arrays = [t.notes.numpy() for t in score.tracks if not t.is_drum]
     arrays = [a for a in arrays if len(a["time"])]
@@ -55,16 +59,19 @@ def beat_chroma(score: symusic.Score) -> np.ndarray:
     start = np.concatenate([a["time"] for a in arrays]).astype(np.float64) / tpq
     end = start + np.maximum(np.concatenate([a["duration"] for a in arrays]), 1) / tpq
     pc = np.concatenate([a["pitch"] for a in arrays]).astype(np.int64) % 12
-    first = int(start.min())
-    n = int(np.ceil(end.max())) - first
-    out = np.zeros((n, 12))
-    lo = np.floor(start).astype(np.int64) - first
-    span = np.minimum(np.ceil(end).astype(np.int64) - first, n) - lo
-    for k in range(int(span.max())):  # the k-th beat each note touches (notes span a few)
+    lo = np.floor(start).astype(np.int64)
+    span = np.minimum(np.ceil(end).astype(np.int64) - lo, MAX_BEATS_A_NOTE)
+    beats, classes, weights = [], [], []
+    for k in range(int(span.max())):  # the k-th beat each note touches
         live = span > k
         beat = lo[live] + k
-        overlap = np.minimum(end[live] - first, beat + 1) - np.maximum(start[live] - first, beat)
-        np.add.at(out, (beat, pc[live]), np.maximum(overlap, 0.0))
+        overlap = np.minimum(end[live], beat + 1) - np.maximum(start[live], beat)
+        beats.append(beat)
+        classes.append(pc[live])
+        weights.append(np.maximum(overlap, 0.0))
+    occupied, row = np.unique(np.concatenate(beats), return_inverse=True)
+    out = np.zeros((len(occupied), 12))
+    np.add.at(out, (row, np.concatenate(classes)), np.concatenate(weights))
     return out
 
 
