@@ -148,10 +148,15 @@ def predict_quadrants(
     cues = bar_cues(score, bar_grid(score, len(bar_starts)), config["cue_window"])
     hand = mlp = None
     if weight < 1:
-        from midipipe.evaluation.features import LinearModel, piece_features
+        from midipipe.evaluation.features import LinearModel
 
-        feats = np.concatenate([piece_features(score), quadrant.cue_summary(cues)])
-        hand = LinearModel.load(model_dir).predict_proba(feats[None])
+        linear = LinearModel.load(model_dir)
+        if len(linear.mean) != len(quadrant.HANDCRAFTED):
+            raise ValueError(
+                f"the hand-crafted quadrant model in {model_dir} reads {len(linear.mean)} "
+                f"features, this code gives {len(quadrant.HANDCRAFTED)}: re-run stage 07"
+            )
+        hand = linear.predict_proba(quadrant.handcrafted_row(score, cues)[None])
     if weight > 0:
         name = info["input"]
         latents = {}

@@ -28,9 +28,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from midipipe.core.device import seed_everything
+from midipipe.core.errors import BadMidi
 from midipipe.core.io import atomic_path
 from midipipe.core.params import TrainParams
+from midipipe.data.midi import load_score
+from midipipe.emotion.harmony import HARMONY, harmony_features
 from midipipe.emotion.rules import BAR_STATS
+from midipipe.evaluation.features import FEATURES, piece_features
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +230,31 @@ def cue_summary(cues: np.ndarray) -> np.ndarray:
 
 
 CUE_SUMMARY = (*(f"{s}_mean" for s in BAR_STATS), *(f"{s}_std" for s in BAR_STATS))
+# the hand-crafted model's input: `evaluation.features`, the clip's cue summary, and its chord
+# qualities (`harmony`: on EMOPIA they lift it from 0.692 to 0.707 on val, and its out-of-fold
+# accuracy on train from 0.659 to 0.685; README)
+HANDCRAFTED = (*FEATURES, *CUE_SUMMARY, *HARMONY)
+
+
+def handcrafted_row(score, cues: np.ndarray) -> np.ndarray:
+    """[len(HANDCRAFTED)] of one piece from its score and its `rules.bar_cues`."""
+    return np.concatenate([piece_features(score), cue_summary(cues), harmony_features(score)])
+
+
+def handcrafted_matrix(music, cues: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[pieces, len(HANDCRAFTED)] of every piece's MIDI bytes (`music`) and its bars' cues; a
+    piece whose score cannot be read keeps its cue summary and zeros elsewhere (logged)."""
+    from tqdm import tqdm
+
+    out = np.zeros((len(offsets) - 1, len(HANDCRAFTED)), np.float32)
+    for k in tqdm(range(len(out)), desc="hand-crafted features", unit="piece", leave=False):
+        bars = cues[offsets[k] : offsets[k + 1]]
+        try:
+            out[k] = handcrafted_row(load_score(music[k]), bars)
+        except (BadMidi, ValueError) as exc:
+            log.warning("hand-crafted features: piece %d: %s", k, exc)
+            out[k, len(FEATURES) : len(FEATURES) + len(CUE_SUMMARY)] = cue_summary(bars)
+    return out
 
 
 def log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:

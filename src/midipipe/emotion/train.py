@@ -181,10 +181,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     train, held, eval_split = got
     classes = list(quad.QUADRANTS)
     off = bars.offsets
-    summary = np.stack(
-        [quad.cue_summary(bars.cues[off[k] : off[k + 1]]) for k in range(len(off) - 1)]
-    )
-    feats = np.concatenate([hand.feature_matrix(bars.music), summary], 1)
+    feats = quad.handcrafted_matrix(bars.music, bars.cues, off)
     folds = choice_folds(bars, train, p.quadrant.folds)
     choice: dict[tuple[str, float], float] = {}
     pool, weight, c = "linear", 1.0, hand.DEFAULT_C
@@ -214,8 +211,7 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
     info = {"input": p.mlp.input, "piece_std": p.quadrant.piece_std}
     quad.save(heads, io.out, {**info, "served": served, "head_weight": weight, "pool": pool})
-    names = [*hand.FEATURES, *quad.CUE_SUMMARY]
-    linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": names})
+    linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": list(quad.HANDCRAFTED)})
     majority = np.bincount(labels[train], minlength=len(classes)).argmax()
     mlp_p = quad.predict(heads, x, off, held)
     hand_p = linear.predict_proba(feats[held])
