@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import BadMidi
-from midipipe.core.io import iter_matching
+from midipipe.core.io import iter_matching, part_files
 from midipipe.data.midi import load_score
 from midipipe.data.store import Corpus
 from midipipe.emotion.rules import CUE_COLUMNS, BarGrid, RuleParams, bar_cues, bar_grid, combine
@@ -185,7 +185,7 @@ def collect(
     tokens = {
         r["piece_id"]: (r["ids"], r["bar_starts"])
         for r in iter_matching(
-            sorted(Path(tokens_dir).glob("part-*.parquet")),
+            part_files(tokens_dir),
             "piece_id",
             wanted,
             ["piece_id", "ids", "bar_starts"],

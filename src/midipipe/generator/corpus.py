@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from midipipe.core.errors import NothingToLearn
-from midipipe.core.io import iter_matching
+from midipipe.core.io import iter_matching, part_files
 from midipipe.data import composers as C
 from midipipe.data.splits import unit_hash
 from midipipe.tokens.dataset import Piece, SplitIndex, load_pieces, split_index
@@ -146,7 +146,7 @@ def test_pieces_of(
     return [
         (r["ids"], r["bar_starts"])
         for r in iter_matching(
-            sorted(Path(tokens_dir).glob("part-*.parquet")),
+            part_files(tokens_dir),
             "piece_id",
             wanted,
             ["ids", "bar_starts"],
