@@ -52,6 +52,14 @@ def test_major_minor_and_dissonant_chords_are_told_apart():
     assert got[: len(harmony.QUALITIES)].sum() == pytest.approx(1.0)
 
 
+def test_a_bare_third_is_neither_major_nor_minor():
+    thirds = _chords((57, 60), (64, 67), (62, 65))  # A-C, E-G, D-F: a minor key's thirds
+    assert _feature(thirds, "chord_minor_third") + _feature(thirds, "chord_major_third") == (
+        pytest.approx(1.0)
+    )
+    assert _feature(thirds, "major_minor") == 0.0  # before: +1, every third taken for major
+
+
 def test_a_piece_without_pitched_notes_gives_zeros():
     drums = _chords((36, 38), drums=True)
     assert not harmony.harmony_features(drums).any()

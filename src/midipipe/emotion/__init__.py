@@ -151,10 +151,11 @@ def predict_quadrants(
         from midipipe.evaluation.features import LinearModel
 
         linear = LinearModel.load(model_dir)
-        if len(linear.mean) != len(quadrant.HANDCRAFTED):
+        saved = Path(model_dir) / "handcrafted.json"
+        if json.loads(saved.read_text()).get("features") != list(quadrant.HANDCRAFTED):
             raise ValueError(
-                f"the hand-crafted quadrant model in {model_dir} reads {len(linear.mean)} "
-                f"features, this code gives {len(quadrant.HANDCRAFTED)}: re-run stage 07"
+                f"{saved}: its model reads other features than this code's "
+                f"{len(quadrant.HANDCRAFTED)}: re-run stage 07 (`dvc repro train_emotion`)"
             )
         hand = linear.predict_proba(quadrant.handcrafted_row(score, cues)[None])
     if weight > 0:

@@ -4,13 +4,16 @@ dissonance they hold rather than in their key (EMOPIA's weak axis is valence).
 
 Every beat's sounding pitch classes (duration-weighted, drums excluded) are matched to the
 chord templates below in all 12 roots (cosine similarity); a piece gets the share of its beats
-whose best match is each quality, weighted by how many notes sound, and a few summaries.
+whose best match is each quality, each beat weighted by log(1 + its notes' summed duration
+in quarters), and a few summaries. Windows are quarter notes whatever the meter.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import symusic
+
+from midipipe.emotion.rules import note_array
 
 QUALITIES = {
     "major": (0, 4, 7),
@@ -23,6 +26,9 @@ QUALITIES = {
     "minor7": (0, 3, 7, 10),
     "single": (0,),  # a lone pitch class (or octaves): no chord
     "fifth": (0, 7),
+    # a bare third fits a major and a minor triad alike (A-C: F major or A minor): neither side
+    "major_third": (0, 4),
+    "minor_third": (0, 3),
 }
 HARMONY = (
     *(f"chord_{q}" for q in QUALITIES),
@@ -52,13 +58,12 @@ def beat_chroma(score: symusic.Score) -> np.ndarray:
     weighted by how long it sounds in the window (in quarters); beats without a note are left
     out, so a stray far-off note costs nothing."""
     tpq = score.ticks_per_quarter
-    arrays = [t.notes.numpy() for t in score.tracks if not t.is_drum]
-    arrays = [a for a in arrays if len(a["time"])]
-    if not arrays:
+    notes = note_array(score, drums=False)  # time, duration, pitch, velocity
+    if not len(notes):
         return np.zeros((0, 12))
-    start = np.concatenate([a["time"] for a in arrays]).astype(np.float64) / tpq
-    end = start + np.maximum(np.concatenate([a["duration"] for a in arrays]), 1) / tpq
-    pc = np.concatenate([a["pitch"] for a in arrays]).astype(np.int64) % 12
+    start = notes[:, 0] / tpq
+    end = start + np.maximum(notes[:, 1], 1) / tpq
+    pc = notes[:, 2] % 12
     lo = np.floor(start).astype(np.int64)
     span = np.minimum(np.ceil(end).astype(np.int64) - lo, MAX_BEATS_A_NOTE)
     beats, classes, weights = [], [], []

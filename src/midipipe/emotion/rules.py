@@ -115,7 +115,7 @@ def meter_grid(score: symusic.Score) -> MeterGrid:
     zero numerator or denominator, ignored), from the bar of the first onset to the bar of the
     last note end. Raises ValueError without notes or beyond `MAX_BARS` bars."""
     tpq = score.ticks_per_quarter
-    notes = _notes(score)
+    notes = note_array(score)
     if len(notes) == 0:
         raise ValueError("no notes")
     first = float(notes[:, 0].min())
@@ -144,7 +144,8 @@ def meter_grid(score: symusic.Score) -> MeterGrid:
     return MeterGrid(tpq, np.append(starts, min(t + length * (lo + n), cut)))
 
 
-def _notes(score: symusic.Score, drums: bool = True) -> np.ndarray:
+def note_array(score: symusic.Score, drums: bool = True) -> np.ndarray:
+    """[notes, 4] int64 columns time, duration, pitch, velocity of every track (in ticks)."""
     arrays = [t.notes.numpy() for t in score.tracks if drums or not t.is_drum]
     keys = ("time", "duration", "pitch", "velocity")
     if not arrays:
@@ -158,7 +159,7 @@ def bar_grid(score: symusic.Score, n_bars: int | None = None) -> BarGrid:
     tpq = score.ticks_per_quarter
     sig = score.time_signatures[0] if len(score.time_signatures) else None
     quarters = 4 * sig.numerator / sig.denominator if sig else 4.0
-    notes = _notes(score)
+    notes = note_array(score)
     if len(notes) == 0:
         raise ValueError("no notes")
     bar480 = int(MUSETOK_TPQ * quarters)
@@ -202,7 +203,7 @@ class _Placed:
     bounds: np.ndarray  # [n_bars + 1] ticks
     tpq: int
     qpm: np.ndarray  # [n_bars] tempo at each bar start
-    notes: np.ndarray  # every note inside the grid (`_notes` columns) ...
+    notes: np.ndarray  # every note inside the grid (`note_array` columns) ...
     bar: np.ndarray  # ... and its bar
     pitched_all: np.ndarray  # every pitched note (drums excluded), inside the grid or not
     pitched: np.ndarray  # pitched notes inside the grid ...
@@ -224,8 +225,8 @@ def _inside(notes: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _place(score: symusic.Score, grid: BarGrid | MeterGrid, window: int) -> _Placed:
     bounds = grid.bounds()
     n = len(bounds) - 1
-    notes, bar = _inside(_notes(score), bounds)
-    pitched_all = _notes(score, drums=False)
+    notes, bar = _inside(note_array(score), bounds)
+    pitched_all = note_array(score, drums=False)
     pitched, pbar = _inside(pitched_all, bounds)
     hist = np.zeros((n, 12))
     np.add.at(hist, (pbar, pitched[:, 2] % 12), pitched[:, 1].astype(np.float64))

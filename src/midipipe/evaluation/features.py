@@ -22,9 +22,6 @@ import numpy as np
 import symusic
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from midipipe.core.errors import BadMidi
 from midipipe.core.io import atomic_path
@@ -174,7 +171,12 @@ DEFAULT_C = 0.1  # inverse L2 strength when there is nothing to tune it on
 def fit_linear(
     x: np.ndarray, y: np.ndarray, classes: Sequence[str], c: float = DEFAULT_C, seed: int = 0
 ) -> LinearModel:
-    """Class-balanced logistic regression on standardised `x`; y indexes `classes`."""
+    """Class-balanced logistic regression on standardised `x`; y indexes `classes`. sklearn is
+    imported here: the readers of these features (annotate's workers among them) never fit."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     model = LogisticRegression(max_iter=2000, C=c, class_weight="balanced", random_state=seed)
