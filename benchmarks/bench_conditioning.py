@@ -253,8 +253,9 @@ def run_vae(root: Path, pieces: int, args: argparse.Namespace) -> dict:
         pieces_per_composer=pieces,
         top_p=args.vae_top_p or gp.top_p,
         guidance=args.vae_guidance or gp.guidance,
+        prior_scale=gp.prior_scale if args.vae_prior_scale is None else args.vae_prior_scale,
     )
-    sampled = f"{tag}_top_p_{gp.top_p}_g{gp.guidance}"
+    sampled = f"{tag}_top_p_{gp.top_p}_g{gp.guidance}_z{gp.prior_scale}"
     m, _ = evaluate_vae(
         gp,
         model_dir,
@@ -271,6 +272,7 @@ def run_vae(root: Path, pieces: int, args: argparse.Namespace) -> dict:
         "changes": changes,
         "top_p": gp.top_p,
         "guidance": gp.guidance,
+        "prior_scale": gp.prior_scale,
         "steps": trained.get("steps"),
         "train_s": trained["train_s"],
         "valid_recon_ce": trained["best_valid_recon_ce"],
@@ -295,6 +297,7 @@ def main() -> None:
     ap.add_argument("--vae-key", choices=KEY_MODES, help="vae.key (default: params.yaml)")
     ap.add_argument("--vae-set", help="JSON changes to `vae:`, e.g. '{\"label_dropout\": 0.2}'")
     ap.add_argument("--vae-guidance", type=float, help="generate_vae.guidance")
+    ap.add_argument("--vae-prior-scale", type=float, help="generate_vae.prior_scale")
     ap.add_argument(
         "--judge-keys", action="store_true", help="the judge on key-normalised real excerpts"
     )
