@@ -108,11 +108,11 @@ def sample(
     prior_scale: float = 1.0,
 ) -> list[tuple[list[int], dict]]:
     """One piece per label, all decoded as one batch: z from the label's prior component
-    (its std times `prior_scale`), then grammar-masked temperature/top-p decoding until EOS or `cfg.max_tokens`. Piece i
-    draws from its own generator seeded `cfg.seed + i`. With `cfg.guidance` != 1 each piece
-    is also decoded from the same z with label 0 (unconditional) in the same batch, and the
-    logits mixed by the GPT sampler's `mix_guidance`. Returns
-    (ids, stats) per piece."""
+    (its std times `prior_scale`), then grammar-masked temperature/top-p decoding until EOS
+    or `cfg.max_tokens`. Piece i draws from its own generator seeded `cfg.seed + i`. With
+    `cfg.guidance` != 1 each piece is also decoded from the same z with label 0
+    (unconditional) in the same batch, and the logits mixed by the GPT sampler's
+    `mix_guidance`. Returns (ids, stats) per piece."""
     check_vocab(model, tokenizer)
     n_labels = model.config.n_labels
     if any(not 0 <= y < n_labels for y in labels):
@@ -125,7 +125,9 @@ def sample(
     n = len(labels)
     gens = [torch.Generator().manual_seed(cfg.seed + i) for i in range(n)]
     y = torch.tensor(list(labels), dtype=torch.long, device=device)
-    z = torch.stack([model.sample_prior(y[i : i + 1], g, prior_scale)[0] for i, g in enumerate(gens)])
+    z = torch.stack(
+        [model.sample_prior(y[i : i + 1], g, prior_scale)[0] for i, g in enumerate(gens)]
+    )
     guided = cfg.guidance != 1.0 and any(labels)
     if guided:
         z, y = z.repeat(2, 1), torch.cat([y, torch.zeros_like(y)])
