@@ -263,9 +263,11 @@ def run_vae(root: Path, pieces: int, args: argparse.Namespace) -> dict:
         gp,
         pieces_per_composer=pieces,
         top_p=args.vae_top_p or gp.top_p,
+        temperature=args.vae_temperature or gp.temperature,
         guidance=args.vae_guidance or gp.guidance,
+        prior_scale=gp.prior_scale if args.vae_prior_scale is None else args.vae_prior_scale,
     )
-    sampled = f"{tag}_top_p_{gp.top_p}_g{gp.guidance}"
+    sampled = f"{tag}_top_p_{gp.top_p}_t{gp.temperature}_g{gp.guidance}_z{gp.prior_scale}"
     m, _ = evaluate_vae(
         gp,
         model_dir,
@@ -281,7 +283,9 @@ def run_vae(root: Path, pieces: int, args: argparse.Namespace) -> dict:
     return {
         "changes": changes,
         "top_p": gp.top_p,
+        "temperature": gp.temperature,
         "guidance": gp.guidance,
+        "prior_scale": gp.prior_scale,
         "steps": trained.get("steps"),
         "train_s": trained["train_s"],
         "valid_recon_ce": trained["best_valid_recon_ce"],
@@ -302,10 +306,12 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["base"])
     ap.add_argument("--no-vae", action="store_true")
     ap.add_argument("--vae-top-p", type=float, help="generate_vae.top_p (default: params.yaml)")
+    ap.add_argument("--vae-temperature", type=float, help="generate_vae.temperature")
     ap.add_argument("--vae-epochs", type=int, help="vae epochs (default: the profile's)")
     ap.add_argument("--vae-key", choices=KEY_MODES, help="vae.key (default: params.yaml)")
     ap.add_argument("--vae-set", help="JSON changes to `vae:`, e.g. '{\"label_dropout\": 0.2}'")
     ap.add_argument("--vae-guidance", type=float, help="generate_vae.guidance")
+    ap.add_argument("--vae-prior-scale", type=float, help="generate_vae.prior_scale")
     ap.add_argument(
         "--judge-keys", action="store_true", help="the judge on key-normalised real excerpts"
     )

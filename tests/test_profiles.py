@@ -60,7 +60,7 @@ def test_cpu_profile_is_todays_cpu_run():
     ) == (256, 128, 4, 256, 2, 2, 32)
     assert v["architecture"]["layer_norm"] is False
     assert (v["budget"]["max_windows"], v["budget"]["eval_windows"]) == (800, 64)
-    assert (v["train"]["epochs"], v["train"]["batch_size"], v["train"]["lr"]) == (7, 8, 3e-3)
+    assert (v["train"]["epochs"], v["train"]["batch_size"], v["train"]["lr"]) == (9, 8, 3e-3)
 
 
 def resolved_musetok_cpu() -> dict:

@@ -169,6 +169,20 @@ def test_sampling_always_decodes_and_respects_the_length():
     assert [ids for ids, _ in again] == [ids for ids, _ in out]  # seeded
 
 
+def test_prior_scale_0_draws_the_components_mean():
+    model = tiny()
+    labels = torch.tensor([1, 2, 1])
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.sample_prior(labels, g, 0.0), model.prior_mean[labels])
+    drawn = model.sample_prior(labels, torch.Generator().manual_seed(0), 0.5)
+    full = model.sample_prior(labels, torch.Generator().manual_seed(0), 1.0)
+    mean = model.prior_mean[labels]
+    assert torch.allclose(drawn - mean, 0.5 * (full - mean))
+    assert float((full - mean).abs().min()) > 0  # scale 1: the component's own spread
+    with pytest.raises(ParamError, match="generate_vae.prior_scale"):
+        VS.GenerateVAEParams(prior_scale=-1.0)
+
+
 def test_guidance_mixes_the_same_z_with_label_0():
     """Where label 1 reads like label 0, guided logits equal the conditional ones: so guided
     pieces equal unguided pieces exactly only if both streams share z and the cache."""

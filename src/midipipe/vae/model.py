@@ -199,11 +199,14 @@ class LabelVAE(nn.Module):
         pm, plv = self.prior_mean[labels], self.prior_logvar[labels].clamp(-10, 10)
         return 0.5 * (plv - logvar + (logvar.exp() + (mu - pm) ** 2) / plv.exp() - 1)
 
-    def sample_prior(self, labels: Tensor, gen: torch.Generator | None = None) -> Tensor:
-        """z drawn from each label's component, [B, d_latent]."""
+    def sample_prior(
+        self, labels: Tensor, gen: torch.Generator | None = None, scale: float = 1.0
+    ) -> Tensor:
+        """z drawn from each label's component with its std times `scale` (0: the
+        component's mean), [B, d_latent]."""
         eps = torch.randn(len(labels), self.config.d_latent, generator=gen).to(labels.device)
         std = (0.5 * self.prior_logvar[labels].clamp(-10, 10)).exp()
-        return self.prior_mean[labels] + std * eps
+        return self.prior_mean[labels] + scale * std * eps
 
     # -- decoder --------------------------------------------------------------------------
 

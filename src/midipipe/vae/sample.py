@@ -60,6 +60,7 @@ class GenerateVAEParams:
     temperature: float = 1.0
     top_p: float = 0.95
     guidance: float = 1.0  # classifier-free guidance on the decoder's label (1 = off)
+    prior_scale: float = 1.0  # z's std as a share of the component's (0 = its mean)
     max_tokens: int = 0  # new tokens per piece (0 = the model's window)
     seed: int = 1234
     real_chunks_per_piece: int = 4  # real excerpts per piece for the judge and references
@@ -76,6 +77,8 @@ class GenerateVAEParams:
             raise ParamError(
                 f"generate_vae.judge_min_ratio: must be >= 1 (chance), got {self.judge_min_ratio}"
             )
+        if self.prior_scale < 0:
+            raise ParamError(f"generate_vae.prior_scale: must be >= 0, got {self.prior_scale}")
         if self.max_tokens < 0 or self.real_chunks_per_piece < 1:
             raise ParamError("generate_vae.max_tokens must be >= 0 and real_chunks_per_piece >= 1")
         try:
@@ -98,14 +101,18 @@ class GenerateVAEParams:
 
 @torch.inference_mode()
 def sample(
-    model: LabelVAE, tokenizer, labels: Sequence[int], cfg: SampleConfig
+    model: LabelVAE,
+    tokenizer,
+    labels: Sequence[int],
+    cfg: SampleConfig,
+    prior_scale: float = 1.0,
 ) -> list[tuple[list[int], dict]]:
-    """One piece per label, all decoded as one batch: z from the label's prior component,
-    then grammar-masked temperature/top-p decoding until EOS or `cfg.max_tokens`. Piece i
-    draws from its own generator seeded `cfg.seed + i`. With `cfg.guidance` != 1 each piece
-    is also decoded from the same z with label 0 (unconditional) in the same batch, and the
-    logits mixed by the GPT sampler's `mix_guidance`. Returns
-    (ids, stats) per piece."""
+    """One piece per label, all decoded as one batch: z from the label's prior component
+    (its std times `prior_scale`), then grammar-masked temperature/top-p decoding until EOS
+    or `cfg.max_tokens`. Piece i draws from its own generator seeded `cfg.seed + i`. With
+    `cfg.guidance` != 1 each piece is also decoded from the same z with label 0
+    (unconditional) in the same batch, and the logits mixed by the GPT sampler's
+    `mix_guidance`. Returns (ids, stats) per piece."""
     check_vocab(model, tokenizer)
     n_labels = model.config.n_labels
     if any(not 0 <= y < n_labels for y in labels):
@@ -118,7 +125,9 @@ def sample(
     n = len(labels)
     gens = [torch.Generator().manual_seed(cfg.seed + i) for i in range(n)]
     y = torch.tensor(list(labels), dtype=torch.long, device=device)
-    z = torch.stack([model.sample_prior(y[i : i + 1], g)[0] for i, g in enumerate(gens)])
+    z = torch.stack(
+        [model.sample_prior(y[i : i + 1], g, prior_scale)[0] for i, g in enumerate(gens)]
+    )
     guided = cfg.guidance != 1.0 and any(labels)
     if guided:
         z, y = z.repeat(2, 1), torch.cat([y, torch.zeros_like(y)])
@@ -237,7 +246,8 @@ def evaluate_vae(
     stats_all = []
     t0 = time.perf_counter()
     with sampling_threads(next(model.parameters()).device):
-        taken = sample(model, tokenizer, [cid for _, cid, _ in jobs], cfg) if jobs else []
+        labels = [cid for _, cid, _ in jobs]
+        taken = sample(model, tokenizer, labels, cfg, gp.prior_scale) if jobs else []
     log.info("sampled %d pieces in %.1f s", len(taken), time.perf_counter() - t0)
     for (name, cid, k), (ids, stats) in tqdm(
         list(zip(jobs, taken, strict=True)), desc="write MIDI", unit="piece"
@@ -287,6 +297,7 @@ def evaluate_vae(
         "temperature": gp.temperature,
         "top_p": gp.top_p,
         "guidance": gp.guidance,
+        "prior_scale": gp.prior_scale,
         "tokens_mean": float(np.mean(tokens)) if tokens else 0.0,
         "bars_mean": float(np.mean([s["bars"] for s in stats_all])) if stats_all else 0.0,
         "repairs_per_piece": float(np.mean([s["repairs"] for s in stats_all]))
