@@ -84,11 +84,14 @@ CHANGES: dict[str, dict] = {
     "input_seed_3": {"generator": {"model": {"condition": "input"}, "train": {"seed": 3}}},
     "dropout_0.8": {"generator": {"composer_dropout": 0.8}},
     "dropout_0.3": {"generator": {"composer_dropout": 0.3}},
-    "no_prior": {"generate": {"interval_prior": 0.0}},
-    "prior_0.5": {"generate": {"interval_prior": 0.5}},
     "composer_token_seed_7": {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
+}
+# the chord-interval prior acts on a bottom-up model only: its variants exist as pitch_order_*
+PRIOR_CHANGES: dict[str, dict] = {
+    "no_prior": {"generate": {"interval_prior": 0.0}},
+    "prior_0.5": {"generate": {"interval_prior": 0.5}},
 }
 KEY = {"generator": {"key": "normalise"}}
 EVERY = {"generator": {"model": {"condition": "every_layer"}}}
@@ -100,7 +103,7 @@ VARIANTS: dict[str, dict] = {
     "epochs_27": {"generator": {"train": {"epochs": 27}}},
     **CHANGES,
     **{
-        f"epochs_9_{k}": {**v, "generator": {**v.get("generator", {}), **EPOCHS_9["generator"]}}
+        f"epochs_9_{k}": {**v, "generator": merged(v.get("generator", {}), EPOCHS_9["generator"])}
         for k, v in CHANGES.items()
     },
     **{
@@ -116,7 +119,7 @@ VARIANTS: dict[str, dict] = {
     "pitch_order": PITCH,
     **{
         f"pitch_order_{k}": {**v, "generator": merged(v.get("generator", {}), PITCH["generator"])}
-        for k, v in CHANGES.items()
+        for k, v in {**CHANGES, **PRIOR_CHANGES}.items()
     },
 }
 JUDGE_KEYS = ("judge", "judge_composers", "judge_skipped", "chance", "judge_real_acc")
