@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import symusic
 import torch
 from tqdm import tqdm
@@ -22,7 +21,7 @@ from midipipe.generator.corpus import read_table, test_pieces_of
 from midipipe.generator.generate import primer_of, sampling_threads, trained_sampling
 from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.keys import primer_keys
-from midipipe.generator.order import trained_order
+from midipipe.generator.order import as_trained_ids, trained_order
 from midipipe.generator.sampling import RemiGrammar, SampleConfig, generate, to_midi
 from midipipe.tokens import remi
 
@@ -43,9 +42,7 @@ def _primer(
     order = trained_order(opts.model_dir, tokenizer.vocab)
 
     def primer(ids, bars, n: int) -> list[int]:
-        ids = keys.normalise(np.asarray(ids)) if keys is not None else ids
-        ids = order.sort(np.asarray(ids)) if order is not None else ids
-        return primer_of(ids, bars, n, grammar)
+        return primer_of(as_trained_ids(ids, keys, order), bars, n, grammar)
 
     if opts.primer:
         path = Path(opts.primer)

@@ -27,6 +27,7 @@ from midipipe.generator.gpt import GPT, load_model
 from midipipe.generator.keys import as_trained, primer_keys
 from midipipe.generator.order import (
     INTERVALS_FILE,
+    as_trained_ids,
     in_order,
     interval_log_probs,
     trained_order,
@@ -232,15 +233,11 @@ def evaluate_generator(
     keys = primer_keys(model_dir, tokenizer.vocab)  # a key-normalised model: C major primers
     order = trained_order(model_dir, tokenizer.vocab)  # and chords bottom-up, if so trained
 
-    def as_trained_piece(ids: np.ndarray) -> np.ndarray:
-        ids = keys.normalise(ids) if keys is not None else ids
-        return order.sort(ids) if order is not None else ids
-
     primers = None
     if gp.seed_length:
         primers = {
             cid: [
-                (as_trained_piece(i), b)
+                (as_trained_ids(i, keys, order), b)
                 for i, b, c in zip(
                     held_out.pieces, held_out.bar_starts, held_out.composers, strict=True
                 )

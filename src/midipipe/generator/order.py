@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from midipipe.generator import TRAINING_FILE
-from midipipe.generator.keys import Mapped
+from midipipe.generator.keys import KeyShift, Mapped
 
 NOTE_ORDERS = ("tokenizer", "pitch")
 INTERVALS_FILE = "intervals.json"  # a bottom-up model's chord intervals, counted in training
@@ -98,6 +98,14 @@ class PitchOrder:
         same = (seg[1:] == seg[:-1]) & (prog[1:] == prog[:-1])
         steps = (pitch[1:] - pitch[:-1])[same]
         return np.bincount(steps[(steps >= 0) & (steps < 128)], minlength=128)
+
+
+def as_trained_ids(ids, keys: KeyShift | None, order: PitchOrder | None) -> np.ndarray:
+    """One piece as a model with these `primer_keys` and `trained_order` saw its training
+    pieces: key-normalised, then chords bottom-up (primers, validation pieces, chord counts)."""
+    ids = np.asarray(ids)
+    ids = keys.normalise(ids) if keys is not None else ids
+    return order.sort(ids) if order is not None else ids
 
 
 def in_order(pieces: Iterable[np.ndarray], order: PitchOrder | None) -> Iterable[np.ndarray]:

@@ -23,7 +23,13 @@ from midipipe.generator import windows as gd
 from midipipe.generator.corpus import Corpus, read_table, train_and_valid
 from midipipe.generator.gpt import CONDITIONS, GPT, GPTConfig, save_model
 from midipipe.generator.keys import KEY_MODES, KeyShift
-from midipipe.generator.order import INTERVALS_FILE, NOTE_ORDERS, PitchOrder, chord_intervals
+from midipipe.generator.order import (
+    INTERVALS_FILE,
+    NOTE_ORDERS,
+    PitchOrder,
+    as_trained_ids,
+    chord_intervals,
+)
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import SampleStream, SplitIndex, epoch_seed, iter_pieces, loader
 from midipipe.training import distributed as ddp
@@ -175,15 +181,11 @@ def train(
     n_windows = gd.total_windows(train_set.length, wcfg)
     keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
     order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
-    if keys is not None:  # validate on what the model is trained for
-        valid_set.pieces = [keys.normalise(ids) for ids in valid_set.pieces]
+    # validate on what the model is trained for
+    valid_set.pieces = [as_trained_ids(ids, keys, order) for ids in valid_set.pieces]
     intervals = None
     if order is not None:
-        valid_set.pieces = [order.sort(ids) for ids in valid_set.pieces]
-        pieces = (
-            (keys.normalise(p.ids) if keys is not None else p.ids, p.label)
-            for p in iter_pieces(train_set)
-        )
+        pieces = ((as_trained_ids(s.ids, keys, None), s.label) for s in iter_pieces(train_set))
         intervals = chord_intervals(pieces, order, table["n_ids"])
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
