@@ -33,7 +33,7 @@ class GenerateOptions:
     max_tokens: int = 1024
     max_bars: int = 0
     seed: int = 0
-    interval_prior: float = 1.0  # as `generate.interval_prior`: a bottom-up model's chord prior
+    chord_prior: float = 1.0  # as `generate.chord_prior`: the training chords' prior
     model_dir: str = "models/generator"
     tokenizer: str | None = None  # default: the model folder's, else data/tokens/remi's
     primer: str | None = None
