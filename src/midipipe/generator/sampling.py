@@ -431,6 +431,9 @@ class TokenSampler:
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
+        # on CPU (where a check waits for nothing) the chord prior is skipped at steps where
+        # no row may play a pitch (3 of 4 in a note's tokens): it changes nothing there
+        self.skip_chords = device.type == "cpu"
         self.prior = None  # each row's composer's chord prior (row 0's without composers)
         if cfg.chord_prior:
             rows = torch.tensor(list(composers) or [0] * self.n, device=device)
@@ -482,7 +485,11 @@ class TokenSampler:
         allowed = self.state.allowed(out=self.allowed_at[i])
         if t < cfg.min_tokens:
             allowed &= self.not_eos
-        bias = self.state.chord_bias(self.prior) if self.prior is not None else None
+        bias = None
+        if self.prior is not None and (
+            not self.skip_chords or bool(allowed.index_select(1, self.state.pitch_cols).any())
+        ):
+            bias = self.state.chord_bias(self.prior)
         self.logits_at[i].copy_(logits)
         tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t], bias)
         end = self.ends_at[t]
