@@ -10,6 +10,12 @@ position and program, a chord is a walk upwards whose every step is an interval 
 note before; sampling then only allows pitches above the last one at the position
 (`sampling.SampleConfig.ascending`). The order says nothing about the music: the notes
 decode the same.
+
+In either order, stage 08 also counts how far each note of its training pieces lies from the
+nearest pitch before it at its position and program, per composer (`chord_intervals`), and
+sampling adds that log-probability to each pitch's logit (`generate.chord_prior`): in
+miditok's order that alone took the clusters to 0-15% of chord steps and the judged
+conditioning from 0.56 to 0.93 on the embedded corpus (README, "The chord prior").
 """
 
 from __future__ import annotations
