@@ -42,13 +42,19 @@ from midipipe.data import composers  # noqa: E402
 from midipipe.evaluation import generated as ev  # noqa: E402
 from midipipe.evaluation.judge import make_judge  # noqa: E402
 from midipipe.generator import train as gen_train  # noqa: E402
-from midipipe.generator.corpus import eval_corpus, read_table, split_pieces  # noqa: E402
+from midipipe.generator.corpus import (  # noqa: E402
+    eval_corpus,
+    read_table,
+    split_pieces,
+    train_and_valid,
+)
 from midipipe.generator.generate import (  # noqa: E402
     GenerateParams,
     evaluate_generator,
     real_excerpts,
 )
 from midipipe.generator.keys import KEY_MODES, KeyShift  # noqa: E402
+from midipipe.generator.order import INTERVALS_FILE, PitchOrder  # noqa: E402
 from midipipe.tokens import remi  # noqa: E402
 from midipipe.tokens.dataset import iter_pieces  # noqa: E402
 from midipipe.vae import train as vae_train  # noqa: E402
@@ -88,10 +94,10 @@ CHANGES: dict[str, dict] = {
         "generator": {"model": {"composer_token": True}, "train": {"seed": 7}}
     },
 }
-# the chord-interval prior acts on a bottom-up model only: its variants exist as pitch_order_*
+# the weight of the chord prior (`generate.chord_prior`), sampling only
 PRIOR_CHANGES: dict[str, dict] = {
-    "no_prior": {"generate": {"interval_prior": 0.0}},
-    "prior_0.5": {"generate": {"interval_prior": 0.5}},
+    f"{name}": {"generate": {"chord_prior": w}}
+    for name, w in (("no_prior", 0.0), ("prior_0.5", 0.5), ("prior_1", 1.0), ("prior_2", 2.0))
 }
 KEY = {"generator": {"key": "normalise"}}
 EVERY = {"generator": {"model": {"condition": "every_layer"}}}
@@ -102,6 +108,12 @@ VARIANTS: dict[str, dict] = {
     "epochs_9": EPOCHS_9,
     "epochs_27": {"generator": {"train": {"epochs": 27}}},
     **CHANGES,
+    **PRIOR_CHANGES,
+    **{
+        f"seed_{seed}_{k}": {**v, "generator": {"train": {"seed": seed}}}
+        for seed in (7, 3)
+        for k, v in PRIOR_CHANGES.items()
+    },
     **{
         f"epochs_9_{k}": {**v, "generator": merged(v.get("generator", {}), EPOCHS_9["generator"])}
         for k, v in CHANGES.items()
@@ -172,6 +184,8 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
             root / "checkpoints" / "generator",
         )
         write_json(model_dir / "fit.json", {"train_s": round(time.perf_counter() - t0, 1), **fit})
+    if not (model_dir / INTERVALS_FILE).exists():  # a model from before the chord prior
+        write_json(model_dir / INTERVALS_FILE, {"counts": training_chords(root, p)})
     fit = json.loads((model_dir / "fit.json").read_text())
     out.update(train_s=fit["train_s"], best_valid_loss=fit.get("best_valid_loss"))
     t1 = time.perf_counter()
@@ -190,6 +204,17 @@ def run_gpt(root: Path, name: str, pieces: int) -> dict:
     out.update({f"g{float(g)!r}_oa_mean": m.get(f"g{float(g)!r}_oa_mean") for g in gp.guidance})
     out["generate_s"] = round(time.perf_counter() - t1, 1)
     return out
+
+
+def training_chords(root: Path, p: gen_train.GeneratorParams) -> list[list[int]]:
+    """What stage 08 stores beside a model for the chord prior, from the same training split."""
+    data = root / "data"
+    tokenizer = remi.load_tokenizer(data / "tokens" / "remi" / "tokenizer.json")
+    table = read_table(data / "composers.json")
+    train_set, _, _ = train_and_valid(data / "tokens" / "remi", data / "manifest.parquet", table)
+    keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
+    order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
+    return gen_train.training_chords(train_set, keys, order, tokenizer.vocab, table["n_ids"])
 
 
 def judge_keys(root: Path, tokens: int, per_piece: int, seed: int) -> dict:

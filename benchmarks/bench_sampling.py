@@ -10,7 +10,10 @@ mask and state, repetition penalty, top-k/p and the draw, other), from a second 
 timers around those calls; then `forward_us`, one cached step of the module forward (what
 the old path calls) against `GPT.decode_step` (the tensor path's) alone, at 1, 2 and
 2 x `--rows` rows with a full window of keys; and the 1-minute load average at the start and
-the end. Targets: >= 2,000 tokens/s for one stream, >= 6,000 tokens/s for 32 guided rows.
+the end. The `*_chords` cases run the tensor path with stage 09's chord prior
+(`generate.chord_prior`, a table per composer), `chords_cost_*` their tokens/s over the
+same case without it. Targets: >= 2,000 tokens/s for one stream, >= 6,000 tokens/s for 32
+guided rows.
 Shared cores are noisy: runs are interleaved, the best of `--repeats` counts, and beside
 wall-clock tokens/s (`*_tok_s`) the JSON gives tokens per second of the sampling thread's CPU
 time (`*_cpu_tok_s`; the split and `forward_us` are in CPU time too), which time spent
@@ -54,6 +57,7 @@ TIMED = {
     "tensor": {
         (new.GrammarState, "allowed"): "grammar",
         (new.GrammarState, "step"): "grammar",
+        (new.GrammarState, "chord_bias"): "chords",
         (new.TokenSampler, "penalized"): "penalty",
         (new, "choose"): "sample",
     },
@@ -72,9 +76,19 @@ def stage_model(tokenizer) -> GPT:
     return build_model(p, tokenizer, N_COMPOSERS).eval()
 
 
-def sample_config(tokens: int, guidance: float, penalty: float | None) -> SampleConfig:
+def chord_prior() -> tuple[tuple[float, ...], ...]:
+    """A chord prior of the stage's shape, one row per composer id: log P(distance) falling
+    with the distance, as in real chords (its values do not change the time it takes)."""
+    logp = torch.log_softmax(-torch.arange(128.0) / 4, 0).tolist()
+    return (tuple(logp),) * N_COMPOSERS
+
+
+def sample_config(
+    tokens: int, guidance: float, penalty: float | None, chords: bool = False
+) -> SampleConfig:
     _, gp = stage_params()
     return SampleConfig(
+        chord_prior=chord_prior() if chords else (),
         temperature=gp["temperature"],
         top_k=gp["top_k"],
         top_p=gp["top_p"],
@@ -131,7 +145,7 @@ def split(path: str, model: GPT, tokenizer, rows: int, cfg: SampleConfig) -> dic
         t0 = time.thread_time()
         PATHS[path](model, tokenizer, requests, cfg)
         total = time.thread_time() - t0
-    buckets = ("forward", "grammar", "penalty", "sample")
+    buckets = ("forward", "grammar", "chords", "penalty", "sample")
     us = {b: 1e6 * spent[b] / cfg.max_tokens for b in buckets}
     us["other"] = 1e6 * total / cfg.max_tokens - sum(us.values())
     return {k: round(v, 1) for k, v in us.items()}
@@ -165,18 +179,22 @@ def sampling(args: argparse.Namespace) -> dict:
     load0 = os.getloadavg()[0]
     tokenizer = make_tokenizer()
     model = stage_model(tokenizer)
-    cases = {
-        "stream": (1, 1.0),
-        "guided": (1, args.guidance),
-        f"batch{args.rows}_guided": (args.rows, args.guidance),
+    batch = f"batch{args.rows}_guided"
+    cases = {  # rows, guidance, with the chord prior
+        "stream": (1, 1.0, False),
+        "guided": (1, args.guidance, False),
+        batch: (args.rows, args.guidance, False),
+        "stream_chords": (1, 1.0, True),
+        f"{batch}_chords": (args.rows, args.guidance, True),
     }
     for path in PATHS:  # warm-up
         tok_s(path, model, tokenizer, 2, sample_config(16, args.guidance, args.penalty))
     best: dict[str, float] = defaultdict(float)
     for _ in range(args.repeats):
-        for case, (rows, guidance) in cases.items():
-            cfg = sample_config(args.tokens, guidance, args.penalty)
-            for path in PATHS:  # interleaved, so load changes hit both paths alike
+        for case, (rows, guidance, chords) in cases.items():
+            cfg = sample_config(args.tokens, guidance, args.penalty, chords)
+            # interleaved, so load changes hit both paths alike (the baseline has no prior)
+            for path in ("tensor",) if chords else PATHS:
                 wall, cpu = tok_s(path, model, tokenizer, rows, cfg)
                 best[f"{path}_{case}_tok_s"] = max(best[f"{path}_{case}_tok_s"], wall)
                 best[f"{path}_{case}_cpu_tok_s"] = max(best[f"{path}_{case}_cpu_tok_s"], cpu)
@@ -197,18 +215,24 @@ def sampling(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         **{k: round(v, 1) for k, v in best.items()},
     }
-    for case in cases:
+    for case, (_, _, chords) in cases.items():
         for kind in ("tok_s", "cpu_tok_s"):
-            ratio = best[f"tensor_{case}_{kind}"] / best[f"baseline_{case}_{kind}"]
-            out[f"speedup_{case}" + ("_cpu" if kind == "cpu_tok_s" else "")] = round(ratio, 2)
+            tag = "_cpu" if kind == "cpu_tok_s" else ""
+            if chords:
+                plain = best[f"tensor_{case.removesuffix('_chords')}_{kind}"]
+                out[f"chords_cost_{case}{tag}"] = round(best[f"tensor_{case}_{kind}"] / plain, 2)
+            else:
+                ratio = best[f"tensor_{case}_{kind}"] / best[f"baseline_{case}_{kind}"]
+                out[f"speedup_{case}{tag}"] = round(ratio, 2)
     for kind in ("tok_s", "cpu_tok_s"):
         tag = "_cpu" if kind == "cpu_tok_s" else ""
-        out[f"pass_stream_2000{tag}"] = best[f"tensor_stream_{kind}"] >= 2000
-        batch = best[f"tensor_batch{args.rows}_guided_{kind}"]
-        out[f"pass_batch{args.rows}_guided_6000{tag}"] = batch >= 6000
-    for case, (rows, guidance) in cases.items():
-        cfg = sample_config(args.split_tokens, guidance, args.penalty)
-        for path in PATHS:
+        for chords in ("", "_chords"):
+            out[f"pass_stream{chords}_2000{tag}"] = best[f"tensor_stream{chords}_{kind}"] >= 2000
+            rows_s = best[f"tensor_{batch}{chords}_{kind}"]
+            out[f"pass_{batch}{chords}_6000{tag}"] = rows_s >= 6000
+    for case, (rows, guidance, chords) in cases.items():
+        cfg = sample_config(args.split_tokens, guidance, args.penalty, chords)
+        for path in ("tensor",) if chords else PATHS:
             out[f"{path}_{case}_us_per_step"] = split(path, model, tokenizer, rows, cfg)
     out["forward_us"] = {
         f"rows{rows}": forward_us(model, rows, args.repeats) for rows in (1, 2, 2 * args.rows)

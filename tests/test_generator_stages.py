@@ -136,6 +136,10 @@ def test_train_stage_writes_the_contracts(project):
     model_dir = project / "models" / "generator"
     for name in ("model.safetensors", "config.json", "composers.json", "tokenizer.json"):
         assert (model_dir / name).is_file(), name
+    # the chord prior's counts, per composer id (row 0 all pieces), in miditok's order too
+    counts = json.loads((model_dir / "intervals.json").read_text())["counts"]
+    assert len(counts) == 4 and {len(row) for row in counts} == {128}
+    assert sum(counts[0]) >= sum(map(sum, counts[1:])) > 0
     config = json.loads((model_dir / "config.json").read_text())
     assert config["n_composers"] == 4 and config["context"] == 64  # 0, alpha, beta, OTHER
     metrics = json.loads((project / "metrics" / "generator.json").read_text())

@@ -38,7 +38,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
         ("--seed-length", int, "primer tokens (0 = no primer)"),
         ("--max-bars", int, "bars at most, primer included (0 = no limit)"),
         ("--seed", int, "random seed (sampling and primer choice)"),
-        ("--interval-prior", float, "weight of a bottom-up model's chord-interval prior"),
+        ("--chord-prior", float, "weight of the training chords' prior (0 = off)"),
     ):
         dest = flag[2:].replace("-", "_")
         g.add_argument(

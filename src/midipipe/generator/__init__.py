@@ -3,10 +3,11 @@ and scoring (stage 09, `generate`), and the `midipipe generate` command (`cli`, 
 
 A trained generator folder is self-contained: `model.safetensors` + `config.json` (the GPT),
 `composers.json` (names -> conditioning ids, as trained), `tokenizer.json` (the REMI
-vocabulary the ids mean) and `training.json` (what sampling must repeat: `key`, whether
-the pieces were key-normalised, so primers are too), so it can be copied elsewhere and
-still sample. This module is
-imported by the command line, so it holds names only, nothing that loads torch.
+vocabulary the ids mean), `training.json` (what sampling must repeat: `key`, whether the
+pieces were key-normalised, so primers are too, and `note_order`) and `intervals.json` (the
+training chords' counts behind `generate.chord_prior`), so it can be copied elsewhere and
+still sample. This module is imported by the command line, so it holds names only, nothing
+that loads torch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class GenerateOptions:
     max_tokens: int = 1024
     max_bars: int = 0
     seed: int = 0
-    interval_prior: float = 1.0  # as `generate.interval_prior`: a bottom-up model's chord prior
+    chord_prior: float = 1.0  # as `generate.chord_prior`: the training chords' prior
     model_dir: str = "models/generator"
     tokenizer: str | None = None  # default: the model folder's, else data/tokens/remi's
     primer: str | None = None

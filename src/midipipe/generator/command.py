@@ -85,7 +85,7 @@ def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:
         max_tokens=opts.max_tokens,
         max_bars=opts.max_bars,
         seed=opts.seed,
-        **trained_sampling(opts.model_dir, tokenizer.vocab, opts.interval_prior),
+        **trained_sampling(opts.model_dir, tokenizer.vocab, opts.chord_prior),
     )
     grammar = RemiGrammar(tokenizer)
     primer, source = _primer(opts, name, tokenizer, grammar)

@@ -54,8 +54,9 @@ class GenerateParams:
     batch_size: int = 64  # pieces sampled together (one row each)
     device: str = "auto"
     judge_min_ratio: float = 2.0  # judge accuracy / chance on real excerpts for figures to count
-    # weight of the training pieces' chord intervals beside a bottom-up model's logits (0 = off)
-    interval_prior: float = 1.0
+    # weight of log P(distance to the nearest pitch at the position and program | composer),
+    # counted in the training pieces (stage 08), added to the pitch logits (0 = off)
+    chord_prior: float = 1.0
 
     def __post_init__(self) -> None:
         if self.pieces_per_composer < 1:
@@ -64,8 +65,8 @@ class GenerateParams:
             )
         if not self.guidance:
             raise ParamError("generate.guidance: give at least one value")
-        if self.interval_prior < 0:
-            raise ParamError(f"generate.interval_prior: must be >= 0, got {self.interval_prior}")
+        if self.chord_prior < 0:
+            raise ParamError(f"generate.chord_prior: must be >= 0, got {self.chord_prior}")
         if self.judge_min_ratio < 1:
             raise ParamError(
                 f"generate.judge_min_ratio: must be >= 1 (chance), got {self.judge_min_ratio}"
@@ -178,21 +179,22 @@ def generate_for_composers(
     return takes
 
 
-def trained_sampling(model_dir: str | Path, vocab: dict, interval_prior: float) -> dict:
+def trained_sampling(model_dir: str | Path, vocab: dict, chord_prior: float) -> dict:
     """The `SampleConfig` fields a model's training fixes, so that stage 09, `midipipe
     generate` and the demo sample one model alike: a bottom-up model (`order.py`) samples each
-    chord ascending, with log P(interval) per composer id of its training chords (its
-    `INTERVALS_FILE`) weighted by `interval_prior`."""
-    if trained_order(model_dir, vocab) is None:
-        return {}
+    chord ascending, and every model gets log P(distance to the nearest pitch at the
+    position) per composer id of its training chords (its `INTERVALS_FILE`) weighted by
+    `chord_prior`."""
+    out = {"ascending": True} if trained_order(model_dir, vocab) is not None else {}
+    if not chord_prior:
+        return out
     path = Path(model_dir) / INTERVALS_FILE
-    if not interval_prior:
-        return {"ascending": True}
     if not path.exists():
-        raise ParamError(f"generate.interval_prior: {path} is missing (retrain the generator)")
+        raise ParamError(
+            f"generate.chord_prior: {path} is missing (retrain the generator, or set 0)"
+        )
     prior = interval_log_probs(json.loads(path.read_text())["counts"])
-    weighted = tuple(tuple(interval_prior * x for x in row) for row in prior)
-    return {"ascending": True, "interval_prior": weighted}
+    return {**out, "chord_prior": tuple(tuple(chord_prior * x for x in row) for row in prior)}
 
 
 def real_excerpts(pieces: Iterable[Piece], max_tokens: int, per_piece: int) -> list[ev.Piece]:
@@ -254,7 +256,7 @@ def evaluate_generator(
             gp,
             out_dir,
             primers,
-            trained_sampling(model_dir, tokenizer.vocab, gp.interval_prior),
+            trained_sampling(model_dir, tokenizer.vocab, gp.chord_prior),
         )
     generated = [ev.Piece(t.ids[t.n_primer :], t.composer_id, t.guidance, t.stats) for t in takes]
     real = real_excerpts(held_out, gp.max_tokens, gp.real_chunks_per_piece)

@@ -10,6 +10,13 @@ position and program, a chord is a walk upwards whose every step is an interval 
 note before; sampling then only allows pitches above the last one at the position
 (`sampling.SampleConfig.ascending`). The order says nothing about the music: the notes
 decode the same.
+
+In either order, stage 08 also counts how far each note of its training pieces lies from the
+nearest pitch before it at its position and program, per composer (`chord_intervals`), and
+sampling adds that log-probability to each pitch's logit (`generate.chord_prior`): in
+miditok's order that alone took the clusters to 0-15% of chord steps and the judged
+conditioning from 0.56-0.61 to 0.92-0.96 on the embedded corpus over three training seeds
+(README, "The chord prior").
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from midipipe.generator import TRAINING_FILE
 from midipipe.generator.keys import KeyShift, Mapped
 
 NOTE_ORDERS = ("tokenizer", "pitch")
-INTERVALS_FILE = "intervals.json"  # a bottom-up model's chord intervals, counted in training
+INTERVALS_FILE = "intervals.json"  # the chord steps of a model's training pieces (stage 08)
 _NOTE_KINDS = ("Program", "Pitch", "PitchDrum", "Velocity", "Duration")
 
 
@@ -83,9 +90,11 @@ class PitchOrder:
         rank[order] = np.arange(n_units)
         return ids[np.argsort(rank[unit], kind="stable")]
 
-    def intervals(self, ids: np.ndarray) -> np.ndarray:
-        """Counts [128] of the semitones from each pitched note up to the next one at its
-        position and program, in `ids` already sorted (drums left out)."""
+    def nearest_steps(self, ids: np.ndarray) -> np.ndarray:
+        """Counts [128] of the semitones from each pitched note to the nearest pitch before
+        it at its position and program, in `ids` in the order a model trains on (drums left
+        out; a chord's first note counts nothing). Sorted bottom-up, the nearest is the note
+        just below, so this is the chord's steps upwards."""
         ids = np.asarray(ids)
         inside = (ids >= 0) & (ids < len(self.pitch))
         safe = np.where(inside, ids, 0)
@@ -94,10 +103,17 @@ class PitchOrder:
         last = np.maximum.accumulate(np.where(is_program, np.arange(len(ids)), -1))
         program = np.where(last >= 0, self.program[safe[np.maximum(last, 0)]], -1)
         keep = inside & (self.pitch[safe] >= 0) & ~self.drum[safe]
-        pitch, seg, prog = self.pitch[safe[keep]], segment[keep], program[keep]
-        same = (seg[1:] == seg[:-1]) & (prog[1:] == prog[:-1])
-        steps = (pitch[1:] - pitch[:-1])[same]
-        return np.bincount(steps[(steps >= 0) & (steps < 128)], minlength=128)
+        # the notes of one position and program side by side, in token order within them
+        by = np.lexsort((program[keep], segment[keep]))
+        pitch, seg, prog = self.pitch[safe[keep]][by], segment[keep][by], program[keep][by]
+        nearest = np.full(len(pitch), 128)
+        for lag in range(1, len(pitch)):  # the k-th note before, while one is in the chord
+            same = (seg[lag:] == seg[:-lag]) & (prog[lag:] == prog[:-lag])
+            if not same.any():
+                break
+            step = np.where(same, np.abs(pitch[lag:] - pitch[:-lag]), 128)
+            np.minimum(nearest[lag:], step, out=nearest[lag:])
+        return np.bincount(nearest[nearest < 128], minlength=128)
 
 
 def as_trained_ids(ids, keys: KeyShift | None, order: PitchOrder | None) -> np.ndarray:
@@ -124,12 +140,12 @@ def trained_order(model_dir: str | Path, vocab: dict[str, int]) -> PitchOrder | 
 def chord_intervals(
     pieces: Iterable[tuple[np.ndarray, int]], order: PitchOrder, n_ids: int
 ) -> list[list[int]]:
-    """`PitchOrder.intervals` of (ids, composer id) pieces as a model trains on them
-    (key-normalised if so), summed per composer id (row 0: all pieces), streamed: what stage
-    08 stores beside a bottom-up model (`INTERVALS_FILE`)."""
+    """`PitchOrder.nearest_steps` of (ids, composer id) pieces as a model trains on them
+    (`as_trained_ids`), summed per composer id (row 0: all pieces), streamed: what stage 08
+    stores beside the model (`INTERVALS_FILE`) for `generate.chord_prior`."""
     total = np.zeros((n_ids, 128), dtype=np.int64)
     for ids, composer in pieces:
-        counts = order.intervals(order.sort(ids))
+        counts = order.nearest_steps(ids)
         total[0] += counts
         if 0 < composer < n_ids:
             total[composer] += counts
@@ -140,7 +156,7 @@ PRIOR_WEIGHT = 128.0  # pseudo-counts of the pooled intervals in each composer's
 
 
 def interval_log_probs(counts: np.ndarray) -> list[list[float]]:
-    """log P(interval) per composer id and semitone 0..127 from `chord_intervals` counts:
+    """log P(step) per composer id and semitone 0..127 from `chord_intervals` counts:
     row 0 add-one smoothed, the other rows shrunk towards it by `PRIOR_WEIGHT` pseudo-counts
     (a composer with few chords gets about the pooled intervals)."""
     counts = np.asarray(counts, dtype=np.float64)

@@ -12,10 +12,12 @@ after a Bar; notes only after a Position), plus the value rules of `tokens_error
 (positions move forward inside the bar's length, no pitch twice at one position and
 program). With `SampleConfig.ascending` (a model trained with `generator.note_order:
 pitch`, chords bottom-up) a pitch must also lie above the pitches already played at its
-position and program, and `SampleConfig.interval_prior` adds to each such pitch's logit
-the log-probability of its interval above the last one there, as counted in the training
-pieces of the row's composer (`order.py`). A `repair` is a step where the model's most
-likely token broke the grammar, or an unfinished note cut off the end.
+position and program. `SampleConfig.chord_prior` adds to each pitch's logit the
+log-probability, in the training pieces of the row's composer, of its distance in semitones
+to the nearest pitch already played at its position and program (`order.py`; bottom-up,
+the nearest is the one just below: its step up). A `repair` is a step where the model's
+most likely token broke the grammar (the model's logits, before the chord prior), or an
+unfinished note cut off the end.
 
 Everything a token step does after the model runs on tensors on the model's device, for all
 rows at once: the grammar is a table of successor masks indexed by each row's state, the
@@ -72,9 +74,10 @@ class SampleConfig:
     seed: int = 0
     repetition_window: int = 64
     ascending: bool = False  # pitches at a position and program only go up (`order.py`)
-    # weighted log P(interval) per composer id (0: all) and semitone 0..127 above the last
-    # pitch at the position and program, added to the logits (with `ascending`; empty = off)
-    interval_prior: tuple[tuple[float, ...], ...] = ()
+    # weighted log P(distance) per composer id (0: all) and semitone 0..127 from a pitch to
+    # the nearest one played at its position and program, added to the logits after the
+    # repetition penalty (empty = off)
+    chord_prior: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -93,9 +96,8 @@ class SampleConfig:
             ),
             (self.max_bars >= 0, f"max_bars must be >= 0 (0 = no limit), got {self.max_bars}"),
             (
-                not self.interval_prior
-                or (self.ascending and {len(r) for r in self.interval_prior} == {128}),
-                "interval_prior needs ascending and, per composer, one value per semitone 0..127",
+                {len(r) for r in self.chord_prior} <= {128},
+                "chord_prior needs, per composer, one value per semitone 0..127",
             ),
             (
                 self.repetition_window >= 0,
@@ -250,7 +252,12 @@ class GrammarState:
     (FIELDS) [n, 11], and for each program and pitch the epoch it was last played in."""
 
     def __init__(
-        self, grammar: RemiGrammar, n: int, device: torch.device, ascending: bool = False
+        self,
+        grammar: RemiGrammar,
+        n: int,
+        device: torch.device,
+        ascending: bool = False,
+        chords: bool = False,
     ) -> None:
         for name in (
             "successors",
@@ -262,6 +269,12 @@ class GrammarState:
         ):
             setattr(self, name, getattr(grammar, name).to(device))
         self.ascending = ascending and len(self.pitch_cols) > 0
+        # `allowed` keeps the pitches played at each row's position and program (`placed`,
+        # [n, pitches] low to high) for `ascending` and for `chord_bias`
+        self.chords = chords and len(self.pitch_cols) > 0
+        self.placed = torch.zeros(n, len(self.pitch_cols), dtype=torch.bool, device=device)
+        # `chord_bias`'s output: its columns other than pitches stay 0
+        self.bias = torch.zeros(n, grammar.n, device=device) if self.chords else None
         v = grammar.n
         self.fields = grammar.initial.to(device).repeat(n, 1)
         # row r's program p is row r * programs + p of `played`
@@ -289,30 +302,33 @@ class GrammarState:
     def allowed(self, out: Tensor | None = None) -> Tensor:
         """Bool mask [n, vocab] (into `out` if given): the state's successors, positions
         forward inside the bar, no pitch twice at a position and program, and with
-        `ascending` none below one played there (unless that leaves nothing)."""
+        `ascending` none below one played there (unless that leaves nothing). Keeps the
+        pitches played at the position and program in `placed` when `ascending` or `chords`
+        needs them."""
         mask = self.succ_forward.index_select(0, self.forward_row)
         here = self.rows.index_select(0, self.played_row)
-        if self.ascending:  # a pitch with one at or above it played here is out
+        if self.ascending or self.chords:
             now = here == self.epoch_col
             mask &= ~now
-            played = now.index_select(1, self.pitch_cols).flip(1).cumsum(1).flip(1) > 0
-            mask.index_copy_(1, self.pitch_cols, mask.index_select(1, self.pitch_cols) & ~played)
+            torch.index_select(now, 1, self.pitch_cols, out=self.placed)
         else:
             mask &= here != self.epoch_col
+        if self.ascending:  # a pitch with one at or above it played here is out
+            played = self.placed.flip(1).cumsum(1).flip(1) > 0
+            mask.index_copy_(1, self.pitch_cols, mask.index_select(1, self.pitch_cols) & ~played)
         succ = self.successors.index_select(0, self.state)
         return torch.where(mask.any(1, keepdim=True), mask, succ, out=out)
 
-    def interval_bias(self, prior: Tensor) -> Tensor:
-        """Float [n, vocab]: each row's `prior` [n, 128] at each pitch's interval above the
-        highest pitch played at its position and program, 0 elsewhere (and where none was)."""
-        here = self.rows.index_select(0, self.played_row) == self.epoch_col
-        now = here.index_select(1, self.pitch_cols)
-        top = torch.where(now, self.pitch_midi, -1).amax(1, keepdim=True)
-        step = self.pitch_midi - top
-        at = prior.gather(1, step.clamp(0, 127))
-        bias = torch.where((top >= 0) & (step > 0), at, 0.0)
-        out = torch.zeros(here.shape, dtype=prior.dtype, device=prior.device)
-        return out.index_copy_(1, self.pitch_cols, bias)
+    def chord_bias(self, prior: Tensor) -> Tensor:
+        """Float [n, vocab]: each row's `prior` [n, 129] at each pitch's distance in semitones
+        (0..127) to the nearest pitch played at its position and program, at column 128 (0)
+        where none was, 0 for other tokens. Reads `placed`: call it after this step's
+        `allowed`."""
+        midi = self.pitch_midi
+        below = torch.where(self.placed, midi, -FAR).cummax(1).values
+        above = torch.where(self.placed, midi, FAR).flip(1).cummin(1).values.flip(1)
+        distance = torch.minimum(midi - below, above - midi).clamp_(max=NONE_PLACED)
+        return self.bias.index_copy_(1, self.pitch_cols, prior.gather(1, distance))
 
     def step(self, tokens: Tensor) -> None:
         """Advance each row by its token [n]; special tokens (PAD for a finished row) change
@@ -321,6 +337,10 @@ class GrammarState:
         self.fields = torch.addcmul(change, keep, self.fields)
         self.sum_fields(self.fields, self.sums, out=self.index)
         self.played.index_copy_(0, self.flat, self.epoch)
+
+
+FAR = 1 << 10  # a pitch "played" this far away: no pitch was
+NONE_PLACED = 128  # the chord prior's column for "no pitch played at the position" (0)
 
 
 def _sum_fields(fields: Tensor, sums: Tensor, out: Tensor | None = None) -> Tensor:
@@ -332,14 +352,22 @@ def _sum_fields(fields: Tensor, sums: Tensor, out: Tensor | None = None) -> Tens
 
 
 def choose(
-    logits: Tensor, allowed: Tensor, cfg: SampleConfig, penalized: Tensor | None, u: Tensor
+    logits: Tensor,
+    allowed: Tensor,
+    cfg: SampleConfig,
+    penalized: Tensor | None,
+    u: Tensor,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """One token per row of float logits [B, V]: repetition penalty (where the bool
-    `penalized` [B, V] is set), grammar, temperature, top-k/p, then inverse-CDF draws at the
-    uniforms `u` [B, 1] (float64)."""
+    `penalized` [B, V] is set), then the chord prior's `bias` [B, V] added (after the penalty,
+    which scales the model's logit only: a log-prior is not shrunk or grown with it), grammar,
+    temperature, top-k/p, then inverse-CDF draws at the uniforms `u` [B, 1] (float64)."""
     if penalized is not None:
         rp = cfg.repetition_penalty
         logits = torch.where(penalized, torch.where(logits > 0, logits / rp, logits * rp), logits)
+    if bias is not None:
+        logits = logits + bias
     logits = torch.where(allowed, logits, float("-inf"))
     if cfg.temperature != 1.0:
         logits = logits / cfg.temperature
@@ -397,21 +425,25 @@ class TokenSampler:
         )
         self.hist[:, : self.length] = torch.tensor(start, dtype=torch.long, device=device)
         self.columns = self.hist.unbind(1)  # views, one per position
-        self.state = GrammarState(grammar, self.n, device, cfg.ascending)
+        self.state = GrammarState(grammar, self.n, device, cfg.ascending, bool(cfg.chord_prior))
         for j in range(1, self.length):
             self.state.step(self.hist[:, j])
         u = torch.stack([torch.rand(cfg.max_tokens, generator=g) for g in gens], 1)
         self.u = u.double().to(device)[:, :, None].unbind()  # per step [row, 1]
         self.is_pitch = self.state.is_pitch
-        self.prior = None  # each row's composer's interval prior (row 0's without composers)
-        if cfg.interval_prior:
+        # on CPU (where a check waits for nothing) the chord prior is skipped at steps where
+        # no row may play a pitch (3 of 4 in a note's tokens): it changes nothing there
+        self.skip_chords = device.type == "cpu"
+        self.prior = None  # each row's composer's chord prior (row 0's without composers)
+        if cfg.chord_prior:
             rows = torch.tensor(list(composers) or [0] * self.n, device=device)
-            if max(composers, default=0) >= len(cfg.interval_prior):
+            if max(composers, default=0) >= len(cfg.chord_prior):
                 raise ValueError(
-                    f"interval_prior has {len(cfg.interval_prior)} composer rows; a row asks "
+                    f"chord_prior has {len(cfg.chord_prior)} composer rows; a row asks "
                     f"for composer id {max(composers)}"
                 )
-            table = torch.tensor(cfg.interval_prior, dtype=torch.float32, device=device)
+            table = torch.tensor(cfg.chord_prior, dtype=torch.float32, device=device)
+            table = torch.nn.functional.pad(table, (0, 1))  # NONE_PLACED: no bias
             self.prior = table.index_select(0, rows)
         self.not_eos = torch.arange(grammar.n, device=device) != grammar.eos
         self.pad = torch.tensor(grammar.pad, device=device)
@@ -453,10 +485,13 @@ class TokenSampler:
         allowed = self.state.allowed(out=self.allowed_at[i])
         if t < cfg.min_tokens:
             allowed &= self.not_eos
-        if self.prior is not None:
-            logits = logits + self.state.interval_bias(self.prior)
+        bias = None
+        if self.prior is not None and (
+            not self.skip_chords or bool(allowed.index_select(1, self.state.pitch_cols).any())
+        ):
+            bias = self.state.chord_bias(self.prior)
         self.logits_at[i].copy_(logits)
-        tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t])
+        tokens = choose(logits, allowed, cfg, self.penalized(), self.u[t], bias)
         end = self.ends_at[t]
         torch.eq(tokens, g.eos, out=end)
         if cfg.max_bars and g.bar is not None:

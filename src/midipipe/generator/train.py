@@ -145,7 +145,7 @@ def save_generator(
     intervals: list[list[int]] | None = None,
 ):
     """The GPT plus the composer table, tokenizer, key normalisation and note order it was
-    trained with (and a bottom-up model's chord intervals in its training pieces)."""
+    trained with (and the chord steps of its training pieces, `training_chords`)."""
     out_dir = Path(out_dir)
     save_model(model, out_dir)
     write_json(out_dir / COMPOSERS_FILE, table)
@@ -153,6 +153,15 @@ def save_generator(
     if intervals is not None:
         write_json(out_dir / INTERVALS_FILE, {"counts": intervals})
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
+
+
+def training_chords(
+    train_set, keys: KeyShift | None, order: PitchOrder | None, vocab: dict, n_ids: int
+) -> list[list[int]]:
+    """`order.chord_intervals` of the training pieces as the model sees them (key-normalised,
+    chords bottom-up if so trained): the counts behind `generate.chord_prior`."""
+    pieces = ((as_trained_ids(s.ids, keys, order), s.label) for s in iter_pieces(train_set))
+    return chord_intervals(pieces, PitchOrder(vocab), n_ids)
 
 
 def train(
@@ -183,10 +192,7 @@ def train(
     order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
     # validate on what the model is trained for
     valid_set.pieces = [as_trained_ids(ids, keys, order) for ids in valid_set.pieces]
-    intervals = None
-    if order is not None:
-        pieces = ((as_trained_ids(s.ids, keys, None), s.label) for s in iter_pieces(train_set))
-        intervals = chord_intervals(pieces, order, table["n_ids"])
+    intervals = training_chords(train_set, keys, order, tokenizer.vocab, table["n_ids"])
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
