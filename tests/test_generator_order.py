@@ -26,9 +26,11 @@ from midipipe.generator.order import (
 from midipipe.generator.sampling import (
     GrammarState,
     RemiGrammar,
+    Request,
     SampleConfig,
     choose,
     generate,
+    generate_batch,
 )
 from midipipe.generator.train import GeneratorParams, save_generator
 from midipipe.tokens.dataset import Piece
@@ -250,14 +252,34 @@ def test_the_chord_prior_has_a_row_for_every_composer_sampled(tokenizer):
         generate(model, tokenizer, 3, cfg=sample)
 
 
-def test_a_strong_chord_prior_keeps_sampled_chords_apart(tokenizer):
-    """A prior that forbids 1-2 semitones to the nearest note: no sampled cluster."""
-    prior = tuple(tuple(-1e4 if k in (1, 2) else 0.0 for k in range(128)) for _ in range(4))
-    ids, _ = generate(
-        tiny_model(tokenizer), tokenizer, 1, cfg=SampleConfig(max_tokens=300, chord_prior=prior)
-    )
-    steps = PitchOrder(tokenizer.vocab).nearest_steps(np.asarray(ids))
-    assert steps.sum() > 0 and steps[1] == steps[2] == 0
+def test_a_chord_prior_shapes_the_chords_the_model_samples(tokenizer):
+    """With the model's logits flat over the grammar, a prior that allows only a fifth to the
+    nearest placed pitch makes every chord step a fifth; without it they spread out."""
+    model = tiny_model(tokenizer)
+    with torch.no_grad():  # flat logits: every token the grammar allows is equally likely
+        for p in model.parameters():
+            p.zero_()
+    fifth = tuple(tuple(0.0 if k == 7 else -1e4 for k in range(128)) for _ in range(4))
+    order = PitchOrder(tokenizer.vocab)
+    steps = {}
+    for name, prior in (("off", ()), ("fifth", fifth)):
+        cfg = SampleConfig(max_tokens=300, min_tokens=300, chord_prior=prior, top_p=1.0)
+        rows = [Request(1, [], seed) for seed in range(16)]
+        taken = generate_batch(model, tokenizer, rows, cfg)
+        steps[name] = sum(order.nearest_steps(np.asarray(ids)) for ids, _ in taken)
+    assert steps["off"].sum() > 5 and steps["off"][7] < steps["off"].sum()
+    assert steps["fifth"].sum() > 5 and steps["fifth"][7] == steps["fifth"].sum()
+
+
+def test_the_cli_samples_an_old_model_folder_without_the_prior(tmp_path, caplog):
+    """A folder from before `intervals.json`: stage 09 stops, the CLI and demo sample on."""
+    with pytest.raises(ParamError, match="intervals.json"):
+        trained_sampling(tmp_path, {}, 1.0)
+    with caplog.at_level("WARNING"):
+        assert trained_sampling(tmp_path, {}, 1.0, strict=False) == {}
+    assert "without the chord prior" in caplog.text
+    with pytest.raises(ParamError, match="finite weight"):
+        trained_sampling(tmp_path, {}, float("inf"), strict=False)
 
 
 def test_the_defaults_sample_miditok_order_with_the_chord_prior():

@@ -79,7 +79,9 @@ class Composer:
             raise FileNotFoundError(reason)
         name, cid = composer_id_of(read_table(self.folder / COMPOSERS_FILE), composer)
         model, tokenizer = self._load()
-        trained = trained_sampling(self.folder, tokenizer.vocab, GenerateParams.chord_prior)
+        trained = trained_sampling(
+            self.folder, tokenizer.vocab, GenerateParams.chord_prior, strict=False
+        )
         cfg = dataclasses.replace(cfg, **trained)
         t0 = time.perf_counter()
         with sampling_threads(next(model.parameters()).device):

@@ -85,7 +85,7 @@ def _one_take(model: GPT, tokenizer, opts: GenerateOptions, out: Path) -> dict:
         max_tokens=opts.max_tokens,
         max_bars=opts.max_bars,
         seed=opts.seed,
-        **trained_sampling(opts.model_dir, tokenizer.vocab, opts.chord_prior),
+        **trained_sampling(opts.model_dir, tokenizer.vocab, opts.chord_prior, strict=False),
     )
     grammar = RemiGrammar(tokenizer)
     primer, source = _primer(opts, name, tokenizer, grammar)
@@ -124,6 +124,7 @@ SETTABLE = {
     "top_k": int,
     "top_p": float,
     "repetition_penalty": float,
+    "chord_prior": float,
     "max_tokens": int,
     "max_bars": int,
     "seed_length": int,

@@ -4,6 +4,8 @@ against real held-out music (`evaluation`)."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ from midipipe.generator.order import (
 from midipipe.generator.sampling import RemiGrammar, Request, SampleConfig, generate_batch, to_midi
 from midipipe.tokens import remi
 from midipipe.tokens.dataset import Piece, TokenLists, iter_pieces
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,20 +183,28 @@ def generate_for_composers(
     return takes
 
 
-def trained_sampling(model_dir: str | Path, vocab: dict, chord_prior: float) -> dict:
+def trained_sampling(
+    model_dir: str | Path, vocab: dict, chord_prior: float, strict: bool = True
+) -> dict:
     """The `SampleConfig` fields a model's training fixes, so that stage 09, `midipipe
     generate` and the demo sample one model alike: a bottom-up model (`order.py`) samples each
     chord ascending, and every model gets log P(distance to the nearest pitch at the
     position) per composer id of its training chords (its `INTERVALS_FILE`) weighted by
-    `chord_prior`."""
+    `chord_prior`. A model folder without that file (copied from before it existed) is an
+    error for the stage (`strict`) and, for the CLI and demo, sampled without the prior."""
+    if not (math.isfinite(chord_prior) and chord_prior >= 0):
+        raise ParamError(f"generate.chord_prior must be a finite weight >= 0, got {chord_prior}")
     out = {"ascending": True} if trained_order(model_dir, vocab) is not None else {}
     if not chord_prior:
         return out
     path = Path(model_dir) / INTERVALS_FILE
     if not path.exists():
-        raise ParamError(
-            f"generate.chord_prior: {path} is missing (retrain the generator, or set 0)"
-        )
+        if strict:
+            raise ParamError(
+                f"generate.chord_prior: {path} is missing (retrain the generator, or set 0)"
+            )
+        log.warning("%s is missing: sampling without the chord prior (retrain to get it)", path)
+        return out
     prior = interval_log_probs(json.loads(path.read_text())["counts"])
     return {**out, "chord_prior": tuple(tuple(chord_prior * x for x in row) for row in prior)}
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,10 @@ class SampleConfig:
             (
                 {len(r) for r in self.chord_prior} <= {128},
                 "chord_prior needs, per composer, one value per semitone 0..127",
+            ),
+            (
+                all(math.isfinite(x) for r in self.chord_prior for x in r),
+                "chord_prior's log-probabilities must be finite",
             ),
             (
                 self.repetition_window >= 0,
@@ -362,7 +367,8 @@ def choose(
     """One token per row of float logits [B, V]: repetition penalty (where the bool
     `penalized` [B, V] is set), then the chord prior's `bias` [B, V] added (after the penalty,
     which scales the model's logit only: a log-prior is not shrunk or grown with it), grammar,
-    temperature, top-k/p, then inverse-CDF draws at the uniforms `u` [B, 1] (float64)."""
+    temperature (which divides the prior with the logits), top-k/p, then inverse-CDF draws
+    at the uniforms `u` [B, 1] (float64)."""
     if penalized is not None:
         rp = cfg.repetition_penalty
         logits = torch.where(penalized, torch.where(logits > 0, logits / rp, logits * rp), logits)

@@ -192,7 +192,12 @@ def train(
     order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
     # validate on what the model is trained for
     valid_set.pieces = [as_trained_ids(ids, keys, order) for ids in valid_set.pieces]
-    intervals = training_chords(train_set, keys, order, tokenizer.vocab, table["n_ids"])
+    # one pass over the training shards, by the process that writes the model (`save_best`)
+    intervals = (
+        training_chords(train_set, keys, order, tokenizer.vocab, table["n_ids"])
+        if ddp.is_main()
+        else None
+    )
     torch.manual_seed(tp.seed)
     model = build_model(p, tokenizer, table["n_ids"])
 
