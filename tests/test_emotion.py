@@ -38,7 +38,7 @@ from midipipe.emotion.regressor import (
 )
 from midipipe.emotion.rules import RuleParams, bar_grid, estimate
 from midipipe.emotion.targets import TargetParams, measure_targets, piece_target
-from midipipe.emotion.train import train_emotion
+from midipipe.emotion.train import HANDCRAFTED_C, train_emotion
 from midipipe.musetok import checkpoint
 from midipipe.musetok.events import encode_midi
 from midipipe.musetok.latents import LatentWriter
@@ -578,15 +578,56 @@ def test_quadrant_ensemble_averages_heads_of_different_seeds(tmp_path):
 def test_served_probs_pool_linearly_or_in_log_space():
     head = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
     hand = np.array([[0.1, 0.7, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]])
-    assert quadrant.served_probs(1.0, head, None, "log") is head
-    assert quadrant.served_probs(0.0, None, hand, "log") is hand
-    linear = quadrant.served_probs(0.5, head, hand, "linear")
-    np.testing.assert_allclose(linear, (head + hand) / 2)
-    log = quadrant.served_probs(0.5, head, hand, "log")
+    probs = {"mlp": head, "handcrafted": hand}
+    assert quadrant.served_probs({"mlp": 1.0, "handcrafted": 0.0}, probs, "log") is head
+    assert quadrant.served_probs({"mlp": 0.0, "handcrafted": 1.0}, {"handcrafted": hand}) is hand
+    half = {"mlp": 0.5, "handcrafted": 0.5}
+    np.testing.assert_allclose(quadrant.served_probs(half, probs, "linear"), (head + hand) / 2)
+    log = quadrant.served_probs(half, probs, "log")
     geometric = np.sqrt(head * hand)
     np.testing.assert_allclose(log, geometric / geometric.sum(1, keepdims=True), rtol=1e-6)
     # with a uniform head the log pool keeps the hand-crafted model's ranking, flattened
     assert log[1].argmax() == 0 and log[1].max() < hand[1].max()
+    assert quadrant.served_name({"mlp": 0.3, "handcrafted": 0.0, "factorised": 0.7}) == (
+        "mlp+factorised"
+    )
+
+
+def test_factorised_quadrants_are_the_product_of_the_axes():
+    valence, arousal = np.array([0.8, 0.5]), np.array([0.3, 1.0])
+    probs = quadrant.factorised(valence, arousal)
+    # Q1 v+ a+, Q2 v- a+, Q3 v- a-, Q4 v+ a-
+    np.testing.assert_allclose(probs[0], [0.24, 0.06, 0.14, 0.56])
+    np.testing.assert_allclose(probs[1], [0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(probs.sum(1), 1)
+    # its binary accuracies read the axes back
+    got = quadrant.accuracies(probs[:1], np.array([3]))
+    assert got["valence_accuracy"] == 1.0 and got["arousal_accuracy"] == 1.0
+    labels = np.arange(4)
+    assert quadrant.axis_labels(labels, 0).tolist() == [1, 0, 0, 1]
+    assert quadrant.axis_labels(labels, 1).tolist() == [1, 1, 0, 0]
+
+
+def test_mix_weights_cover_the_simplex_and_the_choice_takes_the_best_loglik():
+    two, three = quadrant.mix_weights(2), quadrant.mix_weights(3)
+    assert two[0] == (1.0, 0.0) and two[-1] == (0.0, 1.0) and len(two) == 21
+    assert len(three) == 231 and len(set(three)) == 231  # (20 + 2 choose 2)
+    assert all(abs(sum(w) - 1) < 1e-9 and min(w) >= 0 for w in three)
+    assert quadrant.mix_weights(3, 2) == [
+        (1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5),
+        (0.0, 1.0, 0.0), (0.0, 0.5, 0.5), (0.0, 0.0, 1.0),
+    ]  # fmt: skip
+    labels = np.array([0, 1, 2, 3])
+    right = np.eye(4) * 0.7 + 0.075  # sure of the right quadrant
+    wrong = np.roll(right, 1, axis=1)
+    uniform = np.full((4, 4), 0.25)
+    best = quadrant.choose_mix({"mlp": wrong, "handcrafted": uniform, "factorised": right}, labels)
+    for pool in quadrant.POOLS:
+        assert best[pool][1] == {"mlp": 0.0, "handcrafted": 0.0, "factorised": 1.0}
+        assert best[pool][0] == pytest.approx(np.log(0.775))
+    # without the factorised member the uniform one beats the wrong one
+    best = quadrant.choose_mix({"mlp": wrong, "handcrafted": uniform}, labels)
+    assert best["linear"][1]["handcrafted"] > 0.5
 
 
 def test_choice_folds_keep_songs_together_and_give_up_on_one_quadrant():
@@ -623,16 +664,21 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     for prefix in ("", "handcrafted_", "majority_", "served_"):
         for key in ("quadrant", "valence", "arousal"):
             assert 0 <= metrics[f"{prefix}{key}_accuracy"] <= 1
-    weight, pool = metrics["quadrant_head_weight"], metrics["quadrant_pool"]
-    assert metrics["quadrant_served"] == quadrant.served_name(weight)
-    # the mix is the one with the best out-of-fold log-likelihood on train
+    weights = {m: metrics[f"quadrant_{m}_weight"] for m in quadrant.MEMBERS}
+    assert sum(weights.values()) == pytest.approx(1)
+    assert metrics["quadrant_served"] == quadrant.served_name(weights)
+    # the mix is the one with the best out-of-fold log-likelihood on train, all three
+    # members in it, each scored on the eval split and out of fold
     assert metrics["quadrant_choice_folds"] == 2
-    choice = {
-        (pl, w): metrics[f"quadrant_choice_{pl}_w{w:g}_loglik"]
-        for pl in quadrant.POOLS
-        for w in quadrant.HEAD_WEIGHTS
-    }
-    assert (pool, weight) == max(choice, key=choice.get)
+    pool = metrics["quadrant_pool"]
+    choice = {pl: metrics[f"quadrant_choice_{pl}_loglik"] for pl in quadrant.POOLS}
+    assert pool == max(choice, key=choice.get)
+    assert metrics["quadrant_oof_served_loglik"] == pytest.approx(choice[pool], abs=1e-6)
+    for m in quadrant.MEMBERS:
+        assert metrics["quadrant_oof_served_loglik"] >= metrics[f"quadrant_oof_{m}_loglik"] - 1e-6
+    for key in ("quadrant", "valence", "arousal"):
+        assert 0 <= metrics[f"factorised_{key}_accuracy"] <= 1
+    assert metrics["factorised_valence_c"] in HANDCRAFTED_C
     assert metrics["quadrant_seeds"] == 2
     low, mean, high = (metrics[f"quadrant_member_accuracy_{s}"] for s in ("min", "mean", "max"))
     assert 0 <= low <= mean <= high <= 1
