@@ -608,6 +608,17 @@ def test_factorised_quadrants_are_the_product_of_the_axes():
     assert quadrant.axis_labels(labels, 1).tolist() == [1, 1, 0, 0]
 
 
+def test_factorised_member_needs_both_sides_of_each_axis_in_every_fold():
+    from midipipe.emotion.train import axes_split
+
+    folds = [(np.arange(0, 8), np.arange(8, 12)), (np.arange(4, 12), np.arange(0, 4))]
+    assert axes_split(np.arange(12) % 4, folds)
+    # Q1 and Q2 only: arousal is high everywhere, no binary arousal model can be fitted
+    assert not axes_split(np.arange(12) % 2, folds)
+    # every quadrant in train, but one fold fits on Q1 and Q4 only (valence positive)
+    assert not axes_split(np.array([0, 3] * 4 + [1, 2] * 2), folds)
+
+
 def test_mix_weights_cover_the_simplex_and_the_choice_takes_the_best_loglik():
     two, three = quadrant.mix_weights(2), quadrant.mix_weights(3)
     assert two[0] == (1.0, 0.0) and two[-1] == (0.0, 1.0) and len(two) == 21
