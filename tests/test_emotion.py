@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from midipipe.core.errors import ParamError
 from midipipe.core.io import write_rows
 from midipipe.core.params import TrainParams, build, load, merged_train, section
+from midipipe.data.midi import load_score
 from midipipe.data.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
 from midipipe.emotion import (
     EmotionParams,
@@ -702,6 +703,28 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     main(["emotion", str(paths[0]), "--model-dir", str(folder), "--musetok-dir", "none"])
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("quadrant  Q1 ") and f"({metrics['quadrant_served']})" in line
+    # the factorised member served alone: the product of the saved valence and arousal models
+    config = json.loads((folder / "quadrant.json").read_text())
+    alone = {"mlp": 0.0, "handcrafted": 0.0, "factorised": 1.0}
+    (folder / "quadrant.json").write_text(json.dumps({**config, "weights": alone}))
+    from midipipe.evaluation.features import LinearModel
+
+    score = load_score(paths[0].read_bytes())
+    window = json.loads((folder / "config.json").read_text())["cue_window"]
+    grid = bar_grid(score, len(encode_midi(paths[0].read_bytes())[1]))
+    cues = rules.bar_cues(score, grid, window)
+    row = quadrant.handcrafted_row(score, cues)[None]
+    valence = LinearModel.load(folder / "valence")  # sure of positive valence: axes apart
+    valence.intercept = valence.intercept + np.array([-2.0, 2.0])
+    valence.save(folder / "valence", {"features": list(quadrant.HANDCRAFTED)})
+    sides = [LinearModel.load(folder / a).predict_proba(row)[:, 1] for a in quadrant.AXES]
+    got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")["probabilities"]
+    np.testing.assert_allclose(list(got.values()), quadrant.factorised(*sides)[0], rtol=1e-5)
+    # a model saved before the member weights names itself instead of failing on a key
+    del config["weights"]
+    (folder / "quadrant.json").write_text(json.dumps({**config, "head_weight": 0.5}))
+    with pytest.raises(ValueError, match="re-run stage 07"):
+        predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
 
 
 def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch):

@@ -139,11 +139,12 @@ def predict_quadrants(
         return None
     model_dir = Path(model_dir)
     info = json.loads((model_dir / "quadrant.json").read_text())
-    # stage 07 before the factorised member saved the head's weight beside the 4-way model's
-    weights = info.get("weights") or {
-        "mlp": info["head_weight"],
-        "handcrafted": 1 - info["head_weight"],
-    }
+    if "weights" not in info:  # saved before the factorised member: one head weight
+        raise ValueError(
+            f"{model_dir / 'quadrant.json'} predates the served mix's member weights: re-run "
+            "stage 07 (`dvc repro train_emotion`)"
+        )
+    weights = info["weights"]
     data = path if isinstance(path, bytes) else Path(path).read_bytes()
     score = load_score(data)
     from midipipe.musetok.events import encode_score
