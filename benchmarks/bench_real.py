@@ -167,7 +167,7 @@ def run_emopia(
     keys = [  # the per-weight choice scores stay in the metrics file
         k
         for k in m
-        if (k.endswith("_accuracy") or k.startswith(("quadrant_", "handcrafted_c")))
+        if (k.endswith("_accuracy") or k.startswith(("quadrant_", "handcrafted_c", "factorised_")))
         and not k.endswith("_loglik")
     ]
     return {

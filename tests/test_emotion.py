@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from midipipe.core.errors import ParamError
 from midipipe.core.io import write_rows
 from midipipe.core.params import TrainParams, build, load, merged_train, section
+from midipipe.data.midi import load_score
 from midipipe.data.organize import BAR_VA_SCHEMA, MANIFEST_SCHEMA
 from midipipe.emotion import (
     EmotionParams,
@@ -38,7 +39,7 @@ from midipipe.emotion.regressor import (
 )
 from midipipe.emotion.rules import RuleParams, bar_grid, estimate
 from midipipe.emotion.targets import TargetParams, measure_targets, piece_target
-from midipipe.emotion.train import train_emotion
+from midipipe.emotion.train import HANDCRAFTED_C, train_emotion
 from midipipe.musetok import checkpoint
 from midipipe.musetok.events import encode_midi
 from midipipe.musetok.latents import LatentWriter
@@ -578,15 +579,67 @@ def test_quadrant_ensemble_averages_heads_of_different_seeds(tmp_path):
 def test_served_probs_pool_linearly_or_in_log_space():
     head = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
     hand = np.array([[0.1, 0.7, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]])
-    assert quadrant.served_probs(1.0, head, None, "log") is head
-    assert quadrant.served_probs(0.0, None, hand, "log") is hand
-    linear = quadrant.served_probs(0.5, head, hand, "linear")
-    np.testing.assert_allclose(linear, (head + hand) / 2)
-    log = quadrant.served_probs(0.5, head, hand, "log")
+    probs = {"mlp": head, "handcrafted": hand}
+    assert quadrant.served_probs({"mlp": 1.0, "handcrafted": 0.0}, probs, "log") is head
+    assert quadrant.served_probs({"mlp": 0.0, "handcrafted": 1.0}, {"handcrafted": hand}) is hand
+    half = {"mlp": 0.5, "handcrafted": 0.5}
+    np.testing.assert_allclose(quadrant.served_probs(half, probs, "linear"), (head + hand) / 2)
+    log = quadrant.served_probs(half, probs, "log")
     geometric = np.sqrt(head * hand)
     np.testing.assert_allclose(log, geometric / geometric.sum(1, keepdims=True), rtol=1e-6)
     # with a uniform head the log pool keeps the hand-crafted model's ranking, flattened
     assert log[1].argmax() == 0 and log[1].max() < hand[1].max()
+    assert quadrant.served_name({"mlp": 0.3, "handcrafted": 0.0, "factorised": 0.7}) == (
+        "mlp+factorised"
+    )
+
+
+def test_factorised_quadrants_are_the_product_of_the_axes():
+    valence, arousal = np.array([0.8, 0.5]), np.array([0.3, 1.0])
+    probs = quadrant.factorised(valence, arousal)
+    # Q1 v+ a+, Q2 v- a+, Q3 v- a-, Q4 v+ a-
+    np.testing.assert_allclose(probs[0], [0.24, 0.06, 0.14, 0.56])
+    np.testing.assert_allclose(probs[1], [0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(probs.sum(1), 1)
+    # its binary accuracies read the axes back
+    got = quadrant.accuracies(probs[:1], np.array([3]))
+    assert got["valence_accuracy"] == 1.0 and got["arousal_accuracy"] == 1.0
+    labels = np.arange(4)
+    assert quadrant.axis_labels(labels, 0).tolist() == [1, 0, 0, 1]
+    assert quadrant.axis_labels(labels, 1).tolist() == [1, 1, 0, 0]
+
+
+def test_factorised_member_needs_both_sides_of_each_axis_in_every_fold():
+    from midipipe.emotion.train import axes_split
+
+    folds = [(np.arange(0, 8), np.arange(8, 12)), (np.arange(4, 12), np.arange(0, 4))]
+    assert axes_split(np.arange(12) % 4, folds)
+    # Q1 and Q2 only: arousal is high everywhere, no binary arousal model can be fitted
+    assert not axes_split(np.arange(12) % 2, folds)
+    # every quadrant in train, but one fold fits on Q1 and Q4 only (valence positive)
+    assert not axes_split(np.array([0, 3] * 4 + [1, 2] * 2), folds)
+
+
+def test_mix_weights_cover_the_simplex_and_the_choice_takes_the_best_loglik():
+    two, three = quadrant.mix_weights(2), quadrant.mix_weights(3)
+    assert two[0] == (1.0, 0.0) and two[-1] == (0.0, 1.0) and len(two) == 21
+    assert len(three) == 231 and len(set(three)) == 231  # (20 + 2 choose 2)
+    assert all(abs(sum(w) - 1) < 1e-9 and min(w) >= 0 for w in three)
+    assert quadrant.mix_weights(3, 2) == [
+        (1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5),
+        (0.0, 1.0, 0.0), (0.0, 0.5, 0.5), (0.0, 0.0, 1.0),
+    ]  # fmt: skip
+    labels = np.array([0, 1, 2, 3])
+    right = np.eye(4) * 0.7 + 0.075  # sure of the right quadrant
+    wrong = np.roll(right, 1, axis=1)
+    uniform = np.full((4, 4), 0.25)
+    best = quadrant.choose_mix({"mlp": wrong, "handcrafted": uniform, "factorised": right}, labels)
+    for pool in quadrant.POOLS:
+        assert best[pool][1] == {"mlp": 0.0, "handcrafted": 0.0, "factorised": 1.0}
+        assert best[pool][0] == pytest.approx(np.log(0.775))
+    # without the factorised member the uniform one beats the wrong one
+    best = quadrant.choose_mix({"mlp": wrong, "handcrafted": uniform}, labels)
+    assert best["linear"][1]["handcrafted"] > 0.5
 
 
 def test_choice_folds_keep_songs_together_and_give_up_on_one_quadrant():
@@ -623,16 +676,21 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     for prefix in ("", "handcrafted_", "majority_", "served_"):
         for key in ("quadrant", "valence", "arousal"):
             assert 0 <= metrics[f"{prefix}{key}_accuracy"] <= 1
-    weight, pool = metrics["quadrant_head_weight"], metrics["quadrant_pool"]
-    assert metrics["quadrant_served"] == quadrant.served_name(weight)
-    # the mix is the one with the best out-of-fold log-likelihood on train
+    weights = {m: metrics[f"quadrant_{m}_weight"] for m in quadrant.MEMBERS}
+    assert sum(weights.values()) == pytest.approx(1)
+    assert metrics["quadrant_served"] == quadrant.served_name(weights)
+    # the mix is the one with the best out-of-fold log-likelihood on train, all three
+    # members in it, each scored on the eval split and out of fold
     assert metrics["quadrant_choice_folds"] == 2
-    choice = {
-        (pl, w): metrics[f"quadrant_choice_{pl}_w{w:g}_loglik"]
-        for pl in quadrant.POOLS
-        for w in quadrant.HEAD_WEIGHTS
-    }
-    assert (pool, weight) == max(choice, key=choice.get)
+    pool = metrics["quadrant_pool"]
+    choice = {pl: metrics[f"quadrant_choice_{pl}_loglik"] for pl in quadrant.POOLS}
+    assert pool == max(choice, key=choice.get)
+    assert metrics["quadrant_oof_served_loglik"] == pytest.approx(choice[pool], abs=1e-6)
+    for m in quadrant.MEMBERS:
+        assert metrics["quadrant_oof_served_loglik"] >= metrics[f"quadrant_oof_{m}_loglik"] - 1e-6
+    for key in ("quadrant", "valence", "arousal"):
+        assert 0 <= metrics[f"factorised_{key}_accuracy"] <= 1
+    assert metrics["factorised_valence_c"] in HANDCRAFTED_C
     assert metrics["quadrant_seeds"] == 2
     low, mean, high = (metrics[f"quadrant_member_accuracy_{s}"] for s in ("min", "mean", "max"))
     assert 0 <= low <= mean <= high <= 1
@@ -645,6 +703,28 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     main(["emotion", str(paths[0]), "--model-dir", str(folder), "--musetok-dir", "none"])
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("quadrant  Q1 ") and f"({metrics['quadrant_served']})" in line
+    # the factorised member served alone: the product of the saved valence and arousal models
+    config = json.loads((folder / "quadrant.json").read_text())
+    alone = {"mlp": 0.0, "handcrafted": 0.0, "factorised": 1.0}
+    (folder / "quadrant.json").write_text(json.dumps({**config, "weights": alone}))
+    from midipipe.evaluation.features import LinearModel
+
+    score = load_score(paths[0].read_bytes())
+    window = json.loads((folder / "config.json").read_text())["cue_window"]
+    grid = bar_grid(score, len(encode_midi(paths[0].read_bytes())[1]))
+    cues = rules.bar_cues(score, grid, window)
+    row = quadrant.handcrafted_row(score, cues)[None]
+    valence = LinearModel.load(folder / "valence")  # sure of positive valence: axes apart
+    valence.intercept = valence.intercept + np.array([-2.0, 2.0])
+    valence.save(folder / "valence", {"features": list(quadrant.HANDCRAFTED)})
+    sides = [LinearModel.load(folder / a).predict_proba(row)[:, 1] for a in quadrant.AXES]
+    got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")["probabilities"]
+    np.testing.assert_allclose(list(got.values()), quadrant.factorised(*sides)[0], rtol=1e-5)
+    # a model saved before the member weights names itself instead of failing on a key
+    del config["weights"]
+    (folder / "quadrant.json").write_text(json.dumps({**config, "head_weight": 0.5}))
+    with pytest.raises(ValueError, match="re-run stage 07"):
+        predict_quadrants(paths[0], folder, tmp_path / "no-musetok")
 
 
 def test_quadrant_head_steps_aside_without_quadrant_labels(tmp_path, monkeypatch):

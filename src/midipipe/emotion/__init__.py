@@ -130,46 +130,60 @@ def predict_quadrants(
     musetok_dir: str | Path = "models/musetok",
 ) -> dict | None:
     """`{"served": ..., "probabilities": {Q1..Q4: p}}` of one MIDI file from the model stage 07
-    serves (the quadrant head, the hand-crafted model, or their mix with the weight stage 07
-    chose), or None without one."""
+    serves (the quadrant heads, the hand-crafted 4-way model, the factorised valence x arousal
+    one, or their mix with the weights stage 07 chose), or None without one."""
     from midipipe.emotion import quadrant
 
     head = quadrant.load(model_dir)
     if head is None:
         return None
-    info = json.loads((Path(model_dir) / "quadrant.json").read_text())
-    weight = info["head_weight"]
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / "quadrant.json").read_text())
+    if "weights" not in info:  # saved before the factorised member: one head weight
+        raise ValueError(
+            f"{model_dir / 'quadrant.json'} predates the served mix's member weights: re-run "
+            "stage 07 (`dvc repro train_emotion`)"
+        )
+    weights = info["weights"]
     data = path if isinstance(path, bytes) else Path(path).read_bytes()
     score = load_score(data)
     from midipipe.musetok.events import encode_score
 
     ids, bar_starts = encode_score(score, data)  # the bars stage 07 measured the cues on
-    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
     cues = bar_cues(score, bar_grid(score, len(bar_starts)), config["cue_window"])
-    hand = mlp = None
-    if weight < 1:
+    probs: dict[str, np.ndarray] = {}
+    if weights.get("handcrafted", 0) > 0 or weights.get("factorised", 0) > 0:
         from midipipe.evaluation.features import LinearModel
 
-        linear = LinearModel.load(model_dir)
-        saved = Path(model_dir) / "handcrafted.json"
-        if json.loads(saved.read_text()).get("features") != list(quadrant.HANDCRAFTED):
-            raise ValueError(
-                f"{saved}: its model reads other features than this code's "
-                f"{len(quadrant.HANDCRAFTED)}: re-run stage 07 (`dvc repro train_emotion`)"
-            )
-        hand = linear.predict_proba(quadrant.handcrafted_row(score, cues)[None])
-    if weight > 0:
+        row = quadrant.handcrafted_row(score, cues)[None]
+
+        def linear(folder: Path) -> LinearModel:
+            saved = folder / "handcrafted.json"
+            if json.loads(saved.read_text()).get("features") != list(quadrant.HANDCRAFTED):
+                raise ValueError(
+                    f"{saved}: its model reads other features than this code's "
+                    f"{len(quadrant.HANDCRAFTED)}: re-run stage 07 (`dvc repro train_emotion`)"
+                )
+            return LinearModel.load(folder)
+
+        if weights.get("handcrafted", 0) > 0:
+            probs["handcrafted"] = linear(model_dir).predict_proba(row)
+        if weights.get("factorised", 0) > 0:
+            sides = [linear(model_dir / a).predict_proba(row)[:, 1] for a in quadrant.AXES]
+            probs["factorised"] = quadrant.factorised(*sides)
+    if weights.get("mlp", 0) > 0:
         name = info["input"]
         latents = {}
         if regressor.latent_of(name) is not None:
             latents, _ = regressor.encode_inputs(musetok_dir, [(ids, bar_starts)])
         x = regressor.assemble(name, latents, cues if regressor.reads_cues(name) else None)
         x = quadrant.head_input(x, name, info["piece_std"])
-        mlp = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
-    probs = quadrant.served_probs(weight, mlp, hand, info.get("pool", "linear"))[0]
+        probs["mlp"] = quadrant.predict(head, x, np.array([0, len(x)]), np.array([0]))
+    served = quadrant.served_probs(weights, probs, info.get("pool", "linear"))[0]
     return {
         "served": info["served"],
-        "probabilities": {q: float(v) for q, v in zip(quadrant.QUADRANTS, probs, strict=True)},
+        "probabilities": {q: float(v) for q, v in zip(quadrant.QUADRANTS, served, strict=True)},
     }
 
 

@@ -138,10 +138,10 @@ def choice_folds(bars: Bars, train: np.ndarray, folds: int) -> list | None:
     return None if any(len(set(labels[a])) < 2 for a, _ in split) else split
 
 
-def out_of_fold(folds: list, fit_predict, n: int) -> np.ndarray:
-    """[n, 4] probabilities of each train piece from a model fitted without its fold:
+def out_of_fold(folds: list, fit_predict, n: int, width: int = len(quad.QUADRANTS)) -> np.ndarray:
+    """[n, width] probabilities of each train piece from a model fitted without its fold:
     `fit_predict(fold, fit_idx, held_idx)` gives the held pieces'."""
-    out = np.zeros((n, len(quad.QUADRANTS)), np.float32)
+    out = np.zeros((n, width), np.float32)
     for i, (a, b) in enumerate(folds):
         out[b] = fit_predict(i, a, b)
     return out
@@ -150,29 +150,43 @@ def out_of_fold(folds: list, fit_predict, n: int) -> np.ndarray:
 HANDCRAFTED_C = (0.003, 0.01, 0.03, 0.1, 0.3)  # inverse L2 strengths tried out of fold
 
 
-def tune_handcrafted(feats: np.ndarray, labels: np.ndarray, folds: list, seed: int):
-    """(C, out-of-fold probabilities) of the hand-crafted model with the best out-of-fold
-    log-likelihood over `HANDCRAFTED_C`."""
+def tune_linear(feats: np.ndarray, labels: np.ndarray, classes, folds: list, seed: int):
+    """(C, out-of-fold probabilities) of the hand-crafted logistic model on `labels` (indices
+    into `classes`) with the best out-of-fold log-likelihood over `HANDCRAFTED_C`."""
     best = None
     for c in HANDCRAFTED_C:
 
         def fit_predict(_, a, b, c=c):
-            model = hand.fit_linear(feats[a], labels[a], quad.QUADRANTS, c, seed)
+            model = hand.fit_linear(feats[a], labels[a], classes, c, seed)
             return model.predict_proba(feats[b])
 
-        probs = out_of_fold(folds, fit_predict, len(labels))
+        probs = out_of_fold(folds, fit_predict, len(labels), len(classes))
         score = quad.log_likelihood(probs, labels)
         if best is None or score > best[0]:
             best = (score, c, probs)
     return best[1], best[2]
 
 
+SIDES = ("negative", "positive")  # the binary axis models' classes
+
+
+def axes_split(labels: np.ndarray, folds: list) -> bool:
+    """Whether both sides of valence and of arousal are in every fold's fitting part (the
+    factorised member's binary models need two classes)."""
+    return all(
+        len(set(quad.axis_labels(labels[a], i))) == 2
+        for a, _ in folds
+        for i in range(len(quad.AXES))
+    )
+
+
 def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bars, x) -> dict:
-    """Train the 4-quadrant heads (`quadrant.seeds`, averaged) and the hand-crafted model
-    beside them, serve their mix (pool and head weight) with the best out-of-fold
-    log-likelihood on song-grouped folds of train, and score all, with the majority, on the
-    eval split. The mix is chosen on one head per fold, not on a seed ensemble per fold
-    (`seeds` times the cost): the served ensemble is somewhat less confident than that."""
+    """Train the 4-quadrant heads (`quadrant.seeds`, averaged), the hand-crafted 4-way model
+    and the factorised one (binary valence and arousal models, P(q) = P(v) P(a)) beside them;
+    serve their mix (pool and member weights) with the best out-of-fold log-likelihood on
+    song-grouped folds of train, and score all, with the majority, on the eval split. The
+    mix is chosen on one head per fold, not on a seed ensemble per fold (`seeds` times the
+    cost): the served ensemble is somewhat less confident than that."""
     labels = quad.quadrant_of(bars.piece_targets)
     got = quadrant_split(bars, labels, p.min_quadrant_pieces)
     if isinstance(got, str):
@@ -181,10 +195,12 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     train, held, eval_split = got
     classes = list(quad.QUADRANTS)
     off = bars.offsets
+    y = labels[train]
     feats = quad.handcrafted_matrix(bars.music, bars.cues, off)
     folds = choice_folds(bars, train, p.quadrant.folds)
-    choice: dict[tuple[str, float], float] = {}
-    pool, weight, c = "linear", 1.0, hand.DEFAULT_C
+    oof: dict[str, np.ndarray] = {}
+    best = {pl: (-np.inf, {"mlp": 1.0}) for pl in quad.POOLS}
+    c = {m: hand.DEFAULT_C for m in ("handcrafted", *quad.AXES)}
     if folds is None:
         log.warning(
             "quadrant head: too few train songs for %d song-grouped folds with two quadrants"
@@ -192,7 +208,6 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
             p.quadrant.folds,
         )
     else:
-        y = labels[train]
 
         def head_oof(i, a, b):  # one head per fold: the mix is chosen on single heads
             fold_tp = dataclasses.replace(tp, seed=tp.seed + i)
@@ -200,28 +215,43 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
             return quad.predict(head, x, off, train[b])
 
         log.info("quadrant head: choosing the served mix on %d song-grouped folds", len(folds))
-        mlp_oof = out_of_fold(folds, head_oof, len(train))
-        c, hand_oof = tune_handcrafted(feats[train], y, folds, tp.seed)
-        for pl in quad.POOLS:
-            for w in quad.HEAD_WEIGHTS:
-                choice[pl, w] = quad.log_likelihood(quad.served_probs(w, mlp_oof, hand_oof, pl), y)
-        pool, weight = max(choice, key=choice.get)
-    served = quad.served_name(weight)
-    heads = quad.fit_ensemble(p.quadrant, tp, x, off, train, labels[train])
-    linear = hand.fit_linear(feats[train], labels[train], classes, c, tp.seed)
+        oof["mlp"] = out_of_fold(folds, head_oof, len(train))
+        c["handcrafted"], oof["handcrafted"] = tune_linear(feats[train], y, classes, folds, tp.seed)
+        if axes_split(y, folds):
+            side = {}
+            for i, axis in enumerate(quad.AXES):
+                yb = quad.axis_labels(y, i)
+                c[axis], side[axis] = tune_linear(feats[train], yb, SIDES, folds, tp.seed)
+            oof["factorised"] = quad.factorised(side["valence"][:, 1], side["arousal"][:, 1])
+        best = quad.choose_mix(oof, y)
+    pool = max(quad.POOLS, key=lambda pl: best[pl][0])
+    weights = {m: 0.0 for m in quad.MEMBERS} | best[pool][1]
+    served = quad.served_name(weights)
+    if oof:
+        oof["served"] = quad.served_probs(weights, oof, pool)
+    heads = quad.fit_ensemble(p.quadrant, tp, x, off, train, y)
+    linear = hand.fit_linear(feats[train], y, classes, c["handcrafted"], tp.seed)
     info = {"input": p.mlp.input, "piece_std": p.quadrant.piece_std}
-    quad.save(heads, io.out, {**info, "served": served, "head_weight": weight, "pool": pool})
-    linear.save(io.out, {"task": "emotion quadrant", "c": c, "features": list(quad.HANDCRAFTED)})
-    majority = np.bincount(labels[train], minlength=len(classes)).argmax()
+    quad.save(heads, io.out, {**info, "served": served, "weights": weights, "pool": pool})
+    meta = {"task": "emotion quadrant", "features": list(quad.HANDCRAFTED)}
+    linear.save(io.out, {**meta, "c": c["handcrafted"]})
     mlp_p = quad.predict(heads, x, off, held)
-    hand_p = linear.predict_proba(feats[held])
-    probs = {
+    probs = {"mlp": mlp_p, "handcrafted": linear.predict_proba(feats[held])}
+    if "factorised" in oof:
+        side = {}
+        for i, axis in enumerate(quad.AXES):
+            model = hand.fit_linear(feats[train], quad.axis_labels(y, i), SIDES, c[axis], tp.seed)
+            model.save(io.out / axis, {**meta, "task": f"emotion {axis}", "c": c[axis]})
+            side[axis] = model.predict_proba(feats[held])[:, 1]
+        probs["factorised"] = quad.factorised(side["valence"], side["arousal"])
+    majority = np.bincount(y, minlength=len(classes)).argmax()
+    scored = {
         "": mlp_p,
-        "handcrafted_": hand_p,
+        **{f"{m}_": v for m, v in probs.items() if m != "mlp"},
         "majority_": np.eye(len(classes))[np.full(len(held), majority)],
-        "served_": quad.served_probs(weight, mlp_p, hand_p, pool),
+        "served_": quad.served_probs(weights, probs, pool),
     }
-    members = [
+    single = [
         quad.accuracies(quad.predict(m, x, off, held), labels[held])["quadrant_accuracy"]
         for m in heads.members
     ]
@@ -230,19 +260,26 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         "eval_split": eval_split,
         "quadrant_train_pieces": len(train),
         "quadrant_eval_pieces": len(held),
-        "quadrant_seeds": len(members),
+        "quadrant_seeds": len(single),
         "quadrant_choice_folds": len(folds or ()),
         "quadrant_served": served,
         "quadrant_pool": pool,
-        "quadrant_head_weight": weight,
-        **{f"quadrant_choice_{pl}_w{w:g}_loglik": v for (pl, w), v in choice.items()},
-        "handcrafted_c": c,
+        **{f"quadrant_{m}_weight": w for m, w in weights.items()},
+        # the best out-of-fold log-likelihood of each pool, and each member's out of fold
+        **{f"quadrant_choice_{pl}_loglik": b[0] for pl, b in best.items() if oof},
+        **{f"quadrant_oof_{m}_loglik": quad.log_likelihood(v, y) for m, v in oof.items()},
+        **{
+            f"quadrant_oof_{m}_accuracy": quad.accuracies(v, y)["quadrant_accuracy"]
+            for m, v in oof.items()
+        },
+        "handcrafted_c": c["handcrafted"],
+        **{f"factorised_{a}_c": c[a] for a in quad.AXES if "factorised" in oof},
         # the spread of the ensemble's single heads on the eval split
-        "quadrant_member_accuracy_min": min(members),
-        "quadrant_member_accuracy_mean": float(np.mean(members)),
-        "quadrant_member_accuracy_max": max(members),
+        "quadrant_member_accuracy_min": min(single),
+        "quadrant_member_accuracy_mean": float(np.mean(single)),
+        "quadrant_member_accuracy_max": max(single),
     }
-    for prefix, pr in probs.items():
+    for prefix, pr in scored.items():
         out.update(quad.accuracies(pr, labels[held], prefix))
     return out
 
