@@ -83,9 +83,11 @@ def build(root: Path, sources: list[dict], workers: int, musetok: dict | None, *
             mp = params_mod.profiled(
                 MuseTokTrainParams, ROOT / "params.yaml", "musetok", MUSETOK_PROFILES
             )
-            mp = dataclasses.replace(mp, max_pieces=musetok["max_pieces"])
+            if musetok["max_pieces"] is not None:
+                mp = dataclasses.replace(mp, max_pieces=musetok["max_pieces"])
+            epochs = {} if musetok["epochs"] is None else {"epochs": musetok["epochs"]}
             tp = params_mod.merged_train(
-                params_mod.load(ROOT / "params.yaml"), {**mp.train, "epochs": musetok["epochs"]}
+                params_mod.load(ROOT / "params.yaml"), {**mp.train, **epochs}
             )
             run = train_musetok(
                 mp,
@@ -95,7 +97,8 @@ def build(root: Path, sources: list[dict], workers: int, musetok: dict | None, *
                 models,
                 root / "checkpoints" / "musetok",
             )
-            (root / "musetok.json").write_text(json.dumps(run.metrics))
+            budget = {"musetok_epochs": tp.epochs, "musetok_max_pieces": mp.max_pieces}
+            (root / "musetok.json").write_text(json.dumps({**run.metrics, **budget}))
         if not (data / "latents" / "index.parquet").exists():
             extract_latents(LatentParams(), models, data / "tokens" / "musetok", data / "latents")
         info["musetok"] = json.loads((root / "musetok.json").read_text())
@@ -218,8 +221,10 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=0, help="emotion regressor k-fold (0: none)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="genre.budget_s (asap)")
     ap.add_argument("--epochs", type=int, default=30, help="asap: most epochs in the budget")
-    ap.add_argument("--musetok-epochs", type=int, default=2, help="CPU budget: params.yaml has 6")
-    ap.add_argument("--musetok-pieces", type=int, default=400, help="training pieces per epoch")
+    # params.yaml's MuseTok budget unless set: what `dvc repro` trains for the user (EMOPIA:
+    # ~10 min on 2 cores; the earlier 2 epochs of 400 clips collapsed its codebooks)
+    ap.add_argument("--musetok-epochs", type=int, default=None, help="default: params.yaml's")
+    ap.add_argument("--musetok-pieces", type=int, default=None, help="pieces per epoch (0: all)")
     ap.add_argument(
         "--pretrained",
         type=Path,
