@@ -596,7 +596,7 @@ def test_served_probs_pool_linearly_or_in_log_space():
 
 def test_factorised_quadrants_are_the_product_of_the_axes():
     valence, arousal = np.array([0.8, 0.5]), np.array([0.3, 1.0])
-    probs = quadrant.factorised(valence, arousal)
+    probs = quadrant.factorised({"arousal": arousal, "valence": valence})
     # Q1 v+ a+, Q2 v- a+, Q3 v- a-, Q4 v+ a-
     np.testing.assert_allclose(probs[0], [0.24, 0.06, 0.14, 0.56])
     np.testing.assert_allclose(probs[1], [0.5, 0.5, 0, 0])
@@ -607,6 +607,20 @@ def test_factorised_quadrants_are_the_product_of_the_axes():
     labels = np.arange(4)
     assert quadrant.axis_labels(labels, 0).tolist() == [1, 0, 0, 1]
     assert quadrant.axis_labels(labels, 1).tolist() == [1, 1, 0, 0]
+
+
+def test_each_axis_model_learns_its_own_axis():
+    """Feature 0 sets valence and feature 1 arousal: the models `fit_axes` names valence and
+    arousal follow them (a swapped axis or label would read the other feature)."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(400, 3))
+    v, a = feats[:, 0] > 0, feats[:, 1] > 0
+    labels = np.select([v & a, ~v & a, ~v & ~a], [0, 1, 2], 3)  # Q1..Q4
+    models = quadrant.fit_axes(feats, labels, {"valence": 1.0, "arousal": 1.0}, seed=0)
+    pos = quadrant.positive(models, feats)
+    assert np.mean((pos["valence"] > 0.5) == v) > 0.95
+    assert np.mean((pos["arousal"] > 0.5) == a) > 0.95
+    assert np.mean(quadrant.factorised(pos).argmax(1) == labels) > 0.9
 
 
 def test_factorised_member_needs_both_sides_of_each_axis_in_every_fold():
@@ -717,9 +731,9 @@ def test_stage_trains_the_quadrant_head_and_reports_binary_accuracies(
     valence = LinearModel.load(folder / "valence")  # sure of positive valence: axes apart
     valence.intercept = valence.intercept + np.array([-2.0, 2.0])
     valence.save(folder / "valence", {"features": list(quadrant.HANDCRAFTED)})
-    sides = [LinearModel.load(folder / a).predict_proba(row)[:, 1] for a in quadrant.AXES]
+    sides = {a: LinearModel.load(folder / a).predict_proba(row)[:, 1] for a in quadrant.AXES}
     got = predict_quadrants(paths[0], folder, tmp_path / "no-musetok")["probabilities"]
-    np.testing.assert_allclose(list(got.values()), quadrant.factorised(*sides)[0], rtol=1e-5)
+    np.testing.assert_allclose(list(got.values()), quadrant.factorised(sides)[0], rtol=1e-5)
     # a model saved before the member weights names itself instead of failing on a key
     del config["weights"]
     (folder / "quadrant.json").write_text(json.dumps({**config, "head_weight": 0.5}))

@@ -170,8 +170,8 @@ def predict_quadrants(
         if weights.get("handcrafted", 0) > 0:
             probs["handcrafted"] = linear(model_dir).predict_proba(row)
         if weights.get("factorised", 0) > 0:
-            sides = [linear(model_dir / a).predict_proba(row)[:, 1] for a in quadrant.AXES]
-            probs["factorised"] = quadrant.factorised(*sides)
+            axes = {a: linear(model_dir / a) for a in quadrant.AXES}
+            probs["factorised"] = quadrant.factorised(quadrant.positive(axes, row))
     if weights.get("mlp", 0) > 0:
         name = info["input"]
         latents = {}

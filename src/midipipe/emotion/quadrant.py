@@ -37,7 +37,7 @@ from midipipe.core.params import TrainParams
 from midipipe.data.midi import load_score
 from midipipe.emotion.harmony import HARMONY, harmony_features
 from midipipe.emotion.rules import BAR_STATS
-from midipipe.evaluation.features import FEATURES, piece_features
+from midipipe.evaluation.features import FEATURES, fit_linear, piece_features
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +254,27 @@ def axis_labels(labels: np.ndarray, axis: int) -> np.ndarray:
     return (SIGNS[labels, axis] > 0).astype(np.int64)
 
 
-def factorised(valence: np.ndarray, arousal: np.ndarray) -> np.ndarray:
-    """[n, 4] P(q) = P(valence side) P(arousal side) from the positive sides' probabilities."""
-    sides = [np.stack([1 - p, p], 1) for p in (valence, arousal)]
+SIDES = ("negative", "positive")  # the binary axis models' classes
+
+
+def fit_axes(feats: np.ndarray, labels: np.ndarray, c: dict, seed: int) -> dict:
+    """The factorised member's binary logistic models on quadrant `labels`, by axis name
+    (`AXES`), each with its own C (`c[axis]`): one place that pairs an axis with its labels."""
+    return {
+        axis: fit_linear(feats, axis_labels(labels, i), SIDES, c[axis], seed)
+        for i, axis in enumerate(AXES)
+    }
+
+
+def positive(models: dict, feats: np.ndarray) -> dict:
+    """P(positive side) [n] per axis name from `fit_axes`-style models."""
+    return {a: m.predict_proba(feats)[:, SIDES.index("positive")] for a, m in models.items()}
+
+
+def factorised(positive: dict) -> np.ndarray:
+    """[n, 4] P(q) = P(valence side) P(arousal side) from each axis's P(positive side)
+    (keyed by axis name, so the axes cannot be swapped by position)."""
+    sides = [np.stack([1 - positive[a], positive[a]], 1) for a in AXES]
     pos = (SIGNS > 0).astype(np.int64)
     return sides[0][:, pos[:, 0]] * sides[1][:, pos[:, 1]]
 

@@ -167,9 +167,6 @@ def tune_linear(feats: np.ndarray, labels: np.ndarray, classes, folds: list, see
     return best[1], best[2]
 
 
-SIDES = ("negative", "positive")  # the binary axis models' classes
-
-
 def axes_split(labels: np.ndarray, folds: list) -> bool:
     """Whether both sides of valence and of arousal are in every fold's fitting part (the
     factorised member's binary models need two classes)."""
@@ -218,11 +215,12 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
         oof["mlp"] = out_of_fold(folds, head_oof, len(train))
         c["handcrafted"], oof["handcrafted"] = tune_linear(feats[train], y, classes, folds, tp.seed)
         if axes_split(y, folds):
-            side = {}
+            pos = {}
             for i, axis in enumerate(quad.AXES):
                 yb = quad.axis_labels(y, i)
-                c[axis], side[axis] = tune_linear(feats[train], yb, SIDES, folds, tp.seed)
-            oof["factorised"] = quad.factorised(side["valence"][:, 1], side["arousal"][:, 1])
+                c[axis], probs = tune_linear(feats[train], yb, quad.SIDES, folds, tp.seed)
+                pos[axis] = probs[:, quad.SIDES.index("positive")]
+            oof["factorised"] = quad.factorised(pos)
         best = quad.choose_mix(oof, y)
     pool = max(quad.POOLS, key=lambda pl: best[pl][0])
     weights = {m: 0.0 for m in quad.MEMBERS} | best[pool][1]
@@ -238,12 +236,10 @@ def quadrant_head(io: EmotionPaths, p: EmotionParams, tp: TrainParams, bars: Bar
     mlp_p = quad.predict(heads, x, off, held)
     probs = {"mlp": mlp_p, "handcrafted": linear.predict_proba(feats[held])}
     if "factorised" in oof:
-        side = {}
-        for i, axis in enumerate(quad.AXES):
-            model = hand.fit_linear(feats[train], quad.axis_labels(y, i), SIDES, c[axis], tp.seed)
+        axes = quad.fit_axes(feats[train], y, c, tp.seed)
+        for axis, model in axes.items():
             model.save(io.out / axis, {**meta, "task": f"emotion {axis}", "c": c[axis]})
-            side[axis] = model.predict_proba(feats[held])[:, 1]
-        probs["factorised"] = quad.factorised(side["valence"], side["arousal"])
+        probs["factorised"] = quad.factorised(quad.positive(axes, feats[held]))
     majority = np.bincount(y, minlength=len(classes)).argmax()
     scored = {
         "": mlp_p,
