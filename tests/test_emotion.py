@@ -589,6 +589,8 @@ def test_served_probs_pool_linearly_or_in_log_space():
     np.testing.assert_allclose(log, geometric / geometric.sum(1, keepdims=True), rtol=1e-6)
     # with a uniform head the log pool keeps the hand-crafted model's ranking, flattened
     assert log[1].argmax() == 0 and log[1].max() < hand[1].max()
+    with pytest.raises(ValueError, match="geometric"):
+        quadrant.served_probs(half, probs, "geometric")
     assert quadrant.served_name({"mlp": 0.3, "handcrafted": 0.0, "factorised": 0.7}) == (
         "mlp+factorised"
     )

@@ -224,6 +224,8 @@ def served_probs(
 ) -> np.ndarray:
     """The served probabilities: the members' `probs` mixed by `pool` with `weights` (a
     member with weight 0 may be None or absent)."""
+    if pool not in POOLS:
+        raise ValueError(f"quadrant pool {pool!r} is not one of {POOLS}")
     used = [(w, probs[m]) for m, w in weights.items() if w > 0]
     if len(used) == 1:
         return used[0][1]
