@@ -215,6 +215,27 @@ def test_the_chord_prior_biases_pitches_by_their_distance_to_the_nearest_played(
         SampleConfig(chord_prior=((0.0,) * 12,))
 
 
+def test_sampling_measures_chords_as_training_counts_them(tokenizer):
+    """Replayed through the sampler's grammar state, an encoded two-track piece (in miditok's
+    order and bottom-up) gives each note the distance `nearest_steps` counts for the prior:
+    the two are written apart, and the prior is only right where they agree."""
+    grammar = RemiGrammar(tokenizer)
+    order = PitchOrder(tokenizer.vocab)
+    distance = torch.nn.functional.pad(torch.arange(128.0)[None], (0, 1), value=128.0)
+    raw = np.asarray(tokenizer.encode(chords_score()).ids)
+    for ids in (raw, order.sort(raw)):
+        state = GrammarState(grammar, 1, torch.device("cpu"), False, chords=True)
+        seen = np.zeros(128, dtype=np.int64)
+        for i in ids:
+            state.allowed()
+            d = int(state.chord_bias(distance)[0, int(i)])
+            if state.is_pitch[int(i)] and d < 128:
+                seen[d] += 1
+            state.step(torch.tensor([int(i)]))
+        counted = order.nearest_steps(ids)
+        assert counted.sum() > 8 and np.array_equal(seen, counted)
+
+
 def test_the_chord_prior_comes_after_the_repetition_penalty():
     logits = torch.tensor([[2.0, 2.0]])
     allowed = torch.ones(1, 2, dtype=torch.bool)
