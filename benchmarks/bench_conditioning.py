@@ -54,7 +54,7 @@ from midipipe.generator.generate import (  # noqa: E402
     real_excerpts,
 )
 from midipipe.generator.keys import KEY_MODES, KeyShift  # noqa: E402
-from midipipe.generator.order import INTERVALS_FILE, PitchOrder  # noqa: E402
+from midipipe.generator.order import INTERVALS_FILE  # noqa: E402
 from midipipe.tokens import remi  # noqa: E402
 from midipipe.tokens.dataset import iter_pieces  # noqa: E402
 from midipipe.vae import train as vae_train  # noqa: E402
@@ -212,8 +212,7 @@ def training_chords(root: Path, p: gen_train.GeneratorParams) -> list[list[int]]
     tokenizer = remi.load_tokenizer(data / "tokens" / "remi" / "tokenizer.json")
     table = read_table(data / "composers.json")
     train_set, _, _ = train_and_valid(data / "tokens" / "remi", data / "manifest.parquet", table)
-    keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
-    order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
+    keys, order = gen_train.trained_transforms(p, tokenizer.vocab)
     return gen_train.training_chords(train_set, keys, order, tokenizer.vocab, table["n_ids"])
 
 

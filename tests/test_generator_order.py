@@ -301,6 +301,10 @@ def test_the_cli_samples_an_old_model_folder_without_the_prior(tmp_path, caplog)
     assert "without the chord prior" in caplog.text
     with pytest.raises(ParamError, match="finite weight"):
         trained_sampling(tmp_path, {}, float("inf"), strict=False)
+    for bad in ("{not json", '{"other": 1}', '{"counts": [[1, 2]]}', '{"counts": "abc"}'):
+        (tmp_path / "intervals.json").write_text(bad)
+        with pytest.raises(ParamError, match="intervals.json"):
+            trained_sampling(tmp_path, {}, 1.0)
 
 
 def test_the_defaults_sample_miditok_order_with_the_chord_prior():

@@ -205,7 +205,13 @@ def trained_sampling(
             )
         log.warning("%s is missing: sampling without the chord prior (retrain to get it)", path)
         return out
-    prior = interval_log_probs(json.loads(path.read_text())["counts"])
+    try:
+        counts = np.asarray(json.loads(path.read_text())["counts"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ParamError(f"{path}: not the chord counts stage 08 writes ({exc})") from None
+    if counts.ndim != 2 or counts.shape[1] != 128 or not np.all(counts >= 0):
+        raise ParamError(f"{path}: counts must be [composers, 128] and >= 0 (retrain)")
+    prior = interval_log_probs(counts)
     return {**out, "chord_prior": tuple(tuple(chord_prior * x for x in row) for row in prior)}
 
 

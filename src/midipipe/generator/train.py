@@ -155,13 +155,23 @@ def save_generator(
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER_FILE)
 
 
+def trained_transforms(
+    p: GeneratorParams, vocab: dict
+) -> tuple[KeyShift | None, PitchOrder | None]:
+    """What `p` does to every piece before the model sees it: the key normalisation and the
+    note order (None: as tokenized)."""
+    keys = KeyShift(vocab) if p.key == "normalise" else None
+    order = PitchOrder(vocab) if p.note_order == "pitch" else None
+    return keys, order
+
+
 def training_chords(
     train_set, keys: KeyShift | None, order: PitchOrder | None, vocab: dict, n_ids: int
 ) -> list[list[int]]:
     """`order.chord_intervals` of the training pieces as the model sees them (key-normalised,
     chords bottom-up if so trained): the counts behind `generate.chord_prior`."""
     pieces = ((as_trained_ids(s.ids, keys, order), s.label) for s in iter_pieces(train_set))
-    return chord_intervals(pieces, PitchOrder(vocab), n_ids)
+    return chord_intervals(pieces, order or PitchOrder(vocab), n_ids)
 
 
 def train(
@@ -188,8 +198,7 @@ def train(
         max_windows=p.max_windows,
     )
     n_windows = gd.total_windows(train_set.length, wcfg)
-    keys = KeyShift(tokenizer.vocab) if p.key == "normalise" else None
-    order = PitchOrder(tokenizer.vocab) if p.note_order == "pitch" else None
+    keys, order = trained_transforms(p, tokenizer.vocab)
     # validate on what the model is trained for
     valid_set.pieces = [as_trained_ids(ids, keys, order) for ids in valid_set.pieces]
     # one pass over the training shards, by the process that writes the model (`save_best`)
